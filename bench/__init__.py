@@ -1,0 +1,1 @@
+"""Locus benchmarks: `make bench` (or `python -m bench [NAME ...]`)."""

@@ -1,0 +1,1 @@
+"""Locus editor: writes a model (covariance statistics, MEMIT/ROME, edit ledger, evaluation)."""
