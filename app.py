@@ -1,42 +1,69 @@
-"""Locus app entry point: `python app.py [--model M ...] [--device D] [--host 127.0.0.1] [--port 7860] [--share]`.
+"""Locus app: `python app.py [--model M ...] [--device D] [--host 127.0.0.1] [--port 7860] [--share]`.
 
-Placeholder until the UI issue lands: serves a minimal page with the model's next-token prediction.
+Start-up is kept lean: the model starts loading on its own thread at once (torch and transformers
+are imported there), while this thread imports Gradio, builds the page and starts serving; the
+page shows "loading" until the model is ready and queues any work until then.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Serve the Locus app.")
-    parser.add_argument("--model", action="append", help="model spec (repeatable); default: embedded")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--host", default="127.0.0.1")
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve the Locus app (causal tracing and MEMIT in the browser).")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="model the page may use: 'embedded' (default), a local folder or a hub id; repeat to offer several",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow hub models to run their own code (off by default)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
-    arguments = parser.parse_args()
+    return parser.parse_args(argv)
 
-    import gradio as gr
 
-    from tracer.loading import load_model
-    from tracer.predict import predict_next_tokens
+def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
+    arguments = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    loaded = load_model((arguments.model or ["embedded"])[0], device=arguments.device)
+    from ui.models import ModelManager
+    from ui.runner import ModelRunner
 
-    def predict(prompt: str) -> str:
-        return "\n".join(f"{p.token!r}: {p.probability:.1%}" for p in predict_next_tokens(loaded, prompt))
+    manager = ModelManager(arguments.model, arguments.device, arguments.dtype, arguments.trust_remote_code)
+    runner = ModelRunner()
+    loading = runner.submit(lambda job: manager.get(manager.default_spec), name="load model")  # starts now
 
-    with gr.Blocks(title="Locus") as demo:
-        gr.Markdown(f"# Locus\nModel: {loaded.name}")
-        prompt = gr.Textbox(label="Prompt", value="The Eiffel Tower is located in the city of")
-        output = gr.Textbox(label="Next tokens")
-        gr.Button("Predict").click(predict, prompt, output, api_name="predict")
-    demo.launch(server_name=arguments.host, server_port=arguments.port, share=arguments.share)
+    from ui.app import build_app, launch_options
+
+    demo = build_app(manager, runner)
+    demo.launch(
+        server_name=arguments.host,
+        server_port=arguments.port,
+        share=arguments.share,
+        prevent_thread_lock=True,
+        **launch_options(),
+    )
+    print(f"Locus is serving on {demo.local_url} (ready in {time.perf_counter() - started:.1f} s; the model loads in the background)", flush=True)
+    loading.finished.wait()
+    status = manager.status()
+    if status.get("state") == "ready":
+        print(f"Model ready: {status['name']} ({time.perf_counter() - started:.1f} s after start)", flush=True)
+    else:
+        print(f"Model not loaded: {status.get('error', status)}", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""Files for the download buttons, written to a fresh temporary folder per result."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ui import figures
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "trace"
+
+
+def trace_downloads(result: Any) -> dict[str, str]:
+    """JSON, CSV and standalone interactive HTML of a trace: {"json": path, "csv": path, "html": path}."""
+    folder = Path(tempfile.mkdtemp(prefix="locus-trace-"))
+    stem = f"trace-{_slug(result.subject)}"
+    paths = {"json": folder / f"{stem}.json", "csv": folder / f"{stem}.csv", "html": folder / f"{stem}.html"}
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
+    paths["csv"].write_text(result.to_csv(), encoding="utf-8")
+    paths["html"].write_text(figures.standalone_html(result), encoding="utf-8")
+    return {key: str(path) for key, path in paths.items()}
+
+
+def json_download(data: Any, name: str) -> str:
+    """`data` as a JSON file in a fresh temporary folder; returns its path."""
+    folder = Path(tempfile.mkdtemp(prefix="locus-"))
+    path = folder / name
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return str(path)

@@ -1,0 +1,35 @@
+"""The one-click examples of `assets/examples.json`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXAMPLES_FILE = Path(__file__).resolve().parents[1] / "assets" / "examples.json"
+
+
+@dataclass(frozen=True)
+class Example:
+    """A fact to trace (and a suggested edit of it)."""
+
+    label: str
+    prompt: str
+    subject: str
+    answer: str = ""
+    true_object: str = ""
+    note: str = ""
+    embedded_top: dict = field(default_factory=dict)
+    edit: dict = field(default_factory=dict)
+
+    @property
+    def edit_row(self) -> list[str]:
+        """[subject, prompt template, new object] for the Edit tab's table."""
+        return [self.subject, self.edit.get("prompt", ""), self.edit.get("target_new", "")]
+
+
+def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
+    """All examples of the file, in order."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    fields = Example.__dataclass_fields__
+    return [Example(**{key: value for key, value in item.items() if key in fields}) for item in data["examples"]]

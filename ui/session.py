@@ -1,0 +1,70 @@
+"""Per-browser-session state, kept in a `gr.State` (each tab and each gradio_client has its own).
+
+A session's edits live in its own `EditLedger` (one per model it used). Every model operation of
+the session runs inside `session.applied(loaded)`, which puts exactly this session's edits on the
+shared model and restores the original weights on exit, so another visitor sees the unedited model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+_session_numbers = itertools.count(1)
+
+
+@dataclass
+class SessionState:
+    """Everything one visitor has done: chosen model, traces, chosen R, edits, imported records."""
+
+    model_spec: str
+    number: int = field(default_factory=lambda: next(_session_numbers))
+    ledgers: dict[str, Any] = field(default_factory=dict)  # model spec -> editor.ledger.EditLedger
+    trace: Any = None  # tracer.trace.TraceResult of the last finished trace
+    trace_edited: bool = False  # was that trace computed with this session's edits applied?
+    original_trace: Any = None  # the last trace of the unedited model (for the Test tab's difference)
+    average: Any = None  # tracer.average.AverageResult
+    recommendation: Any = None  # tracer.recommend.LayerRecommendation
+    layers: tuple[int, int] | None = None  # chosen R, first and last layer (inclusive)
+    records: list[dict] = field(default_factory=list)  # imported CounterFact records
+    requests: list[list[str]] = field(default_factory=list)  # rows of the Edit tab's table
+
+    def ledger(self) -> Any:
+        """This session's ledger for its current model (created on first use)."""
+        if self.model_spec not in self.ledgers:
+            from ui.editing import new_ledger
+
+            self.ledgers[self.model_spec] = new_ledger()
+        return self.ledgers[self.model_spec]
+
+    def has_edits(self) -> bool:
+        ledger = self.ledgers.get(self.model_spec)
+        if ledger is None:
+            return False
+        from ui.editing import ledger_batches
+
+        return bool(ledger_batches(ledger))
+
+    @contextlib.contextmanager
+    def applied(self, loaded: Any) -> Iterator[Any]:
+        """Run the block with this session's edits on `loaded` (nothing to do when there are none)."""
+        if not self.has_edits():
+            yield loaded
+            return
+        with self.ledger().applied(loaded):
+            yield loaded
+
+    @property
+    def layer_range(self) -> list[int] | None:
+        if self.layers is None:
+            return None
+        first, last = self.layers
+        return list(range(first, last + 1))
+
+
+def ensure_session(session: SessionState | None, default_spec: str) -> SessionState:
+    """The session's state, created on its first event."""
+    return session if isinstance(session, SessionState) else SessionState(model_spec=default_spec)

@@ -1,0 +1,339 @@
+"""Trace tab: prompt, subject (highlighted as typed), answer; preview, then exact cells streaming in."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import html
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ui import captions, figures
+from ui.context import MODEL_QUEUE, AppContext
+from ui.display import display_token, percent
+from ui.downloads import trace_downloads
+from ui.errors import friendly
+from ui.examples import Example
+from ui.runner import HEARTBEAT, follow
+from ui.session import SessionState
+
+KIND_CHOICES = [("Hidden state", "hidden"), ("MLP", "mlp"), ("Attention", "attn")]
+KINDS = ("hidden", "mlp", "attn")
+STREAM_INTERVAL_S = 0.7  # at most this often a partial heatmap goes to the browser
+SUBJECT_COLOR = "#b39ddb"
+TOKEN_COLOR = "#eceff1"
+
+
+@dataclass
+class TraceTab:
+    prompt: gr.Textbox
+    subject: gr.Textbox
+    answer: gr.Textbox
+    kinds: gr.CheckboxGroup
+    samples: gr.Slider
+    noise: gr.Textbox
+    window: gr.Slider
+    seed: gr.Number
+    noise_type: gr.Radio
+    status: gr.Markdown
+    plots: dict[str, gr.Plot]
+    result_json: gr.JSON
+    downloads: list[gr.DownloadButton]
+    run: gr.Button
+    trace_event: Any
+    example_event: Any
+
+
+def highlighted_tokens(tokenizer: Any, prompt: str, subject: str) -> tuple[list[tuple[str, str]], str]:
+    """The prompt's tokens, the subject's marked, and a hint when the subject can't be found."""
+    from tracer.errors import LocusError
+    from tracer.tokens import encode_prompt
+
+    if not prompt or not prompt.strip():
+        return [], "Type a prompt that the model should complete, e.g. *The Eiffel Tower is located in the city of*."
+    try:
+        encoded = encode_prompt(tokenizer, prompt)
+    except LocusError as error:
+        return [], html.escape(str(error))
+    begin = end = -1
+    hint = f"{len(encoded)} tokens."
+    if subject and subject.strip():
+        try:
+            begin, end = encoded.subject_range(subject)
+            hint = f"{len(encoded)} tokens; the subject covers {end - begin} of them (highlighted)."
+        except LocusError as error:
+            hint = html.escape(str(error))
+    else:
+        hint = f"{len(encoded)} tokens. Now type the subject: the words of the prompt that name the thing."
+    return [
+        (token, "subject" if begin <= index < end else "token") for index, token in enumerate(encoded.tokens)
+    ], hint
+
+
+def settings_from_inputs(answer: str, kinds: list[str], samples: Any, noise: str, window: Any, seed: Any, noise_type: str):
+    """A TraceSettings from the form (InputError with a plain message for bad values)."""
+    from tracer.errors import InputError
+    from tracer.trace import TraceSettings
+
+    def whole(value: Any, name: str) -> int:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be a whole number, got {value!r}.") from None
+        if number != int(number):
+            raise InputError(f"{name} must be a whole number, got {value!r}.")
+        return int(number)
+
+    settings = TraceSettings(
+        kinds=tuple(kinds or ()),
+        samples=whole(samples, "Samples"),
+        noise=(noise or "3x").strip(),
+        noise_type=noise_type or "gaussian",
+        window=whole(window, "Window"),
+        seed=whole(seed if seed not in (None, "") else 1, "Seed"),
+        answer=(answer.strip() or None) if isinstance(answer, str) else None,
+    )
+    settings.validate()
+    return settings
+
+
+def status_markdown(result: Any, *, stage: str, fraction: float, edited: bool) -> str:
+    """What the status line says about a (partial) trace."""
+    model_state = " on **your edited model**" if edited else ""
+    head = (
+        f"Answer followed: **{html.escape(display_token(result.answer))}** · clean run {percent(result.high)} · "
+        f"with the subject blurred {percent(result.low)}{model_state}"
+    )
+    if stage == "preview":
+        return f"{head}  \n⏳ Approximate preview shown; computing the exact trace…"
+    if stage == "exact":
+        return f"{head}  \n⏳ Exact trace {fraction:.0%} done (faded cells are still the preview)."
+    return f"{head}  \n✅ Exact trace done in {result.elapsed:.1f} s ({result.settings.samples} noise samples)."
+
+
+def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
+    with gr.Tab("Trace", id="trace"):
+        gr.Markdown(captions.TRACE_INTRO)
+        with gr.Row():
+            prompt = gr.Textbox(
+                label="Prompt",
+                value=examples[0].prompt if examples else "",
+                placeholder="The Eiffel Tower is located in the city of",
+                elem_id="trace-prompt",
+                scale=4,
+            )
+            subject = gr.Textbox(
+                label="Subject",
+                value=examples[0].subject if examples else "",
+                placeholder="Eiffel Tower",
+                elem_id="trace-subject",
+                scale=2,
+            )
+            answer = gr.Textbox(
+                label="Answer (empty = the model's top prediction)",
+                placeholder="(top prediction)",
+                elem_id="trace-answer",
+                scale=2,
+            )
+        with gr.Row():
+            tokens = gr.HighlightedText(
+                label="Tokens (subject highlighted)",
+                color_map={"subject": SUBJECT_COLOR, "token": TOKEN_COLOR},
+                show_legend=False,
+                show_inline_category=False,
+                combine_adjacent=False,
+                elem_id="trace-tokens",
+                scale=3,
+            )
+            with gr.Column(scale=2):
+                token_hint = gr.Markdown(elem_id="trace-token-hint")
+                prediction = gr.Markdown(elem_id="trace-prediction")
+        with gr.Accordion("Advanced", open=False):
+            with gr.Row():
+                kinds = gr.CheckboxGroup(KIND_CHOICES, value=list(KINDS), label="What to restore", elem_id="trace-kinds")
+                samples = gr.Slider(1, 50, value=10, step=1, label="Noise samples", elem_id="trace-samples")
+                window = gr.Slider(1, 30, value=10, step=1, label="Window (layers, MLP and attention)", elem_id="trace-window")
+            with gr.Row():
+                noise = gr.Textbox(
+                    value="3x", label="Noise (3x = three times the embeddings' spread, or a number)", elem_id="trace-noise"
+                )
+                noise_type = gr.Radio(["gaussian", "uniform"], value="gaussian", label="Noise type")
+                seed = gr.Number(value=1, precision=0, label="Seed")
+        with gr.Row():
+            run = gr.Button("Trace", variant="primary", elem_id="trace-run", scale=3)
+            stop = gr.Button("Stop", variant="stop", elem_id="trace-stop", scale=1)
+        example_set = gr.Examples(
+            [[example.prompt, example.subject, example.answer] for example in examples],
+            inputs=[prompt, subject, answer],
+            example_labels=[example.label for example in examples],
+            label="Examples (one click traces them)",
+            elem_id="trace-examples",
+        )
+        example_notes = gr.Markdown(elem_id="trace-example-note")
+        status = gr.Markdown(elem_id="trace-status")
+        plots: dict[str, gr.Plot] = {}
+        with gr.Row(equal_height=True):
+            for kind in KINDS:
+                with gr.Column(min_width=320):
+                    plots[kind] = gr.Plot(label=figures.KIND_TITLES[kind], elem_id=f"trace-plot-{kind}", show_label=False)
+                    gr.Markdown(captions.HEATMAP[kind], elem_classes=["caption"])
+        with gr.Row():
+            download_json = gr.DownloadButton("Download JSON", interactive=False, elem_id="trace-download-json", size="sm")
+            download_csv = gr.DownloadButton("Download CSV", interactive=False, elem_id="trace-download-csv", size="sm")
+            download_html = gr.DownloadButton(
+                "Download interactive HTML", interactive=False, elem_id="trace-download-html", size="sm"
+            )
+        with gr.Accordion("Raw result (JSON)", open=False):
+            result_json = gr.JSON(elem_id="trace-json")
+
+    # --- typing: tokens highlighted as typed, the model's top prediction shown -------------------
+    def show_tokens(prompt_text: str, subject_text: str, session: SessionState | None):
+        session = ctx.session_of(session)
+        tokenizer = ctx.manager.display_tokenizer(session.model_spec)
+        if tokenizer is None:
+            return [], "⏳ The model is still loading…"
+        return highlighted_tokens(tokenizer, prompt_text, subject_text)
+
+    def show_prediction(prompt_text: str, answer_text: str, session: SessionState | None):
+        from tracer.errors import LocusError
+
+        session = ctx.session_of(session)
+        if not prompt_text or not prompt_text.strip():
+            return "", session
+
+        def work(job, loaded):
+            from tracer.predict import next_token_probabilities, top_tokens
+            from tracer.tokens import target_token_ids
+
+            probabilities = next_token_probabilities(loaded, prompt_text)
+            top = top_tokens(loaded, probabilities, 1)[0]
+            chosen = None
+            if answer_text and answer_text.strip():
+                ids = target_token_ids(loaded.tokenizer, answer_text.strip(), prompt=prompt_text)
+                chosen = (loaded.tokenizer.decode(ids[:1]), float(probabilities[ids[0]]))
+            return top, chosen
+
+        try:
+            top, chosen = ctx.run(session, work, name="top prediction")
+        except LocusError as error:
+            return html.escape(str(error)), session
+        edited = " (with your edits)" if session.has_edits() else ""
+        text = f"Model's top prediction{edited}: **{html.escape(display_token(top.token))}** ({percent(top.probability)})."
+        if chosen is not None:
+            text += f"  \nYour answer starts with **{html.escape(display_token(chosen[0]))}**: {percent(chosen[1])}."
+        else:
+            text += " Leave *Answer* empty to trace it."
+        return text, session
+
+    typing = dict(concurrency_id="typing", concurrency_limit=1, show_progress="hidden", trigger_mode="always_last")
+    for component in (prompt, subject):
+        component.change(show_tokens, [prompt, subject, ctx.session], [tokens, token_hint], api_visibility="private", **typing)
+    for component in (prompt, answer):
+        component.change(
+            show_prediction,
+            [prompt, answer, ctx.session],
+            [prediction, ctx.session],
+            api_visibility="private",
+            concurrency_id=MODEL_QUEUE,
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+    ctx.components["demo"].load(show_tokens, [prompt, subject, ctx.session], [tokens, token_hint], api_visibility="private")
+
+    # --- the trace --------------------------------------------------------------------------------
+    @friendly
+    def run_trace(
+        prompt_text: str,
+        subject_text: str,
+        answer_text: str,
+        kind_list: list[str],
+        sample_count: float,
+        noise_text: str,
+        window_size: float,
+        seed_value: float,
+        noise_kind: str,
+        session: SessionState | None,
+        progress=gr.Progress(),
+    ):
+        session = ctx.session_of(session)
+        settings = settings_from_inputs(answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind)
+        edited = session.has_edits()
+        skip = tuple(gr.skip() for _ in range(len(outputs)))
+
+        def work(job, loaded):
+            from tracer.preview import preview_trace
+
+            from tracer.trace import trace_stream
+
+            job.progress(0.0, "Approximate preview…")
+            preview = preview_trace(loaded, prompt_text, subject_text, settings)
+            job.emit(("preview", preview, 0.0))
+            final = None
+            with contextlib.closing(trace_stream(loaded, prompt_text, subject_text, settings)) as stream:
+                for update in stream:
+                    final = update.result
+                    job.progress(update.fraction, f"Exact trace: {update.message}")
+                    job.emit(("exact", copy.deepcopy(update.result), update.fraction))
+            return preview, final
+
+        job = ctx.submit(session, work, name="trace")
+        preview = None
+        last_sent = 0.0
+        waiting = None
+        for item in follow(job, progress):
+            if item is not HEARTBEAT:
+                waiting = item
+            if waiting is None or (time.monotonic() - last_sent < STREAM_INTERVAL_S and item is not HEARTBEAT):
+                yield skip
+                continue
+            stage, result, fraction = waiting
+            waiting = None
+            if stage == "preview":
+                preview = result
+            last_sent = time.monotonic()
+            yield (
+                status_markdown(result, stage=stage, fraction=fraction, edited=edited),
+                *(figures.trace_heatmap(result, kind, preview=preview) for kind in KINDS),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                session,
+            )
+        preview, result = job.result
+        session.trace, session.trace_edited = result, edited
+        if not edited:
+            session.original_trace = result
+        paths = trace_downloads(result)
+        yield (
+            status_markdown(result, stage="done", fraction=1.0, edited=edited),
+            *(figures.trace_heatmap(result, kind) for kind in KINDS),
+            result.to_dict(),
+            gr.DownloadButton(value=paths["json"], interactive=True),
+            gr.DownloadButton(value=paths["csv"], interactive=True),
+            gr.DownloadButton(value=paths["html"], interactive=True),
+            session,
+        )
+
+    inputs = [prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, ctx.session]
+    outputs = [status, plots["hidden"], plots["mlp"], plots["attn"], result_json, download_json, download_csv, download_html, ctx.session]
+    trace_event = run.click(run_trace, inputs, outputs, api_name="trace", concurrency_id=MODEL_QUEUE)
+    prompt.submit(run_trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
+
+    def describe_example(prompt_text: str, subject_text: str) -> str:
+        for example in examples:
+            if example.prompt == prompt_text and example.subject == subject_text:
+                return f"*{html.escape(example.note)}*"
+        return ""
+
+    example_event = example_set.load_input_event.then(
+        describe_example, [prompt, subject], [example_notes], queue=False, api_visibility="private"
+    ).then(run_trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
+    stop.click(None, None, None, cancels=[trace_event, example_event], api_visibility="private")
+    return TraceTab(
+        prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, status, plots, result_json,
+        [download_json, download_csv, download_html], run, trace_event, example_event,
+    )
