@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app_harness import app, app_idle_after_test, client_for  # noqa: F401 - fixtures
+from tests import app_harness
+from tests.app_harness import client_for
+
+app = app_harness.app  # the shared server (fixture)
+app_idle_after_test = app_harness.app_idle_after_test  # autouse: let queued jobs finish before the clean-model check
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 
