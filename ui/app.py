@@ -8,7 +8,7 @@ from ui.context import AppContext
 from ui.examples import load_examples
 from ui.models import ModelManager
 from ui.runner import ModelRunner
-from ui.tabs import model_tab, test_tab, trace_tab
+from ui.tabs import averages_tab, edit_tab, model_tab, range_tab, test_tab, trace_tab
 
 TITLE = "Locus"
 SUBTITLE = "Where does a language model keep a fact, and can we rewrite it there? Trace it, choose the layers, edit, test."
@@ -35,12 +35,44 @@ def build_app(manager: ModelManager, runner: ModelRunner) -> gr.Blocks:
         context.session = gr.State(None)
         gr.Markdown(f"# {TITLE}\n{SUBTITLE}", elem_id="locus-title")
         header = gr.Markdown(elem_id="model-line")
+        # Rendered on the Edit tab; the Choose R tab writes the chosen R into it.
+        context.components["edit_layers"] = gr.Textbox(
+            value="2-6", label="Layers R (from the Choose R tab; e.g. 2-6 or 3,4,5)", elem_id="edit-layers", render=False, scale=2
+        )
         with gr.Tabs(selected="trace", elem_id="tabs"):
             model_tab.build(context, header)
-            trace_tab.build(context, examples)
+            trace = trace_tab.build(context, examples)
+            averages_tab.build(context)
+            ranges = range_tab.build(context)
+            edit = edit_tab.build(context)
             test_tab.build(context)
+        wire_tabs(context, trace, ranges, edit, examples)
     demo.queue(default_concurrency_limit=1)
     return demo
+
+
+def wire_tabs(
+    context: AppContext,
+    trace: trace_tab.TraceTab,
+    ranges: range_tab.RangeTab,
+    edit: edit_tab.EditTab,
+    examples: list,
+) -> None:
+    """Events that cross tabs: a finished trace redraws the R curve; an example fills the Edit tab's fields."""
+    redraw, inputs, outputs = context.components["range_redraw"]
+    for event in (trace.trace_event, trace.example_event):
+        event.then(redraw, inputs, outputs, api_visibility="private", show_progress="hidden")
+
+    def example_edit(prompt: str, subject: str):
+        for example in examples:
+            if example.prompt == prompt and example.subject == subject and example.edit:
+                return example.subject, example.edit.get("prompt", ""), example.edit.get("target_new", "")
+        return gr.skip(), gr.skip(), gr.skip()
+
+    trace.example_fill.then(
+        example_edit, [trace.prompt, trace.subject], [edit.subject, edit.template, edit.target],
+        queue=False, api_visibility="private",
+    )
 
 
 def launch_options() -> dict:

@@ -148,3 +148,73 @@ def standalone_html(result: Any) -> str:
         f"model {html.escape(result.model)}.</p>"
     )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>Locus trace</title></head><body>{head}{''.join(parts)}</body></html>"
+
+
+def loss_figure(curves: dict[str, list[float]]) -> go.Figure:
+    """The optimisation loss of each request's target vector, step by step."""
+    if not curves:
+        return empty_figure("No loss trajectory in this batch.", height=300)
+    figure = go.Figure()
+    for label, losses in curves.items():
+        figure.add_trace(go.Scatter(x=list(range(len(losses))), y=losses, mode="lines+markers", name=label))
+    figure.update_layout(
+        title=dict(text="How fast each new fact was learned (loss per step)", x=0.02, font=dict(size=16)),
+        xaxis=dict(title="optimisation step"),
+        yaxis=dict(title="loss", rangemode="tozero"),
+        height=320, margin=dict(l=10, r=10, t=44, b=44), plot_bgcolor="white", paper_bgcolor="white", font=FONT,
+        legend=dict(orientation="h", y=-0.25),
+    )
+    return figure
+
+
+def range_figure(recommendation: Any, first: int, last: int) -> go.Figure:
+    """The MLP effect curve at the last subject token with its interval, and the chosen R shaded."""
+    curve = [float(v) for v in recommendation.curve]
+    layers = list(range(len(curve)))
+    figure = go.Figure()
+    interval = getattr(recommendation, "interval", None)
+    if interval is not None:
+        low, high = [float(v) for v in interval[0]], [float(v) for v in interval[1]]
+        figure.add_trace(go.Scatter(x=layers + layers[::-1], y=high + low[::-1], fill="toself", fillcolor="rgba(46,125,50,0.15)",
+                                    line=dict(width=0), hoverinfo="skip", name="95% interval"))
+    figure.add_trace(go.Scatter(x=layers, y=curve, mode="lines+markers", line=dict(color=KIND_LINE_COLORS["mlp"], width=3),
+                                name="MLP effect at last subject token",
+                                hovertemplate="layer %{x}<br>effect %{y:.3f}<extra></extra>"))
+    figure.add_vrect(x0=first - 0.5, x1=last + 0.5, fillcolor="rgba(103,58,183,0.18)", line_width=0,
+                     annotation_text=f"R = {first}–{last}" if last > first else f"R = {first}",
+                     annotation_position="top left", annotation_font_size=15)
+    recommended = list(getattr(recommendation, "layers", []) or [])
+    if recommended and (min(recommended), max(recommended)) != (first, last):
+        figure.add_vrect(x0=min(recommended) - 0.5, x1=max(recommended) + 0.5, line=dict(color="#673ab7", dash="dot", width=2),
+                         fillcolor="rgba(0,0,0,0)", annotation_text="recommended", annotation_position="bottom right")
+    figure.update_layout(
+        height=380, margin=dict(l=10, r=10, t=30, b=44), plot_bgcolor="white", paper_bgcolor="white", font=FONT,
+        xaxis=dict(title="layer", dtick=2), yaxis=dict(title="indirect effect on p(answer)"),
+        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+    )
+    return figure
+
+
+def difference_heatmap(before: Any, after: Any, kind: str) -> go.Figure:
+    """After-edit minus before-edit restored probability, per (token, layer) cell (blue lower, red higher)."""
+    if kind not in before.scores or kind not in after.scores:
+        return empty_figure(f"{KIND_TITLES[kind]} was not traced.")
+    difference = _matrix(after, kind) - _matrix(before, kind)
+    limit = float(numpy.nanmax(numpy.abs(difference))) if numpy.isfinite(difference).any() else 1.0
+    limit = max(limit, 1e-6)
+    labels = token_labels(before.tokens, tuple(before.subject_range))
+    figure = go.Figure(
+        go.Heatmap(
+            z=_plain(difference), x=list(range(difference.shape[1])), y=labels, colorscale="RdBu", reversescale=True,
+            zmid=0.0, zmin=-limit, zmax=limit, xgap=1, ygap=1,
+            colorbar=dict(title=dict(text="Δ p(answer)", side="right"), thickness=14),
+            hovertemplate="token %{y}<br>layer %{x}<br>change %{z:+.3f}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=dict(text=f"{KIND_TITLES[kind]}: after − before", x=0.02, font=dict(size=17)),
+        height=max(300, 90 + 26 * len(labels)), margin=dict(l=10, r=10, t=44, b=44),
+        xaxis=dict(title="layer", dtick=5, showgrid=False), yaxis=dict(autorange="reversed", showgrid=False),
+        plot_bgcolor="white", paper_bgcolor="white", font=FONT,
+    )
+    return figure

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import html
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from ui import captions
+from ui import captions, editing, figures
 from ui.context import MODEL_QUEUE, AppContext
 from ui.display import display_token, label_value, percent
 from ui.errors import friendly
@@ -55,6 +56,24 @@ def build(ctx: AppContext) -> TestTab:
         with gr.Accordion("Raw result (JSON)", open=False):
             compare_json = gr.JSON(elem_id="test-json")
         extra.update(summary=summary, compare_json=compare_json)
+
+        gr.Markdown("---")
+        gr.Markdown(captions.TEST_CHECKS)
+        check = gr.Button("Check my edits", variant="primary", elem_id="test-check")
+        check_summary = gr.Markdown(elem_id="test-check-summary")
+        checks_table = gr.Dataframe(label="Each edit", interactive=False, wrap=True, elem_id="test-checks")
+        metrics_table = gr.Dataframe(label="CounterFact metrics (imported records)", interactive=False, elem_id="test-metrics")
+        with gr.Accordion("Raw result (JSON)", open=False):
+            check_json = gr.JSON(elem_id="test-check-json")
+
+        gr.Markdown("---")
+        gr.Markdown(captions.TEST_RETRACE)
+        retrace = gr.Button("Re-trace the last trace with my edits", elem_id="test-retrace")
+        retrace_status = gr.Markdown(elem_id="test-retrace-status")
+        retrace_plots = {}
+        with gr.Row(equal_height=True):
+            for kind in ("hidden", "mlp", "attn"):
+                retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", min_width=320)
 
     @friendly
     def run_compare(prompt_text: str, k: float, new_tokens: float, session: SessionState | None, progress=gr.Progress()):
@@ -114,4 +133,85 @@ def build(ctx: AppContext) -> TestTab:
         api_visibility="private",
         concurrency_id=MODEL_QUEUE,
     )
+    # --- checks of every edit and CounterFact metrics --------------------------------------------------
+    @friendly
+    def run_checks(session: SessionState | None, progress=gr.Progress()):
+        from tracer.errors import InputError
+
+        session = ctx.session_of(session)
+        records = editing.records_to_check(session)
+        if not records:
+            raise InputError("There is nothing to check yet: apply an edit on the Edit tab (or import CounterFact records).")
+
+        def work(job, loaded):
+            job.progress(0.05, "Original model…")
+            before = editing.evaluate(loaded, records, progress=None)
+            job.progress(0.5, "With your edits…")
+            with session.applied(loaded):
+                after = editing.evaluate(loaded, records, progress=None)
+            return before, after
+
+        before, after = ctx.run(session, work, name="evaluate", edited=False)
+        rows = editing.check_rows(records, before, after)
+        metrics = editing.metrics_rows(before, after)
+        summary = editing.checks_summary(before, after, len(records))
+        data = {"n": len(records), "pre": editing.metrics_dict(before), "post": editing.metrics_dict(after), "records": rows}
+        return summary, editing.checks_table(rows), metrics, data, session
+
+    check.click(
+        run_checks, [ctx.session], [check_summary, checks_table, metrics_table, check_json, ctx.session],
+        api_name="evaluate", concurrency_id=MODEL_QUEUE,
+    )
+
+    # --- re-trace with the edits and show the difference -------------------------------------------------
+    @friendly
+    def run_retrace(session: SessionState | None, progress=gr.Progress()):
+        from tracer.errors import InputError
+
+        session = ctx.session_of(session)
+        last = session.trace
+        if last is None:
+            raise InputError("There is no trace to repeat: run one on the Trace tab first.")
+        if not session.has_edits():
+            raise InputError("You have no edits yet, so the model is unchanged: apply an edit on the Edit tab first.")
+        settings = copy.deepcopy(last.settings)
+        settings.answer = last.answer  # follow the same answer token before and after the edit
+        original = session.original_trace
+        reuse = original is not None and _same_trace(original, last, settings)
+
+        def work(job, loaded):
+            from tracer.trace import trace
+
+            def part(offset: float, label: str):
+                return lambda fraction, message: job.progress(offset + 0.5 * fraction, f"{label}: {message}")
+
+            before = original if reuse else trace(loaded, last.prompt, last.subject, settings, progress=part(0.0, "Original model"))
+            with session.applied(loaded):
+                after = trace(loaded, last.prompt, last.subject, settings, progress=part(0.5, "With your edits"))
+            return before, after
+
+        before, after = ctx.run(session, work, name="re-trace", edited=False)
+        if not reuse:
+            session.original_trace = before
+        status = (
+            f"Following **{html.escape(display_token(before.answer))}**: clean probability "
+            f"{percent(before.high)} before, {percent(after.high)} after your edits."
+        )
+        return (status, *(figures.difference_heatmap(before, after, kind) for kind in ("hidden", "mlp", "attn")), session)
+
+    retrace.click(
+        run_retrace, [ctx.session], [retrace_status, *retrace_plots.values(), ctx.session],
+        api_name="retrace", concurrency_id=MODEL_QUEUE,
+    )
     return TestTab(prompt, before_label, after_label, before_text, after_text, compare, compare_event, extra)
+
+
+def _same_trace(original: Any, last: Any, settings: Any) -> bool:
+    """Is `original` a trace of the unedited model for the same prompt, subject, answer and settings?"""
+    if (original.prompt, original.subject, original.answer) != (last.prompt, last.subject, last.answer):
+        return False
+    mine = original.settings.to_dict()
+    wanted = settings.to_dict()
+    mine.pop("answer", None)
+    wanted.pop("answer", None)
+    return mine == wanted

@@ -45,6 +45,7 @@ class TraceTab:
     run: gr.Button
     trace_event: Any
     example_event: Any
+    example_fill: Any
 
 
 def highlighted_tokens(tokenizer: Any, prompt: str, subject: str) -> tuple[list[tuple[str, str]], str]:
@@ -335,5 +336,5 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
     stop.click(None, None, None, cancels=[trace_event, example_event], api_visibility="private")
     return TraceTab(
         prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, status, plots, result_json,
-        [download_json, download_csv, download_html], run, trace_event, example_event,
+        [download_json, download_csv, download_html], run, trace_event, example_event, example_set.load_input_event,
     )

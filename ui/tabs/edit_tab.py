@@ -1,0 +1,300 @@
+"""Edit tab: a table of requests, MEMIT or ROME over R, diagnostics, and the history with undo."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ui import captions, editing, figures
+from ui.context import MODEL_QUEUE, AppContext
+from ui.display import display_token
+from ui.errors import friendly, warn
+from ui.runner import HEARTBEAT, follow
+from ui.session import SessionState
+
+REQUEST_HEADERS = [
+    "subject",
+    "prompt ({} = subject)",
+    "new object",
+    "current answer",
+    "paraphrases (;-separated, optional)",
+    "neighborhood prompts (;-separated, optional)",
+]
+HISTORY_HEADERS = ["batch", "method", "layers", "requests", "seconds"]
+METHODS = [("MEMIT (many facts, layers R)", "memit"), ("ROME (one fact, the last layer of R)", "rome")]
+
+
+@dataclass
+class EditTab:
+    subject: gr.Textbox
+    template: gr.Textbox
+    target: gr.Textbox
+    add: gr.Button
+    table: gr.Dataframe
+    method: gr.Radio
+    layers: gr.Textbox
+    apply: gr.Button
+    status: gr.Markdown
+    history: gr.Dataframe
+    batch_choice: gr.Dropdown
+    undo: gr.Button
+    reset: gr.Button
+    edit_event: Any
+    undo_event: Any
+    hparams: list[Any]
+
+
+def table_rows(value: Any) -> list[list[str]]:
+    """The Dataframe's rows as lists of 6 strings (blank rows dropped)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):  # gradio_client sends {"headers": [...], "data": [[...]]}
+        value = value.get("data", [])
+    if hasattr(value, "values") and hasattr(value, "columns"):  # a pandas DataFrame
+        value = value.values.tolist()
+    rows = []
+    for row in value or []:
+        cells = ["" if cell is None else str(cell) for cell in list(row)[: len(REQUEST_HEADERS)]]
+        cells += [""] * (len(REQUEST_HEADERS) - len(cells))
+        if any(cell.strip() for cell in cells[:3]):
+            rows.append(cells)
+    return rows
+
+
+def history_rows(session: SessionState) -> list[list[Any]]:
+    ledger = session.ledgers.get(session.model_spec)
+    return [editing.batch_row(batch) for batch in editing.ledger_batches(ledger)] if ledger is not None else []
+
+
+def history_choices(session: SessionState) -> gr.Dropdown:
+    rows = history_rows(session)
+    choices = [(f"{row[0]}: {row[3]}", str(row[0])) for row in rows]
+    return gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None)
+
+
+def build(ctx: AppContext) -> EditTab:
+    with gr.Tab("Edit", id="edit"):
+        gr.Markdown(captions.EDIT)
+        with gr.Row():
+            subject = gr.Textbox(label="Subject", placeholder="Eiffel Tower", elem_id="edit-subject", scale=2)
+            template = gr.Textbox(
+                label="Prompt ({} = subject)", placeholder="{} is located in the city of", elem_id="edit-template", scale=3
+            )
+            target = gr.Textbox(label="New object", placeholder="Rome", elem_id="edit-target", scale=2)
+            add = gr.Button("Add request", elem_id="edit-add", scale=1)
+        table = gr.Dataframe(
+            headers=REQUEST_HEADERS,
+            datatype="str",
+            type="array",
+            interactive=True,
+            row_count=0,
+            column_count=len(REQUEST_HEADERS),
+            static_columns=[3],
+            wrap=True,
+            column_widths=["15%", "25%", "12%", "12%", "18%", "18%"],
+            label="Requests (edit cells directly; click a row to select it)",
+            elem_id="edit-table",
+        )
+        selected_row = gr.State(None)
+        with gr.Row():
+            remove = gr.Button("Remove selected row", size="sm", elem_id="edit-remove")
+            clear = gr.Button("Clear table", size="sm", elem_id="edit-clear")
+            refresh = gr.Button("Refresh current answers", size="sm", elem_id="edit-refresh")
+            import_records = gr.UploadButton(
+                "Import CounterFact JSON", file_types=[".json"], size="sm", elem_id="edit-import"
+            )
+        with gr.Row():
+            method = gr.Radio(METHODS, value="memit", label="Method", elem_id="edit-method", scale=2)
+            layers = ctx.components["edit_layers"]
+            layers.render()
+        with gr.Accordion("Advanced (hyperparameters)", open=False):
+            with gr.Row():
+                mom2_weight = gr.Number(value=15000, label="λ (weight of the covariance: higher = safer, weaker)")
+                cov_tokens = gr.Number(value=None, precision=0, label="Covariance corpus tokens (empty = default)")
+                steps = gr.Slider(1, 100, value=25, step=1, label="Optimisation steps")
+            with gr.Row():
+                lr = gr.Number(value=0.5, label="Learning rate")
+                kl_factor = gr.Number(value=0.0625, label="KL weight (keep the subject's essence)")
+                clamp_norm = gr.Number(value=0.75, label="Clamp ‖δ‖ ≤ this × ‖h‖")
+        with gr.Row():
+            apply = gr.Button("Apply edits", variant="primary", elem_id="edit-apply", scale=3)
+            stop = gr.Button("Stop", variant="stop", elem_id="edit-stop", scale=1)
+        status = gr.Markdown(elem_id="edit-status")
+        gr.Markdown(captions.DIAGNOSTICS, elem_classes=["caption"])
+        with gr.Row(equal_height=True):
+            request_table = gr.Dataframe(label="Per request", interactive=False, elem_id="edit-diag-requests", scale=3, visible=False)
+            loss_plot = gr.Plot(show_label=False, elem_id="edit-loss-plot", scale=2, visible=False)
+        layer_table = gr.Dataframe(label="Per layer", interactive=False, elem_id="edit-diag-layers", visible=False)
+        gr.Markdown("### History of your edits")
+        history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, elem_id="edit-history", row_count=0)
+        with gr.Row():
+            batch_choice = gr.Dropdown([], label="Batch", elem_id="edit-batch", scale=2)
+            undo = gr.Button("Undo this batch", elem_id="edit-undo", scale=1)
+            reset = gr.Button("Reset (undo all)", variant="stop", elem_id="edit-reset", scale=1)
+        with gr.Row():
+            export_ledger = gr.Button("Export my edits", elem_id="edit-export", size="sm")
+            import_ledger = gr.UploadButton("Import edits", file_types=[".zip"], size="sm", elem_id="edit-import-ledger")
+        exported = gr.File(label="Your edits (a file to import later)", visible=False, interactive=False, elem_id="edit-exported")
+        with gr.Accordion("Raw result (JSON)", open=False):
+            result_json = gr.JSON(elem_id="edit-json")
+
+    hparams = [mom2_weight, cov_tokens, steps, lr, kl_factor, clamp_norm]
+
+    # --- the requests table ------------------------------------------------------------------------
+    def answer_rows(session: SessionState, rows: list[list[str]]) -> list[list[str]]:
+        """Fill the 'current answer' column with the session model's top prediction."""
+        if not rows:
+            return rows
+
+        def work(job, loaded):
+            return editing.current_answers(loaded, rows)
+
+        answers = ctx.run(session, work, name="current answers")
+        return [row[:3] + [display_token(answer)] + row[4:] for row, answer in zip(rows, answers)]
+
+    @friendly
+    def add_request(subject_text: str, template_text: str, target_text: str, value: Any, session: SessionState | None):
+        session = ctx.session_of(session)
+        row = [subject_text or "", template_text or "", target_text or "", "", "", ""]
+        editing.check_row(row)
+        rows = table_rows(value) + [row]
+        rows = rows[:-1] + answer_rows(session, [row])
+        return rows, "", "", "", session
+
+    def select_row(event: gr.SelectData):
+        return event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+
+    def remove_row(value: Any, index: int | None):
+        rows = table_rows(value)
+        if index is None or not 0 <= int(index) < len(rows):
+            warn("Click a row of the table first, then remove it.")
+            return rows, None
+        return rows[: int(index)] + rows[int(index) + 1 :], None
+
+    @friendly
+    def refresh_answers(value: Any, session: SessionState | None):
+        session = ctx.session_of(session)
+        return answer_rows(session, table_rows(value)), session
+
+    @friendly
+    def import_counterfact(path: str | None, value: Any, session: SessionState | None):
+        session = ctx.session_of(session)
+        records, rows = editing.counterfact_rows(path)
+        session.records = records
+        rows = answer_rows(session, rows)
+        gr.Info(f"Imported {len(records)} CounterFact record(s); their metrics are on the Test tab.")
+        return table_rows(value) + rows, session
+
+    add.click(add_request, [subject, template, target, table, ctx.session], [table, subject, template, target, ctx.session],
+              api_visibility="private", concurrency_id=MODEL_QUEUE)
+    table.select(select_row, None, selected_row, api_visibility="private", queue=False)
+    remove.click(remove_row, [table, selected_row], [table, selected_row], api_visibility="private", queue=False)
+    clear.click(lambda: [], None, table, api_visibility="private", queue=False)
+    refresh.click(refresh_answers, [table, ctx.session], [table, ctx.session], api_visibility="private", concurrency_id=MODEL_QUEUE)
+    import_records.upload(import_counterfact, [import_records, table, ctx.session], [table, ctx.session],
+                          api_visibility="private", concurrency_id=MODEL_QUEUE)
+
+    # --- applying edits ----------------------------------------------------------------------------
+    @friendly
+    def run_edit(
+        value: Any,
+        method_name: str,
+        layers_text: str,
+        lambda_value: float,
+        cov_token_count: float | None,
+        step_count: float,
+        learning_rate: float,
+        kl_weight: float,
+        clamp: float,
+        session: SessionState | None,
+        progress=gr.Progress(),
+    ):
+        session = ctx.session_of(session)
+        rows = table_rows(value)
+        requests = editing.requests_from_rows(rows)
+        overrides = dict(
+            mom2_weight=lambda_value, cov_tokens=int(cov_token_count) if cov_token_count else None, steps=int(step_count),
+            lr=learning_rate, kl_factor=kl_weight, clamp_norm=clamp,
+        )
+        skip = tuple(gr.skip() for _ in range(8))
+
+        def work(job, loaded):
+            layer_list = editing.parse_layers(layers_text, loaded)
+            return editing.compute_batch(loaded, requests, method_name, layer_list, overrides, rows, job.progress)
+
+        job = ctx.submit(session, work, name="edit")
+        for item in follow(job, progress):
+            if item is HEARTBEAT:
+                yield skip
+        batch = job.result
+        ledger = session.ledger()
+        editing.add_batch(ledger, batch)
+        per_request, per_layer = editing.diagnostics_tables(batch)
+        summary = editing.batch_summary_text(batch)
+        yield (
+            summary,
+            per_request,
+            gr.Plot(figures.loss_figure(editing.loss_curves(batch)), visible=True),
+            per_layer,
+            history_rows(session),
+            history_choices(session),
+            editing.batch_dict(batch),
+            session,
+        )
+
+    edit_outputs = [status, request_table, loss_plot, layer_table, history, batch_choice, result_json, ctx.session]
+    edit_event = apply.click(
+        run_edit, [table, method, layers, *hparams, ctx.session], edit_outputs, api_name="edit", concurrency_id=MODEL_QUEUE
+    )
+    stop.click(None, None, None, cancels=[edit_event], api_visibility="private")
+
+    # --- history: undo, reset, export, import --------------------------------------------------------
+    @friendly
+    def run_undo(batch_id: str | None, session: SessionState | None):
+        from tracer.errors import InputError
+
+        session = ctx.session_of(session)
+        if not batch_id:
+            raise InputError("There is no batch to undo: your edits history is empty.")
+        ledger = session.ledger()
+        # The ledger's weights are only touched inside `applied`, on the runner thread.
+        ctx.run(session, lambda job, loaded: editing.undo_batch(ledger, batch_id), name="undo", edited=False)
+        message = f"Undid batch {html.escape(str(batch_id))}. {len(history_rows(session))} batch(es) remain."
+        return message, history_rows(session), history_choices(session), {"undone": batch_id, "remaining": [r[0] for r in history_rows(session)]}, session
+
+    @friendly
+    def run_reset(session: SessionState | None):
+        session = ctx.session_of(session)
+        ledger = session.ledger()
+        ctx.run(session, lambda job, loaded: editing.reset_ledger(ledger), name="reset", edited=False)
+        return "All your edits were undone: the model is the original again.", [], history_choices(session), {"remaining": []}, session
+
+    @friendly
+    def run_export(session: SessionState | None):
+        session = ctx.session_of(session)
+        if not session.has_edits():
+            raise gr.Error("There are no edits to export yet.")
+        path = ctx.run(session, lambda job, loaded: editing.export_ledger(session.ledger(), loaded), name="export", edited=False)
+        return gr.File(value=path, visible=True)
+
+    @friendly
+    def run_import(path: str | None, session: SessionState | None):
+        session = ctx.session_of(session)
+
+        def work(job, loaded):
+            return editing.import_ledger(path, loaded)
+
+        ledger = ctx.run(session, work, name="import edits", edited=False)
+        session.ledgers[session.model_spec] = ledger
+        return f"Imported {len(history_rows(session))} batch(es) of edits.", history_rows(session), history_choices(session), {"imported": len(history_rows(session))}, session
+
+    history_outputs = [status, history, batch_choice, result_json, ctx.session]
+    undo_event = undo.click(run_undo, [batch_choice, ctx.session], history_outputs, api_name="undo", concurrency_id=MODEL_QUEUE)
+    reset.click(run_reset, [ctx.session], history_outputs, api_name="reset", concurrency_id=MODEL_QUEUE)
+    export_ledger.click(run_export, [ctx.session], [exported], api_visibility="private", concurrency_id=MODEL_QUEUE)
+    import_ledger.upload(run_import, [import_ledger, ctx.session], history_outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
+    return EditTab(subject, template, target, add, table, method, layers, apply, status, history, batch_choice, undo, reset,
+                   edit_event, undo_event, hparams)

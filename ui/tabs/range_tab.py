@@ -1,0 +1,125 @@
+"""Choose R tab: a layer range drawn over the MLP effect curve at the last subject token."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ui import captions, figures
+from ui.context import AppContext
+from ui.errors import friendly
+from ui.session import SessionState
+
+SOURCES = [("The last trace (Trace tab)", "trace"), ("The averages (Averages tab)", "average")]
+
+
+@dataclass
+class RangeTab:
+    source: gr.Radio
+    width: gr.Slider
+    first: gr.Slider
+    last: gr.Slider
+    plot: gr.Plot
+    explanation: gr.Markdown
+    recommend: gr.Button
+    recommend_event: Any
+    result_json: gr.JSON
+
+
+def recommendation_for(session: SessionState, source: str, width: int) -> Any:
+    """The tracer's recommendation from the session's last trace or averages (InputError if there is none)."""
+    from tracer.recommend import recommend_layers
+
+    from tracer.errors import InputError
+
+    if source == "average":
+        if session.average is None:
+            raise InputError("There are no averages yet: run them on the Averages tab, or choose 'The last trace'.")
+        return recommend_layers(session.average, width=width)
+    if session.trace is None:
+        raise InputError("There is no trace yet: run one on the Trace tab (or click an example) first.")
+    if "mlp" not in session.trace.scores:
+        raise InputError("The last trace did not include the MLP kind; trace again with MLP selected (Advanced).")
+    return recommend_layers(session.trace, width=width)
+
+
+def range_text(first: int, last: int) -> str:
+    return f"{first}-{last}" if last > first else f"{first}"
+
+
+def build(ctx: AppContext) -> RangeTab:
+    with gr.Tab("Choose R", id="range"):
+        gr.Markdown(captions.CHOOSE_R)
+        with gr.Row():
+            source = gr.Radio(SOURCES, value="trace", label="Curve from", elem_id="range-source", scale=2)
+            width = gr.Slider(1, 12, value=5, step=1, label="Width of R (layers)", elem_id="range-width", scale=2)
+            recommend = gr.Button("Recommend", variant="primary", elem_id="range-recommend", scale=1)
+        plot = gr.Plot(elem_id="range-plot", show_label=False)
+        with gr.Row():
+            first = gr.Slider(0, 29, value=2, step=1, label="First layer of R", elem_id="range-first")
+            last = gr.Slider(0, 29, value=6, step=1, label="Last layer of R", elem_id="range-last")
+        explanation = gr.Markdown(elem_id="range-explanation")
+        chosen = gr.Markdown(elem_id="range-chosen")
+        with gr.Accordion("Raw result (JSON)", open=False):
+            result_json = gr.JSON(elem_id="range-json")
+
+    def current_curve(session: SessionState, source_value: str, width_value: int) -> Any:
+        try:
+            return recommendation_for(session, source_value, width_value)
+        except Exception:
+            return None
+
+    @friendly
+    def redraw(source_value: str, width_value: float, first_value: float, last_value: float, session: SessionState | None):
+        """Move the shaded range (and remember it as this session's R)."""
+        session = ctx.session_of(session)
+        low, high = sorted((int(first_value), int(last_value)))
+        session.layers = (low, high)
+        recommendation = current_curve(session, source_value, int(width_value))
+        figure = (
+            figures.range_figure(recommendation, low, high)
+            if recommendation is not None
+            else figures.empty_figure("Run a trace (Trace tab) to see the MLP effect curve here.")
+        )
+        return figure, f"**R = layers {range_text(low, high)}** ({high - low + 1} layers) will be edited on the Edit tab.", range_text(low, high), session
+
+    @friendly
+    def run_recommend(source_value: str, width_value: float, session: SessionState | None):
+        session = ctx.session_of(session)
+        recommendation = recommendation_for(session, source_value, int(width_value))
+        session.recommendation = recommendation
+        layers = list(recommendation.layers)
+        low, high = min(layers), max(layers)
+        session.layers = (low, high)
+        return (
+            figures.range_figure(recommendation, low, high),
+            low,
+            high,
+            html.escape(recommendation.explanation),
+            recommendation.to_dict() if hasattr(recommendation, "to_dict") else {"layers": layers},
+            f"**R = layers {range_text(low, high)}** ({high - low + 1} layers) will be edited on the Edit tab.",
+            range_text(low, high),
+            session,
+        )
+
+    layers_text = ctx.components["edit_layers"]  # the Edit tab's layer box (rendered there): R feeds it
+    recommend_event = recommend.click(
+        run_recommend,
+        [source, width, ctx.session],
+        [plot, first, last, explanation, result_json, chosen, layers_text, ctx.session],
+        api_name="recommend",
+    )
+    for slider in (first, last):
+        slider.release(
+            redraw, [source, width, first, last, ctx.session], [plot, chosen, layers_text, ctx.session],
+            api_visibility="private", show_progress="hidden",
+        )
+    source.change(
+        redraw, [source, width, first, last, ctx.session], [plot, chosen, layers_text, ctx.session],
+        api_visibility="private", show_progress="hidden",
+    )
+    ctx.components["range_redraw"] = (redraw, [source, width, first, last, ctx.session], [plot, chosen, layers_text, ctx.session])
+    return RangeTab(source, width, first, last, plot, explanation, recommend, recommend_event, result_json)
