@@ -101,6 +101,15 @@ def settings_from_inputs(answer: str, kinds: list[str], samples: Any, noise: str
     return settings
 
 
+def quick_preview(loaded: Any, prompt: str, subject: str, settings: Any) -> Any:
+    """The tracer's approximate preview, or None where this build has none (the exact trace still runs)."""
+    try:
+        from tracer.preview import preview_trace
+    except ImportError:
+        return None
+    return preview_trace(loaded, prompt, subject, settings)
+
+
 def status_markdown(result: Any, *, stage: str, fraction: float, edited: bool) -> str:
     """What the status line says about a (partial) trace."""
     model_state = " on **your edited model**" if edited else ""
@@ -265,13 +274,12 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
         skip = tuple(gr.skip() for _ in range(len(outputs)))
 
         def work(job, loaded):
-            from tracer.preview import preview_trace
-
             from tracer.trace import trace_stream
 
             job.progress(0.0, "Approximate preview…")
-            preview = preview_trace(loaded, prompt_text, subject_text, settings)
-            job.emit(("preview", preview, 0.0))
+            preview = quick_preview(loaded, prompt_text, subject_text, settings)
+            if preview is not None:
+                job.emit(("preview", preview, 0.0))
             final = None
             with contextlib.closing(trace_stream(loaded, prompt_text, subject_text, settings)) as stream:
                 for update in stream:
