@@ -1,15 +1,15 @@
 """Figures the app shows (plotly only, plain functions result -> Figure).
 
-The trace heatmaps, average plots, R curve and HTML export come from the tracer's
-`ui/trace_figures.py` where it offers them; this module adds what only the live app needs:
-the streaming overlay (exact cells over a faded preview), the before/after difference and the
-layer-range shading of the Choose R tab. Numbers are sent as plain lists, so the browser's plotly
+The trace heatmaps, average plots, R curve and HTML export are the tracer's
+(`ui/trace_figures.py`); this module adds what only the live app needs: the streaming overlay
+(exact cells over a faded preview), the user's own R over the recommendation, the optimisation
+loss of an edit and the after-minus-before difference of a re-trace. Numbers are sent as plain lists, so the browser's plotly
 can read them back (`gd._fullData[0].z`).
 """
 
 from __future__ import annotations
 
-import html
+import copy
 import math
 from typing import Any
 
@@ -17,8 +17,6 @@ import numpy
 import plotly.graph_objects as go
 
 KIND_TITLES = {"hidden": "Hidden state", "mlp": "MLP", "attn": "Attention"}
-KIND_COLORS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
-KIND_LINE_COLORS = {"hidden": "#6a3d9a", "mlp": "#2e7d32", "attn": "#c62828"}
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=15)
 PREVIEW_FADE = "rgba(255,255,255,0.6)"
 
@@ -34,17 +32,6 @@ def empty_figure(message: str, height: int = 320) -> go.Figure:
     return figure
 
 
-def token_labels(tokens: list[str], subject_range: tuple[int, int]) -> list[str]:
-    """Y-axis labels: visible tokens, the subject's marked with '*' as in the paper, made unique."""
-    begin, end = subject_range
-    labels = []
-    for index, token in enumerate(tokens):
-        text = token.replace("\n", "⏎").strip() or "␣"
-        text = f"{text}*" if begin <= index < end else text
-        labels.append(text + "\u200b" * labels.count(text) if text in labels else text)
-    return labels
-
-
 def _matrix(result: Any, kind: str) -> numpy.ndarray:
     return numpy.asarray(result.scores[kind], dtype=float)
 
@@ -53,101 +40,52 @@ def _plain(matrix: numpy.ndarray) -> list[list[float | None]]:
     return [[None if not math.isfinite(v) else float(v) for v in row] for row in matrix.tolist()]
 
 
-def trace_heatmap(result: Any, kind: str, preview: Any = None, height: int | None = None) -> go.Figure:
-    """Restored probability of the answer for every (token, layer) cell of one kind.
+def trace_heatmap(result: Any, kind: str, preview: Any = None) -> go.Figure:
+    """The tracer's heatmap of one kind; while the exact trace streams in, unfinished cells show the preview, veiled.
 
-    While the exact trace streams in, `preview` (an approximate result of the same prompt) fills
-    the cells not computed yet, under a white veil, so the picture is complete from the start.
+    `preview` is the approximate result of the same prompt: where an exact cell is not computed yet
+    (NaN), its estimate is drawn under a white veil, so the picture is complete from the start and
+    the exact values visibly replace it.
     """
+    from ui.trace_figures import trace_heatmap as tracer_heatmap
+
     if kind not in result.scores:
         return empty_figure(f"{KIND_TITLES[kind]} was not traced (see Advanced).")
     exact = _matrix(result, kind)
     missing = ~numpy.isfinite(exact)
-    shown = exact.copy()
-    approximate = bool(getattr(result, "approximate", False))
-    if preview is not None and kind in preview.scores and missing.any():
-        shown[missing] = _matrix(preview, kind)[missing]
-    labels = token_labels(result.tokens, tuple(result.subject_range))
-    layers = list(range(shown.shape[1]))
-    effect = shown - result.low
-    hover = numpy.where(
-        missing if preview is not None else numpy.zeros_like(missing),
-        "approximate (preview)",
-        "approximate (preview)" if approximate else "exact",
-    )
-    finite = shown[numpy.isfinite(shown)]
-    zmin = min(float(result.low), float(finite.min())) if finite.size else 0.0
-    zmax = max(float(finite.max()), zmin + 1e-6) if finite.size else 1.0
-    figure = go.Figure(
+    if preview is None or kind not in preview.scores or not missing.any() or preview is result:
+        return tracer_heatmap(result, kind)
+    merged = copy.copy(result)
+    filled = exact.copy()
+    filled[missing] = _matrix(preview, kind)[missing]
+    merged.scores = {**result.scores, kind: filled.tolist()}
+    figure = tracer_heatmap(merged, kind)
+    veil = numpy.where(missing, 1.0, numpy.nan)
+    figure.add_trace(
         go.Heatmap(
-            z=_plain(shown),
-            x=layers,
-            y=labels,
-            colorscale=KIND_COLORS[kind],
-            zmin=zmin,
-            zmax=zmax,
-            customdata=numpy.dstack([_nan_to_none(effect), hover]).tolist(),
-            hovertemplate=(
-                "token %{y}<br>layer %{x}<br>restored p(answer) = %{z:.3f}"
-                "<br>indirect effect = %{customdata[0]:.3f}<br>%{customdata[1]}<extra></extra>"
-            ),
-            colorbar=dict(title=dict(text="p(answer)", side="right"), thickness=14),
-            xgap=1,
-            ygap=1,
+            z=_plain(veil), x=list(range(exact.shape[1])), y=list(figure.data[0].y), colorscale=[[0, PREVIEW_FADE], [1, PREVIEW_FADE]],
+            showscale=False, hoverinfo="skip", xgap=1, ygap=1,
         )
     )
-    if preview is not None and missing.any():
-        veil = numpy.where(missing, 1.0, numpy.nan)
-        figure.add_trace(
-            go.Heatmap(
-                z=_plain(veil), x=layers, y=labels, colorscale=[[0, PREVIEW_FADE], [1, PREVIEW_FADE]],
-                showscale=False, hoverinfo="skip", xgap=1, ygap=1,
-            )
-        )
-    window = result.settings.window_for(kind) if hasattr(result.settings, "window_for") else 1
-    title = f"{KIND_TITLES[kind]}" + (f" (window {window})" if kind != "hidden" else "")
-    if approximate:
-        title += " · approximate"
-    figure.update_layout(
-        title=dict(text=title, x=0.02, font=dict(size=17)),
-        height=height or max(300, 90 + 26 * len(labels)),
-        margin=dict(l=10, r=10, t=44, b=44),
-        xaxis=dict(title="layer", dtick=5, showgrid=False),
-        yaxis=dict(autorange="reversed", showgrid=False, tickfont=dict(size=14)),
-        plot_bgcolor="white",
-        paper_bgcolor="white",
-        font=FONT,
-    )
+    done = 1.0 - float(missing.mean())
+    figure.update_layout(title=dict(text=f"{KIND_TITLES[kind]}: exact {done:.0%} (faded cells: preview estimate)"))
     return figure
 
 
-def _nan_to_none(matrix: numpy.ndarray) -> numpy.ndarray:
-    values = matrix.astype(object)
-    values[~numpy.isfinite(matrix.astype(float))] = None
-    return values
+def standalone_html(result: Any, recommendation: Any = None) -> str:
+    """One offline HTML file with the trace's heatmaps (the tracer's export)."""
+    from ui.trace_figures import trace_html
+
+    return trace_html(result, recommendation)
 
 
-def standalone_html(result: Any) -> str:
-    """One offline HTML file with the three heatmaps (plotly.js inlined) and the trace's facts."""
-    try:  # the tracer's export, when it offers one
-        from ui.trace_figures import standalone_html as tracer_html  # type: ignore[attr-defined]
+def average_figure(average: Any, kind: str) -> go.Figure:
+    """Average indirect effect by token class with 95% bands (the tracer's figure)."""
+    from ui.trace_figures import average_figure as tracer_average_figure
 
-        return tracer_html(result)
-    except ImportError:
-        pass
-    import plotly.io
-
-    parts = []
-    for index, kind in enumerate(result.kinds):
-        parts.append(
-            plotly.io.to_html(trace_heatmap(result, kind), full_html=False, include_plotlyjs="inline" if index == 0 else False)
-        )
-    head = (
-        f"<h1>Causal trace: {html.escape(result.prompt)}</h1><p>Subject <b>{html.escape(result.subject)}</b>, "
-        f"answer <b>{html.escape(result.answer)}</b>, clean p = {result.high:.4f}, corrupted p = {result.low:.4f}, "
-        f"model {html.escape(result.model)}.</p>"
-    )
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>Locus trace</title></head><body>{head}{''.join(parts)}</body></html>"
+    if kind not in average.effects:
+        return empty_figure(f"{KIND_TITLES[kind]} was not averaged.")
+    return tracer_average_figure(average, kind)
 
 
 def loss_figure(curves: dict[str, list[float]]) -> go.Figure:
@@ -168,30 +106,17 @@ def loss_figure(curves: dict[str, list[float]]) -> go.Figure:
 
 
 def range_figure(recommendation: Any, first: int, last: int) -> go.Figure:
-    """The MLP effect curve at the last subject token with its interval, and the chosen R shaded."""
-    curve = [float(v) for v in recommendation.curve]
-    layers = list(range(len(curve)))
-    figure = go.Figure()
-    interval = getattr(recommendation, "interval", None)
-    if interval is not None:
-        low, high = [float(v) for v in interval[0]], [float(v) for v in interval[1]]
-        figure.add_trace(go.Scatter(x=layers + layers[::-1], y=high + low[::-1], fill="toself", fillcolor="rgba(46,125,50,0.15)",
-                                    line=dict(width=0), hoverinfo="skip", name="95% interval"))
-    figure.add_trace(go.Scatter(x=layers, y=curve, mode="lines+markers", line=dict(color=KIND_LINE_COLORS["mlp"], width=3),
-                                name="MLP effect at last subject token",
-                                hovertemplate="layer %{x}<br>effect %{y:.3f}<extra></extra>"))
-    figure.add_vrect(x0=first - 0.5, x1=last + 0.5, fillcolor="rgba(103,58,183,0.18)", line_width=0,
-                     annotation_text=f"R = {first}–{last}" if last > first else f"R = {first}",
-                     annotation_position="top left", annotation_font_size=15)
-    recommended = list(getattr(recommendation, "layers", []) or [])
-    if recommended and (min(recommended), max(recommended)) != (first, last):
-        figure.add_vrect(x0=min(recommended) - 0.5, x1=max(recommended) + 0.5, line=dict(color="#673ab7", dash="dot", width=2),
-                         fillcolor="rgba(0,0,0,0)", annotation_text="recommended", annotation_position="bottom right")
-    figure.update_layout(
-        height=380, margin=dict(l=10, r=10, t=30, b=44), plot_bgcolor="white", paper_bgcolor="white", font=FONT,
-        xaxis=dict(title="layer", dtick=2), yaxis=dict(title="indirect effect on p(answer)"),
-        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
-    )
+    """The tracer's R curve (recommended window shaded) with the user's chosen R outlined when it differs."""
+    from ui.trace_figures import recommendation_figure
+
+    figure = recommendation_figure(recommendation)
+    recommended = list(recommendation.layers)
+    if (first, last) != (min(recommended), max(recommended)):
+        figure.add_vrect(
+            x0=first - 0.5, x1=last + 0.5, fillcolor="rgba(255,193,7,0.18)", line=dict(color="#ff8f00", width=2),
+            annotation_text=f"your R = {first}-{last}" if last > first else f"your R = {first}",
+            annotation_position="top right", annotation_font_size=15,
+        )
     return figure
 
 
@@ -202,6 +127,8 @@ def difference_heatmap(before: Any, after: Any, kind: str) -> go.Figure:
     difference = _matrix(after, kind) - _matrix(before, kind)
     limit = float(numpy.nanmax(numpy.abs(difference))) if numpy.isfinite(difference).any() else 1.0
     limit = max(limit, 1e-6)
+    from ui.trace_figures import token_labels
+
     labels = token_labels(before.tokens, tuple(before.subject_range))
     figure = go.Figure(
         go.Heatmap(

@@ -26,15 +26,22 @@ class AveragesTab:
     average_event: Any
 
 
-def average_status(result: Any) -> str:
-    """One paragraph on what was averaged."""
-    parts = [f"Averaged over **{result.n} facts** the model knows"]
-    total = getattr(result, "total_effect", None)
-    if total is not None:
-        mean = total.get("mean") if isinstance(total, dict) else total
-        if mean is not None:
-            parts.append(f"average total effect (clean − blurred) **{percent(float(mean))}**")
-    return html.escape(", ".join(parts)).replace("**", "**") + "."
+def average_status(result: Any, fraction: float, message: str, done: bool) -> str:
+    """What was averaged so far, in one paragraph."""
+    if result.n_facts == 0:
+        return f"⏳ {html.escape(message)}…"
+    kinds = ", ".join(
+        f"{figures.KIND_TITLES[kind]} strongest at the {best[0]} (layer {best[1]}, {percent(best[2])})"
+        for kind in result.kinds
+        for best in [result.best(kind)]
+        if best[1] >= 0
+    )
+    head = "✅" if done else f"⏳ {fraction:.0%} ·"
+    return (
+        f"{head} **{result.n_facts} facts** the model knows · average total effect {percent(result.total_effect)} "
+        f"± {percent(result.total_effect_half_width)} (clean {percent(result.high_mean)}, blurred {percent(result.low_mean)}).  \n"
+        f"{html.escape(kinds)}. *{html.escape(message)}*"
+    )
 
 
 def build(ctx: AppContext) -> AveragesTab:
@@ -65,17 +72,30 @@ def build(ctx: AppContext) -> AveragesTab:
         skip = tuple(gr.skip() for _ in range(len(KINDS) + 2))
 
         def work(job, loaded):
-            from tracer.average import average_traces
+            import contextlib
 
-            return average_traces(loaded, int(n), settings, progress=job.progress)
+            from tracer.average import average_traces_stream
+
+            final = None
+            with contextlib.closing(average_traces_stream(loaded, int(n), settings)) as stream:
+                for update in stream:
+                    final = update.result
+                    job.progress(update.fraction, update.message)
+                    job.emit(update)
+            return final
 
         job = ctx.submit(session, work, name="averages", edited=False)
         for item in follow(job, progress):
             if item is HEARTBEAT:
                 yield skip
-        result = job.result
-        session.average = result
-        yield (average_status(result), *(figures.average_figure(result, kind) for kind in KINDS), session)
+                continue
+            session.average = item.result
+            yield (
+                average_status(item.result, item.fraction, item.message, item.done),
+                *(figures.average_figure(item.result, kind) for kind in KINDS),
+                session,
+            )
+        session.average = job.result
 
     average_event = run.click(
         run_average,
