@@ -48,11 +48,11 @@ def model_markdown(status: dict) -> str:
     """The model panel's text for a ModelManager.status() dict."""
     state = status.get("state")
     if state == "loading":
-        return f"⏳ Loading model **{html.escape(str(status.get('spec')))}**… (the page works as soon as it is ready)"
+        return f"Loading model **{html.escape(str(status.get('spec')))}**… (the page works as soon as it is ready)"
     if state == "error":
-        return f"⚠️ The model could not be loaded: {html.escape(str(status.get('error')))}"
+        return f"The model could not be loaded: {html.escape(str(status.get('error')))}"
     if state != "ready":
-        return "⏳ Waiting for the model…"
+        return "Waiting for the model…"
     parameters = status.get("parameters", 0)
     rows = [
         ("Model", status.get("name")),

