@@ -1,0 +1,120 @@
+"""MEMIT / ROME hyperparameters (SPEC section 3) with per-family defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+
+from tracer.errors import InputError
+from tracer.layout import ModelLayout
+
+PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
+
+
+@dataclass(frozen=True)
+class MemitHyperParams:
+    """Settings of one MEMIT (or ROME/AlphaEdit) edit; defaults are SPEC section 3's."""
+
+    layers: tuple[int, ...] = (2, 3, 4, 5, 6)  # R: the MLPs that are edited (l_R = the last one)
+    mom2_weight: float = 15000.0  # lambda in Delta = D K^T (lambda C + K K^T)^-1
+    cov_tokens: int = 100_000  # corpus tokens behind C = E[k k^T]
+    corpus: str = "wikipedia"  # "wikipedia" or a path to a .txt / .jsonl file
+    # target vectors z (step 2)
+    lr: float = 0.5
+    steps: int = 25
+    loss_stop: float = 0.05
+    kl_factor: float = 0.0625
+    kl_prompt: str = "{} is a"
+    weight_decay: float = 0.5
+    clamp_norm: float = 0.75
+    # context prefixes (step 1): empty + one text of `prefix_tokens` tokens per start word, followed by ". "
+    prefix_starts: tuple[str, ...] = PREFIX_STARTS
+    prefix_tokens: int = 10
+    prefix_sampling: str = "sample"  # "sample" (top-k 5, seeded: MEMIT's choice) or "greedy"
+    seed: int = 0
+    # engineering
+    target_batch_requests: int = 32  # requests optimized together per chunk (memory bound)
+    key_batch_rows: int = 256  # rows per forward pass when collecting keys
+    max_prompt_tokens: int = 96  # prompt + new object, per request
+    method: str = "memit"  # "memit" | "rome" | "alphaedit"
+    nullspace_threshold: float = 1e-2  # AlphaEdit: eigenvalues of C below this span the preserved null space
+    alphaedit_l2: float = 10.0  # AlphaEdit: ridge term added to the projected system
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def target_layer(self) -> int:
+        """l_R, the layer whose output the target vectors z describe."""
+        return max(self.layers)
+
+    def replace(self, **changes) -> MemitHyperParams:
+        if "layers" in changes and changes["layers"] is not None:
+            changes["layers"] = tuple(sorted(int(layer) for layer in changes["layers"]))
+        return dataclasses.replace(self, **changes)
+
+    def check(self, layout: ModelLayout | None = None) -> MemitHyperParams:
+        """This object, or an InputError naming the first unusable setting."""
+        if not self.layers:
+            raise InputError("No layers to edit: give at least one layer (e.g. 2-6).")
+        if len(set(self.layers)) != len(self.layers) or list(self.layers) != sorted(self.layers):
+            raise InputError(f"Layers must be distinct and increasing, got {list(self.layers)}.")
+        if layout is not None and not all(0 <= layer < layout.num_layers for layer in self.layers):
+            raise InputError(f"Layers {list(self.layers)} are outside the model's 0..{layout.num_layers - 1}.")
+        if self.mom2_weight < 0:
+            raise InputError(f"lambda must be >= 0, got {self.mom2_weight}.")
+        if self.cov_tokens < 1:
+            raise InputError(f"The covariance token budget must be positive, got {self.cov_tokens}.")
+        if self.steps < 1 or self.lr <= 0:
+            raise InputError("The target optimization needs at least one step and a positive learning rate.")
+        if "{}" not in self.kl_prompt:
+            raise InputError(f"The essence (KL) prompt {self.kl_prompt!r} needs a '{{}}' for the subject.")
+        if self.prefix_sampling not in ("greedy", "sample"):
+            raise InputError(f"prefix_sampling must be 'greedy' or 'sample', got {self.prefix_sampling!r}.")
+        if self.method not in ("memit", "rome", "alphaedit"):
+            raise InputError(f"Unknown method {self.method!r}: use memit, rome or alphaedit.")
+        return self
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        data["prefix_starts"] = list(self.prefix_starts)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MemitHyperParams:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        for key in ("layers", "prefix_starts"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+# Per-family settings. The llama entry is what we measured on the embedded SmolLM2-135M (see
+# bench/bench_edit.py and the editor issue's closing note); other families start from a window at
+# the same relative depth as GPT-J's published R = 3..8 of 28 layers, with MEMIT's published lambda.
+FAMILY_DEFAULTS: dict[str, dict] = {
+    "llama": dict(mom2_weight=15000.0),
+    "gptj": dict(layers=(3, 4, 5, 6, 7, 8), mom2_weight=15000.0),
+    "gpt2": dict(mom2_weight=20000.0),
+}
+RELATIVE_WINDOW = (0.11, 0.30)  # GPT-J: layers 3..8 of 28
+
+
+def default_layers(layout: ModelLayout, width: int = 5) -> tuple[int, ...]:
+    """A window of `width` layers at GPT-J's relative depth (used when a family has no measured R)."""
+    count = layout.num_layers
+    width = max(1, min(width, count))
+    start = min(int(round(RELATIVE_WINDOW[0] * count)), count - width)
+    return tuple(range(start, start + width))
+
+
+def default_hparams(layout: ModelLayout, **overrides) -> MemitHyperParams:
+    """The defaults for a model's family, with `overrides` applied (None values are ignored)."""
+    values = dict(FAMILY_DEFAULTS.get(layout.family, {}))
+    if "layers" not in values:
+        values["layers"] = default_layers(layout)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    params = MemitHyperParams().replace(**values)
+    if max(params.layers) >= layout.num_layers:
+        params = params.replace(layers=default_layers(layout, width=len(params.layers)))
+    return params.check(layout)

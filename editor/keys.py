@@ -1,0 +1,73 @@
+"""MEMIT keys: inputs of the MLP output projection at the subject's last token, averaged over prefixes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from editor.forward import pad_id, pad_right, row_batches, run_until
+from editor.requests import EditRequest
+from editor.rows import PromptRow, key_rows
+from tracer.hooks import capture_inputs, capture_outputs, sequence_view
+from tracer.loading import LoadedModel
+
+
+@dataclass
+class KeySet:
+    """Keys per layer, (n, m) float32, mean over prefixes; `hidden`: (n, d) block output of the plain prompt."""
+
+    keys: dict[int, torch.Tensor]
+    hidden: torch.Tensor | None
+    hidden_layer: int | None
+
+
+@torch.inference_mode()
+def collect_keys(
+    loaded: LoadedModel,
+    rows: list[PromptRow],
+    count: int,
+    layers: list[int],
+    hidden_layer: int | None = None,
+    batch_rows: int = 256,
+) -> KeySet:
+    """Keys at `layers` for `count` requests from their rows (plus block `hidden_layer`'s output on prefix 0)."""
+    layout, model = loaded.layout, loaded.model
+    last_needed = max(list(layers) + ([hidden_layer] if hidden_layer is not None else []))
+    sums = {layer: torch.zeros(count, layout.mlp_size, dtype=torch.float32) for layer in layers}
+    counts = torch.zeros(count, dtype=torch.float32)
+    hidden = torch.zeros(count, layout.hidden_size, dtype=torch.float32) if hidden_layer is not None else None
+    names = {layer: layout.mlp_output_projection(layer) for layer in layers}
+    fill = pad_id(loaded.tokenizer)
+    for batch in row_batches([len(row.ids) for row in rows], batch_rows):
+        chosen = [rows[i] for i in batch]
+        ids, mask = pad_right([list(row.ids) for row in chosen], fill, loaded.device)
+        block = [layout.block(hidden_layer)] if hidden_layer is not None else []
+        with capture_inputs(model, list(names.values())) as inputs, capture_outputs(model, block) as outputs:
+            run_until(loaded, last_needed, input_ids=ids, attention_mask=mask, use_cache=False)
+        row_index = torch.arange(len(chosen), device=ids.device)
+        positions = torch.tensor([row.subject_last for row in chosen], device=ids.device)
+        owners = torch.tensor([row.request for row in chosen])
+        for layer, name in names.items():
+            tensor = sequence_view(inputs[name], ids.shape[0], ids.shape[1])
+            sums[layer].index_add_(0, owners, tensor[row_index, positions].float().cpu())
+        counts.index_add_(0, owners, torch.ones(len(chosen)))
+        if hidden is not None:
+            tensor = outputs[layout.block(hidden_layer)][row_index, positions].float().cpu()
+            plain = [i for i, row in enumerate(chosen) if row.prefix == 0]
+            hidden[owners[plain]] = tensor[plain]
+    keys = {layer: sums[layer] / counts.clamp(min=1).unsqueeze(-1) for layer in layers}
+    return KeySet(keys, hidden, hidden_layer)
+
+
+def request_keys(
+    loaded: LoadedModel,
+    requests: list[EditRequest],
+    prefixes: list[str],
+    layers: list[int],
+    hidden_layer: int | None = None,
+    batch_rows: int = 256,
+) -> KeySet:
+    """Keys (mean over `prefixes`) of `requests` at `layers`, and block `hidden_layer`'s output at the subject."""
+    rows = key_rows(loaded.tokenizer, requests, prefixes)
+    return collect_keys(loaded, rows, len(requests), layers, hidden_layer, batch_rows)

@@ -1,0 +1,218 @@
+"""The edit ledger: an ordered list of edit batches that one user (one browser session) has made.
+
+The shared model in memory always holds its original weights. A ledger's edits exist on it only inside
+`with ledger.applied(loaded):`, which holds `loaded.lock`, adds the batches' deltas in order and puts the
+original matrices back (bit for bit) on every exit, so sessions never see each other's edits. Undo is
+removing a batch from the list; the weights are recomputed from the originals, never by subtraction.
+Ledgers are saved as one safetensors file (deltas + keys) whose metadata holds the JSON description.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from editor.batch import EditBatch
+from editor.weights import add_delta, restore, snapshot, tensor_digest, weights_hash
+from tracer.errors import InputError
+from tracer.facts import model_key
+from tracer.loading import LoadedModel
+
+LEDGER_FORMAT = 1
+METADATA_KEY = "locus_ledger"
+
+
+class EditLedger:
+    """Ordered edit batches for one model; see the module docstring for how they reach the weights."""
+
+    def __init__(self, model: str | None = None, base_hashes: dict[int, str] | None = None):
+        self.model = model
+        self.batches: list[EditBatch] = []
+        self.base_hashes: dict[int, str] = dict(base_hashes or {})  # layer -> digest of the original W_l
+
+    @classmethod
+    def for_model(cls, loaded: LoadedModel) -> EditLedger:
+        return cls(model_key(loaded))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[EditBatch]:
+        return iter(self.batches)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({layer for batch in self.batches for layer in batch.deltas})
+
+    @property
+    def requests(self):
+        return [request for batch in self.batches for request in batch.requests]
+
+    # --- changing the list ------------------------------------------------------------------
+    def add(self, batch: EditBatch, loaded: LoadedModel | None = None) -> EditBatch:
+        """Append `batch` (it must come from the same model)."""
+        if self.model is None:
+            self.model = batch.model
+        if batch.model != self.model:
+            raise InputError(
+                f"This edit was computed on model {batch.model!r}, but the ledger belongs to {self.model!r}."
+            )
+        if any(existing.batch_id == batch.batch_id for existing in self.batches):
+            raise InputError(f"Edit batch {batch.batch_id} is already in the ledger.")
+        if loaded is not None:
+            self._record_base(loaded, batch.deltas)
+        self.batches.append(batch)
+        return batch
+
+    def undo(self, batch_id: str | None = None) -> EditBatch:
+        """Remove batch `batch_id` (default: the last one) and return it."""
+        if not self.batches:
+            raise InputError("There is no edit to undo.")
+        if batch_id is None:
+            return self.batches.pop()
+        for index, batch in enumerate(self.batches):
+            if batch.batch_id == batch_id:
+                return self.batches.pop(index)
+        raise InputError(f"No edit batch {batch_id!r} in this ledger (it has {', '.join(b.batch_id for b in self.batches) or 'none'}).")
+
+    def reset(self) -> None:
+        """Forget every edit."""
+        self.batches.clear()
+
+    # --- the weights ------------------------------------------------------------------------
+    def check_model(self, loaded: LoadedModel) -> None:
+        """InputError unless `loaded` is the model this ledger was made for (name, sizes and original weights)."""
+        key = model_key(loaded)
+        if self.model is not None and self.model != key:
+            raise InputError(
+                f"This ledger was made for model {self.model!r}, but the loaded model is {key!r}; "
+                "edits only make sense on the model they were computed for."
+            )
+        layout = loaded.layout
+        for batch in self.batches:
+            for layer, delta in batch.deltas.items():
+                if not 0 <= layer < layout.num_layers or tuple(delta.shape) != (layout.hidden_size, layout.mlp_size):
+                    raise InputError(
+                        f"This ledger's edit {batch.batch_id} does not fit the loaded model (layer {layer}, "
+                        f"delta {tuple(delta.shape)} vs W {(layout.hidden_size, layout.mlp_size)})."
+                    )
+        if self.base_hashes and not self._in_use(loaded):
+            for layer, expected in self.base_hashes.items():
+                actual = tensor_digest(loaded.layout.output_projection_weight(loaded.model, layer))
+                if actual != expected:
+                    raise InputError(
+                        f"This ledger was made for different weights of {self.model!r} (layer {layer} differs from "
+                        "the weights it was computed on). Load it on the same model it was saved from."
+                    )
+
+    def _in_use(self, loaded: LoadedModel) -> bool:
+        return getattr(loaded, "_locus_applied_depth", 0) > 0
+
+    def _record_base(self, loaded: LoadedModel, deltas: dict[int, torch.Tensor]) -> None:
+        if self._in_use(loaded):
+            return  # the weights on the model are edited right now; keep what we know
+        for layer in deltas:
+            if layer not in self.base_hashes:
+                self.base_hashes[layer] = tensor_digest(loaded.layout.output_projection_weight(loaded.model, layer))
+
+    @contextmanager
+    def applied(self, loaded: LoadedModel) -> Iterator[LoadedModel]:
+        """Within the block, `loaded` carries this ledger's edits (lock held); the original weights come back on exit."""
+        with loaded.lock:
+            if not self.batches:
+                yield loaded
+                return
+            self.check_model(loaded)
+            layers = self.layers
+            for layer in layers:
+                if layer not in self.base_hashes and not self._in_use(loaded):
+                    self.base_hashes[layer] = tensor_digest(loaded.layout.output_projection_weight(loaded.model, layer))
+            saved = snapshot(loaded, layers)
+            depth = getattr(loaded, "_locus_applied_depth", 0)
+            loaded._locus_applied_depth = depth + 1
+            try:
+                for batch in self.batches:
+                    for layer, delta in batch.deltas.items():
+                        add_delta(loaded.layout.output_projection_weight(loaded.model, layer), delta)
+                yield loaded
+            finally:
+                restore(loaded, saved)
+                loaded._locus_applied_depth = depth
+
+    def weights_hash(self, loaded: LoadedModel) -> str:
+        """sha256 of the touched matrices as they are on the model now (compare before/after an undo)."""
+        return weights_hash(loaded, self.layers)
+
+    def previous_keys(self, layers) -> dict[int, torch.Tensor]:
+        """Keys (n, m) of every earlier batch per layer (AlphaEdit's sequential-editing term)."""
+        found: dict[int, list[torch.Tensor]] = {}
+        for batch in self.batches:
+            for layer, keys in batch.keys.items():
+                if layer in layers:
+                    found.setdefault(layer, []).append(keys)
+        return {layer: torch.cat(parts) for layer, parts in found.items()}
+
+    # --- files --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": LEDGER_FORMAT,
+            "model": self.model,
+            "base_hashes": {str(layer): digest for layer, digest in self.base_hashes.items()},
+            "batches": [batch.to_dict() for batch in self.batches],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the ledger as one safetensors file (tensors + JSON metadata), atomically."""
+        path = Path(path)
+        tensors: dict[str, torch.Tensor] = {}
+        for index, batch in enumerate(self.batches):
+            for layer, delta in batch.deltas.items():
+                tensors[f"batch{index}.layer{layer}.delta"] = delta.contiguous()
+            for layer, keys in batch.keys.items():
+                tensors[f"batch{index}.layer{layer}.keys"] = keys.contiguous()
+        if not tensors:
+            tensors["empty"] = torch.zeros(0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+        os.close(handle)
+        try:
+            save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(self.to_dict())})
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, loaded: LoadedModel | None = None) -> EditLedger:
+        """Read a ledger file; with `loaded`, refuse one made for another model."""
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = (handle.metadata() or {}).get(METADATA_KEY)
+                if metadata is None:
+                    raise InputError(f"{path.name} is not a Locus edit ledger (no '{METADATA_KEY}' metadata).")
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        except (OSError, ValueError, RuntimeError) as error:
+            raise InputError(f"Cannot read the ledger {path.name}: {error}") from None
+        data = json.loads(metadata)
+        if data.get("format") != LEDGER_FORMAT:
+            raise InputError(f"{path.name} has ledger format {data.get('format')}, this Locus reads {LEDGER_FORMAT}.")
+        ledger = cls(data.get("model"), {int(layer): digest for layer, digest in data.get("base_hashes", {}).items()})
+        for index, batch_data in enumerate(data["batches"]):
+            deltas = {int(layer): tensors[f"batch{index}.layer{layer}.delta"] for layer in batch_data["layers"]
+                      if f"batch{index}.layer{layer}.delta" in tensors}
+            keys = {int(layer): tensors[f"batch{index}.layer{layer}.keys"] for layer in batch_data["layers"]
+                    if f"batch{index}.layer{layer}.keys" in tensors}
+            ledger.batches.append(EditBatch.from_dict(batch_data, deltas, keys))
+        if loaded is not None:
+            ledger.check_model(loaded)
+        return ledger

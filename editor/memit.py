@@ -1,0 +1,188 @@
+"""MEMIT (SPEC section 3): write many facts at once into the MLPs of a range of layers R.
+
+`compute_memit` returns an `EditBatch` (deltas + diagnostics) and leaves the model's weights exactly as
+it found them: the layer loop needs each layer's update in place while it computes the next layer's
+keys, so the touched matrices are saved first and put back (bit for bit) on every exit.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+
+from editor.batch import EditBatch, LayerDiagnostics
+from editor.covariance import CovarianceSet, layer_covariances
+from editor.hparams import MemitHyperParams, default_hparams
+from editor.keys import request_keys
+from editor.prefixes import context_prefixes
+from editor.progress import Progress, stage
+from editor.requests import EditRequest, validate_requests
+from editor.targets import TargetResult, compute_targets
+from editor.updates import alphaedit_update, memit_update, nullspace_projection
+from editor.weights import add_delta, projection_weight, restore, snapshot
+from tracer.errors import LocusError
+from tracer.facts import model_key
+from tracer.loading import LoadedModel
+
+
+def prepare(
+    loaded: LoadedModel, requests, hparams: MemitHyperParams | None, ledger=None
+) -> tuple[list[EditRequest], MemitHyperParams]:
+    """Validated requests and settings (InputError before anything runs)."""
+    hparams = (hparams or default_hparams(loaded.layout)).check(loaded.layout)
+    requests = validate_requests(requests, loaded.tokenizer, hparams.max_prompt_tokens)
+    if ledger is not None:
+        ledger.check_model(loaded)
+    return requests, hparams
+
+
+def compute_memit(
+    loaded: LoadedModel,
+    requests: list[EditRequest] | list[dict],
+    hparams: MemitHyperParams | None = None,
+    progress: Progress | None = None,
+    *,
+    ledger=None,
+    covariances: CovarianceSet | None = None,
+    targets: TargetResult | None = None,
+    engine: str = "cached",
+) -> EditBatch:
+    """Deltas for all `requests` at hparams.layers, computed on top of `ledger`'s edits (if any)."""
+    started = time.perf_counter()
+    requests, hparams = prepare(loaded, requests, hparams, ledger)
+    timings: dict[str, float] = {}
+    with loaded.lock, _out_of_memory_guard(len(requests)):
+        clock = time.perf_counter()
+        if covariances is None:
+            covariances = layer_covariances(
+                loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus, stage(progress, 0.0, 0.3)
+            )
+        timings["covariance"] = time.perf_counter() - clock
+        prefixes = context_prefixes(loaded, hparams)  # from the unedited model
+        context = ledger.applied(loaded) if ledger is not None else nullcontext()
+        with context:
+            clock = time.perf_counter()
+            if targets is None:
+                targets = compute_targets(loaded, requests, hparams, prefixes, engine=engine, progress=stage(progress, 0.3, 0.85))
+            timings["targets"] = time.perf_counter() - clock
+            if not torch.isfinite(targets.targets).all():
+                raise LocusError("The target vectors contain NaN or Inf; nothing was changed. Try other targets or fewer steps.")
+            clock = time.perf_counter()
+            previous = ledger.previous_keys(hparams.layers) if (ledger is not None and hparams.method == "alphaedit") else {}
+            deltas, layer_diagnostics, keys, final_residual = layer_updates(
+                loaded, requests, hparams, prefixes, covariances, targets, previous, stage(progress, 0.85, 1.0)
+            )
+            timings["layers"] = time.perf_counter() - clock
+    if progress is not None:
+        progress(1.0, f"computed {len(requests)} edit(s)")
+    return EditBatch(
+        requests=requests,
+        method=hparams.method,
+        layers=list(hparams.layers),
+        deltas=deltas,
+        model=model_key(loaded),
+        hparams=hparams.to_dict(),
+        request_diagnostics=targets.diagnostics,
+        layer_diagnostics=layer_diagnostics,
+        warnings=covariances.warnings(),
+        final_residual_norm=final_residual,
+        keys=keys,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+    )
+
+
+def layer_updates(
+    loaded: LoadedModel,
+    requests: list[EditRequest],
+    hparams: MemitHyperParams,
+    prefixes: list[str],
+    covariances: CovarianceSet,
+    targets: TargetResult,
+    previous_keys: dict[int, torch.Tensor] | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[int, torch.Tensor], list[LayerDiagnostics], dict[int, torch.Tensor], float]:
+    """SPEC 3 step 3: for each layer in R (increasing), spread the remaining residual and update W_l.
+
+    The updates stay applied while later layers' keys are computed, and are undone before returning.
+    Returns the deltas (weight dtype), per-layer diagnostics, the keys (n, m) per layer, and the final
+    mean residual ||z - h|| at l_R.
+    """
+    layers = list(hparams.layers)
+    saved = snapshot(loaded, layers)
+    deltas: dict[int, torch.Tensor] = {}
+    diagnostics: list[LayerDiagnostics] = []
+    all_keys: dict[int, torch.Tensor] = {}
+    z = targets.targets.double()
+    try:
+        for index, layer in enumerate(layers):
+            if progress is not None:
+                progress(index / (len(layers) + 1), f"updating layer {layer} ({index + 1}/{len(layers)})")
+            keyset = request_keys(loaded, requests, prefixes, [layer], targets.layer, hparams.key_batch_rows)
+            keys = keyset.keys[layer].double()
+            residual = (z - keyset.hidden.double()) / (len(layers) - index)
+            covariance = covariances.covariances[layer].to(keys.device)
+            if hparams.method == "alphaedit":
+                projection, _ = nullspace_projection(covariance, hparams.nullspace_threshold)
+                delta = alphaedit_update(residual, keys, projection, (previous_keys or {}).get(layer), hparams.alphaedit_l2)
+            else:
+                delta = memit_update(residual, keys, covariance, hparams.mom2_weight)
+            if not torch.isfinite(delta).all():
+                raise LocusError(
+                    f"The update for layer {layer} contains NaN or Inf (the covariance or keys are degenerate); "
+                    "no weight was changed."
+                )
+            weight = projection_weight(loaded, layer)
+            applied = delta.to(device=weight.device, dtype=torch.float32 if weight.dtype != torch.float32 else weight.dtype)
+            weight_norm = float(weight.double().norm())
+            add_delta(weight, applied)
+            deltas[layer] = applied.detach().cpu().contiguous()
+            all_keys[layer] = keyset.keys[layer].float().cpu()
+            diag = covariances.diagnostics.get(layer)
+            diagnostics.append(
+                LayerDiagnostics(
+                    layer=layer,
+                    update_norm=float(delta.norm()),
+                    weight_norm=weight_norm,
+                    relative_update=float(delta.norm()) / max(weight_norm, 1e-12),
+                    residual_norm=float((z - keyset.hidden.double()).norm(dim=-1).mean()),
+                    residual_share=float(residual.norm(dim=-1).mean()),
+                    key_norm=float(keys.norm(dim=-1).mean()),
+                    cov_largest_eigenvalue=diag.largest_eigenvalue if diag else None,
+                    cov_condition_number=diag.condition_number if diag else None,
+                )
+            )
+        final = request_keys(loaded, requests, prefixes, [], targets.layer, hparams.key_batch_rows)
+        final_residual = float((z - final.hidden.double()).norm(dim=-1).mean())
+    finally:
+        restore(loaded, saved)
+    if progress is not None:
+        progress(1.0, "layers updated")
+    return deltas, diagnostics, all_keys, final_residual
+
+
+class _out_of_memory_guard:
+    """Turns an out-of-memory error into a LocusError (weights are restored by the code it interrupts)."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None:
+            return False
+        out_of_memory = isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+            isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+        )
+        if out_of_memory:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise LocusError(
+                f"Out of memory while editing {self.count} fact(s); the weights were left unchanged. "
+                "Edit fewer facts at once, or lower target_batch_requests / key_batch_rows."
+            ) from error
+        return False

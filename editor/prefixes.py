@@ -1,0 +1,45 @@
+"""Context prefixes (SPEC 3 step 1): "" plus short texts the model writes from a few start words, each + ". "."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from editor.generation import generate_ids
+from editor.hparams import MemitHyperParams
+from tracer.loading import LoadedModel
+
+_CACHE: dict[tuple, list[str]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def context_prefixes(loaded: LoadedModel, hparams: MemitHyperParams) -> list[str]:
+    """The prefixes put before every prompt: the empty prefix first, then one text per start word.
+
+    Each generated text has `hparams.prefix_tokens` tokens (start word included), sampled top-k 5 with a fixed seed
+    by default (as MEMIT did; greedy text from this model degenerates into dashes),
+    and ends with ". ". Generated once per model object and settings, then reused.
+    """
+    key = (id(loaded.model), tuple(hparams.prefix_starts), hparams.prefix_tokens, hparams.prefix_sampling, hparams.seed)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return list(_CACHE[key])
+    tokenizer = loaded.tokenizer
+    starts = [list(tokenizer(word)["input_ids"]) for word in hparams.prefix_starts]
+    texts = []
+    with loaded.lock:
+        for index, start in enumerate(starts):
+            new = max(0, hparams.prefix_tokens - len(start))
+            top_k = 5 if hparams.prefix_sampling == "sample" else None
+            generated = generate_ids(loaded, [start], new, top_k=top_k, seed=hparams.seed + index)[0]
+            texts.append(tokenizer.decode(start + generated, skip_special_tokens=True))
+    prefixes = [""] + [clean_prefix(text) + ". " for text in texts]
+    with _CACHE_LOCK:
+        _CACHE[key] = prefixes
+    return list(prefixes)
+
+
+def clean_prefix(text: str) -> str:
+    """One line of text without braces (so it never looks like a template)."""
+    text = text.replace("{", " ").replace("}", " ")
+    return re.sub(r"\s+", " ", text).strip()

@@ -1,0 +1,314 @@
+"""Target vectors z_i = h_i + delta_i (SPEC 3 step 2), optimized for many requests at once.
+
+Each request's delta is independent of the others', so requests are optimized together: the rows of
+a chunk of requests go through the model in one batch, the loss is the sum of the per-request losses
+(so each delta gets exactly its own gradient), Adam state is per request, and a request that reached
+the stopping loss is frozen and its rows leave the batch. The result equals optimizing the requests
+one at a time (tests/test_editor_targets.py), while memory is bounded by the chunk size.
+
+Two engines compute the same loss. "full" runs every row from its first token at every step (the
+straightforward way). "cached" runs the tokens before the subject's last token once per chunk and keeps
+their keys/values: delta is added at the subject's last token, so nothing before it can change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from editor.forward import pad_id, pad_right, run_until
+from editor.hparams import MemitHyperParams
+from editor.requests import EditRequest
+from editor.rows import PromptRow, target_rows
+from tracer.hooks import forward_hooks, output_tensor, replace_output_tensor
+from tracer.loading import LoadedModel
+
+Progress = Callable[[float, str], None]
+ENGINES = ("cached", "full")
+
+
+@dataclass
+class RequestDiagnostics:
+    """How the target of one request was found."""
+
+    subject: str
+    target_new: str
+    losses: list[float] = field(default_factory=list)  # total loss at every evaluated step
+    nll: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    steps: int = 0  # gradient steps taken
+    converged: bool = False  # the loss went below hparams.loss_stop
+    final_probability: float = 0.0  # mean over prefixes of exp(-mean NLL of the new object), at z
+    delta_norm: float = 0.0
+    hidden_norm: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RequestDiagnostics:
+        return cls(**data)
+
+
+@dataclass
+class TargetResult:
+    """z (n, d) at block `layer`, the unedited h (n, d), and per-request diagnostics."""
+
+    layer: int
+    targets: torch.Tensor
+    hidden: torch.Tensor
+    diagnostics: list[RequestDiagnostics]
+
+
+# --- pure pieces --------------------------------------------------------------------------------
+
+
+def adam_update(
+    param: torch.Tensor, grad: torch.Tensor, state: dict, active: torch.Tensor, lr: float,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+) -> None:
+    """One Adam step (torch.optim.Adam's formula) on the rows of `param` (n, d) where `active` (n,) is True."""
+    state["step"] = state.get("step", 0) + 1
+    step = state["step"]
+    exp_avg = state.setdefault("exp_avg", torch.zeros_like(param))
+    exp_avg_sq = state.setdefault("exp_avg_sq", torch.zeros_like(param))
+    rows = active.nonzero().squeeze(-1)
+    g = grad[rows]
+    exp_avg[rows] = exp_avg[rows] * betas[0] + g * (1 - betas[0])
+    exp_avg_sq[rows] = exp_avg_sq[rows] * betas[1] + g * g * (1 - betas[1])
+    bias1 = 1 - betas[0] ** step
+    bias2 = 1 - betas[1] ** step
+    denom = (exp_avg_sq[rows].sqrt() / math.sqrt(bias2)) + eps
+    param[rows] = param[rows] - (lr / bias1) * exp_avg[rows] / denom
+
+
+def clamp_rows(delta: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    """`delta` (n, d) with every row's norm clamped to `limits` (n,)."""
+    norms = delta.norm(dim=-1)
+    scale = torch.where(norms > limits, limits / norms.clamp(min=1e-12), torch.ones_like(norms))
+    return delta * scale.unsqueeze(-1)
+
+
+def kl_divergence(original_log_probs: torch.Tensor, edited_log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(original || edited) per row: (rows, vocab) log-probabilities -> (rows,)."""
+    return (original_log_probs.exp() * (original_log_probs - edited_log_probs)).sum(-1)
+
+
+# --- the optimization ---------------------------------------------------------------------------
+
+
+def compute_targets(
+    loaded: LoadedModel,
+    requests: list[EditRequest],
+    hparams: MemitHyperParams,
+    prefixes: list[str],
+    *,
+    layer: int | None = None,
+    engine: str = "cached",
+    progress: Progress | None = None,
+) -> TargetResult:
+    """z for every request at block `layer` (default l_R), in chunks of hparams.target_batch_requests."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    layer = hparams.target_layer if layer is None else layer
+    rows = target_rows(loaded.tokenizer, requests, prefixes, hparams.kl_prompt)
+    chunk = max(1, hparams.target_batch_requests)
+    targets, hidden, diagnostics = [], [], []
+    with loaded.lock:
+        for start in range(0, len(requests), chunk):
+            indices = list(range(start, min(start + chunk, len(requests))))
+            chunk_rows = [row for row in rows if start <= row.request < indices[-1] + 1]
+            chunk_rows = [PromptRow(row.request - start, *_rest(row)) for row in chunk_rows]
+
+            def chunk_progress(fraction: float, message: str, start=start, size=len(indices)) -> None:
+                if progress is not None:
+                    progress((start + fraction * size) / len(requests), message)
+
+            z, h, diag = _optimize_chunk(
+                loaded, [requests[i] for i in indices], chunk_rows, hparams, layer, engine, chunk_progress
+            )
+            targets.append(z)
+            hidden.append(h)
+            diagnostics.extend(diag)
+    return TargetResult(layer, torch.cat(targets), torch.cat(hidden), diagnostics)
+
+
+def _rest(row: PromptRow) -> tuple:
+    return row.prefix, row.ids, row.subject_last, row.target_positions, row.target_ids
+
+
+class _Runner:
+    """Evaluates the per-request loss of a chunk's rows with the chosen engine."""
+
+    def __init__(self, loaded: LoadedModel, rows: list[PromptRow], layer: int, engine: str):
+        self.loaded, self.rows, self.layer, self.engine = loaded, rows, layer, engine
+        self.fill = pad_id(loaded.tokenizer)
+        self.prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if engine == "cached":
+            self._build_prefix_cache()
+
+    def _build_prefix_cache(self) -> None:
+        """Keys/values of every row's tokens before its subject's last token (one pass, no gradient)."""
+        lengths = [row.subject_last for row in self.rows]
+        width = max(lengths)
+        if width == 0:
+            return
+        ids, _ = pad_right([list(row.ids[: row.subject_last]) or [self.fill] for row in self.rows], self.fill, self.loaded.device)
+        # Mask every slot as real here: a row's real tokens come first and are causal, so padding after them
+        # cannot change them, and no query is left with nothing to attend to (which would give NaN).
+        cache = DynamicCache(config=self.loaded.model.config)
+        with torch.no_grad():
+            run_until(
+                self.loaded, self.loaded.layout.num_layers - 1,
+                input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True,
+            )
+        self.prefix_cache = [(keys.detach(), values.detach()) for keys, values, *_ in cache]
+        self.prefix_mask = torch.zeros(len(self.rows), width, dtype=torch.long, device=ids.device)
+        for index, length in enumerate(lengths):
+            self.prefix_mask[index, :length] = 1
+
+    def row_log_probs(
+        self, active_rows: list[int], delta: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Log-probabilities at each active row's target positions (list of (positions, vocab)), and h (rows, d)."""
+        loaded, layout = self.loaded, self.loaded.layout
+        rows = [self.rows[i] for i in active_rows]
+        cached = self.engine == "cached"
+        start = [row.subject_last if cached else 0 for row in rows]
+        sequences = [list(row.ids[s:]) for row, s in zip(rows, start)]
+        ids, mask = pad_right(sequences, self.fill, loaded.device)
+        inputs: dict = dict(input_ids=ids, use_cache=cached)
+        if cached and self.prefix_cache is not None:
+            select = torch.tensor(active_rows, device=ids.device)
+            inputs["cache"] = DynamicCache(
+                ddp_cache_data=[(keys[select], values[select]) for keys, values in self.prefix_cache],
+                config=loaded.model.config,
+            )
+            inputs["attention_mask"] = torch.cat([self.prefix_mask[select], mask], dim=-1)
+            offsets = torch.tensor(start, device=ids.device).unsqueeze(-1)
+            inputs["position_ids"] = offsets + torch.arange(ids.shape[1], device=ids.device)
+        else:
+            inputs["attention_mask"] = mask
+            if cached:  # no prefix anywhere: positions start at 0 as in the full engine
+                inputs["position_ids"] = torch.arange(ids.shape[1], device=ids.device).expand(len(rows), -1)
+        row_index = torch.arange(len(rows), device=ids.device)
+        edit_positions = torch.tensor([row.subject_last - s for row, s in zip(rows, start)], device=ids.device)
+        owners = torch.tensor([row.request for row in rows], device=ids.device)
+        captured: dict[str, torch.Tensor] = {}
+
+        def add_delta(module, args, output):
+            hidden = output_tensor(output)
+            captured["h"] = hidden[row_index, edit_positions].detach()
+            edited = hidden.index_put(
+                (row_index, edit_positions), delta[owners].to(hidden.dtype), accumulate=True
+            )
+            return replace_output_tensor(output, edited)
+
+        def keep_last(module, args, output):
+            captured["last"] = output_tensor(output)
+
+        last_block = layout.block(layout.num_layers - 1)
+        hooks = {layout.block(self.layer): add_delta}
+        if last_block == layout.block(self.layer):
+            def both(module, args, output):
+                output = add_delta(module, args, output)
+                keep_last(module, args, output)
+                return output
+            hooks = {last_block: both}
+        else:
+            hooks[last_block] = keep_last
+        with forward_hooks(loaded.model, hooks):
+            run_until(loaded, layout.num_layers - 1, **inputs)
+        final = captured["last"]
+        gather_rows, gather_positions, splits = [], [], []
+        for index, (row, s) in enumerate(zip(rows, start)):
+            positions = [p - s for p in row.target_positions]
+            gather_rows.extend([index] * len(positions))
+            gather_positions.extend(positions)
+            splits.append(len(positions))
+        states = final[torch.tensor(gather_rows, device=ids.device), torch.tensor(gather_positions, device=ids.device)]
+        log_probs = torch.log_softmax(layout.final_logits(loaded.model, states).float(), dim=-1)
+        return list(log_probs.split(splits)), captured["h"].float()
+
+
+def _optimize_chunk(
+    loaded: LoadedModel,
+    requests: list[EditRequest],
+    rows: list[PromptRow],
+    hparams: MemitHyperParams,
+    layer: int,
+    engine: str,
+    progress: Progress,
+) -> tuple[torch.Tensor, torch.Tensor, list[RequestDiagnostics]]:
+    count = len(requests)
+    device = loaded.device
+    runner = _Runner(loaded, rows, layer, engine)
+    delta = torch.zeros(count, loaded.layout.hidden_size, device=device)
+    hidden = torch.zeros(count, loaded.layout.hidden_size, device=device)
+    original_kl: dict[int, torch.Tensor] = {}
+    active = torch.ones(count, dtype=torch.bool)
+    state: dict = {}
+    diagnostics = [RequestDiagnostics(r.subject, r.target_new) for r in requests]
+    rows_of = [[i for i, row in enumerate(rows) if row.request == request] for request in range(count)]
+    for step in range(hparams.steps):
+        live = active.nonzero().squeeze(-1).tolist()
+        active_rows = [i for request in live for i in rows_of[request]]
+        leaf = delta.clone().requires_grad_(True)
+        log_probs, h = runner.row_log_probs(active_rows, leaf)
+        nll = torch.zeros(count, device=device)
+        kl = torch.zeros(count, device=device)
+        nll_rows = torch.zeros(count, device=device)
+        probability = torch.zeros(count, device=device)
+        for index, row_index in enumerate(active_rows):
+            row = rows[row_index]
+            if row.is_kl:
+                if step == 0:
+                    original_kl[row.request] = log_probs[index].detach()
+                kl = kl.index_add(0, torch.tensor([row.request], device=device),
+                                  kl_divergence(original_kl[row.request], log_probs[index]))
+            else:
+                targets = torch.tensor(row.target_ids, device=device)
+                row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
+                nll = nll.index_add(0, torch.tensor([row.request], device=device), row_nll.unsqueeze(0))
+                nll_rows[row.request] += 1
+                probability[row.request] += torch.exp(-row_nll.detach())
+                if step == 0 and row.prefix == 0:
+                    hidden[row.request] = h[index]
+        nll = nll / nll_rows.clamp(min=1)
+        norms = leaf.norm(dim=-1)
+        hidden_norms = hidden.norm(dim=-1)
+        decay = hparams.weight_decay * norms / hidden_norms.clamp(min=1e-12) ** 2
+        loss = nll + hparams.kl_factor * kl + decay
+        finished = []
+        loss_values, nll_values, kl_values = loss.detach().tolist(), nll.detach().tolist(), kl.detach().tolist()
+        for request in live:
+            diag = diagnostics[request]
+            diag.losses.append(loss_values[request])
+            diag.nll.append(nll_values[request])
+            diag.kl.append(kl_values[request])
+            diag.final_probability = float(probability[request] / nll_rows[request].clamp(min=1))
+            if loss_values[request] < hparams.loss_stop:
+                diag.converged = True
+                finished.append(request)
+            elif step == hparams.steps - 1:
+                finished.append(request)
+        active[finished] = False
+        progress((step + 1) / hparams.steps, f"target vectors: step {step + 1}/{hparams.steps}, {int(active.sum())} of {count} still optimizing")
+        if not bool(active.any()):
+            break
+        still = active.to(device)
+        total = (loss * still).sum()
+        (grad,) = torch.autograd.grad(total, leaf)
+        with torch.no_grad():
+            adam_update(delta, grad, state, still, hparams.lr)
+            delta = torch.where(still.unsqueeze(-1), clamp_rows(delta, hparams.clamp_norm * hidden_norms), delta)
+        for request in active.nonzero().squeeze(-1).tolist():
+            diagnostics[request].steps += 1
+    for request, diag in enumerate(diagnostics):
+        diag.delta_norm = float(delta[request].norm())
+        diag.hidden_norm = float(hidden[request].norm())
+    return (hidden + delta).detach().cpu().float(), hidden.detach().cpu().float(), diagnostics
