@@ -24,7 +24,7 @@ def _editor_missing(error: ImportError):
 # --- ledger --------------------------------------------------------------------------------------
 
 def new_ledger() -> Any:
-    """An empty EditLedger for one session."""
+    """An empty EditLedger for one session (bound to a model at its first batch)."""
     try:
         from editor.ledger import EditLedger
     except ImportError as error:
@@ -39,44 +39,35 @@ def ledger_batches(ledger: Any) -> list[Any]:
     return list(getattr(ledger, "batches", []) or [])
 
 
-def add_batch(ledger: Any, batch: Any) -> None:
-    ledger.add(batch)
+def add_batch(ledger: Any, batch: Any, loaded: Any) -> None:
+    """Append a computed batch (records the original weights' digests; call with no ledger applied)."""
+    ledger.add(batch, loaded)
 
 
-def undo_batch(ledger: Any, batch_id: str) -> None:
-    ledger.undo(_batch_key(ledger, batch_id))
+def undo_batch(ledger: Any, batch_id: str) -> Any:
+    return ledger.undo(str(batch_id))
 
 
 def reset_ledger(ledger: Any) -> None:
     ledger.reset()
 
 
-def _batch_key(ledger: Any, batch_id: str) -> Any:
-    for batch in ledger_batches(ledger):
-        if str(batch_identifier(batch)) == str(batch_id):
-            return batch_identifier(batch)
-    from tracer.errors import InputError
-
-    raise InputError(f"There is no batch {batch_id!r} in your edits (it may have been undone already).")
-
-
-def batch_identifier(batch: Any) -> Any:
-    return getattr(batch, "batch_id", None) or getattr(batch, "id", None)
+def batch_identifier(batch: Any) -> str:
+    return str(batch.batch_id)
 
 
 def export_ledger(ledger: Any, loaded: Any) -> str:
-    """Write the ledger to a fresh temporary file; returns its path."""
+    """Write the ledger (safetensors with JSON metadata) to a fresh temporary file; returns its path."""
     folder = Path(tempfile.mkdtemp(prefix="locus-edits-"))
-    path = folder / "locus-edits.zip"
-    ledger.save(path)
-    return str(path)
+    return str(ledger.save(folder / "locus-edits.safetensors"))
 
 
 def import_ledger(path: str | None, loaded: Any) -> Any:
+    """A ledger read from a file exported by Locus (refused when it was made for another model)."""
     from tracer.errors import InputError
 
     if not path:
-        raise InputError("Choose a file of edits exported from Locus.")
+        raise InputError("Choose a file of edits exported from Locus (.safetensors).")
     try:
         from editor.ledger import EditLedger
     except ImportError as error:
@@ -191,18 +182,23 @@ def record_list(record: Any, key: str) -> list[str]:
 
 def compute_batch(
     loaded: Any,
+    ledger: Any,
     requests: list[Any],
     method: str,
     layers: list[int],
     overrides: dict,
-    rows: list[list[str]],
     progress: Progress | None = None,
 ) -> Any:
-    """An EditBatch (weight deltas + diagnostics) for `requests`; the model's weights are left as they were."""
+    """An EditBatch on top of `ledger`'s edits; the model's weights are left as they were.
+
+    Call it with the ledger *not* applied: the editor computes the covariance on the original
+    weights and applies the ledger itself for the targets and keys.
+    """
     from tracer.errors import InputError
 
     try:
         from editor.hparams import default_hparams
+        from editor.memit import compute_memit
     except ImportError as error:
         raise _editor_missing(error) from error
     values = {key: value for key, value in overrides.items() if value is not None}
@@ -210,91 +206,74 @@ def compute_batch(
         if len(requests) != 1:
             raise InputError(f"ROME edits one fact at a time; you have {len(requests)} requests. Use MEMIT for several.")
         hparams = default_hparams(loaded.layout, layers=(max(layers),), method="rome", **values)
-        from editor.rome import compute_rome
-
-        return compute_rome(loaded, requests, hparams, progress=progress)
-    if method != "memit":
+        try:
+            from editor.rome import compute_rome
+        except ImportError as error:
+            raise _editor_missing(error) from error
+        return compute_rome(loaded, requests, hparams, progress=progress, ledger=ledger)
+    if method not in ("memit", "alphaedit"):
         raise InputError(f"Unknown method {method!r}: choose MEMIT or ROME.")
-    hparams = default_hparams(loaded.layout, layers=tuple(layers), method="memit", **values)
-    from editor.memit import compute_memit
-
-    return compute_memit(loaded, requests, hparams, progress=progress)
+    hparams = default_hparams(loaded.layout, layers=tuple(layers), method=method, **values)
+    return compute_memit(loaded, requests, hparams, progress=progress, ledger=ledger if ledger_batches(ledger) else None)
 
 
-def batch_row(batch: Any) -> list[Any]:
-    """[batch id, method, layers, requests, seconds] for the history table."""
-    requests = list(getattr(batch, "requests", []) or [])
-    described = ", ".join(f"{r.subject} → {r.target_new}" for r in requests[:3])
-    if len(requests) > 3:
-        described += f" (+{len(requests) - 3} more)"
-    hparams = getattr(batch, "hparams", None)
-    layers = list(getattr(hparams, "layers", []) or getattr(batch, "layers", []) or [])
-    method = getattr(hparams, "method", None) or getattr(batch, "method", "")
-    seconds = getattr(batch, "seconds", None) or getattr(batch, "elapsed", None)
-    return [
-        str(batch_identifier(batch)),
-        str(method).upper(),
-        _layers_text(layers),
-        described,
-        round(float(seconds), 1) if seconds is not None else "",
-    ]
-
-
-def _layers_text(layers: list[int]) -> str:
+def layers_text(layers: list[int]) -> str:
+    layers = sorted(layers)
     if not layers:
         return ""
-    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 1:
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}"
     return ",".join(str(layer) for layer in layers)
 
 
+def batch_row(batch: Any) -> list[Any]:
+    """[batch id, method, layers, requests, seconds] for the history table."""
+    described = "; ".join(f"{r.subject} → {r.target_new}" for r in batch.requests[:3])
+    if len(batch.requests) > 3:
+        described += f" (+{len(batch.requests) - 3} more)"
+    return [batch.batch_id, batch.method.upper(), layers_text(list(batch.layers)), described, round(float(batch.seconds), 1)]
+
+
 def batch_dict(batch: Any) -> dict:
-    return batch.to_dict() if hasattr(batch, "to_dict") else {"batch": str(batch_identifier(batch))}
+    return batch.to_dict()
 
 
-def diagnostics_tables(batch: Any) -> tuple[list[list[Any]], list[list[Any]]]:
-    """(per request rows, per layer rows) from the batch's diagnostics."""
-    diagnostics = getattr(batch, "diagnostics", None)
-    per_request = []
-    for item in getattr(diagnostics, "requests", []) or []:
-        data = item.to_dict() if hasattr(item, "to_dict") else dict(item)
-        per_request.append(data)
-    per_layer = []
-    for item in getattr(diagnostics, "layers", []) or []:
-        data = item.to_dict() if hasattr(item, "to_dict") else dict(item)
-        per_layer.append(data)
-    return _records_to_table(per_request), _records_to_table(per_layer)
+REQUEST_COLUMNS = ["subject", "new object", "p(new object) at the target", "steps", "converged", "‖δ‖ / ‖h‖"]
+LAYER_COLUMNS = ["layer", "‖Δ‖ / ‖W‖", "residual before", "share written here", "largest eigenvalue of C", "condition of C"]
 
 
-def _records_to_table(records: list[dict]) -> Any:
+def diagnostics_tables(batch: Any) -> tuple[Any, Any]:
+    """(per request, per layer) tables of the batch's diagnostics."""
     import gradio as gr
 
-    if not records:
-        return gr.Dataframe(value=[], headers=["(none)"], visible=False)
-    headers = [key for key, value in records[0].items() if not isinstance(value, (list, dict))]
-    rows = [[_short(record.get(key)) for key in headers] for record in records]
-    return gr.Dataframe(value=rows, headers=headers, visible=True)
-
-
-def _short(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 4)
-    return value
+    per_request = [
+        [d.subject, d.target_new, round(d.final_probability, 3), d.steps, "yes" if d.converged else "no",
+         round(d.delta_norm / d.hidden_norm, 3) if d.hidden_norm else ""]
+        for d in batch.request_diagnostics
+    ]
+    per_layer = [
+        [d.layer, f"{d.relative_update:.2e}", round(d.residual_norm, 2), round(d.residual_share, 2),
+         "" if d.cov_largest_eigenvalue is None else round(d.cov_largest_eigenvalue, 2),
+         "" if d.cov_condition_number is None else f"{d.cov_condition_number:.3g}"]
+        for d in batch.layer_diagnostics
+    ]
+    return (
+        gr.Dataframe(value=per_request, headers=REQUEST_COLUMNS, visible=bool(per_request)),
+        gr.Dataframe(value=per_layer, headers=LAYER_COLUMNS, visible=bool(per_layer)),
+    )
 
 
 def loss_curves(batch: Any) -> dict[str, list[float]]:
-    """{request label: loss per optimisation step}."""
-    diagnostics = getattr(batch, "diagnostics", None)
-    curves = {}
-    for item in getattr(diagnostics, "requests", []) or []:
-        data = item.to_dict() if hasattr(item, "to_dict") else dict(item)
-        label = f"{data.get('subject', '')} → {data.get('target_new', '')}"
-        losses = data.get("losses") or data.get("loss_trajectory") or []
-        if losses:
-            curves[label] = [float(value) for value in losses]
-    return curves
+    """{request label: total loss at every evaluated step}."""
+    return {f"{d.subject} → {d.target_new}": [float(v) for v in d.losses] for d in batch.request_diagnostics if d.losses}
 
 
 def batch_summary_text(batch: Any) -> str:
     row = batch_row(batch)
-    return f"Applied batch **{row[0]}** ({row[1]}, layers {row[2]}): {row[3]}. Check it on the **Test** tab."
+    text = (
+        f"Applied batch **{row[0]}** ({row[1]}, layers {row[2]}, {row[4]} s): {row[3]}. "
+        "See the effect on the **Test** tab."
+    )
+    if batch.warnings:
+        text += "  \n**Note:** " + " ".join(batch.warnings)
+    return text

@@ -136,7 +136,7 @@ def build(ctx: AppContext) -> EditTab:
             reset = gr.Button("Reset (undo all)", variant="stop", elem_id="edit-reset", scale=1)
         with gr.Row():
             export_ledger = gr.Button("Export my edits", elem_id="edit-export", size="sm")
-            import_ledger = gr.UploadButton("Import edits", file_types=[".zip"], size="sm", elem_id="edit-import-ledger")
+            import_ledger = gr.UploadButton("Import edits", file_types=[".safetensors"], size="sm", elem_id="edit-import-ledger")
         exported = gr.File(label="Your edits (a file to import later)", visible=False, interactive=False, elem_id="edit-exported")
         with gr.Accordion("Raw result (JSON)", open=False):
             result_json = gr.JSON(elem_id="edit-json")
@@ -160,9 +160,7 @@ def build(ctx: AppContext) -> EditTab:
         session = ctx.session_of(session)
         row = [subject_text or "", template_text or "", target_text or "", "", "", ""]
         editing.check_row(row)
-        rows = table_rows(value) + [row]
-        rows = rows[:-1] + answer_rows(session, [row])
-        return rows, "", "", "", session
+        return table_rows(value) + answer_rows(session, [row]), "", "", "", session
 
     def select_row(event: gr.SelectData):
         return event.index[0] if isinstance(event.index, (list, tuple)) else event.index
@@ -220,22 +218,26 @@ def build(ctx: AppContext) -> EditTab:
             lr=learning_rate, kl_factor=kl_weight, clamp_norm=clamp,
         )
         skip = tuple(gr.skip() for _ in range(8))
+        ledger = session.ledger()
 
         def work(job, loaded):
             layer_list = editing.parse_layers(layers_text, loaded)
-            return editing.compute_batch(loaded, requests, method_name, layer_list, overrides, rows, job.progress)
+            # Not inside session.applied: the editor applies the ledger itself, after computing the
+            # covariance statistics on the original weights.
+            batch = editing.compute_batch(loaded, ledger, requests, method_name, layer_list, overrides, job.progress)
+            editing.add_batch(ledger, batch, loaded)
+            return batch
 
-        job = ctx.submit(session, work, name="edit")
+        job = ctx.submit(session, work, name="edit", edited=False)
         for item in follow(job, progress):
             if item is HEARTBEAT:
                 yield skip
         batch = job.result
-        ledger = session.ledger()
-        editing.add_batch(ledger, batch)
+        for warning in batch.warnings:
+            warn(warning)
         per_request, per_layer = editing.diagnostics_tables(batch)
-        summary = editing.batch_summary_text(batch)
         yield (
-            summary,
+            editing.batch_summary_text(batch),
             per_request,
             gr.Plot(figures.loss_figure(editing.loss_curves(batch)), visible=True),
             per_layer,
@@ -260,7 +262,7 @@ def build(ctx: AppContext) -> EditTab:
         if not batch_id:
             raise InputError("There is no batch to undo: your edits history is empty.")
         ledger = session.ledger()
-        # The ledger's weights are only touched inside `applied`, on the runner thread.
+        # On the runner thread: no job of this session may be using the ledger meanwhile.
         ctx.run(session, lambda job, loaded: editing.undo_batch(ledger, batch_id), name="undo", edited=False)
         message = f"Undid batch {html.escape(str(batch_id))}. {len(history_rows(session))} batch(es) remain."
         return message, history_rows(session), history_choices(session), {"undone": batch_id, "remaining": [r[0] for r in history_rows(session)]}, session
