@@ -1,0 +1,93 @@
+"""Trace figures: colors, labels, hover text, captions, partial results, averages, R curve, offline HTML."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import plotly.graph_objects as go
+
+from tracer.average import aggregate
+from tracer.recommend import recommend_layers
+from tracer.trace import TraceResult, TraceSettings
+from ui.trace_figures import (
+    average_figure,
+    figure_caption,
+    recommendation_figure,
+    standalone_html,
+    token_labels,
+    trace_figures,
+    trace_heatmap,
+    trace_html,
+)
+
+LAYERS = 6
+
+
+def synthetic_result(approximate: bool = False, missing: bool = False) -> TraceResult:
+    tokens = ["The", " E", "iffel", " Tower", " is", " in"]
+    scores = {kind: [[0.02 + 0.01 * token + 0.001 * layer for layer in range(LAYERS)] for token in range(len(tokens))] for kind in ("hidden", "mlp", "attn")}
+    if missing:
+        scores["mlp"][4] = [math.nan] * LAYERS
+    return TraceResult(
+        prompt="The Eiffel Tower is in", subject="Eiffel Tower", tokens=tokens, subject_range=(1, 4), answer=" Paris",
+        answer_id=1, high=0.7, low=0.02, scores=scores, settings=TraceSettings(), noise_level=0.35, model="SmolLM2",
+        num_layers=LAYERS, approximate=approximate,
+    )
+
+
+def test_heatmaps_use_the_paper_colors_and_mark_the_subject():
+    result = synthetic_result()
+    figures = trace_figures(result)
+    assert set(figures) == {"hidden", "mlp", "attn"}
+    expected = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+    for kind, figure in figures.items():
+        heatmap = figure.data[0]
+        assert isinstance(heatmap, go.Heatmap)
+        reference = go.Heatmap(colorscale=expected[kind]).colorscale
+        assert heatmap.colorscale == reference
+        assert list(heatmap.y) == ["The", "E*", "iffel*", "Tower*", "is", "in"]
+        assert "layer %{x}" in heatmap.hovertemplate and "restored probability" in heatmap.hovertemplate
+        assert "indirect effect" in heatmap.hovertemplate and "token %{customdata[0]}" in heatmap.hovertemplate
+        assert heatmap.customdata[2][3][0] == "iffel*"
+        assert abs(heatmap.customdata[2][3][1] - (heatmap.z[2][3] - result.low)) < 1e-12
+        assert "Each square is one word" in figure_caption(figure)
+    assert "10 restored MLP layers" in figures["mlp"].layout.xaxis.title.text
+
+
+def test_partial_and_approximate_heatmaps():
+    partial = trace_heatmap(synthetic_result(missing=True), "mlp")
+    assert partial.data[0].z[4] == (None,) * LAYERS or list(partial.data[0].z[4]) == [None] * LAYERS
+    preview = trace_heatmap(synthetic_result(approximate=True), "hidden")
+    assert preview.layout.title.text.startswith("Approximate preview")
+    assert "estimated" in preview.data[0].hovertemplate and "Approximate preview" in figure_caption(preview)
+
+
+def test_token_labels_are_unique():
+    assert token_labels(["a", "a", " ", "a"], (0, 1)) == ["a*", "a", "␣", "a\u200b"]
+
+
+def test_average_and_recommendation_figures():
+    records = []
+    for known_id in range(3):
+        scores = [[0.1 + 0.01 * known_id + (0.2 if layer == 2 else 0.0) for layer in range(LAYERS)] for _ in range(5)]
+        records.append({"known_id": known_id, "subject_range": [1, 3], "low": 0.1, "high": 0.8, "scores": {"mlp": scores}})
+    average = aggregate(records, "test", LAYERS, TraceSettings(kinds=("mlp",)))
+    figure = average_figure(average, "mlp")
+    names = [trace.name for trace in figure.data if trace.name]
+    assert any(name.startswith("last subject token (n=3)") for name in names)
+    assert any(trace.fill == "toself" for trace in figure.data)  # the 95% bands
+    assert "95%" in figure_caption(figure)
+    recommendation = recommend_layers(average, width=2, flagged_layers={2: "outlier keys"})
+    r_figure = recommendation_figure(recommendation)
+    assert "Recommended R" in r_figure.layout.title.text and r_figure.layout.shapes
+    assert "MEMIT" in figure_caption(r_figure)
+
+
+def test_html_export_works_offline():
+    result = synthetic_result()
+    page = trace_html(result, recommend_layers(result, width=2))
+    assert page.startswith("<!doctype html>") and page.count("Plotly.newPlot") == 4
+    assert not re.search(r"<script[^>]+src=", page)  # no CDN: plotly.js is inside the file
+    assert len(page) > 1_000_000 and "Each square is one word" in page and "Eiffel Tower" in page
+    assert standalone_html is trace_html

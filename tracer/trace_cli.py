@@ -1,0 +1,162 @@
+"""`python -m tracer trace ...` and `python -m tracer average ...` (registered by tracer/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tracer.errors import InputError
+from tracer.layout import KINDS
+
+
+def _settings(arguments: argparse.Namespace):
+    from tracer.trace import TraceSettings
+
+    settings = TraceSettings(
+        kinds=arguments.kinds,
+        samples=arguments.samples,
+        noise=arguments.noise,
+        noise_type=arguments.noise_type,
+        window=arguments.window,
+        seed=arguments.seed,
+        answer=getattr(arguments, "answer", None),
+        chat=getattr(arguments, "chat", False),
+        engine=getattr(arguments, "engine", "fast"),
+    )
+    settings.validate()  # fail before the (slow) model load
+    return settings
+
+
+def _progress_bar(description: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc=description, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = int(round(1000 * min(1.0, max(0.0, fraction))))
+        bar.set_postfix_str(message[:60], refresh=False)
+        bar.refresh()
+
+    return bar, update
+
+
+def _write(path: str, text: str) -> None:
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(target.name + ".tmp")
+        temporary.write_text(text)
+        temporary.replace(target)
+    except OSError as error:
+        raise InputError(f"Cannot write {path}: {error.strerror or error}.") from None
+
+
+def command_trace(arguments: argparse.Namespace) -> int:
+    if not arguments.prompt.strip():
+        raise InputError("The prompt is empty: type a sentence that the model should complete.")
+    if not arguments.subject.strip():
+        raise InputError("The subject is empty: type the words of the prompt that name the subject.")
+    settings = _settings(arguments)
+    from tracer.cli import load_from_arguments
+    from tracer.tokens import find_subject
+    from tracer.trace import trace
+
+    find_subject(arguments.prompt, arguments.subject)  # a typo fails before the model load
+    loaded = load_from_arguments(arguments)
+    bar, update = _progress_bar("trace")
+    try:
+        result = trace(loaded, arguments.prompt, arguments.subject, settings, progress=update)
+    finally:
+        bar.close()
+    begin, end = result.subject_range
+    print(f"{loaded.name}: {result.prompt!r} -> {result.answer!r}")
+    print(f"subject {result.subject!r} = tokens {begin}..{end - 1}; clean p = {result.high:.4f}, corrupted p = {result.low:.4f}; "
+          f"noise {result.noise_level:.4g}; {result.elapsed:.1f} s")
+    for kind in result.kinds:
+        effects = result.indirect_effect(kind)
+        token, layer = divmod(int(effects.argmax()), effects.shape[1])
+        print(f"  {kind:>6}: strongest restoration at token {token} {result.tokens[token]!r}, layer {layer}: "
+              f"p = {result.scores[kind][token][layer]:.4f}")
+    if arguments.out:
+        _write(arguments.out, json.dumps(result.to_dict(), indent=1))
+        print(f"wrote {arguments.out}")
+    if arguments.csv:
+        _write(arguments.csv, result.to_csv())
+        print(f"wrote {arguments.csv}")
+    if arguments.html:
+        from ui.trace_figures import trace_html
+
+        recommendation = None
+        if "mlp" in result.kinds:
+            from tracer.recommend import recommend_layers
+
+            recommendation = recommend_layers(result, width=min(5, result.num_layers))
+        _write(arguments.html, trace_html(result, recommendation))
+        print(f"wrote {arguments.html}")
+    return 0
+
+
+def command_average(arguments: argparse.Namespace) -> int:
+    settings = _settings(arguments)
+    if arguments.n <= 0:
+        raise InputError(f"--n must be >= 1, got {arguments.n}.")
+    from tracer.average import average_cache_path, average_traces
+    from tracer.cli import load_from_arguments
+
+    loaded = load_from_arguments(arguments)
+    print(f"cache: {average_cache_path(loaded, settings)} (a restart continues from it)")
+    bar, update = _progress_bar("average")
+    try:
+        result = average_traces(loaded, arguments.n, settings, progress=update, use_cache=not arguments.no_cache)
+    finally:
+        bar.close()
+    print(f"{loaded.name}: {result.n_facts} facts; ATE = {result.total_effect:.4f} ± {result.total_effect_half_width:.4f}")
+    for kind in result.kinds:
+        token_class, layer, value = result.best(kind)
+        print(f"  best {kind:>6} AIE {value:.4f} at the {token_class}, layer {layer}")
+    if "mlp" in result.kinds:
+        from tracer.recommend import recommend_layers
+
+        recommendation = recommend_layers(result, width=min(arguments.width, result.num_layers))
+        print(f"  recommended R (width {recommendation.width}): layers {recommendation.layers}")
+    if arguments.out:
+        _write(arguments.out, json.dumps(result.to_dict(), indent=1))
+        print(f"wrote {arguments.out}")
+    return 0
+
+
+def _trace_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma list of hidden, mlp, attn (default: all)")
+    parser.add_argument("--samples", type=int, default=10, help="corrupted samples per cell (default 10)")
+    parser.add_argument("--noise", default="3x", help="'3x' = 3 x the embedding sigma (default), or an absolute level")
+    parser.add_argument("--noise-type", default="gaussian", choices=("gaussian", "uniform"), help="noise distribution")
+    parser.add_argument("--window", type=int, default=10, help="layers restored around each mlp/attn cell (default 10)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of numpy.random.RandomState for the noise (default 1)")
+
+
+def register_commands(subparsers) -> None:
+    """Add the `trace` and `average` subcommands to `python -m tracer`."""
+    from tracer.cli import add_model_arguments
+
+    trace = subparsers.add_parser("trace", help="causal trace of a fact: where is it stored? (JSON and HTML output)")
+    trace.add_argument("--prompt", required=True, help="text the model completes, e.g. 'The Eiffel Tower is located in the city of'")
+    trace.add_argument("--subject", required=True, help="the words of the prompt that name the subject, e.g. 'Eiffel Tower'")
+    trace.add_argument("--answer", default=None, help="answer to follow (its first token); default: the model's prediction")
+    _trace_arguments(trace)
+    trace.add_argument("--engine", default="fast", choices=("fast", "reference"), help="fast exact engine or the straightforward reference")
+    trace.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    trace.add_argument("--out", default=None, help="write the result as JSON here")
+    trace.add_argument("--csv", default=None, help="write one line per cell as CSV here")
+    trace.add_argument("--html", default=None, help="write a standalone interactive HTML page here (works offline)")
+    add_model_arguments(trace)
+    trace.set_defaults(handler=command_trace)
+
+    average = subparsers.add_parser("average", help="average traces over facts the model knows (AIE/ATE by token class)")
+    average.add_argument("--n", type=int, default=100, help="number of known facts to average (default 100)")
+    _trace_arguments(average)
+    average.add_argument("--width", type=int, default=5, help="width of the recommended layer range R (default 5)")
+    average.add_argument("--no-cache", action="store_true", help="recompute every fact instead of resuming from the cache")
+    average.add_argument("--out", default=None, help="write the averages as JSON here")
+    add_model_arguments(average)
+    average.set_defaults(handler=command_average)
