@@ -66,11 +66,12 @@ def wire_tabs(
     def example_edit(prompt: str, subject: str):
         for example in examples:
             if example.prompt == prompt and example.subject == subject and example.edit:
-                return example.subject, example.edit.get("prompt", ""), example.edit.get("target_new", "")
-        return gr.skip(), gr.skip(), gr.skip()
+                return example.edit_fields
+        return (gr.skip(),) * 5
 
     trace.example_fill.then(
-        example_edit, [trace.prompt, trace.subject], [edit.subject, edit.template, edit.target],
+        example_edit, [trace.prompt, trace.subject],
+        [edit.subject, edit.template, edit.target, edit.paraphrases, edit.neighbors],
         queue=False, api_visibility="private",
     )
 

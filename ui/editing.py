@@ -99,16 +99,26 @@ def requests_from_rows(rows: list[list[str]]) -> list[Any]:
     return validate_requests(requests)
 
 
-def current_answers(loaded: Any, rows: list[list[str]]) -> list[str]:
-    """The model's top next token after each row's filled-in prompt."""
-    from editor.requests import EditRequest
-    from tracer.predict import predict_next_tokens
+ANSWER_TOKENS = 5
+_FIRST_WORD = re.compile(r"[^\W_][\w'-]*")
 
-    answers = []
-    for row in rows:
-        request = EditRequest(subject=row[0], prompt=row[1], target_new=row[2] or "?").validated()
-        answers.append(predict_next_tokens(loaded, request.text, 1)[0].token)
-    return answers
+
+def current_answer(loaded: Any, prompt: str) -> str:
+    """What the model says now after `prompt`: the first word of its greedy continuation (else its top token)."""
+    from tracer.predict import generate_greedy, predict_next_tokens
+
+    match = _FIRST_WORD.search(generate_greedy(loaded, prompt, ANSWER_TOKENS))
+    return match.group(0) if match else predict_next_tokens(loaded, prompt, 1)[0].token.strip()
+
+
+def current_answers(loaded: Any, rows: list[list[str]]) -> list[str]:
+    """The current answer after each row's filled-in prompt."""
+    from editor.requests import EditRequest
+
+    return [
+        current_answer(loaded, EditRequest(subject=row[0], prompt=row[1], target_new=row[2] or "?").validated().text)
+        for row in rows
+    ]
 
 
 def parse_layers(text: str, loaded: Any) -> list[int]:
@@ -134,8 +144,11 @@ def parse_layers(text: str, loaded: Any) -> list[int]:
     return sorted(layers)
 
 
+IMPORT_LIMIT = 200  # records per import (each is a request in one MEMIT batch)
+
+
 def counterfact_rows(path: str | None) -> tuple[list[Any], list[list[str]]]:
-    """CounterFact records of a JSON file and the table rows they make (validated by the editor)."""
+    """CounterFact records of a JSON file (validated by the editor) and the table rows they make."""
     from tracer.errors import InputError
 
     if not path:
@@ -143,39 +156,13 @@ def counterfact_rows(path: str | None) -> tuple[list[Any], list[list[str]]]:
     from editor.counterfact import load_records
 
     records = load_records(path)
-    rows = []
-    for record in records:
-        rewrite = record_rewrite(record)
-        rows.append([
-            rewrite["subject"],
-            rewrite["prompt"],
-            rewrite["target_new"],
-            "",
-            "; ".join(record_list(record, "paraphrase_prompts")),
-            "; ".join(record_list(record, "neighborhood_prompts")),
-        ])
+    if len(records) > IMPORT_LIMIT:
+        raise InputError(f"The file has {len(records)} records; import at most {IMPORT_LIMIT} at a time here.")
+    rows = [
+        [r.subject, r.prompt, r.target_new, r.target_true, "; ".join(r.paraphrase_prompts), "; ".join(r.neighborhood_prompts)]
+        for r in records
+    ]
     return records, rows
-
-
-def record_rewrite(record: Any) -> dict:
-    """{subject, prompt, target_new, target_true} of a CounterFact record (dict or the editor's object)."""
-    data = record.to_dict() if hasattr(record, "to_dict") else record
-    rewrite = data["requested_rewrite"]
-
-    def text(value: Any) -> str:
-        return value["str"] if isinstance(value, dict) else str(value)
-
-    return {
-        "subject": rewrite["subject"],
-        "prompt": rewrite["prompt"],
-        "target_new": text(rewrite["target_new"]),
-        "target_true": text(rewrite.get("target_true", "")),
-    }
-
-
-def record_list(record: Any, key: str) -> list[str]:
-    data = record.to_dict() if hasattr(record, "to_dict") else record
-    return list(data.get(key) or [])
 
 
 # --- computing and describing a batch --------------------------------------------------------------
@@ -277,3 +264,104 @@ def batch_summary_text(batch: Any) -> str:
     if batch.warnings:
         text += "  \n**Note:** " + " ".join(batch.warnings)
     return text
+
+
+# --- checking edits (Test tab) -----------------------------------------------------------------------
+
+def applied_records(session: Any) -> list[Any]:
+    """A CounterFact record for every request this session applied, with the prompts typed to check it."""
+    from editor.counterfact import CounterFactRecord
+
+    ledger = session.ledgers.get(session.model_spec)
+    records = []
+    for batch in ledger_batches(ledger):
+        for index, request in enumerate(batch.requests):
+            paraphrases, neighbors = session.checks.get((request.subject, request.prompt, request.target_new), ([], []))
+            records.append(
+                CounterFactRecord(
+                    case_id=f"{batch.batch_id}#{index}",
+                    subject=request.subject,
+                    prompt=request.prompt,
+                    target_new=request.target_new,
+                    target_true=request.target_true or "",
+                    paraphrase_prompts=list(paraphrases),
+                    neighborhood_prompts=list(neighbors),
+                )
+            )
+    return records
+
+
+def with_true_objects(loaded: Any, records: list[Any]) -> list[Any]:
+    """Records whose missing true object is filled with the model's current answer (call on the original model)."""
+    import dataclasses
+
+    return [
+        record if record.target_true else dataclasses.replace(record, target_true=current_answer(loaded, record.rewrite_prompt))
+        for record in records
+    ]
+
+
+def score(loaded: Any, records: list[Any]) -> list[Any]:
+    """Per-record ES/PS/NS fractions on the model as it is now (no generation: quick)."""
+    from editor.evaluate import score_records
+
+    per_record, _ = score_records(loaded, records, generation=False)
+    return per_record
+
+
+def summary(per_record: list[Any]) -> Any:
+    from editor.evaluate import summarize
+
+    return summarize(per_record, [])
+
+
+def _fraction(value: float | None, count: int) -> str:
+    if value is None or count == 0:
+        return "–"
+    return f"{round(value * count)}/{count}"
+
+
+def _mark(value: float | None, count: int, good_when_high: bool = True) -> str:
+    text = _fraction(value, count)
+    if value is None or count == 0:
+        return text
+    good = value >= 0.5 if good_when_high else value < 0.5
+    return f"{text} {'✓' if good else '✗'}"
+
+
+CHECK_COLUMNS = [
+    "edit",
+    "rewrite: new beats old (before → after)",
+    "paraphrases: new beats old (before → after)",
+    "neighborhood: old still wins (before → after)",
+]
+
+
+def check_rows(records: list[Any], before: list[Any], after: list[Any]) -> list[list[str]]:
+    """One row per edit: how each check went before and after the edits."""
+    rows = []
+    for record, pre, post in zip(records, before, after):
+        paraphrases, neighbors = len(record.paraphrase_prompts), len(record.neighborhood_prompts)
+        rows.append([
+            f"{record.subject}: {record.target_true} → {record.target_new}",
+            f"{_fraction(pre.es, 1)} → {_mark(post.es, 1)}",
+            f"{_fraction(pre.ps, paraphrases)} → {_mark(post.ps, paraphrases)}" if paraphrases else "(none given)",
+            f"{_fraction(pre.ns, neighbors)} → {_mark(post.ns, neighbors)}" if neighbors else "(none given)",
+        ])
+    return rows
+
+
+METRIC_KEYS = [("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("efficacy acc.", "efficacy_accuracy"),
+               ("neighborhood acc.", "neighborhood_accuracy")]
+
+
+def metrics_rows(before: Any, after: Any) -> list[list[Any]]:
+    """[model, ES, PS, NS, S, accuracies, n] for the unedited and the edited model (percent)."""
+    rows = []
+    for label, scores in (("original", before), ("with your edits", after)):
+        cells = [None if getattr(scores, key) is None else round(getattr(scores, key), 1) for _, key in METRIC_KEYS]
+        rows.append([label, *cells, scores.n])
+    return rows
+
+
+METRIC_COLUMNS = ["model", *[title for title, _ in METRIC_KEYS], "n"]

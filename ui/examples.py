@@ -23,9 +23,15 @@ class Example:
     edit: dict = field(default_factory=dict)
 
     @property
-    def edit_row(self) -> list[str]:
-        """[subject, prompt template, new object] for the Edit tab's table."""
-        return [self.subject, self.edit.get("prompt", ""), self.edit.get("target_new", "")]
+    def edit_fields(self) -> tuple[str, str, str, str, str]:
+        """(subject, prompt template, new object, paraphrases, neighborhood prompts) for the Edit tab."""
+        return (
+            self.subject,
+            self.edit.get("prompt", ""),
+            self.edit.get("target_new", ""),
+            "; ".join(self.edit.get("paraphrases", [])),
+            "; ".join(self.edit.get("neighborhood", [])),
+        )
 
 
 def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:

@@ -29,8 +29,9 @@ class SessionState:
     average: Any = None  # tracer.average.AverageResult
     recommendation: Any = None  # tracer.recommend.LayerRecommendation
     layers: tuple[int, int] | None = None  # chosen R, first and last layer (inclusive)
-    records: list[dict] = field(default_factory=list)  # imported CounterFact records
-    requests: list[list[str]] = field(default_factory=list)  # rows of the Edit tab's table
+    records: list[Any] = field(default_factory=list)  # imported CounterFact records (editor.counterfact)
+    # (subject, prompt template, new object) -> (paraphrases, neighborhood prompts) to check that edit with
+    checks: dict[tuple[str, str, str], tuple[list[str], list[str]]] = field(default_factory=dict)
 
     def ledger(self) -> Any:
         """This session's ledger for its current model (created on first use)."""
@@ -56,6 +57,14 @@ class SessionState:
             return
         with self.ledger().applied(loaded):
             yield loaded
+
+    def remember_checks(self, rows: list[list[str]], requests: list[Any]) -> None:
+        """Keep the paraphrase / neighborhood prompts typed for each applied request (for the Test tab)."""
+        from ui.editing import split_prompts
+
+        for row, request in zip(rows, requests):
+            key = (request.subject, request.prompt, request.target_new)
+            self.checks[key] = (split_prompts(row[4]), split_prompts(row[5]))
 
     @property
     def layer_range(self) -> list[int] | None:

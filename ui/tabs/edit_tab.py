@@ -10,7 +10,6 @@ import gradio as gr
 
 from ui import captions, editing, figures
 from ui.context import MODEL_QUEUE, AppContext
-from ui.display import display_token
 from ui.errors import friendly, warn
 from ui.runner import HEARTBEAT, follow
 from ui.session import SessionState
@@ -19,7 +18,7 @@ REQUEST_HEADERS = [
     "subject",
     "prompt ({} = subject)",
     "new object",
-    "current answer",
+    "current answer (true object)",
     "paraphrases (;-separated, optional)",
     "neighborhood prompts (;-separated, optional)",
 ]
@@ -32,6 +31,8 @@ class EditTab:
     subject: gr.Textbox
     template: gr.Textbox
     target: gr.Textbox
+    paraphrases: gr.Textbox
+    neighbors: gr.Textbox
     add: gr.Button
     table: gr.Dataframe
     method: gr.Radio
@@ -85,6 +86,17 @@ def build(ctx: AppContext) -> EditTab:
             )
             target = gr.Textbox(label="New object", placeholder="Rome", elem_id="edit-target", scale=2)
             add = gr.Button("Add request", elem_id="edit-add", scale=1)
+        with gr.Row():
+            paraphrases = gr.Textbox(
+                label="Paraphrases to check (optional, ;-separated)",
+                placeholder="The Eiffel Tower is in the city of; Where is the Eiffel Tower? It is in the city of",
+                elem_id="edit-paraphrases",
+            )
+            neighbors = gr.Textbox(
+                label="Neighborhood prompts to check (optional, ;-separated: other subjects with the same answer)",
+                placeholder="The Louvre is located in the city of",
+                elem_id="edit-neighbors",
+            )
         table = gr.Dataframe(
             headers=REQUEST_HEADERS,
             datatype="str",
@@ -153,14 +165,17 @@ def build(ctx: AppContext) -> EditTab:
             return editing.current_answers(loaded, rows)
 
         answers = ctx.run(session, work, name="current answers")
-        return [row[:3] + [display_token(answer)] + row[4:] for row, answer in zip(rows, answers)]
+        return [row[:3] + [answer] + row[4:] for row, answer in zip(rows, answers)]
 
     @friendly
-    def add_request(subject_text: str, template_text: str, target_text: str, value: Any, session: SessionState | None):
+    def add_request(
+        subject_text: str, template_text: str, target_text: str, paraphrase_text: str, neighbor_text: str,
+        value: Any, session: SessionState | None,
+    ):
         session = ctx.session_of(session)
-        row = [subject_text or "", template_text or "", target_text or "", "", "", ""]
+        row = [subject_text or "", template_text or "", target_text or "", "", paraphrase_text or "", neighbor_text or ""]
         editing.check_row(row)
-        return table_rows(value) + answer_rows(session, [row]), "", "", "", session
+        return table_rows(value) + answer_rows(session, [row]), "", "", "", "", "", session
 
     def select_row(event: gr.SelectData):
         return event.index[0] if isinstance(event.index, (list, tuple)) else event.index
@@ -180,14 +195,17 @@ def build(ctx: AppContext) -> EditTab:
     @friendly
     def import_counterfact(path: str | None, value: Any, session: SessionState | None):
         session = ctx.session_of(session)
-        records, rows = editing.counterfact_rows(path)
+        records, rows = editing.counterfact_rows(path)  # their true object goes in the "current answer" column
         session.records = records
-        rows = answer_rows(session, rows)
-        gr.Info(f"Imported {len(records)} CounterFact record(s); their metrics are on the Test tab.")
+        gr.Info(f"Imported {len(records)} CounterFact record(s): apply them, then see their metrics on the Test tab.")
         return table_rows(value) + rows, session
 
-    add.click(add_request, [subject, template, target, table, ctx.session], [table, subject, template, target, ctx.session],
-              api_visibility="private", concurrency_id=MODEL_QUEUE)
+    add.click(
+        add_request,
+        [subject, template, target, paraphrases, neighbors, table, ctx.session],
+        [table, subject, template, target, paraphrases, neighbors, ctx.session],
+        api_visibility="private", concurrency_id=MODEL_QUEUE,
+    )
     table.select(select_row, None, selected_row, api_visibility="private", queue=False)
     remove.click(remove_row, [table, selected_row], [table, selected_row], api_visibility="private", queue=False)
     clear.click(lambda: [], None, table, api_visibility="private", queue=False)
@@ -233,6 +251,7 @@ def build(ctx: AppContext) -> EditTab:
             if item is HEARTBEAT:
                 yield skip
         batch = job.result
+        session.remember_checks(rows, requests)
         for warning in batch.warnings:
             warn(warning)
         per_request, per_layer = editing.diagnostics_tables(batch)
@@ -298,5 +317,5 @@ def build(ctx: AppContext) -> EditTab:
     reset.click(run_reset, [ctx.session], history_outputs, api_name="reset", concurrency_id=MODEL_QUEUE)
     export_ledger.click(run_export, [ctx.session], [exported], api_visibility="private", concurrency_id=MODEL_QUEUE)
     import_ledger.upload(run_import, [import_ledger, ctx.session], history_outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
-    return EditTab(subject, template, target, add, table, method, layers, apply, status, history, batch_choice, undo, reset,
+    return EditTab(subject, template, target, paraphrases, neighbors, add, table, method, layers, apply, status, history, batch_choice, undo, reset,
                    edit_event, undo_event, hparams)

@@ -61,8 +61,11 @@ def build(ctx: AppContext) -> TestTab:
         gr.Markdown(captions.TEST_CHECKS)
         check = gr.Button("Check my edits", variant="primary", elem_id="test-check")
         check_summary = gr.Markdown(elem_id="test-check-summary")
-        checks_table = gr.Dataframe(label="Each edit", interactive=False, wrap=True, elem_id="test-checks")
-        metrics_table = gr.Dataframe(label="CounterFact metrics (imported records)", interactive=False, elem_id="test-metrics")
+        checks_table = gr.Dataframe(label="Each edit", interactive=False, wrap=True, elem_id="test-checks", visible=False)
+        metrics_table = gr.Dataframe(
+            label="CounterFact metrics in percent (imported records, else your edits)", interactive=False,
+            elem_id="test-metrics", visible=False,
+        )
         with gr.Accordion("Raw result (JSON)", open=False):
             check_json = gr.JSON(elem_id="test-check-json")
 
@@ -139,24 +142,45 @@ def build(ctx: AppContext) -> TestTab:
         from tracer.errors import InputError
 
         session = ctx.session_of(session)
-        records = editing.records_to_check(session)
-        if not records:
+        edits = editing.applied_records(session)
+        imported = list(session.records)
+        if not edits and not imported:
             raise InputError("There is nothing to check yet: apply an edit on the Edit tab (or import CounterFact records).")
 
         def work(job, loaded):
             job.progress(0.05, "Original model…")
-            before = editing.evaluate(loaded, records, progress=None)
+            records = editing.with_true_objects(loaded, edits) + imported
+            before = editing.score(loaded, records)
             job.progress(0.5, "With your edits…")
             with session.applied(loaded):
-                after = editing.evaluate(loaded, records, progress=None)
-            return before, after
+                after = editing.score(loaded, records)
+            return records, before, after
 
-        before, after = ctx.run(session, work, name="evaluate", edited=False)
-        rows = editing.check_rows(records, before, after)
-        metrics = editing.metrics_rows(before, after)
-        summary = editing.checks_summary(before, after, len(records))
-        data = {"n": len(records), "pre": editing.metrics_dict(before), "post": editing.metrics_dict(after), "records": rows}
-        return summary, editing.checks_table(rows), metrics, data, session
+        records, before, after = ctx.run(session, work, name="check edits", edited=False)
+        count = len(edits)
+        rows = editing.check_rows(records[:count], before[:count], after[:count])
+        metric_slice = slice(count, None) if imported else slice(0, count)
+        pre, post = editing.summary(before[metric_slice]), editing.summary(after[metric_slice])
+        which = f"the {len(imported)} imported CounterFact record(s)" if imported else f"your {count} edit(s)"
+        summary = (
+            f"Scores over {which}: efficacy {percent_or_dash(pre.ES)} → **{percent_or_dash(post.ES)}**, "
+            f"paraphrases {percent_or_dash(pre.PS)} → **{percent_or_dash(post.PS)}**, "
+            f"neighborhood {percent_or_dash(pre.NS)} → **{percent_or_dash(post.NS)}** "
+            "(higher is better for all three; the neighborhood should stay high)."
+        )
+        data = {
+            "edits": [dict(zip(editing.CHECK_COLUMNS, row)) for row in rows],
+            "metrics_over": "imported" if imported else "edits",
+            "pre": pre.to_dict(),
+            "post": post.to_dict(),
+        }
+        return (
+            summary,
+            gr.Dataframe(value=rows, headers=editing.CHECK_COLUMNS, visible=bool(rows)),
+            gr.Dataframe(value=editing.metrics_rows(pre, post), headers=editing.METRIC_COLUMNS, visible=True),
+            data,
+            session,
+        )
 
     check.click(
         run_checks, [ctx.session], [check_summary, checks_table, metrics_table, check_json, ctx.session],
@@ -215,3 +239,8 @@ def _same_trace(original: Any, last: Any, settings: Any) -> bool:
     mine.pop("answer", None)
     wanted.pop("answer", None)
     return mine == wanted
+
+
+def percent_or_dash(value: float | None) -> str:
+    """A metric already in percent, or a dash where it does not apply."""
+    return "–" if value is None else f"{value:.0f}%"
