@@ -1,6 +1,11 @@
-"""The app's API endpoints through gradio_client against the real server (embedded model)."""
+"""The app's API endpoints through gradio_client against the real server (embedded model).
+
+Each `Client` is its own session, like a separate visitor: its edits are its own.
+"""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -11,6 +16,23 @@ app = app_harness.app  # the shared server (fixture)
 app_idle_after_test = app_harness.app_idle_after_test  # autouse: let queued jobs finish before the clean-model check
 
 EIFFEL = "The Eiffel Tower is located in the city of"
+COLOSSEUM = "The Colosseum is in the city of"
+# A small edit: covariance from 4096 corpus tokens (cached after the first run), the editor's default R.
+EDIT_SETTINGS = dict(layers="2-6", mom2_weight=15000, cov_tokens=4096, steps=25, lr=0.5, kl_factor=0.0625, clamp=0.75)
+
+
+def edit(client, rows: list[list[str]], method: str = "memit"):
+    table = {"headers": ["subject", "prompt", "new", "current", "paraphrases", "neighbors"], "data": rows}
+    s = EDIT_SETTINGS
+    return client.predict(
+        table, method, s["layers"], s["mom2_weight"], s["cov_tokens"], s["steps"], s["lr"], s["kl_factor"], s["clamp"],
+        api_name="/edit",
+    )
+
+
+def top_after(client, prompt: str) -> tuple[str, str]:
+    data = client.predict(prompt, 3, 4, api_name="/predict")[-1]
+    return data["before"]["top"][0]["token"], data["after"]["top"][0]["token"]
 
 
 def test_predict_endpoint_returns_before_and_after(app):
@@ -24,11 +46,81 @@ def test_predict_endpoint_returns_before_and_after(app):
     assert "no edits yet" in summary
 
 
-def test_predict_with_empty_prompt_gives_a_plain_message_and_the_app_keeps_serving(app):
+def test_bad_input_gives_plain_messages_and_the_app_keeps_serving(app):
     from gradio_client.exceptions import AppError
 
     client = client_for(app)
     with pytest.raises(AppError, match="prompt is empty"):
         client.predict("   ", 5, 8, api_name="/predict")
+    with pytest.raises(AppError, match="does not occur in the prompt") as caught:
+        client.predict(EIFFEL, "Big Ben", "", ["mlp"], 1, "3x", 10, 1, "gaussian", api_name="/trace")
+    assert "Traceback" not in str(caught.value)
+    with pytest.raises(AppError, match="Noise"):
+        client.predict(EIFFEL, "Eiffel Tower", "", ["mlp"], 1, "lots", 10, 1, "gaussian", api_name="/trace")
+    with pytest.raises(AppError, match="no trace yet"):
+        client.predict("trace", 5, api_name="/recommend")
+    with pytest.raises(AppError, match="nothing to check"):
+        client.predict(api_name="/evaluate")
+    with pytest.raises(AppError, match="not understood"):
+        client.predict(
+            {"headers": ["a"] * 6, "data": [["Eiffel Tower", "{} is located in the city of", "Rome", "", "", ""]]},
+            "memit", "two to six", 15000, 4096, 25, 0.5, 0.0625, 0.75, api_name="/edit",
+        )
     data = client.predict(EIFFEL, 3, 4, api_name="/predict")[-1]
     assert data["before"]["top"][0]["token"] == " Paris"
+
+
+def test_trace_then_recommend(app):
+    import plotly.io
+
+    client = client_for(app)
+    status, hidden, mlp, attn, result, *downloads = client.predict(
+        COLOSSEUM, "Colosseum", "", ["mlp"], 1, "3x", 10, 1, "gaussian", api_name="/trace"
+    )
+    assert "Rome" in status and "Exact trace done" in status
+    assert result["answer"] == " Rome" and result["approximate"] is False
+    scores = result["scores"]["mlp"]
+    assert len(scores) == len(result["tokens"]) and len(scores[0]) == 30
+    assert all(value is not None for row in scores for value in row)
+    figure = plotly.io.from_json(mlp["plot"])
+    assert figure.data[0].type == "heatmap" and len(figure.data[0].z) == len(result["tokens"])
+    exported = json.loads(open(downloads[0]["value"], encoding="utf-8").read())
+    assert exported["scores"]["mlp"] == scores
+    assert "<html" in open(downloads[2]["value"], encoding="utf-8").read()[:200].lower()
+
+    plot, first, last, explanation, recommendation, chosen, layers_text = client.predict("trace", 4, api_name="/recommend")
+    assert last - first == 3 and recommendation["layers"] == list(range(first, last + 1))
+    assert f"R = layers {first}-{last}" in explanation and layers_text == f"{first}-{last}"
+    curve = recommendation["curve"]  # the MLP row of the last subject token, as indirect effects
+    last_subject = result["subject_range"][1] - 1
+    assert curve == pytest.approx([value - result["low"] for value in scores[last_subject]])
+
+
+def test_edit_evaluate_undo_and_sessions_are_isolated(app):
+    editor_client, visitor = client_for(app), client_for(app)
+    status, per_request, loss, per_layer, history, batches, batch, *_ = edit(
+        editor_client,
+        [[
+            "Eiffel Tower", "{} is located in the city of", "Rome", "Paris",
+            "The Eiffel Tower is in the city of", "The Louvre is located in the city of",
+        ]],
+    )
+    assert "Applied batch" in status and batch["layers"] == [2, 3, 4, 5, 6]
+    assert [row[0] for row in history["data"]] == [batch["batch_id"]]
+    assert per_request["value"]["data"][0][:2] == ["Eiffel Tower", "Rome"]
+    assert top_after(editor_client, EIFFEL) == (" Paris", " Rome")
+    assert top_after(visitor, EIFFEL) == (" Paris", " Paris")  # another visitor sees the original model
+
+    summary, checks, metrics, data = editor_client.predict(api_name="/evaluate")
+    row = data["edits"][0]
+    assert row["edit"] == "Eiffel Tower: Paris → Rome"
+    assert row["rewrite: new beats old (before → after)"].startswith("0/1 → 1/1")
+    assert data["pre"]["ES"] == 0 and data["post"]["ES"] == 100
+
+    message, history, batches, result = editor_client.predict(batch["batch_id"], api_name="/undo")
+    assert "Undid batch" in message and history["data"] == [] and result["remaining"] == []
+    assert top_after(editor_client, EIFFEL) == (" Paris", " Paris")
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="no batch to undo|no edit"):
+        editor_client.predict(None, api_name="/undo")

@@ -69,23 +69,19 @@ def error_toast_text(page) -> str:
     return toast.inner_text()
 
 
-def compare(page, prompt: str) -> tuple[str, str]:
-    """Run the Test tab's before/after comparison; returns (top before, top after)."""
+def compare(page, prompt: str, before: str, after: str) -> None:
+    """Run the Test tab's comparison and wait for the expected top tokens (original, edited)."""
     from playwright.sync_api import expect
 
     open_tab(page, "Test")
     page.fill("#test-prompt textarea", prompt)
-    summary = page.locator("#test-summary")
-    previous = summary.inner_text()
     page.click("#test-compare")
-    expect(summary).not_to_have_text(previous or "\u0000")
-    expect(summary).not_to_be_empty()
-    before = page.locator("#test-before-top h2").first.inner_text()
-    after = page.locator("#test-after-top h2").first.inner_text()
-    return before.strip(), after.strip()
+    expect(page.locator("#test-after-top h2").first).to_have_text(after)
+    expect(page.locator("#test-before-top h2").first).to_have_text(before)
+    expect(page.locator("#test-summary")).to_contain_text("edits" if before == after else "change the top prediction")
 
 
-def test_trace_example_draws_three_heatmaps_then_choose_r(page):
+def test_trace_choose_r_edit_test_undo_in_the_browser(page, chromium, app):
     from playwright.sync_api import expect
 
     wait_for_model(page)
@@ -117,9 +113,46 @@ def test_trace_example_draws_three_heatmaps_then_choose_r(page):
     set_number(page, "range-last", 6)
     page.locator("#range-last input[type=range]").dispatch_event("pointerup")
     expect(page.locator("#range-chosen")).to_contain_text("R = layers 2-6")
+    shot(page, "choose-r")
+
+    # Edit: the example filled in its suggested edit; add it to the table and apply it with R = 2-6.
     open_tab(page, "Edit")
     expect(page.locator("#edit-layers textarea")).to_have_value("2-6")
-    shot(page, "choose-r")
+    expect(page.locator("#edit-subject textarea")).to_have_value("Eiffel Tower")
+    expect(page.locator("#edit-target textarea")).to_have_value("Rome")
+    page.click("#edit-add")
+    expect(page.locator("#edit-table")).to_contain_text("Paris")  # the current answer, filled in by the model
+    page.get_by_text("Advanced (hyperparameters)", exact=True).click()
+    set_number(page, "edit-cov-tokens", 4096)  # a small covariance sample keeps the test quick
+    page.click("#edit-apply")
+    expect(page.locator("#edit-status")).to_contain_text("Applied batch", timeout=600_000)
+    expect(page.locator("#edit-history")).to_contain_text("Eiffel Tower → Rome")
+    expect(page.locator("#edit-loss-plot .js-plotly-plot")).to_be_attached()
+    shot(page, "edit")
+
+    # Test: the edited model says Rome, the original still says Paris; the checks pass.
+    compare(page, EIFFEL, before="Paris", after="Rome")
+    page.click("#test-check")
+    expect(page.locator("#test-checks")).to_contain_text("1/1 ✓")
+    shot(page, "test")
+
+    # Another visitor (a new browser context) sees the original model.
+    context = chromium.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        other = context.new_page()
+        other.goto(app.url)
+        wait_for_model(other)
+        compare(other, EIFFEL, before="Paris", after="Paris")
+        expect(other.locator("#test-summary")).to_contain_text("no edits yet")
+    finally:
+        context.close()
+
+    # Undo: the old answer is back.
+    open_tab(page, "Edit")
+    page.click("#edit-undo")
+    expect(page.locator("#edit-status")).to_contain_text("Undid batch")
+    compare(page, EIFFEL, before="Paris", after="Paris")
+    expect(page.locator("#test-summary")).to_contain_text("no edits yet")
 
 
 def test_bad_input_shows_a_message_and_the_next_action_works(page):
@@ -132,5 +165,4 @@ def test_bad_input_shows_a_message_and_the_next_action_works(page):
     page.click("#trace-run")
     assert "does not occur in the prompt" in error_toast_text(page)
     assert "Traceback" not in page.content()
-    before, after = compare(page, EIFFEL)
-    assert before == after == "Paris"
+    compare(page, EIFFEL, before="Paris", after="Paris")

@@ -40,13 +40,15 @@ def build_app(manager: ModelManager, runner: ModelRunner) -> gr.Blocks:
             value="2-6", label="Layers R (from the Choose R tab; e.g. 2-6 or 3,4,5)", elem_id="edit-layers", render=False, scale=2
         )
         with gr.Tabs(selected="trace", elem_id="tabs"):
-            model_tab.build(context, header)
+            model = model_tab.build(context, header)
             trace = trace_tab.build(context, examples)
             averages_tab.build(context)
             ranges = range_tab.build(context)
             edit = edit_tab.build(context)
             test_tab.build(context)
         wire_tabs(context, trace, ranges, edit, examples)
+        for event in (edit.edit_event, edit.undo_event, edit.reset_event, edit.import_event):
+            event.then(model.refresh_header, [context.session], [header], queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=1)
     return demo
 

@@ -29,6 +29,7 @@ class SessionState:
     average: Any = None  # tracer.average.AverageResult
     recommendation: Any = None  # tracer.recommend.LayerRecommendation
     layers: tuple[int, int] | None = None  # chosen R, first and last layer (inclusive)
+    cov_tokens: int | None = None  # covariance budget of the last edit (its cached spectra flag outlier layers)
     records: list[Any] = field(default_factory=list)  # imported CounterFact records (editor.counterfact)
     # (subject, prompt template, new object) -> (paraphrases, neighborhood prompts) to check that edit with
     checks: dict[tuple[str, str, str], tuple[list[str], list[str]]] = field(default_factory=dict)

@@ -46,6 +46,8 @@ class EditTab:
     edit_event: Any
     undo_event: Any
     hparams: list[Any]
+    reset_event: Any = None
+    import_event: Any = None
 
 
 def table_rows(value: Any) -> list[list[str]]:
@@ -125,7 +127,9 @@ def build(ctx: AppContext) -> EditTab:
         with gr.Accordion("Advanced (hyperparameters)", open=False):
             with gr.Row():
                 mom2_weight = gr.Number(value=15000, label="λ (weight of the covariance: higher = safer, weaker)")
-                cov_tokens = gr.Number(value=None, precision=0, label="Covariance corpus tokens (empty = default)")
+                cov_tokens = gr.Number(
+                    value=None, precision=0, label="Covariance corpus tokens (empty = default)", elem_id="edit-cov-tokens"
+                )
                 steps = gr.Slider(1, 100, value=25, step=1, label="Optimisation steps")
             with gr.Row():
                 lr = gr.Number(value=0.5, label="Learning rate")
@@ -207,7 +211,7 @@ def build(ctx: AppContext) -> EditTab:
         api_visibility="private", concurrency_id=MODEL_QUEUE,
     )
     table.select(select_row, None, selected_row, api_visibility="private", queue=False)
-    remove.click(remove_row, [table, selected_row], [table, selected_row], api_visibility="private", queue=False)
+    remove.click(remove_row, [table, selected_row], [table, selected_row], api_visibility="private", concurrency_id="table")
     clear.click(lambda: [], None, table, api_visibility="private", queue=False)
     refresh.click(refresh_answers, [table, ctx.session], [table, ctx.session], api_visibility="private", concurrency_id=MODEL_QUEUE)
     import_records.upload(import_counterfact, [import_records, table, ctx.session], [table, ctx.session],
@@ -252,8 +256,7 @@ def build(ctx: AppContext) -> EditTab:
                 yield skip
         batch = job.result
         session.remember_checks(rows, requests)
-        for warning in batch.warnings:
-            warn(warning)
+        session.cov_tokens = int(batch.hparams.get("cov_tokens") or 0) or None
         per_request, per_layer = editing.diagnostics_tables(batch)
         yield (
             editing.batch_summary_text(batch),
@@ -314,8 +317,8 @@ def build(ctx: AppContext) -> EditTab:
 
     history_outputs = [status, history, batch_choice, result_json, ctx.session]
     undo_event = undo.click(run_undo, [batch_choice, ctx.session], history_outputs, api_name="undo", concurrency_id=MODEL_QUEUE)
-    reset.click(run_reset, [ctx.session], history_outputs, api_name="reset", concurrency_id=MODEL_QUEUE)
+    reset_event = reset.click(run_reset, [ctx.session], history_outputs, api_name="reset", concurrency_id=MODEL_QUEUE)
     export_ledger.click(run_export, [ctx.session], [exported], api_visibility="private", concurrency_id=MODEL_QUEUE)
-    import_ledger.upload(run_import, [import_ledger, ctx.session], history_outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
+    import_event = import_ledger.upload(run_import, [import_ledger, ctx.session], history_outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
     return EditTab(subject, template, target, paraphrases, neighbors, add, table, method, layers, apply, status, history, batch_choice, undo, reset,
-                   edit_event, undo_event, hparams)
+                   edit_event, undo_event, hparams, reset_event, import_event)

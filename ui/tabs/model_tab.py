@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -19,6 +20,7 @@ class ModelTab:
     info: gr.Markdown
     choice: gr.Dropdown
     switch: gr.Button
+    refresh_header: Callable[[SessionState | None], str]
 
 
 def edit_batches(session: SessionState) -> int:
@@ -66,4 +68,7 @@ def build(ctx: AppContext, header: gr.Markdown) -> ModelTab:
         show_model, [ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private"
     )
     switch.click(switch_model, [choice, ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_name="switch_model")
-    return ModelTab(info, choice, switch)
+    def refresh_header(session: SessionState | None) -> str:
+        return model_line(manager.status(), edit_batches(ctx.session_of(session)))
+
+    return ModelTab(info, choice, switch, refresh_header)

@@ -29,21 +29,38 @@ class RangeTab:
     result_json: gr.JSON
 
 
-def recommendation_for(session: SessionState, source: str, width: int) -> Any:
+def recommendation_for(session: SessionState, source: str, width: int, flagged: dict[int, str] | None = None) -> Any:
     """The tracer's recommendation from the session's last trace or averages (InputError if there is none)."""
-    from tracer.recommend import recommend_layers
-
     from tracer.errors import InputError
+    from tracer.recommend import recommend_layers
 
     if source == "average":
         if session.average is None:
             raise InputError("There are no averages yet: run them on the Averages tab, or choose 'The last trace'.")
-        return recommend_layers(session.average, width=width)
+        return recommend_layers(session.average, width=width, flagged_layers=flagged)
     if session.trace is None:
         raise InputError("There is no trace yet: run one on the Trace tab (or click an example) first.")
     if "mlp" not in session.trace.scores:
         raise InputError("The last trace did not include the MLP kind; trace again with MLP selected (Advanced).")
-    return recommend_layers(session.trace, width=width)
+    return recommend_layers(session.trace, width=width, flagged_layers=flagged)
+
+
+def outlier_layers(loaded: Any, cov_tokens: int | None) -> dict[int, str]:
+    """Layers whose MLP keys have an outlier direction, from covariance spectra already cached (nothing computed)."""
+    try:
+        from editor.covariance import cached_diagnostics
+        from editor.hparams import default_hparams
+    except ImportError:
+        return {}
+    from tracer.recommend import flag_outliers
+
+    hparams = default_hparams(loaded.layout)
+    found = cached_diagnostics(loaded, list(range(loaded.layout.num_layers)), cov_tokens or hparams.cov_tokens, hparams.corpus)
+    if len(found) < 3:  # a median needs a few layers
+        return {}
+    layers = sorted(found)
+    flags = flag_outliers([found[layer].largest_eigenvalue for layer in layers])
+    return {layers[index]: text for index, text in flags.items()}
 
 
 def range_text(first: int, last: int) -> str:
@@ -89,7 +106,8 @@ def build(ctx: AppContext) -> RangeTab:
     @friendly
     def run_recommend(source_value: str, width_value: float, session: SessionState | None):
         session = ctx.session_of(session)
-        recommendation = recommendation_for(session, source_value, int(width_value))
+        flagged = ctx.run(session, lambda job, loaded: outlier_layers(loaded, session.cov_tokens), name="outliers", edited=False)
+        recommendation = recommendation_for(session, source_value, int(width_value), flagged)
         session.recommendation = recommendation
         layers = list(recommendation.layers)
         low, high = min(layers), max(layers)

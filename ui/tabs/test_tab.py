@@ -76,7 +76,7 @@ def build(ctx: AppContext) -> TestTab:
         retrace_plots = {}
         with gr.Row(equal_height=True):
             for kind in ("hidden", "mlp", "attn"):
-                retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", min_width=320)
+                retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", min_width=320, visible=False)
 
     @friendly
     def run_compare(prompt_text: str, k: float, new_tokens: float, session: SessionState | None, progress=gr.Progress()):
@@ -221,7 +221,8 @@ def build(ctx: AppContext) -> TestTab:
             f"Following **{html.escape(display_token(before.answer))}**: clean probability "
             f"{percent(before.high)} before, {percent(after.high)} after your edits."
         )
-        return (status, *(figures.difference_heatmap(before, after, kind) for kind in ("hidden", "mlp", "attn")), session)
+        plots = (gr.Plot(figures.difference_heatmap(before, after, kind), visible=True) for kind in ("hidden", "mlp", "attn"))
+        return (status, *plots, session)
 
     retrace.click(
         run_retrace, [ctx.session], [retrace_status, *retrace_plots.values(), ctx.session],
