@@ -247,3 +247,15 @@ def test_bad_input_gives_a_plain_error(embedded, prompt, subject, settings, mess
 def test_a_named_answer_is_followed(embedded):
     problem = prepare_trace(embedded, EIFFEL, "Eiffel Tower", TraceSettings(samples=1, answer="London"))
     assert problem.answer.strip() == "London" and problem.high < 0.1
+
+
+def test_prompts_longer_than_a_sliding_window_use_the_reference(tiny):
+    from tracer.fast_trace import fast_engine_supports
+
+    loaded = tiny("gemma2")  # sliding window of 64 tokens in tests/tiny_models.py
+    prompt = "The Eiffel Tower " + "is a very tall tower and " * 12 + "is in"
+    assert not fast_engine_supports(loaded, 70) and fast_engine_supports(loaded, 20)
+    stream = trace_stream(loaded, prompt, "Eiffel Tower", TraceSettings(kinds=("hidden",), samples=1, noise=0.5))
+    first = next(stream)
+    stream.close()
+    assert first.result.engine == "reference" and len(first.result.tokens) > 64

@@ -174,6 +174,12 @@ def new_dynamic_cache(model: torch.nn.Module) -> DynamicCache:
         return DynamicCache()
 
 
+def fast_engine_supports(loaded: LoadedModel, length: int) -> bool:
+    """False where a sliding-window cache would drop prefix keys (prompt longer than the window)."""
+    window = getattr(loaded.model.config, "sliding_window", None)
+    return not (isinstance(window, int) and 0 < window <= length)
+
+
 def tokens_per_chunk(loaded: LoadedModel, kv_length: int) -> int:
     """Rows x query positions per batched block call: fixed on CPU, from free memory on a GPU."""
     if loaded.device.type != "cuda":
@@ -347,7 +353,7 @@ class FastTracer:
                 rows = restore_rows[kind][layer]
                 if rows is not None:
                     states = sequence_view(output_tensor(output), active_rows[0], query)
-                    states[rows, 0] = value
+                    states[rows.to(states.device), 0] = value.to(states.device)
                 return output
 
             return restore
@@ -368,8 +374,9 @@ class FastTracer:
                     rows = corrupted.block_inputs[layer][:, token:].repeat(len(joining), 1, 1)
                     for index, cell in enumerate(joining):
                         if cell.kind == "hidden":
-                            rows[index * samples : (index + 1) * samples, 0] = clean[layout.block(cell.layer)][0, token]
-                    hidden = rows if hidden is None else torch.cat([hidden, rows])
+                            restored = clean[layout.block(cell.layer)][0, token]
+                            rows[index * samples : (index + 1) * samples, 0] = restored.to(rows.device)
+                    hidden = rows if hidden is None else torch.cat([hidden.to(rows.device), rows])
                     joined += len(joining)
                 active_rows[0] = hidden.shape[0]
                 cache.set(

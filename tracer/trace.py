@@ -411,37 +411,52 @@ def trace_stream(loaded: LoadedModel, prompt: str, subject: str, settings: Trace
 
     Nothing is left on the model between two updates, so closing the generator early leaves it clean.
     """
+    from tracer.fast_trace import fast_engine_supports
+
     settings = settings or TraceSettings()
     started = time.perf_counter()
     with loaded.lock:
         problem = prepare_trace(loaded, prompt, subject, settings)
-    if settings.engine == "reference":
-        with loaded.lock:
-            low = reference_score(loaded, problem, [])
-        result = empty_result(loaded, problem, low)
-        yield TraceUpdate(result, 0.0, message="corrupted run done")
-        total = problem.num_tokens * len(settings.kinds)
-        for finished, (kind, token, scores) in enumerate(reference_rows(loaded, problem), start=1):
-            result.scores[kind][token] = scores
-            result.elapsed = time.perf_counter() - started
-            yield TraceUpdate(result, finished / total, message=f"{kind} row of token {token} done")
-    else:
-        from tracer.fast_trace import FastTracer
-
-        tracer = FastTracer(loaded, problem)
-        with loaded.lock:
-            low = tracer.corrupted_run()
-        result = empty_result(loaded, problem, low)
-        yield TraceUpdate(result, 0.0, message="corrupted run done")
-        for step in tracer.steps():
-            with loaded.lock:
-                cells = tracer.run_step(step)
-            for (kind, token, layer), score in cells.items():
-                result.scores[kind][token][layer] = score
-            result.elapsed = time.perf_counter() - started
-            yield TraceUpdate(result, tracer.fraction_done(), message=step.describe())
+    engine = settings.engine
+    if engine == "fast" and not fast_engine_supports(loaded, problem.num_tokens):
+        engine = "reference"  # a sliding-window cache shorter than the prompt: only the reference is exact
+    updates = _fast_updates(loaded, problem, started) if engine == "fast" else _reference_updates(loaded, problem, started)
+    result = yield from updates
     result.elapsed = time.perf_counter() - started
     yield TraceUpdate(result, 1.0, done=True, message=f"trace done in {result.elapsed:.1f} s")
+
+
+def _reference_updates(loaded: LoadedModel, problem: TraceProblem, started: float):
+    """Updates of the reference algorithm, one per (kind, token) row; returns the result."""
+    with loaded.lock:
+        low = reference_score(loaded, problem, [])
+    result = empty_result(loaded, problem, low, engine="reference")
+    yield TraceUpdate(result, 0.0, message="corrupted run done")
+    total = problem.num_tokens * len(problem.settings.kinds)
+    for finished, (kind, token, scores) in enumerate(reference_rows(loaded, problem), start=1):
+        result.scores[kind][token] = scores
+        result.elapsed = time.perf_counter() - started
+        yield TraceUpdate(result, finished / total, message=f"{kind} row of token {token} done")
+    return result
+
+
+def _fast_updates(loaded: LoadedModel, problem: TraceProblem, started: float):
+    """Updates of the fast engine, one per batched step; returns the result."""
+    from tracer.fast_trace import FastTracer
+
+    tracer = FastTracer(loaded, problem)
+    with loaded.lock:
+        low = tracer.corrupted_run()
+    result = empty_result(loaded, problem, low, engine="fast")
+    yield TraceUpdate(result, 0.0, message="corrupted run done")
+    for step in tracer.steps():
+        with loaded.lock:
+            cells = tracer.run_step(step)
+        for (kind, token, layer), score in cells.items():
+            result.scores[kind][token][layer] = score
+        result.elapsed = time.perf_counter() - started
+        yield TraceUpdate(result, tracer.fraction_done(), message=step.describe())
+    return result
 
 
 def trace(
