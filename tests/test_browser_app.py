@@ -147,12 +147,33 @@ def test_trace_choose_r_edit_test_undo_in_the_browser(page, chromium, app):
     finally:
         context.close()
 
-    # Undo: the old answer is back.
+    # Export the edits, undo them (the old answer is back), import them again, then reset.
     open_tab(page, "Edit")
+    page.click("#edit-export")
+    link = page.locator("#edit-exported a").first
+    expect(link).to_be_attached()
+    exported = page.request.get(link.get_attribute("href"))
+    assert exported.ok
+    ledger_file = SCREENSHOTS / "locus-edits.safetensors"
+    ledger_file.write_bytes(exported.body())
+
     page.click("#edit-undo")
     expect(page.locator("#edit-status")).to_contain_text("Undid batch")
+    expect(page.locator("#model-line")).to_contain_text("original weights")
     compare(page, EIFFEL, before="Paris", after="Paris")
     expect(page.locator("#test-summary")).to_contain_text("no edits yet")
+
+    open_tab(page, "Edit")
+    with page.expect_file_chooser() as chooser:
+        page.click("#edit-import-ledger")
+    chooser.value.set_files(str(ledger_file))
+    expect(page.locator("#edit-status")).to_contain_text("Imported 1 batch")
+    expect(page.locator("#edit-history")).to_contain_text("Eiffel Tower → Rome")
+    compare(page, EIFFEL, before="Paris", after="Rome")
+    open_tab(page, "Edit")
+    page.click("#edit-reset")
+    expect(page.locator("#edit-status")).to_contain_text("All your edits were undone")
+    compare(page, EIFFEL, before="Paris", after="Paris")
 
 
 def test_bad_input_shows_a_message_and_the_next_action_works(page):
@@ -166,3 +187,43 @@ def test_bad_input_shows_a_message_and_the_next_action_works(page):
     assert "does not occur in the prompt" in error_toast_text(page)
     assert "Traceback" not in page.content()
     compare(page, EIFFEL, before="Paris", after="Paris")
+
+    # A malformed CounterFact file is refused with the record and field named; a good one fills the table.
+    import json
+
+    broken, good = SCREENSHOTS / "broken.json", SCREENSHOTS / "counterfact.json"
+    record = {
+        "case_id": 7,
+        "requested_rewrite": {
+            "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
+            "target_new": {"str": "English"}, "target_true": {"str": "French"},
+        },
+        "paraphrase_prompts": ["Danielle Darrieux's mother tongue is"],
+        "neighborhood_prompts": ["The mother tongue of Jean Gabin is"],
+    }
+    broken.write_text(json.dumps([record, {"case_id": 8, "requested_rewrite": {"prompt": "{} is in"}}]))
+    good.write_text(json.dumps([record]))
+    open_tab(page, "Edit")
+    for path in (broken, good):
+        with page.expect_file_chooser() as chooser:
+            page.click("#edit-import")
+        chooser.value.set_files(str(path))
+        if path is broken:
+            message = error_toast_text(page)
+            assert "Record 1" in message and "subject" in message
+            page.locator(".toast-close").first.click()
+    expect(page.locator("#edit-table")).to_contain_text("Danielle Darrieux")
+    expect(page.locator("#edit-table")).to_contain_text("Jean Gabin")
+
+
+def test_stopping_a_trace_leaves_the_model_as_it_was(page):
+    """Stop mid-trace; conftest.py then checks the shared model's weights and hooks are unchanged."""
+    from playwright.sync_api import expect
+
+    wait_for_model(page)
+    page.locator("#trace-examples").get_by_text("Colosseum → Rome").click()  # default settings: a long trace
+    expect(page.locator("#trace-plot-mlp .js-plotly-plot g.hm image").first).to_be_attached()
+    page.click("#trace-stop")
+    expect(page.locator("#trace-status")).not_to_contain_text("Exact trace done", timeout=5_000)
+    compare(page, "The Colosseum is located in the city of", before="Rome", after="Rome")
+    expect(page.locator("#trace-status")).not_to_contain_text("Exact trace done")

@@ -42,13 +42,14 @@ def build_app(manager: ModelManager, runner: ModelRunner) -> gr.Blocks:
         with gr.Tabs(selected="trace", elem_id="tabs"):
             model = model_tab.build(context, header)
             trace = trace_tab.build(context, examples)
-            averages_tab.build(context)
+            averages = averages_tab.build(context)
             ranges = range_tab.build(context)
             edit = edit_tab.build(context)
             test_tab.build(context)
         wire_tabs(context, trace, ranges, edit, examples)
         for event in (edit.edit_event, edit.undo_event, edit.reset_event, edit.import_event):
             event.then(model.refresh_header, [context.session], [header], queue=False, api_visibility="private")
+        wire_model_ready(context, model, trace, averages, ranges)
     demo.queue(default_concurrency_limit=1)
     return demo
 
@@ -62,7 +63,7 @@ def wire_tabs(
 ) -> None:
     """Events that cross tabs: a finished trace redraws the R curve; an example fills the Edit tab's fields."""
     redraw, inputs, outputs = context.components["range_redraw"]
-    for event in (trace.trace_event, trace.example_event):
+    for event in (trace.trace_event, trace.example_event, trace.submit_event):
         event.then(redraw, inputs, outputs, api_visibility="private", show_progress="hidden")
 
     def example_edit(prompt: str, subject: str):
@@ -76,6 +77,66 @@ def wire_tabs(
         [edit.subject, edit.template, edit.target, edit.paraphrases, edit.neighbors],
         queue=False, api_visibility="private",
     )
+
+
+def model_facts(loaded) -> dict:
+    """What the page adapts to once a model is loaded: its layers, the editor's default R, the facts it knows."""
+    from tracer.facts import known_facts_cache_path, load_known_facts
+
+    facts = {"layers": loaded.layout.num_layers, "default_layers": [2, 6], "known_facts": None}
+    try:
+        from editor.hparams import default_hparams
+
+        layers = default_hparams(loaded.layout).layers
+        facts["default_layers"] = [min(layers), max(layers)]
+    except ImportError:
+        pass
+    path = known_facts_cache_path(loaded)
+    if path.is_file():
+        import json
+
+        facts["known_facts"] = len(json.loads(path.read_text())["facts"])
+    else:
+        facts["known_facts"] = len(load_known_facts())
+    return facts
+
+
+def wire_model_ready(
+    context: AppContext,
+    model: model_tab.ModelTab,
+    trace: trace_tab.TraceTab,
+    averages: averages_tab.AveragesTab,
+    ranges: range_tab.RangeTab,
+) -> None:
+    """Once the model is loaded (page load, model switch): fit the controls to it and refresh typed-text hints."""
+    from ui.context import MODEL_QUEUE
+    from ui.editing import layers_text
+
+    def fit_controls(session):
+        session = context.session_of(session)
+        facts = context.run(session, lambda job, loaded: model_facts(loaded), name="model facts", edited=False)
+        last_layer = facts["layers"] - 1
+        first, last = facts["default_layers"]
+        if session.layers is None:
+            session.layers = (first, last)
+        first, last = session.layers
+        known = facts["known_facts"]
+        return (
+            gr.Slider(maximum=last_layer, value=first),
+            gr.Slider(maximum=last_layer, value=last),
+            gr.Slider(maximum=facts["layers"]),
+            gr.Slider(maximum=max(2, known), value=min(20, max(2, known))),
+            layers_text(list(range(first, last + 1))),
+            session,
+        )
+
+    outputs = [ranges.first, ranges.last, trace.window, averages.count, context.components["edit_layers"], context.session]
+    for event in model.ready_events:
+        chained = event.then(fit_controls, [context.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private",
+                             show_progress="hidden")
+        for handler, inputs, handler_outputs in trace.refresh_typing:
+            chained = chained.then(handler, inputs, handler_outputs, api_visibility="private", show_progress="hidden",
+                                   concurrency_id=MODEL_QUEUE)
 
 
 def launch_options() -> dict:

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 KIND_TITLES = {"hidden": "Hidden state", "mlp": "MLP", "attn": "Attention"}
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=15)
-PREVIEW_FADE = "rgba(255,255,255,0.6)"
+PREVIEW_FADE = "rgba(255,255,255,0.45)"
 
 
 def empty_figure(message: str, height: int = 320) -> go.Figure:

@@ -171,10 +171,13 @@ def average_figure(average, kind: str) -> go.Figure:
             x=layers, y=_plain([mean])[0], mode="lines", name=f"{name} (n={curve.count})", line=dict(color=color, width=2.5),
             hovertemplate=name + "<br>layer %{x}<br>average indirect effect %{y:.4f}<extra></extra>",
         ))
-    title = (
-        f"Average indirect effect of {KIND_NAMES[kind]} over {average.n_facts} facts "
-        f"(ATE {average.total_effect:.3f} ± {average.total_effect_half_width:.3f})"
-    )
+    if average.n_facts:
+        title = (
+            f"Average indirect effect of {KIND_NAMES[kind]} over {average.n_facts} facts "
+            f"(ATE {average.total_effect:.3f} ± {average.total_effect_half_width:.3f})"
+        )
+    else:
+        title = f"Average indirect effect of {KIND_NAMES[kind]}: no fact traced yet"
     return _layout(
         figure,
         average_caption(kind),

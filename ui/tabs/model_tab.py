@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -21,6 +22,7 @@ class ModelTab:
     choice: gr.Dropdown
     switch: gr.Button
     refresh_header: Callable[[SessionState | None], str]
+    ready_events: list[Any]  # page load and model switch: the model is loaded after them
 
 
 def edit_batches(session: SessionState) -> int:
@@ -64,11 +66,11 @@ def build(ctx: AppContext, header: gr.Markdown) -> ModelTab:
         return model_markdown(status), model_line(status, edit_batches(session)), session
 
     outputs = [info, header, ctx.session]
-    ctx.components["demo"].load(
+    load_event = ctx.components["demo"].load(
         show_model, [ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private"
     )
-    switch.click(switch_model, [choice, ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_name="switch_model")
+    switch_event = switch.click(switch_model, [choice, ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_name="switch_model")
     def refresh_header(session: SessionState | None) -> str:
         return model_line(manager.status(), edit_batches(ctx.session_of(session)))
 
-    return ModelTab(info, choice, switch, refresh_header)
+    return ModelTab(info, choice, switch, refresh_header, [load_event, switch_event])

@@ -46,6 +46,8 @@ class TraceTab:
     trace_event: Any
     example_event: Any
     example_fill: Any
+    submit_event: Any
+    refresh_typing: list[tuple[Any, list, list]]  # (handler, inputs, outputs) to rerun once the model is ready
 
 
 def highlighted_tokens(tokenizer: Any, prompt: str, subject: str) -> tuple[list[tuple[str, str]], str]:
@@ -110,7 +112,7 @@ def quick_preview(loaded: Any, prompt: str, subject: str, settings: Any) -> Any:
     return preview_trace(loaded, prompt, subject, settings)
 
 
-def status_markdown(result: Any, *, stage: str, fraction: float, edited: bool) -> str:
+def status_markdown(result: Any, *, stage: str, edited: bool) -> str:
     """What the status line says about a (partial) trace."""
     model_state = " on **your edited model**" if edited else ""
     head = (
@@ -120,7 +122,7 @@ def status_markdown(result: Any, *, stage: str, fraction: float, edited: bool) -
     if stage == "preview":
         return f"{head}  \nApproximate preview shown; computing the exact trace…"
     if stage == "exact":
-        return f"{head}  \nExact trace {fraction:.0%} done (faded cells are still the preview)."
+        return f"{head}  \nExact trace {result.fraction_done():.0%} done (faded cells are still the preview)."
     return f"{head}  \nExact trace done in {result.elapsed:.1f} s ({result.settings.samples} noise samples)."
 
 
@@ -251,7 +253,10 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
             show_progress="hidden",
             trigger_mode="always_last",
         )
-    ctx.components["demo"].load(show_tokens, [prompt, subject, ctx.session], [tokens, token_hint], api_visibility="private")
+    refresh_typing = [
+        (show_tokens, [prompt, subject, ctx.session], [tokens, token_hint]),
+        (show_prediction, [prompt, answer, ctx.session], [prediction, ctx.session]),
+    ]
 
     # --- the trace --------------------------------------------------------------------------------
     @friendly
@@ -279,13 +284,13 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
             job.progress(0.0, "Approximate preview…")
             preview = quick_preview(loaded, prompt_text, subject_text, settings)
             if preview is not None:
-                job.emit(("preview", preview, 0.0))
+                job.emit(("preview", preview))
             final = None
             with contextlib.closing(trace_stream(loaded, prompt_text, subject_text, settings)) as stream:
                 for update in stream:
                     final = update.result
                     job.progress(update.fraction, f"Exact trace: {update.message}")
-                    job.emit(("exact", copy.deepcopy(update.result), update.fraction))
+                    job.emit(("exact", copy.deepcopy(update.result)))
             return preview, final
 
         job = ctx.submit(session, work, name="trace")
@@ -298,13 +303,13 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
             if waiting is None or (time.monotonic() - last_sent < STREAM_INTERVAL_S and item is not HEARTBEAT):
                 yield skip
                 continue
-            stage, result, fraction = waiting
+            stage, result = waiting
             waiting = None
             if stage == "preview":
                 preview = result
             last_sent = time.monotonic()
             yield (
-                status_markdown(result, stage=stage, fraction=fraction, edited=edited),
+                status_markdown(result, stage=stage, edited=edited),
                 *(figures.trace_heatmap(result, kind, preview=preview) for kind in KINDS),
                 gr.skip(),
                 gr.skip(),
@@ -318,7 +323,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
             session.original_trace = result
         paths = trace_downloads(result)
         yield (
-            status_markdown(result, stage="done", fraction=1.0, edited=edited),
+            status_markdown(result, stage="done", edited=edited),
             *(figures.trace_heatmap(result, kind) for kind in KINDS),
             result.to_dict(),
             gr.DownloadButton(value=paths["json"], interactive=True),
@@ -330,7 +335,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
     inputs = [prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, ctx.session]
     outputs = [status, plots["hidden"], plots["mlp"], plots["attn"], result_json, download_json, download_csv, download_html, ctx.session]
     trace_event = run.click(run_trace, inputs, outputs, api_name="trace", concurrency_id=MODEL_QUEUE)
-    prompt.submit(run_trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
+    submit_event = prompt.submit(run_trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
 
     def describe_example(prompt_text: str, subject_text: str) -> str:
         for example in examples:
@@ -341,8 +346,9 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
     example_event = example_set.load_input_event.then(
         describe_example, [prompt, subject], [example_notes], queue=False, api_visibility="private"
     ).then(run_trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
-    stop.click(None, None, None, cancels=[trace_event, example_event], api_visibility="private")
+    stop.click(None, None, None, cancels=[trace_event, example_event, submit_event], api_visibility="private")
     return TraceTab(
         prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, status, plots, result_json,
         [download_json, download_csv, download_html], run, trace_event, example_event, example_set.load_input_event,
+        submit_event, refresh_typing,
     )
