@@ -78,6 +78,8 @@ def test_average_is_resumable_and_cached(embedded, tmp_path, monkeypatch):
     assert second.known_ids == [facts[0].known_id, facts[1].known_id]
     updates = list(average_traces_stream(embedded, 2, settings))
     assert len(updates) == 2 and updates[0].message == "2 of 2 facts already in the cache"
+    fractions = [fraction for fraction, _ in messages]
+    assert fractions == sorted(fractions) and any(0.5 < fraction < 1.0 for fraction in fractions)  # progress inside a fact
     assert updates[-1].result.to_dict()["effects"] == second.to_dict()["effects"]
     assert 0.0 < second.total_effect <= 1.0
     token_class, layer, value = second.best("hidden")

@@ -78,6 +78,8 @@ def test_average_and_recommendation_figures():
     assert any(name.startswith("last subject token (n=3)") for name in names)
     assert any(trace.fill == "toself" for trace in figure.data)  # the 95% bands
     assert "95%" in figure_caption(figure)
+    empty = average_figure(aggregate([], "test", LAYERS, TraceSettings(kinds=("mlp",))), "mlp")
+    assert "no fact traced yet" in empty.layout.title.text and not empty.data
     recommendation = recommend_layers(average, width=2, flagged_layers={2: "outlier keys"})
     r_figure = recommendation_figure(recommendation)
     assert "Recommended R" in r_figure.layout.title.text and r_figure.layout.shapes

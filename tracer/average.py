@@ -23,7 +23,7 @@ from tracer.errors import InputError
 from tracer.facts import KnownFact, facts_model_knows, model_key
 from tracer.layout import KINDS
 from tracer.loading import LoadedModel
-from tracer.trace import TOKEN_CLASSES, TraceResult, TraceSettings, token_classes, trace
+from tracer.trace import TOKEN_CLASSES, TraceResult, TraceSettings, token_classes, trace_stream
 
 Z_95 = 1.96
 Progress = Callable[[float, str], None]
@@ -267,7 +267,12 @@ def average_traces_stream(
     for fact in chosen:
         if fact.known_id in cached:
             continue
-        traced = trace(loaded, fact.prompt, fact.subject, fact_settings)
+        traced = None
+        for update in trace_stream(loaded, fact.prompt, fact.subject, fact_settings):
+            traced = update.result
+            if not update.done:  # a chance to cancel and a finer progress while one fact is traced
+                yield AverageUpdate(result, (len(records) + update.fraction) / len(chosen),
+                                    message=f"fact {len(records) + 1}/{len(chosen)} ({fact.subject}): {update.message}")
         record = fact_record(fact, traced)
         if use_cache:
             append_record(path, record)
