@@ -12,7 +12,7 @@ HEATMAP = {
     "hidden": (
         "**Whole hidden state** (purple). Each square is one word (row) at one layer (column). "
         "Dark = restoring the model's full internal state there brings the answer back. "
-        "Expect dark squares at the last subject word in early layers and at the last word in late layers."
+        "Expect dark squares at the subject's words in early layers and at the last word in late layers."
     ),
     "mlp": (
         "**MLP layers** (green), restored over a window of layers. Dark squares at the subject's "

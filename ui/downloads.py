@@ -24,11 +24,3 @@ def trace_downloads(result: Any) -> dict[str, str]:
     paths["csv"].write_text(result.to_csv(), encoding="utf-8")
     paths["html"].write_text(figures.standalone_html(result), encoding="utf-8")
     return {key: str(path) for key, path in paths.items()}
-
-
-def json_download(data: Any, name: str) -> str:
-    """`data` as a JSON file in a fresh temporary folder; returns its path."""
-    folder = Path(tempfile.mkdtemp(prefix="locus-"))
-    path = folder / name
-    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    return str(path)

@@ -52,10 +52,6 @@ def reset_ledger(ledger: Any) -> None:
     ledger.reset()
 
 
-def batch_identifier(batch: Any) -> str:
-    return str(batch.batch_id)
-
-
 def export_ledger(ledger: Any, loaded: Any) -> str:
     """Write the ledger (safetensors with JSON metadata) to a fresh temporary file; returns its path."""
     folder = Path(tempfile.mkdtemp(prefix="locus-edits-"))

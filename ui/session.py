@@ -67,13 +67,6 @@ class SessionState:
             key = (request.subject, request.prompt, request.target_new)
             self.checks[key] = (split_prompts(row[4]), split_prompts(row[5]))
 
-    @property
-    def layer_range(self) -> list[int] | None:
-        if self.layers is None:
-            return None
-        first, last = self.layers
-        return list(range(first, last + 1))
-
 
 def ensure_session(session: SessionState | None, default_spec: str) -> SessionState:
     """The session's state, created on its first event."""
