@@ -85,16 +85,18 @@ def build(ctx: AppContext) -> AveragesTab:
             return final
 
         job = ctx.submit(session, work, name="averages", edited=False)
+        drawn = None  # (facts, done) of the curves on screen: redraw only when a fact was added
         for item in follow(job, progress):
             if item is HEARTBEAT:
                 yield skip
                 continue
             session.average = item.result
-            yield (
-                average_status(item.result, item.fraction, item.message, item.done),
-                *(figures.average_figure(item.result, kind) for kind in KINDS),
-                session,
-            )
+            status = average_status(item.result, item.fraction, item.message, item.done)
+            if drawn == (item.result.n_facts, item.done):
+                yield (status, *skip[1:-1], session)
+                continue
+            drawn = (item.result.n_facts, item.done)
+            yield (status, *(figures.average_figure(item.result, kind) for kind in KINDS), session)
         session.average = job.result
 
     average_event = run.click(
