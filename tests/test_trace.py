@@ -259,3 +259,20 @@ def test_prompts_longer_than_a_sliding_window_use_the_reference(tiny):
     first = next(stream)
     stream.close()
     assert first.result.engine == "reference" and len(first.result.tokens) > 64
+
+
+def test_small_chunks_give_the_same_scores(tiny, monkeypatch):
+    import tracer.fast_trace
+
+    loaded = tiny("qwen2")
+    settings = TraceSettings(samples=2, window=2, noise=0.5)
+    problem = prepare_trace(loaded, TINY_PROMPT, "Eiffel Tower", settings)
+    _, whole = fast_scores(loaded, problem)
+    monkeypatch.setattr(tracer.fast_trace, "CPU_TOKENS_PER_CHUNK", 20)  # a few cells per batch
+    tracer_object = tracer.fast_trace.FastTracer(loaded, problem)
+    tracer_object.corrupted_run()
+    computed = [step for step in tracer_object.steps() if step.fill is None]
+    assert len(computed) > problem.num_tokens  # several chunks per token
+    _, chunked = fast_scores(loaded, problem)
+    for key, value in whole.items():
+        assert chunked[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key

@@ -66,8 +66,14 @@ class Step:
     work: float = 0.0
 
     def describe(self) -> str:
-        kinds = sorted({cell.kind for cell in self.cells})
-        return f"token {self.token}: {len(self.cells)} {'/'.join(kinds)} cells"
+        kinds = "/".join(sorted({cell.kind for cell in self.cells}))
+        if self.fill == "low":
+            tokens = sorted({cell.token for cell in self.cells})
+            where = f"token {tokens[0]}" if len(tokens) == 1 else f"tokens {tokens[0]}-{tokens[-1]}"
+            return f"{where}: {len(self.cells)} {kinds} cells equal the corrupted run"
+        if self.fill == "clean":
+            return f"token {self.token}: the last layer's hidden state equals the clean run"
+        return f"token {self.token}: {len(self.cells)} {kinds} cells"
 
 
 def build_cells(kinds: tuple[str, ...], windows: dict[str, int], token: int, num_layers: int) -> list[Cell]:
@@ -215,6 +221,8 @@ class FastTracer:
     work_done: float = 0.0
     work_total: float = 0.0
     _steps: list[Step] = field(default_factory=list)
+    _calls_token: int = -1
+    _calls: list[BlockCall] = field(default_factory=list)
 
     @property
     def blocks(self) -> torch.nn.ModuleList:
@@ -285,8 +293,9 @@ class FastTracer:
                     steps.append(Step(token=token, cells=[cell], fill="clean" if token == length - 1 else "low"))
             query = length - token
             per_chunk = max(1, tokens_per_chunk(self.loaded, length) // (samples * query))
-            for offset in range(0, len(computed), per_chunk):
-                chunk = computed[offset : offset + per_chunk]
+            chunks = -(-len(computed) // per_chunk)
+            for offset in range(chunks):  # strided, so every chunk grows alike through the layers
+                chunk = computed[offset::chunks]
                 work = float(sum(layers - cell.start for cell in chunk) * query * samples)
                 steps.append(Step(token=token, cells=chunk, work=work))
         self.work_total = sum(step.work for step in steps) or 1.0
@@ -317,6 +326,8 @@ class FastTracer:
 
     def block_calls(self, token: int) -> list[BlockCall]:
         """The model's own per-block arguments for query positions token..T-1 over a prefix of `token`."""
+        if self._calls_token == token:
+            return self._calls
         model = self.loaded.model
         prefix = new_dynamic_cache(model)
         if token > 0:
@@ -328,65 +339,94 @@ class FastTracer:
         missing = [index for index, call in enumerate(calls) if call is None]
         if missing:
             raise RuntimeError(f"blocks {missing} were not called by the model's forward")
+        self._calls_token, self._calls = token, calls
         return calls
 
     def _run_chunk(self, token: int, cells: list[Cell]) -> torch.Tensor:
         """Mean restored probability per cell (len(cells),), computing positions token.. from each cell's start."""
         loaded, problem, corrupted = self.loaded, self.problem, self.corrupted
         model, layout = loaded.model, loaded.layout
-        samples, layers = problem.samples, layout.num_layers
-        query = problem.num_tokens - token
+        samples = problem.samples
         calls = self.block_calls(token)
-        clean = problem.clean_states
-        restore_rows: dict[str, list[torch.Tensor | None]] = {kind: [None] * layers for kind in ("mlp", "attn")}
-        row_index = torch.arange(len(cells) * samples, device=loaded.device).view(len(cells), samples)
-        for kind in ("mlp", "attn"):
-            for layer in range(layers):
-                chosen = [index for index, cell in enumerate(cells) if cell.kind == kind and cell.first <= layer < cell.end]
-                if chosen:
-                    restore_rows[kind][layer] = row_index[chosen].reshape(-1)
-
-        def make_restore(kind: str, layer: int):
-            value = clean[layout.site(kind, layer)][0, token]
-
-            def restore(module, args, output):
-                rows = restore_rows[kind][layer]
-                if rows is not None:
-                    states = sequence_view(output_tensor(output), active_rows[0], query)
-                    states[rows.to(states.device), 0] = value.to(states.device)
-                return output
-
-            return restore
-
-        hooks = {layout.site(kind, layer): make_restore(kind, layer)
-                 for kind in ("mlp", "attn") for layer in range(layers) if restore_rows[kind][layer] is not None}
-        active_rows = [0]
+        batch = BatchState(problem.num_tokens - token)
+        hooks = restoration_hooks(layout, problem.clean_states, token, restoration_rows(cells, samples, layout.num_layers), batch)
         cache = PrefixKeyValues()
-        hidden: torch.Tensor | None = None
-        joined = 0
-        first_block = cells[0].start
         with forward_hooks(model, hooks):
-            for layer in range(first_block, layers):
-                joining = []
-                while joined + len(joining) < len(cells) and cells[joined + len(joining)].start == layer:
-                    joining.append(cells[joined + len(joining)])
+            for layer in range(cells[0].start, layout.num_layers):
+                joining = [cell for cell in cells[batch.cells :] if cell.start == layer]
                 if joining:
-                    rows = corrupted.block_inputs[layer][:, token:].repeat(len(joining), 1, 1)
-                    for index, cell in enumerate(joining):
-                        if cell.kind == "hidden":
-                            restored = clean[layout.block(cell.layer)][0, token]
-                            rows[index * samples : (index + 1) * samples, 0] = restored.to(rows.device)
-                    hidden = rows if hidden is None else torch.cat([hidden.to(rows.device), rows])
-                    joined += len(joining)
-                active_rows[0] = hidden.shape[0]
+                    batch.join(self._joining_rows(token, layer, joining))
+                    batch.cells += len(joining)
                 cache.set(
                     layer,
-                    corrupted.keys[layer][:, :, :token].repeat(joined, 1, 1, 1),
-                    corrupted.values[layer][:, :, :token].repeat(joined, 1, 1, 1),
+                    corrupted.keys[layer][:, :, :token].repeat(batch.cells, 1, 1, 1),
+                    corrupted.values[layer][:, :, :token].repeat(batch.cells, 1, 1, 1),
                 )
-                hidden = output_tensor(calls[layer].call(self.blocks[layer], hidden, cache))
-        logits = layout.final_logits(model, hidden[:, -1])
+                batch.hidden = output_tensor(calls[layer].call(self.blocks[layer], batch.hidden, cache))
+        logits = layout.final_logits(model, batch.hidden[:, -1])
         return answer_probability(logits, problem.answer_id).view(len(cells), samples).mean(dim=1)
+
+    def _joining_rows(self, token: int, layer: int, joining: list[Cell]) -> torch.Tensor:
+        """Corrupted block-`layer` inputs at positions token.. for each joining cell (S rows each), (n*S, q, d).
+
+        A hidden cell restoring block `layer - 1` joins here with the clean block output at position 0.
+        """
+        samples, layout = self.problem.samples, self.loaded.layout
+        rows = self.corrupted.block_inputs[layer][:, token:].repeat(len(joining), 1, 1)
+        for index, cell in enumerate(joining):
+            if cell.kind == "hidden":
+                restored = self.problem.clean_states[layout.block(cell.layer)][0, token]
+                rows[index * samples : (index + 1) * samples, 0] = restored.to(rows.device)
+        return rows
+
+
+@dataclass
+class BatchState:
+    """The growing batch of one chunk: hidden states (rows, q, d) and how many cells have joined."""
+
+    query: int
+    hidden: torch.Tensor | None = None
+    cells: int = 0
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.hidden is None else int(self.hidden.shape[0])
+
+    def join(self, rows: torch.Tensor) -> None:
+        self.hidden = rows if self.hidden is None else torch.cat([self.hidden.to(rows.device), rows])
+
+
+def restoration_rows(cells: list[Cell], samples: int, layers: int) -> dict[str, list[torch.Tensor | None]]:
+    """{kind: per layer, the batch rows whose mlp/attn output at query position 0 is restored (or None)}."""
+    row_index = torch.arange(len(cells) * samples).view(len(cells), samples)
+    rows: dict[str, list[torch.Tensor | None]] = {kind: [None] * layers for kind in ("mlp", "attn")}
+    for kind in rows:
+        for layer in range(layers):
+            chosen = [index for index, cell in enumerate(cells) if cell.kind == kind and cell.first <= layer < cell.end]
+            if chosen:
+                rows[kind][layer] = row_index[chosen].reshape(-1)
+    return rows
+
+
+def restoration_hooks(layout, clean_states: dict[str, torch.Tensor], token: int, rows_by_kind, batch: BatchState) -> dict:
+    """Forward hooks {module name: hook} that write the clean output of `token` into the restored rows."""
+
+    def make_restore(name: str, rows: torch.Tensor):
+        value = clean_states[name][0, token]
+
+        def restore(module, args, output):
+            states = sequence_view(output_tensor(output), batch.rows, batch.query)
+            states[rows.to(states.device), 0] = value.to(states.device)
+            return output
+
+        return restore
+
+    return {
+        layout.site(kind, layer): make_restore(layout.site(kind, layer), rows)
+        for kind, per_layer in rows_by_kind.items()
+        for layer, rows in enumerate(per_layer)
+        if rows is not None
+    }
 
 
 def fast_scores(loaded: LoadedModel, problem: TraceProblem) -> tuple[float, dict[tuple[str, int, int], float]]:
