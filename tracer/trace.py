@@ -409,7 +409,9 @@ def reference_rows(loaded: LoadedModel, problem: TraceProblem) -> Iterator[tuple
 def trace_stream(loaded: LoadedModel, prompt: str, subject: str, settings: TraceSettings | None = None) -> Iterator[TraceUpdate]:
     """Yield partial results as rows finish (NaN = not yet computed); the last update has done=True.
 
-    Nothing is left on the model between two updates, so closing the generator early leaves it clean.
+    Every update carries the same TraceResult, filled in place (copy it to keep a snapshot). Nothing
+    is left on the model between two updates, so closing the generator early leaves it clean; the
+    model lock is taken per step, never across a yield.
     """
     from tracer.fast_trace import fast_engine_supports
 
