@@ -6,6 +6,7 @@ Each `Client` is its own session, like a separate visitor: its edits are its own
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -28,6 +29,14 @@ def edit(client, rows: list[list[str]], method: str = "memit"):
         table, method, s["layers"], s["mom2_weight"], s["cov_tokens"], s["steps"], s["lr"], s["kl_factor"], s["clamp"],
         api_name="/edit",
     )
+
+
+def figure(output: dict):
+    """A plotly figure from a gr.Plot output (a plain value, or an update carrying one)."""
+    import plotly.io
+
+    value = output.get("value", output) if output.get("__type__") == "update" else output
+    return plotly.io.from_json(value["plot"])
 
 
 def top_after(client, prompt: str) -> tuple[str, str]:
@@ -66,8 +75,36 @@ def test_bad_input_gives_plain_messages_and_the_app_keeps_serving(app):
             {"headers": ["a"] * 6, "data": [["Eiffel Tower", "{} is located in the city of", "Rome", "", "", ""]]},
             "memit", "two to six", 15000, 4096, 25, 0.5, 0.0625, 0.75, api_name="/edit",
         )
+    with pytest.raises(AppError, match="do not exist"):  # fails inside the model job: nothing is changed
+        client.predict(
+            {"headers": ["a"] * 6, "data": [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]},
+            "memit", "28-31", 15000, 4096, 25, 0.5, 0.0625, 0.75, api_name="/edit",
+        )
+    with pytest.raises(AppError, match="same as the current one"):
+        client.predict(
+            {"headers": ["a"] * 6, "data": [["Eiffel Tower", "{} is located in the city of", "Paris", "Paris", "", ""]]},
+            "memit", "2-6", 15000, 4096, 25, 0.5, 0.0625, 0.75, api_name="/edit",
+        )
+    with pytest.raises(AppError, match="not in the list of choices|not one this app serves"):
+        client.predict("gpt2-xl", api_name="/switch_model")
     data = client.predict(EIFFEL, 3, 4, api_name="/predict")[-1]
     assert data["before"]["top"][0]["token"] == " Paris"
+
+
+def test_averages_endpoint(app):
+    import plotly.io
+
+    client = client_for(app)
+    status, hidden, mlp, attn = client.predict(2, ["mlp"], 1, api_name="/average")
+    assert "**2 facts**" in status and "Done." in status
+    figure = plotly.io.from_json(mlp["plot"])
+    names = " ".join(trace.name or "" for trace in figure.data)
+    assert "last subject token" in names
+    assert "not averaged" in str(plotly.io.from_json(hidden["plot"]).layout.annotations[0].text)
+    # The Choose R tab can now recommend from these averages (with intervals).
+    plot, first, last, explanation, recommendation, chosen, layers_text = client.predict("average", 3, api_name="/recommend")
+    assert recommendation["source"] == "average" and last - first == 2
+    assert recommendation["lower"] is not None
 
 
 def test_trace_then_recommend(app):
@@ -96,8 +133,9 @@ def test_trace_then_recommend(app):
     assert curve == pytest.approx([value - result["low"] for value in scores[last_subject]])
 
 
-def test_edit_evaluate_undo_and_sessions_are_isolated(app):
+def test_edit_evaluate_retrace_undo_and_sessions_are_isolated(app):
     editor_client, visitor = client_for(app), client_for(app)
+    traced = editor_client.predict(EIFFEL, "Eiffel Tower", "", ["mlp"], 1, "3x", 10, 1, "gaussian", api_name="/trace")[4]
     status, per_request, loss, per_layer, history, batches, batch, *_ = edit(
         editor_client,
         [[
@@ -116,6 +154,13 @@ def test_edit_evaluate_undo_and_sessions_are_isolated(app):
     assert row["edit"] == "Eiffel Tower: Paris → Rome"
     assert row["rewrite: new beats old (before → after)"].startswith("0/1 → 1/1")
     assert data["pre"]["ES"] == 0 and data["post"]["ES"] == 100
+
+    status, hidden, mlp, attn = editor_client.predict(api_name="/retrace")
+    before_p, after_p = (float(v) for v in re.findall(r"([\d.]+)% (?:before|after)", status))
+    assert before_p == pytest.approx(100 * traced["high"], abs=0.06) and after_p < before_p / 10  # Paris is gone
+    difference = [v for row in figure(mlp).data[0].z for v in row]
+    assert len(figure(mlp).data[0].z) == len(traced["tokens"]) and None not in difference
+    assert min(difference) < 0  # restoring the edited model's MLPs brings Paris back less than before
 
     message, history, batches, result = editor_client.predict(batch["batch_id"], api_name="/undo")
     assert "Undid batch" in message and history["data"] == [] and result["remaining"] == []

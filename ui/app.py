@@ -134,6 +134,8 @@ def wire_model_ready(
     for event in model.ready_events:
         chained = event.then(fit_controls, [context.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private",
                              show_progress="hidden")
+        redraw, redraw_inputs, redraw_outputs = context.components["range_redraw"]
+        chained = chained.then(redraw, redraw_inputs, redraw_outputs, api_visibility="private", show_progress="hidden")
         for handler, inputs, handler_outputs in trace.refresh_typing:
             chained = chained.then(handler, inputs, handler_outputs, api_visibility="private", show_progress="hidden",
                                    concurrency_id=MODEL_QUEUE)
