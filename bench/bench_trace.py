@@ -110,15 +110,26 @@ def time_preview(loaded, settings, repeats: int = 3) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
+def _load() -> str:
+    try:
+        return " ".join(f"{value:.1f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_trace", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Eiffel and short prompts only, reference on 10%% of the cells")
     parser.add_argument("--cases", default=None, help="comma list of eiffel, short, long (default: all; quick: eiffel,short)")
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     arguments = parser.parse_args(argv)
 
     import torch
+
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
 
     from tracer.loading import load_model
     from tracer.noise import embedding_sigma
@@ -135,6 +146,7 @@ def main(argv: list[str]) -> int:
     embedding_sigma(loaded)  # cached in assets/; measured once otherwise
     print(f"model: {loaded.name} on {loaded.device} ({torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs); "
           f"kinds hidden,mlp,attn; samples {settings.samples}; window {settings.window}; noise 3x sigma")
+    print(f"machine load average at start: {_load()} (other processes share the CPU: compare ratios, not seconds)")
 
     first, median = time_preview(loaded, settings)
     print(f"preview (attribution patching, approximate): first {first:.2f} s, then median {median:.2f} s  "
@@ -157,6 +169,7 @@ def main(argv: list[str]) -> int:
         how = f"sampled {timing.reference_cells_timed}/{timing.cells}, extrapolated" if timing.extrapolated else "every cell"
         print(f"{timing.name:<9} {timing.tokens:>6} {timing.cells:>6} {timing.reference_seconds:>12.1f} {timing.fast_seconds:>7.1f} "
               f"{timing.ratio:>6.2f}x {timing.max_abs_difference:>13.2e}  {how}")
+    print(f"machine load average at the end: {_load()}")
     status = 0
     eiffel = next((timing for timing in results if timing.name == "eiffel"), None)
     if eiffel is not None:
