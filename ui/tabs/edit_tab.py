@@ -23,7 +23,11 @@ REQUEST_HEADERS = [
     "neighborhood prompts (;-separated, optional)",
 ]
 HISTORY_HEADERS = ["batch", "method", "layers", "requests", "seconds"]
-METHODS = [("MEMIT (many facts, layers R)", "memit"), ("ROME (one fact, the last layer of R)", "rome")]
+METHODS = [
+    ("MEMIT (many facts, layers R)", "memit"),
+    ("ROME (one fact, the last layer of R)", "rome"),
+    ("AlphaEdit (MEMIT kept off what C preserves)", "alphaedit"),
+]
 
 
 @dataclass
