@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from tracer.hooks import capture_outputs, forward_hooks, output_tensor, sequence_view
+from tracer.hooks import capture_outputs, forward_hooks, output_tensor, replace_output_tensor, sequence_view
 from tracer.layout import KINDS
 from tracer.loading import LoadedModel
 from tracer.trace import (
@@ -52,7 +52,7 @@ def attribution_effects(
     def corrupt(module, args, output):
         states = output_tensor(output).detach().clone()
         states[:, begin:end] += noise.to(states.device)
-        return states.requires_grad_(True) if isinstance(output, torch.Tensor) else (states, *output[1:])
+        return replace_output_tensor(output, states.requires_grad_(True))
 
     base = getattr(model, "base_model", model)
     with torch.inference_mode(False), torch.enable_grad():

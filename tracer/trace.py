@@ -283,13 +283,6 @@ class TraceProblem:
         return int(self.noise.shape[0])
 
 
-def check_prompt_length(loaded: LoadedModel, length: int) -> None:
-    """InputError if a trace of `length` tokens is not allowed."""
-    limit = min(MAX_TRACE_TOKENS, loaded.max_length)
-    if length > limit:
-        raise InputError(f"The prompt is too long for a trace: {length} tokens, at most {limit} are allowed. Shorten it.")
-
-
 @torch.inference_mode()
 def prepare_trace(loaded: LoadedModel, prompt: str, subject: str, settings: TraceSettings) -> TraceProblem:
     """Validate the input, tokenize, find the subject, run the clean pass, pick the answer, draw the noise."""
