@@ -32,7 +32,7 @@ from tracer.loading import LoadedModel
 
 Progress = Callable[[float, str], None]
 FORMAT = 1
-GROUP_TOKENS = 16384  # texts consumed between checkpoints (whole texts)
+GROUP_TOKENS = 16384  # at most this many tokens between checkpoint opportunities (at least 8 per pass)
 BATCH_TOKENS = 2048  # padded tokens per forward pass
 CHECKPOINT_SECONDS = 30.0
 OUTLIER_RATIO = 10.0  # a layer whose largest eigenvalue is this many times the others' median is flagged
@@ -179,9 +179,10 @@ def _text_windows(loaded: LoadedModel, corpus: Corpus, state: MomentState, budge
     tokenizer = loaded.tokenizer
     limit = loaded.max_length
     tokens, index, skip = state.tokens, state.next_text, state.skip
+    group_size = min(GROUP_TOKENS, max(256, budget // 8))
     while tokens < budget and index < len(corpus):
         group, group_tokens = [], 0
-        while tokens < budget and index < len(corpus) and group_tokens < GROUP_TOKENS:
+        while tokens < budget and index < len(corpus) and group_tokens < group_size:
             ids = list(tokenizer(corpus.texts[index])["input_ids"])[:limit]
             end = min(len(ids), skip + (budget - tokens))
             if end > skip:
@@ -206,6 +207,7 @@ def collect_second_moments(
     state: MomentState | None = None,
     progress: Progress | None = None,
     checkpoint: Callable[[MomentState], None] | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> MomentState:
     """Sum of k k^T over `budget` corpus tokens for every layer in one pass (continuing `state`)."""
     layout = loaded.layout
@@ -232,13 +234,13 @@ def collect_second_moments(
         state.tokens += sum(end - first for _, _, first, end in group)
         elapsed = time.perf_counter() - started
         state.seconds = start_seconds + elapsed
+        if checkpoint is not None and state.tokens < budget and time.perf_counter() - last_checkpoint >= checkpoint_seconds:
+            checkpoint(state)
+            last_checkpoint = time.perf_counter()
         if progress is not None:
             rate = (state.tokens - start_tokens) / max(elapsed, 1e-9)
             left = (budget - state.tokens) / rate if rate > 0 else float("nan")
             progress(state.tokens / budget, f"covariance: {state.tokens:,}/{budget:,} tokens, about {left:.0f} s left")
-        if checkpoint is not None and time.perf_counter() - last_checkpoint > CHECKPOINT_SECONDS:
-            checkpoint(state)
-            last_checkpoint = time.perf_counter()
     return state
 
 
@@ -282,6 +284,7 @@ def layer_covariances(
     corpus: str | Corpus = WIKIPEDIA,
     progress: Progress | None = None,
     use_cache: bool = True,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> CovarianceSet:
     """C_l for `layers` over `tokens` corpus tokens: from memory, the disk cache, or one pass for the missing ones."""
     started = time.perf_counter()
@@ -303,6 +306,7 @@ def layer_covariances(
                 state = collect_second_moments(
                     loaded, corpus, [key.layer for key in group], int(tokens), start, progress,
                     checkpoint=(lambda s, g=group: _save_all(g, s, corpus, loaded, done=False)) if use_cache else None,
+                    checkpoint_seconds=checkpoint_seconds,
                 )
                 if state.tokens == 0:
                     raise InputError(f"The corpus {corpus.name!r} produced no tokens.")

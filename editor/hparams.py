@@ -33,7 +33,8 @@ class MemitHyperParams:
     prefix_sampling: str = "sample"  # "sample" (top-k 5, seeded: MEMIT's choice) or "greedy"
     seed: int = 0
     # engineering
-    target_batch_requests: int = 32  # requests optimized together per chunk (memory bound)
+    target_batch_requests: int = 256  # requests optimized together per chunk (bounds the prefix key/value memory)
+    target_batch_tokens: int = 2048  # padded tokens per forward/backward pass in the target optimization
     key_batch_rows: int = 256  # rows per forward pass when collecting keys
     max_prompt_tokens: int = 96  # prompt + new object, per request
     method: str = "memit"  # "memit" | "rome" | "alphaedit"
@@ -89,22 +90,26 @@ class MemitHyperParams:
         return cls(**values)
 
 
-# Per-family settings. The llama entry is what we measured on the embedded SmolLM2-135M (see
-# bench/bench_edit.py and the editor issue's closing note); other families start from a window at
-# the same relative depth as GPT-J's published R = 3..8 of 28 layers, with MEMIT's published lambda.
+# Per-family settings: R is a window of 5 layers starting at a relative depth taken from a measured
+# or published R (llama family: the tracer's recommendation R = 2-6 of 30 layers on the embedded
+# SmolLM2-135M; GPT-J: 3-8 of 28; GPT-2 XL: 13-17 of 48); lambda and the covariance budget for the
+# llama family are what bench/bench_edit.py and the token-budget sweep measured on SmolLM2.
 FAMILY_DEFAULTS: dict[str, dict] = {
     "llama": dict(mom2_weight=15000.0),
-    "gptj": dict(layers=(3, 4, 5, 6, 7, 8), mom2_weight=15000.0),
+    "gptj": dict(mom2_weight=15000.0),
     "gpt2": dict(mom2_weight=20000.0),
 }
-RELATIVE_WINDOW = (0.11, 0.30)  # GPT-J: layers 3..8 of 28
+RELATIVE_START = {"llama": 2 / 30, "gptj": 3 / 28, "gpt2": 13 / 48}
+DEFAULT_RELATIVE_START = 3 / 28
+DEFAULT_WIDTH = 5
 
 
-def default_layers(layout: ModelLayout, width: int = 5) -> tuple[int, ...]:
-    """A window of `width` layers at GPT-J's relative depth (used when a family has no measured R)."""
+def default_layers(layout: ModelLayout, width: int = DEFAULT_WIDTH) -> tuple[int, ...]:
+    """A window of `width` layers at the family's relative depth (see RELATIVE_START)."""
     count = layout.num_layers
     width = max(1, min(width, count))
-    start = min(int(round(RELATIVE_WINDOW[0] * count)), count - width)
+    start = int(round(RELATIVE_START.get(layout.family, DEFAULT_RELATIVE_START) * count))
+    start = max(0, min(start, count - width))
     return tuple(range(start, start + width))
 
 

@@ -87,6 +87,13 @@ class EditLedger:
         """Forget every edit."""
         self.batches.clear()
 
+    def with_batch(self, batch: EditBatch) -> EditLedger:
+        """A new ledger: this one's batches plus `batch` (this ledger is not changed)."""
+        copy = EditLedger(self.model, self.base_hashes)
+        copy.batches = list(self.batches)
+        copy.add(batch)
+        return copy
+
     # --- the weights ------------------------------------------------------------------------
     def check_model(self, loaded: LoadedModel) -> None:
         """InputError unless `loaded` is the model this ledger was made for (name, sizes and original weights)."""

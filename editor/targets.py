@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import DynamicCache
 
-from editor.forward import pad_id, pad_right, run_until
+from editor.forward import pad_id, pad_right, row_batches, run_until
 from editor.hparams import MemitHyperParams
 from editor.requests import EditRequest
 from editor.rows import PromptRow, target_rows
@@ -141,23 +141,36 @@ def _rest(row: PromptRow) -> tuple:
     return row.prefix, row.ids, row.subject_last, row.target_positions, row.target_ids
 
 
-class _Runner:
-    """Evaluates the per-request loss of a chunk's rows with the chosen engine."""
+class _RowGroup:
+    """Rows that go through the model together (similar lengths), with the keys/values of their prefixes."""
 
-    def __init__(self, loaded: LoadedModel, rows: list[PromptRow], layer: int, engine: str):
-        self.loaded, self.rows, self.layer, self.engine = loaded, rows, layer, engine
-        self.fill = pad_id(loaded.tokenizer)
+    def __init__(self, rows: list[int]):
+        self.rows = rows
         self.prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        if engine == "cached":
-            self._build_prefix_cache()
+        self.prefix_mask: torch.Tensor | None = None
 
-    def _build_prefix_cache(self) -> None:
-        """Keys/values of every row's tokens before its subject's last token (one pass, no gradient)."""
-        lengths = [row.subject_last for row in self.rows]
+
+class _Runner:
+    """Evaluates the rows of a chunk with the chosen engine, a group of similar-length rows at a time."""
+
+    def __init__(self, loaded: LoadedModel, rows: list[PromptRow], layer: int, engine: str, max_tokens: int):
+        self.loaded, self.rows, self.layer, self.engine = loaded, rows, layer, engine
+        self.cached = engine == "cached"
+        self.fill = pad_id(loaded.tokenizer)
+        lengths = [len(row.ids) - (row.subject_last if self.cached else 0) for row in rows]
+        self.groups = [_RowGroup(batch) for batch in row_batches(lengths, max_rows=len(rows), max_tokens=max_tokens)]
+        if self.cached:
+            for group in self.groups:
+                self._build_prefix_cache(group)
+
+    def _build_prefix_cache(self, group: _RowGroup) -> None:
+        """Keys/values of the group's tokens before each subject's last token (one pass, no gradient)."""
+        rows = [self.rows[i] for i in group.rows]
+        lengths = [row.subject_last for row in rows]
         width = max(lengths)
         if width == 0:
             return
-        ids, _ = pad_right([list(row.ids[: row.subject_last]) or [self.fill] for row in self.rows], self.fill, self.loaded.device)
+        ids, _ = pad_right([list(row.ids[: row.subject_last]) or [self.fill] for row in rows], self.fill, self.loaded.device)
         # Mask every slot as real here: a row's real tokens come first and are causal, so padding after them
         # cannot change them, and no query is left with nothing to attend to (which would give NaN).
         cache = DynamicCache(config=self.loaded.model.config)
@@ -166,29 +179,30 @@ class _Runner:
                 self.loaded, self.loaded.layout.num_layers - 1,
                 input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True,
             )
-        self.prefix_cache = [(keys.detach(), values.detach()) for keys, values, *_ in cache]
-        self.prefix_mask = torch.zeros(len(self.rows), width, dtype=torch.long, device=ids.device)
+        group.prefix_cache = [(keys.detach(), values.detach()) for keys, values, *_ in cache]
+        group.prefix_mask = torch.zeros(len(rows), width, dtype=torch.long, device=ids.device)
         for index, length in enumerate(lengths):
-            self.prefix_mask[index, :length] = 1
+            group.prefix_mask[index, :length] = 1
 
     def row_log_probs(
-        self, active_rows: list[int], delta: torch.Tensor
+        self, group: _RowGroup, active_rows: list[int], delta: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Log-probabilities at each active row's target positions (list of (positions, vocab)), and h (rows, d)."""
         loaded, layout = self.loaded, self.loaded.layout
         rows = [self.rows[i] for i in active_rows]
-        cached = self.engine == "cached"
+        cached = self.cached
         start = [row.subject_last if cached else 0 for row in rows]
         sequences = [list(row.ids[s:]) for row, s in zip(rows, start)]
         ids, mask = pad_right(sequences, self.fill, loaded.device)
         inputs: dict = dict(input_ids=ids, use_cache=cached)
-        if cached and self.prefix_cache is not None:
-            select = torch.tensor(active_rows, device=ids.device)
+        if cached and group.prefix_cache is not None:
+            position = {row: index for index, row in enumerate(group.rows)}
+            select = torch.tensor([position[i] for i in active_rows], device=ids.device)
             inputs["cache"] = DynamicCache(
-                ddp_cache_data=[(keys[select], values[select]) for keys, values in self.prefix_cache],
+                ddp_cache_data=[(keys[select], values[select]) for keys, values in group.prefix_cache],
                 config=loaded.model.config,
             )
-            inputs["attention_mask"] = torch.cat([self.prefix_mask[select], mask], dim=-1)
+            inputs["attention_mask"] = torch.cat([group.prefix_mask[select], mask], dim=-1)
             offsets = torch.tensor(start, device=ids.device).unsqueeze(-1)
             inputs["position_ids"] = offsets + torch.arange(ids.shape[1], device=ids.device)
         else:
@@ -244,67 +258,71 @@ def _optimize_chunk(
     engine: str,
     progress: Progress,
 ) -> tuple[torch.Tensor, torch.Tensor, list[RequestDiagnostics]]:
+    """Optimize the deltas of one chunk of requests; each group of rows is run and back-propagated in turn."""
     count = len(requests)
     device = loaded.device
-    runner = _Runner(loaded, rows, layer, engine)
+    runner = _Runner(loaded, rows, layer, engine, hparams.target_batch_tokens)
     delta = torch.zeros(count, loaded.layout.hidden_size, device=device)
     hidden = torch.zeros(count, loaded.layout.hidden_size, device=device)
     original_kl: dict[int, torch.Tensor] = {}
     active = torch.ones(count, dtype=torch.bool)
     state: dict = {}
     diagnostics = [RequestDiagnostics(r.subject, r.target_new) for r in requests]
-    rows_of = [[i for i, row in enumerate(rows) if row.request == request] for request in range(count)]
+    nll_rows = torch.zeros(count)
+    for row in rows:
+        if not row.is_kl:
+            nll_rows[row.request] += 1
     for step in range(hparams.steps):
-        live = active.nonzero().squeeze(-1).tolist()
-        active_rows = [i for request in live for i in rows_of[request]]
         leaf = delta.clone().requires_grad_(True)
-        log_probs, h = runner.row_log_probs(active_rows, leaf)
-        nll = torch.zeros(count, device=device)
-        kl = torch.zeros(count, device=device)
-        nll_rows = torch.zeros(count, device=device)
-        probability = torch.zeros(count, device=device)
-        for index, row_index in enumerate(active_rows):
-            row = rows[row_index]
-            if row.is_kl:
-                if step == 0:
-                    original_kl[row.request] = log_probs[index].detach()
-                kl = kl.index_add(0, torch.tensor([row.request], device=device),
-                                  kl_divergence(original_kl[row.request], log_probs[index]))
-            else:
-                targets = torch.tensor(row.target_ids, device=device)
-                row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
-                nll = nll.index_add(0, torch.tensor([row.request], device=device), row_nll.unsqueeze(0))
-                nll_rows[row.request] += 1
-                probability[row.request] += torch.exp(-row_nll.detach())
-                if step == 0 and row.prefix == 0:
-                    hidden[row.request] = h[index]
-        nll = nll / nll_rows.clamp(min=1)
-        norms = leaf.norm(dim=-1)
-        hidden_norms = hidden.norm(dim=-1)
-        decay = hparams.weight_decay * norms / hidden_norms.clamp(min=1e-12) ** 2
-        loss = nll + hparams.kl_factor * kl + decay
+        will_update = step < hparams.steps - 1
+        nll, kl, probability = torch.zeros(count), torch.zeros(count), torch.zeros(count)
+        for group in runner.groups:
+            active_rows = [i for i in group.rows if active[rows[i].request]]
+            if not active_rows:
+                continue
+            log_probs, h = runner.row_log_probs(group, active_rows, leaf)
+            terms = []
+            for index, row_index in enumerate(active_rows):
+                row = rows[row_index]
+                if row.is_kl:
+                    if step == 0:
+                        original_kl[row.request] = log_probs[index].detach()
+                    divergence = kl_divergence(original_kl[row.request], log_probs[index]).sum()
+                    kl[row.request] += float(divergence.detach())
+                    terms.append(hparams.kl_factor * divergence)
+                else:
+                    targets = torch.tensor(row.target_ids, device=device)
+                    row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
+                    nll[row.request] += float(row_nll.detach()) / float(nll_rows[row.request])
+                    probability[row.request] += float(torch.exp(-row_nll.detach())) / float(nll_rows[row.request])
+                    terms.append(row_nll / nll_rows[row.request])
+                    if step == 0 and row.prefix == 0:
+                        hidden[row.request] = h[index].to(device)
+            if will_update:
+                torch.stack(terms).sum().backward()
+        hidden_norms = hidden.norm(dim=-1).clamp(min=1e-12)
+        decay = hparams.weight_decay * leaf.norm(dim=-1) / hidden_norms**2
+        loss = nll + hparams.kl_factor * kl + decay.detach().cpu()
         finished = []
-        loss_values, nll_values, kl_values = loss.detach().tolist(), nll.detach().tolist(), kl.detach().tolist()
-        for request in live:
+        for request in active.nonzero().squeeze(-1).tolist():
             diag = diagnostics[request]
-            diag.losses.append(loss_values[request])
-            diag.nll.append(nll_values[request])
-            diag.kl.append(kl_values[request])
-            diag.final_probability = float(probability[request] / nll_rows[request].clamp(min=1))
-            if loss_values[request] < hparams.loss_stop:
+            diag.losses.append(float(loss[request]))
+            diag.nll.append(float(nll[request]))
+            diag.kl.append(float(kl[request]))
+            diag.final_probability = float(probability[request])
+            if float(loss[request]) < hparams.loss_stop:
                 diag.converged = True
                 finished.append(request)
-            elif step == hparams.steps - 1:
+            elif not will_update:
                 finished.append(request)
         active[finished] = False
         progress((step + 1) / hparams.steps, f"target vectors: step {step + 1}/{hparams.steps}, {int(active.sum())} of {count} still optimizing")
         if not bool(active.any()):
             break
         still = active.to(device)
-        total = (loss * still).sum()
-        (grad,) = torch.autograd.grad(total, leaf)
+        (decay * still).sum().backward()
         with torch.no_grad():
-            adam_update(delta, grad, state, still, hparams.lr)
+            adam_update(delta, leaf.grad, state, still, hparams.lr)
             delta = torch.where(still.unsqueeze(-1), clamp_rows(delta, hparams.clamp_norm * hidden_norms), delta)
         for request in active.nonzero().squeeze(-1).tolist():
             diagnostics[request].steps += 1

@@ -1,0 +1,225 @@
+"""Command line: `python -m editor {stats,evaluate,edit,devset} ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tracer.cli import add_model_arguments, load_from_arguments
+from tracer.errors import InputError, LocusError
+
+
+def _progress(description: str):
+    from editor.progress import tqdm_progress
+
+    return tqdm_progress(description)
+
+
+def _hparams(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | None):
+    from editor.hparams import default_hparams
+
+    return default_hparams(
+        loaded.layout,
+        layers=layers,
+        mom2_weight=getattr(arguments, "mom2_weight", None),
+        cov_tokens=getattr(arguments, "tokens", None),
+        corpus=getattr(arguments, "corpus", None),
+        method=getattr(arguments, "method", None),
+    )
+
+
+def _layers(arguments: argparse.Namespace, loaded) -> tuple[int, ...] | None:
+    from editor.layers import auto_layers, parse_layers
+
+    text = getattr(arguments, "layers", None)
+    if not text:
+        return None
+    if text.strip().lower() == "auto":
+        report, close = _progress("choosing R (averaged traces)")
+        try:
+            chosen = auto_layers(loaded, progress=report)
+        finally:
+            close()
+        print(f"--layers auto: {chosen.explanation}")
+        for warning in chosen.warnings:
+            print(f"warning: {warning}")
+        return chosen.layers
+    return parse_layers(text, loaded.layout.num_layers)
+
+
+def command_stats(arguments: argparse.Namespace) -> int:
+    from editor.covariance import layer_covariances
+    from editor.layers import parse_layers
+
+    layers = parse_layers(arguments.layers)  # fail before the model load
+    if arguments.tokens < 1:
+        raise InputError("--tokens must be positive.")
+    loaded = load_from_arguments(arguments)
+    parse_layers(arguments.layers, loaded.layout.num_layers)
+    report, close = _progress("covariance")
+    started = time.perf_counter()
+    try:
+        result = layer_covariances(loaded, list(layers), arguments.tokens, arguments.corpus, progress=report,
+                                   use_cache=not arguments.no_cache)
+    finally:
+        close()
+    print(f"{loaded.name}: C = E[k k^T] of the MLP output projection's inputs, corpus {result.corpus['name']} "
+          f"({result.corpus['texts']:,} texts, sha256 {result.corpus['sha256']})")
+    print(f"{'layer':>5} {'tokens':>10} {'largest eig':>12} {'smallest eig':>13} {'condition':>10} {'trace':>9}")
+    for layer in layers:
+        d = result.diagnostics[layer]
+        print(f"{layer:>5} {d.tokens:>10,} {d.largest_eigenvalue:>12.4g} {d.smallest_eigenvalue:>13.4g} "
+              f"{d.condition_number:>10.3g} {d.trace:>9.4g}")
+    computed = ", ".join(map(str, result.computed_layers)) or "none (all cached)"
+    print(f"computed now: {computed}; {time.perf_counter() - started:.1f} s")
+    for warning in result.warnings():
+        print(f"warning: {warning}")
+    return 0
+
+
+def command_evaluate(arguments: argparse.Namespace) -> int:
+    from editor.counterfact import load_records
+    from editor.evaluate import evaluate_records
+
+    records = load_records(arguments.data)  # malformed records are reported before the model loads
+    if arguments.limit is not None and arguments.limit < 1:
+        raise InputError("--limit must be at least 1.")
+    loaded = load_from_arguments(arguments)
+    layers = _layers(arguments, loaded)
+    hparams = _hparams(arguments, loaded, layers)
+    report, close = _progress(f"evaluate ({arguments.mode})")
+    try:
+        result = evaluate_records(
+            loaded, records, hparams, mode=arguments.mode, limit=arguments.limit,
+            generation=not arguments.no_generation, progress=report,
+        )
+    finally:
+        close()
+    print(result.table())
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    if arguments.out:
+        path = Path(arguments.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+def command_edit(arguments: argparse.Namespace) -> int:
+    from editor.evaluate import compute_edit
+    from editor.ledger import EditLedger
+    from editor.requests import EditRequest, validate_requests
+    from tracer.predict import predict_next_tokens
+
+    request = EditRequest(arguments.subject, arguments.prompt, arguments.target_new, arguments.target_true)
+    validate_requests([request])  # before the model load
+    loaded = load_from_arguments(arguments)
+    ledger = EditLedger.load(arguments.ledger, loaded) if arguments.ledger else EditLedger.for_model(loaded)
+    hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
+    report, close = _progress(f"{hparams.method} edit")
+    try:
+        batch = compute_edit(loaded, [request], hparams, report, ledger=ledger if len(ledger) else None)
+    finally:
+        close()
+    edited = ledger.with_batch(batch)
+    prompts = [batch.requests[0].text] + list(arguments.check or [])
+
+    def show(label: str) -> None:
+        for prompt in prompts:
+            top = predict_next_tokens(loaded, prompt, 3)
+            print(f"  {label:8} {prompt!r}: " + ", ".join(f"{t.token!r} {t.probability:.1%}" for t in top))
+
+    with ledger.applied(loaded):
+        show("before")
+    with edited.applied(loaded):
+        show("after")
+    for diag in batch.request_diagnostics:
+        print(f"  target: p(new) {diag.final_probability:.3f} after {diag.steps} steps, loss {diag.losses[-1]:.3f}")
+    for warning in batch.warnings:
+        print(f"warning: {warning}")
+    if arguments.save:
+        print(f"saved {len(edited)} batch(es) to {edited.save(arguments.save)}")
+    return 0
+
+
+def command_devset(arguments: argparse.Namespace) -> int:
+    from editor.devset import build_devset
+
+    loaded = load_from_arguments(arguments)
+    path, records = build_devset(loaded, arguments.out, max_records=arguments.max_records)
+    print(f"wrote {len(records)} records to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m editor", description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stats = commands.add_parser("stats", help="compute (or show cached) covariance statistics C_l")
+    stats.add_argument("--layers", required=True, help="e.g. 2-6")
+    stats.add_argument("--tokens", type=int, default=None, help="corpus tokens (default: the model family's default budget)")
+    stats.add_argument("--corpus", default="wikipedia", help="'wikipedia' or a .txt / .jsonl file")
+    stats.add_argument("--no-cache", action="store_true", help="compute even if cached, and do not write the cache")
+    add_model_arguments(stats)
+    stats.set_defaults(handler=command_stats)
+
+    evaluate = commands.add_parser("evaluate", help="edit CounterFact records and report ES/PS/NS/S before and after")
+    evaluate.add_argument("--data", required=True, help="CounterFact-format JSON (a list, or {records: [...]})")
+    evaluate.add_argument("--layers", default=None, help="e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
+    evaluate.add_argument("--method", default="memit", choices=["memit", "rome", "alphaedit"])
+    evaluate.add_argument("--mode", default="batch", choices=["batch", "single"])
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N records")
+    evaluate.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help="lambda (covariance weight)")
+    evaluate.add_argument("--tokens", type=int, default=None, help="covariance token budget")
+    evaluate.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
+    evaluate.add_argument("--no-generation", action="store_true", help="skip the fluency (GE) generations")
+    evaluate.add_argument("--out", default=None, help="write the metrics JSON here")
+    add_model_arguments(evaluate)
+    evaluate.set_defaults(handler=command_evaluate)
+
+    edit = commands.add_parser("edit", help="rewrite one fact and show the predictions before and after")
+    edit.add_argument("--subject", required=True)
+    edit.add_argument("--prompt", required=True, help="template with {} for the subject, or a prompt that contains it")
+    edit.add_argument("--target-new", required=True)
+    edit.add_argument("--target-true", default=None)
+    edit.add_argument("--check", action="append", help="another prompt to show before/after (repeatable)")
+    edit.add_argument("--layers", default=None)
+    edit.add_argument("--method", default="memit", choices=["memit", "rome", "alphaedit"])
+    edit.add_argument("--lambda", dest="mom2_weight", type=float, default=None)
+    edit.add_argument("--tokens", type=int, default=None)
+    edit.add_argument("--corpus", default=None)
+    edit.add_argument("--ledger", default=None, help="start from the edits saved in this ledger file")
+    edit.add_argument("--save", default=None, help="save the ledger with this edit (.safetensors)")
+    add_model_arguments(edit)
+    edit.set_defaults(handler=command_edit)
+
+    devset = commands.add_parser("devset", help="rebuild the dev set of CounterFact records the model knows")
+    devset.add_argument("--out", default=None, help="default: assets/devset_<model>.json")
+    devset.add_argument("--max-records", type=int, default=130)
+    add_model_arguments(devset)
+    devset.set_defaults(handler=command_devset)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if arguments.verbose else logging.WARNING, format="%(message)s")
+    if getattr(arguments, "command", None) == "stats" and arguments.tokens is None:
+        from editor.hparams import MemitHyperParams
+
+        arguments.tokens = MemitHyperParams().cov_tokens
+    try:
+        return arguments.handler(arguments)
+    except LocusError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (a covariance pass resumes from its last checkpoint next time)", file=sys.stderr)
+        return 130

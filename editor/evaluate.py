@@ -1,0 +1,229 @@
+"""CounterFact evaluation (SPEC section 4): the same records scored before and after editing."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from editor.counterfact import CounterFactRecord, load_records
+from editor.generation import generate_texts
+from editor.hparams import MemitHyperParams, default_hparams
+from editor.ledger import EditLedger
+from editor.metrics import PairScore, RecordScores, harmonic_mean, mean, ngram_entropy, percent, record_scores
+from editor.progress import Progress, stage
+from editor.scoring import teacher_forced
+from tracer.errors import InputError
+from tracer.loading import LoadedModel
+
+MODES = ("batch", "single")
+GENERATION_TOKENS = 100
+GENERATION_SEED = 0
+
+
+@dataclass
+class Scores:
+    """Means over records, in percent; GE = 100 x weighted bigram/trigram entropy (as the papers report it)."""
+
+    ES: float | None
+    PS: float | None
+    NS: float | None
+    S: float | None
+    efficacy_accuracy: float | None
+    neighborhood_accuracy: float | None
+    GE: float | None
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Scores:
+        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__})
+
+
+def summarize(per_record: list[RecordScores], entropies: list[float]) -> Scores:
+    """Scores from per-record fractions (records without paraphrases/neighbours are left out of PS/NS)."""
+    es = percent(mean(r.es for r in per_record))
+    ps = percent(mean(r.ps for r in per_record if r.ps is not None))
+    ns = percent(mean(r.ns for r in per_record if r.ns is not None))
+    return Scores(
+        ES=es,
+        PS=ps,
+        NS=ns,
+        S=harmonic_mean([es, ps, ns]),
+        efficacy_accuracy=percent(mean(r.efficacy_accuracy for r in per_record)),
+        neighborhood_accuracy=percent(mean(r.neighborhood_accuracy for r in per_record if r.neighborhood_accuracy is not None)),
+        GE=100.0 * mean(entropies) if entropies else None,
+        n=len(per_record),
+    )
+
+
+def score_records(
+    loaded: LoadedModel,
+    records: list[CounterFactRecord],
+    *,
+    generation: bool = True,
+    progress: Progress | None = None,
+) -> tuple[list[RecordScores], list[float]]:
+    """Per-record scores on the model as it is now, and the n-gram entropy of each generation."""
+    pairs, owners = [], []
+    for index, record in enumerate(records):
+        prompts = [("rewrite", record.rewrite_prompt)]
+        prompts += [("paraphrase", p) for p in record.paraphrase_prompts]
+        prompts += [("neighborhood", p) for p in record.neighborhood_prompts]
+        for kind, prompt in prompts:
+            pairs.append((prompt, record.target_new))
+            pairs.append((prompt, record.target_true))
+            owners.append((index, kind))
+    scored = teacher_forced(loaded, pairs, progress=stage(progress, 0.0, 0.8 if generation else 1.0))
+    grouped: list[dict[str, list[PairScore]]] = [{"rewrite": [], "paraphrase": [], "neighborhood": []} for _ in records]
+    for position, (index, kind) in enumerate(owners):
+        (nll_new, hit_new), (nll_true, hit_true) = scored[2 * position], scored[2 * position + 1]
+        grouped[index][kind].append(PairScore(nll_new, nll_true, hit_new, hit_true))
+    per_record = [record_scores(g["rewrite"][0], g["paraphrase"], g["neighborhood"]) for g in grouped]
+    entropies: list[float] = []
+    prompts = [p for record in records for p in record.generation_prompts] if generation else []
+    if prompts:
+        if progress is not None:
+            progress(0.8, f"generating {len(prompts)} text(s) for fluency")
+        texts = generate_texts(loaded, prompts, GENERATION_TOKENS, top_k=5, seed=GENERATION_SEED)
+        entropies = [ngram_entropy(text) for text in texts]
+    return per_record, entropies
+
+
+@dataclass
+class EvaluationResult:
+    """Unedited vs edited scores of the same records, and how the edit was made."""
+
+    pre: Scores
+    post: Scores
+    n: int
+    layers: list[int]
+    mode: str
+    method: str
+    mom2_weight: float
+    cov_tokens: int
+    seconds: float
+    edit_seconds: float
+    warnings: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["pre"], data["post"] = self.pre.to_dict(), self.post.to_dict()
+        data["lambda"] = self.mom2_weight
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvaluationResult:
+        values = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        values["pre"], values["post"] = Scores.from_dict(data["pre"]), Scores.from_dict(data["post"])
+        return cls(**values)
+
+    def table(self) -> str:
+        """A plain-text table: unedited vs edited."""
+        columns = [("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("Eff.acc", "efficacy_accuracy"),
+                   ("Nbr.acc", "neighborhood_accuracy"), ("GE", "GE")]
+        header = f"{'':10}" + "".join(f"{title:>9}" for title, _ in columns)
+        lines = [header]
+        for label, scores in (("unedited", self.pre), ("edited", self.post)):
+            cells = []
+            for _, key in columns:
+                value = getattr(scores, key)
+                cells.append(f"{'-':>9}" if value is None else f"{value:9.1f}")
+            lines.append(f"{label:10}" + "".join(cells))
+        lines.append(
+            f"n={self.n}  method={self.method}  layers={_layers_text(self.layers)}  mode={self.mode}  "
+            f"lambda={self.mom2_weight:g}  cov_tokens={self.cov_tokens:,}  edit {self.edit_seconds:.1f} s, total {self.seconds:.1f} s"
+        )
+        return "\n".join(lines)
+
+
+def _layers_text(layers: list[int]) -> str:
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def compute_edit(loaded: LoadedModel, requests, hparams: MemitHyperParams, progress=None, ledger=None, covariances=None):
+    """MEMIT / AlphaEdit / ROME, as hparams.method says."""
+    if hparams.method == "rome":
+        from editor.rome import compute_rome
+
+        return compute_rome(loaded, requests, hparams, progress, ledger=ledger, covariances=covariances)
+    from editor.memit import compute_memit
+
+    return compute_memit(loaded, requests, hparams, progress, ledger=ledger, covariances=covariances)
+
+
+def evaluate_records(
+    loaded: LoadedModel,
+    records: list[CounterFactRecord] | str | list[dict],
+    hparams: MemitHyperParams | None = None,
+    *,
+    mode: str = "batch",
+    ledger: EditLedger | None = None,
+    generation: bool = True,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> EvaluationResult:
+    """Score `records`, edit them (all at once, or one at a time restoring in between), score again."""
+    started = time.perf_counter()
+    if mode not in MODES:
+        raise InputError(f"Unknown mode {mode!r}: use batch or single.")
+    records = load_records(records) if not (isinstance(records, list) and records and isinstance(records[0], CounterFactRecord)) else records
+    if limit is not None:
+        if limit < 1:
+            raise InputError(f"--limit must be at least 1, got {limit}.")
+        records = records[:limit]
+    hparams = (hparams or default_hparams(loaded.layout)).check(loaded.layout)
+    from editor.memit import prepare
+
+    prepare(loaded, [record.request() for record in records], hparams, ledger)  # every request valid before editing
+    base = ledger if ledger is not None else EditLedger.for_model(loaded)
+    with loaded.lock:
+        with base.applied(loaded):
+            pre_records, pre_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.0, 0.2))
+        edit_seconds, warnings = 0.0, []
+        if mode == "batch":
+            clock = time.perf_counter()
+            batch = compute_edit(loaded, [r.request() for r in records], hparams, stage(progress, 0.2, 0.8), ledger=ledger)
+            edit_seconds = time.perf_counter() - clock
+            warnings = batch.warnings
+            with base.with_batch(batch).applied(loaded):
+                post_records, post_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.8, 1.0))
+        else:
+            post_records, post_entropies = [], []
+            covariances = None
+            for index, record in enumerate(records):
+                report = stage(progress, 0.2 + 0.8 * index / len(records), 0.2 + 0.8 * (index + 1) / len(records))
+                clock = time.perf_counter()
+                if covariances is None:
+                    from editor.covariance import layer_covariances
+
+                    covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus)
+                batch = compute_edit(loaded, [record.request()], hparams, stage(report, 0.0, 0.7), ledger=ledger, covariances=covariances)
+                edit_seconds += time.perf_counter() - clock
+                warnings = batch.warnings
+                with base.with_batch(batch).applied(loaded):
+                    scores, entropies = score_records(loaded, [record], generation=generation, progress=stage(report, 0.7, 1.0))
+                post_records += scores
+                post_entropies += entropies
+    per_record = [
+        {"case_id": record.case_id, "pre": asdict(pre), "post": asdict(post)}
+        for record, pre, post in zip(records, pre_records, post_records)
+    ]
+    return EvaluationResult(
+        pre=summarize(pre_records, pre_entropies),
+        post=summarize(post_records, post_entropies),
+        n=len(records),
+        layers=list(hparams.layers) if hparams.method != "rome" else [max(hparams.layers)],
+        mode=mode,
+        method=hparams.method,
+        mom2_weight=hparams.mom2_weight,
+        cov_tokens=hparams.cov_tokens,
+        seconds=time.perf_counter() - started,
+        edit_seconds=edit_seconds,
+        warnings=warnings,
+        records=per_record,
+    )

@@ -1,0 +1,100 @@
+"""ROME (SPEC section 3): one layer, one request, a rank-one update; several requests are applied in turn."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+
+from editor.batch import EditBatch, LayerDiagnostics
+from editor.covariance import CovarianceSet, layer_covariances
+from editor.hparams import MemitHyperParams
+from editor.keys import request_keys
+from editor.memit import _out_of_memory_guard, prepare
+from editor.prefixes import context_prefixes
+from editor.progress import Progress, stage
+from editor.requests import EditRequest
+from editor.targets import compute_targets
+from editor.updates import rome_update
+from editor.weights import add_delta, projection_weight, restore, snapshot
+from tracer.errors import LocusError
+from tracer.facts import model_key
+from tracer.loading import LoadedModel
+
+
+def rome_layer(hparams: MemitHyperParams) -> int:
+    """The layer ROME edits: the only layer given, else the last layer of R (where MEMIT's z lives)."""
+    return max(hparams.layers)
+
+
+def compute_rome(
+    loaded: LoadedModel,
+    requests: list[EditRequest] | list[dict],
+    hparams: MemitHyperParams | None = None,
+    progress: Progress | None = None,
+    *,
+    ledger=None,
+    covariances: CovarianceSet | None = None,
+) -> EditBatch:
+    """Rank-one Delta = (v - W k)(C^-1 k)^T / ((C^-1 k)^T k) per request at one layer (weights left unchanged).
+
+    v - W k is the optimized change delta of the layer's output at the subject's last token (step 2 of
+    SPEC 3 with that layer as the target layer), k the key averaged over the prefixes. Each request is
+    computed with the previous requests' updates in place; the batch holds their sum.
+    """
+    started = time.perf_counter()
+    requests, hparams = prepare(loaded, requests, hparams, ledger)
+    layer = rome_layer(hparams)
+    hparams = hparams.replace(layers=(layer,), method="rome")
+    with loaded.lock, _out_of_memory_guard(len(requests)):
+        if covariances is None:
+            covariances = layer_covariances(loaded, [layer], hparams.cov_tokens, hparams.corpus, stage(progress, 0.0, 0.3))
+        covariance = covariances.covariances[layer]
+        prefixes = context_prefixes(loaded, hparams)
+        diagnostics, total = [], None
+        context = ledger.applied(loaded) if ledger is not None else nullcontext()
+        with context:
+            saved = snapshot(loaded, [layer])
+            weight_norm = float(projection_weight(loaded, layer).double().norm())
+            try:
+                for index, request in enumerate(requests):
+                    report = stage(progress, 0.3 + 0.7 * index / len(requests), 0.3 + 0.7 * (index + 1) / len(requests))
+                    target = compute_targets(loaded, [request], hparams, prefixes, layer=layer, progress=report)
+                    diagnostics.extend(target.diagnostics)
+                    key = request_keys(loaded, [request], prefixes, [layer]).keys[layer][0]
+                    change = (target.targets[0] - target.hidden[0]).double()
+                    delta = rome_update(change, key.double(), covariance.to(key.device))
+                    if not torch.isfinite(delta).all():
+                        raise LocusError(f"The ROME update for {request.subject!r} contains NaN or Inf; no weight was changed.")
+                    weight = projection_weight(loaded, layer)
+                    add_delta(weight, delta.to(device=weight.device, dtype=torch.float32))
+                    total = delta if total is None else total + delta
+            finally:
+                restore(loaded, saved)
+    diag = covariances.diagnostics.get(layer)
+    layer_diag = LayerDiagnostics(
+        layer=layer,
+        update_norm=float(total.norm()),
+        weight_norm=weight_norm,
+        relative_update=float(total.norm()) / max(weight_norm, 1e-12),
+        residual_norm=sum(d.delta_norm for d in diagnostics) / len(diagnostics),
+        residual_share=sum(d.delta_norm for d in diagnostics) / len(diagnostics),
+        key_norm=0.0,
+        cov_largest_eigenvalue=diag.largest_eigenvalue if diag else None,
+        cov_condition_number=diag.condition_number if diag else None,
+    )
+    if progress is not None:
+        progress(1.0, f"computed {len(requests)} ROME edit(s)")
+    return EditBatch(
+        requests=requests,
+        method="rome",
+        layers=[layer],
+        deltas={layer: total.float().cpu().contiguous()},
+        model=model_key(loaded),
+        hparams=hparams.to_dict(),
+        request_diagnostics=diagnostics,
+        layer_diagnostics=[layer_diag],
+        warnings=covariances.warnings(),
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,90 @@
+"""MEMIT's keys, targets and updates on tiny random models of every family (GPT-2's transposed Conv1D included)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editor.covariance import layer_covariances
+from editor.hparams import MemitHyperParams
+from editor.keys import request_keys
+from editor.ledger import EditLedger
+from editor.memit import compute_memit
+from editor.prefixes import context_prefixes
+from editor.requests import EditRequest
+from editor.targets import compute_targets
+from editor.weights import projection_weight, weights_hash
+from tracer.hooks import capture_inputs, sequence_view
+
+REQUESTS = [
+    EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome"),
+    EditRequest("Danielle Darrieux", "The mother tongue of {} is", "English"),
+    EditRequest("Colosseum", "{} is in", "London Town"),
+]
+
+
+def tiny_hparams(**changes) -> MemitHyperParams:
+    # only the empty prefix: the plain prompt's key is then the key, so the update can meet z exactly
+    return MemitHyperParams(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=()).replace(**changes)
+
+
+def test_keys_are_the_projection_inputs_at_the_last_subject_token(family, tiny):
+    loaded = tiny(family)
+    hparams = MemitHyperParams(layers=(0, 2), prefix_tokens=4)
+    prefixes = context_prefixes(loaded, hparams)
+    assert prefixes[0] == "" and all(p.endswith(". ") for p in prefixes[1:]) and len(prefixes) == 6
+    keys = request_keys(loaded, REQUESTS[:2], prefixes, [0, 2]).keys
+    name = loaded.layout.mlp_output_projection(2)
+    for index, request in enumerate(REQUESTS[:2]):
+        collected = []
+        for prefix in prefixes:
+            text = prefix + request.text
+            ids = loaded.tokenizer(text)["input_ids"]
+            subject_end = len(prefix) + request.prompt.index("{}") + len(request.subject)
+            last = max(i for i, (s, e) in enumerate(loaded.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]) if e > s and s < subject_end)
+            with torch.no_grad(), capture_inputs(loaded.model, [name]) as inputs:
+                loaded.model(torch.tensor([ids]))
+            collected.append(sequence_view(inputs[name], 1, len(ids))[0, last])
+        expected = torch.stack(collected).mean(0)
+        assert torch.allclose(keys[2][index], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_cached_and_full_target_engines_agree(family, tiny):
+    loaded = tiny(family)
+    hparams = MemitHyperParams(layers=(1,), steps=4, prefix_tokens=5, target_batch_requests=2)
+    prefixes = context_prefixes(loaded, hparams)
+    cached = compute_targets(loaded, REQUESTS, hparams, prefixes, engine="cached")
+    full = compute_targets(loaded, [REQUESTS[2]], hparams, prefixes, engine="full")
+    scale = float(full.targets[0].norm())
+    assert torch.allclose(cached.targets[2], full.targets[0], atol=1e-4 * scale)
+    assert cached.diagnostics[2].losses == pytest.approx(full.diagnostics[0].losses, rel=1e-3, abs=1e-4)
+
+
+def test_memit_update_meets_the_targets_and_leaves_weights_alone(family, tiny):
+    loaded = tiny(family)
+    hparams = tiny_hparams()
+    layers = list(hparams.layers)
+    before = weights_hash(loaded, layers)
+    covariances = layer_covariances(loaded, layers, hparams.cov_tokens)
+    batch = compute_memit(loaded, REQUESTS, hparams, covariances=covariances)
+    assert weights_hash(loaded, layers) == before
+    layout = loaded.layout
+    for layer in layers:
+        delta = batch.deltas[layer]
+        assert delta.shape == (layout.hidden_size, layout.mlp_size) and torch.isfinite(delta).all()
+        assert delta.abs().max() > 0
+    # with lambda ~ 0 and the plain keys, MEMIT writes the whole residual: h at l_R reaches z
+    assert batch.final_residual_norm < 0.02 * batch.layer_diagnostics[0].residual_norm
+    # the delta acts on the projection module's output as Delta @ k (checks GPT-2's transposed Conv1D)
+    module = loaded.model.get_submodule(layout.mlp_output_projection(layers[-1]))
+    probe = torch.randn(1, layout.mlp_size)
+    with torch.no_grad():
+        plain = module(probe)
+    ledger = EditLedger.for_model(loaded)
+    ledger.add(batch, loaded)
+    with ledger.applied(loaded), torch.no_grad():
+        edited = module(probe)
+        assert not torch.equal(projection_weight(loaded, layers[-1]), batch.deltas[layers[-1]])
+    expected = probe @ batch.deltas[layers[-1]].T
+    assert torch.allclose(edited - plain, expected, atol=1e-4 * float(expected.abs().max()) + 1e-6)
+    assert weights_hash(loaded, layers) == before

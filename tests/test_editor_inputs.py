@@ -1,0 +1,73 @@
+"""Bad input is refused with a plain message and leaves the weights exactly as they were."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editor.covariance import CovarianceSet
+from editor.hparams import MemitHyperParams
+from editor.memit import compute_memit
+from editor.requests import EditRequest, validate_requests
+from editor.rome import compute_rome
+from editor.weights import weights_hash
+from tests.test_editor_support import editing_hparams, shared_covariances
+from tracer.errors import InputError, LocusError
+
+GOOD = EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome", "Paris")
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (EditRequest("Big Ben", "The Eiffel Tower is located in the city of", "Rome"), "does not occur in the prompt"),
+        (EditRequest("Eiffel Tower", "The {} is located in the city of", "   "), "new object .* is empty"),
+        (EditRequest("Eiffel Tower", "The {} is located in the city of", "Paris", "Paris"), "same as the current one"),
+        (EditRequest("Eiffel Tower", "The {} is in {}", "Rome"), "exactly one"),
+        (EditRequest("", "The {} is located in the city of", "Rome"), "subject is empty"),
+        (EditRequest("Eiffel Tower", "", "Rome"), "prompt is empty"),
+    ],
+)
+def test_bad_requests_are_refused_before_anything_runs(embedded, request_, message):
+    before = weights_hash(embedded, range(embedded.layout.num_layers))
+    with pytest.raises(InputError, match=message):
+        compute_memit(embedded, [request_], editing_hparams(embedded))
+    assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
+
+
+def test_a_prompt_that_contains_the_subject_becomes_a_template():
+    request = EditRequest("Eiffel Tower", "The Eiffel Tower is located in the city of", "Rome").validated()
+    assert request.prompt == "The {} is located in the city of" and request.text.startswith("The Eiffel Tower")
+
+
+def test_too_many_tokens_are_refused(embedded):
+    long_prompt = "The {} is located in " + "the very old city of " * 40
+    with pytest.raises(InputError, match="at most 96"):
+        validate_requests([EditRequest("Eiffel Tower", long_prompt, "Rome")], embedded.tokenizer, 96)
+    before = weights_hash(embedded, range(embedded.layout.num_layers))
+    with pytest.raises(InputError, match="Request 2 .*at most"):
+        compute_memit(embedded, [GOOD, EditRequest("Eiffel Tower", long_prompt, "Rome")], editing_hparams(embedded))
+    assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
+
+
+def test_bad_settings_are_refused(embedded):
+    with pytest.raises(InputError, match="outside"):
+        compute_memit(embedded, [GOOD], MemitHyperParams(layers=(2, 40)))
+    with pytest.raises(InputError, match="lambda"):
+        compute_memit(embedded, [GOOD], MemitHyperParams(mom2_weight=-1))
+
+
+def test_nan_in_an_update_is_caught_before_it_is_applied(embedded):
+    """A covariance with NaN makes every update NaN: the edit is refused and no weight changes."""
+    hparams = editing_hparams(embedded, steps=1)
+    real = shared_covariances(embedded)
+    poisoned = CovarianceSet({layer: c.clone() for layer, c in real.covariances.items()}, real.diagnostics)
+    poisoned.covariances[hparams.layers[0]][0, 0] = float("nan")
+    before = weights_hash(embedded, range(embedded.layout.num_layers))
+    with pytest.raises(LocusError, match=f"layer {hparams.layers[0]} contains NaN"):
+        compute_memit(embedded, [GOOD], hparams, covariances=poisoned)
+    assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
+    with pytest.raises(LocusError, match="NaN"):
+        compute_rome(embedded, [GOOD], hparams.replace(layers=(hparams.layers[0],)), covariances=poisoned)
+    assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
+    assert torch.isfinite(real.covariances[hparams.layers[0]]).all()
