@@ -34,6 +34,7 @@ class FamilyLayout:
     final_projection: str | None = None  # OPT's project_out
     logit_softcap_config: str | None = None  # config attribute of a final tanh soft-cap
     parallel_attention_mlp: bool = False  # attention and MLP read the same input (GPT-J, NeoX)
+    mlp_output_norm: str | None = None  # block-relative norm between the MLP output and the residual (Gemma 2/3)
     examples: str = ""
 
 
@@ -104,6 +105,7 @@ FAMILY_LAYOUTS: tuple[FamilyLayout, ...] = (
         ("gemma", "gemma2", "gemma3_text"),
         "Gemma, Gemma 2, Gemma 3 (text)",
         logit_softcap_config="final_logit_softcapping",
+        mlp_output_norm="post_feedforward_layernorm",  # Gemma 2/3 only; resolved per model
     ),
     _llama_like("phi3", ("phi3",), "Phi-3, Phi-3.5 mini"),
     FamilyLayout(
@@ -146,6 +148,7 @@ class ModelLayout:
     mlp_size: int  # m, the input width of the MLP output projection (the MEMIT key size)
     vocab_size: int
     discovered: bool = False  # True when found by discovery rather than the family table
+    mlp_output_norm: str | None = None  # set when a norm sits between the MLP output and the residual
 
     def block(self, layer: int) -> str:
         """Name of decoder block `layer`; its output is the residual stream after the block."""
@@ -295,6 +298,7 @@ def _build(model: nn.Module, entry: FamilyLayout, model_type: str, discovered: b
         mlp_size=int(mlp_size),
         vocab_size=int(vocab_size),
         discovered=discovered,
+        mlp_output_norm=entry.mlp_output_norm if _find(blocks[0], entry.mlp_output_norm) is not None else None,
     )
 
 
