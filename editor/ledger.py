@@ -208,8 +208,10 @@ class EditLedger:
                 if metadata is None:
                     raise InputError(f"{path.name} is not a Locus edit ledger (no '{METADATA_KEY}' metadata).")
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        except (OSError, ValueError, RuntimeError) as error:
-            raise InputError(f"Cannot read the ledger {path.name}: {error}") from None
+        except InputError:
+            raise
+        except Exception as error:  # safetensors raises its own error type for a damaged file
+            raise InputError(f"Cannot read the ledger {path.name}: it is not a readable safetensors file ({error}).") from None
         data = json.loads(metadata)
         if data.get("format") != LEDGER_FORMAT:
             raise InputError(f"{path.name} has ledger format {data.get('format')}, this Locus reads {LEDGER_FORMAT}.")

@@ -27,6 +27,16 @@ from tracer.facts import model_key
 from tracer.loading import LoadedModel
 
 
+def architecture_warnings(loaded: LoadedModel) -> list[str]:
+    """Warnings about where MEMIT's assumptions hold only approximately for this model."""
+    if loaded.layout.mlp_output_norm:
+        return [
+            f"This model normalizes each MLP's output ({loaded.layout.mlp_output_norm}) before adding it to the "
+            "residual stream, so MEMIT's linear update only approximates the target vectors here; check the edit's effect."
+        ]
+    return []
+
+
 def prepare(
     loaded: LoadedModel, requests, hparams: MemitHyperParams | None, ledger=None
 ) -> tuple[list[EditRequest], MemitHyperParams]:
@@ -86,7 +96,7 @@ def compute_memit(
         hparams=hparams.to_dict(),
         request_diagnostics=targets.diagnostics,
         layer_diagnostics=layer_diagnostics,
-        warnings=covariances.warnings(),
+        warnings=architecture_warnings(loaded) + covariances.warnings(),
         final_residual_norm=final_residual,
         keys=keys,
         seconds=time.perf_counter() - started,

@@ -11,7 +11,7 @@ from editor.batch import EditBatch, LayerDiagnostics
 from editor.covariance import CovarianceSet, layer_covariances
 from editor.hparams import MemitHyperParams
 from editor.keys import request_keys
-from editor.memit import _out_of_memory_guard, prepare
+from editor.memit import _out_of_memory_guard, architecture_warnings, prepare
 from editor.prefixes import context_prefixes
 from editor.progress import Progress, stage
 from editor.requests import EditRequest
@@ -95,6 +95,6 @@ def compute_rome(
         hparams=hparams.to_dict(),
         request_diagnostics=diagnostics,
         layer_diagnostics=[layer_diag],
-        warnings=covariances.warnings(),
+        warnings=architecture_warnings(loaded) + covariances.warnings(),
         seconds=time.perf_counter() - started,
     )

@@ -21,13 +21,21 @@ def teacher_forced(
 ) -> list[tuple[float, bool]]:
     """For each (prompt, object): mean NLL of the object's tokens and whether greedy argmax reproduces them all."""
     tokenizer, layout = loaded.tokenizer, loaded.layout
-    rows, spans = [], []
+    rows: list[list[int]] = []
+    row_of: dict[tuple[int, ...], int] = {}
+    spans = []  # per pair: (row, first position, target ids)
     for prompt, target in pairs:
         prompt_ids = list(tokenizer(prompt)["input_ids"])
         target_ids = target_token_ids(tokenizer, target, prompt=prompt)
-        rows.append(prompt_ids + target_ids[:-1])
-        spans.append((len(prompt_ids) - 1, target_ids))
-    results: list[tuple[float, bool] | None] = [None] * len(rows)
+        ids = tuple(prompt_ids + target_ids[:-1])
+        if ids not in row_of:  # single-token objects after the same prompt share one row
+            row_of[ids] = len(rows)
+            rows.append(list(ids))
+        spans.append((row_of[ids], len(prompt_ids) - 1, target_ids))
+    pairs_of_row: list[list[int]] = [[] for _ in rows]
+    for pair, (row, _, _) in enumerate(spans):
+        pairs_of_row[row].append(pair)
+    results: list[tuple[float, bool] | None] = [None] * len(pairs)
     fill = pad_id(tokenizer)
     last_block = layout.block(layout.num_layers - 1)
     done = 0
@@ -36,23 +44,24 @@ def teacher_forced(
         with capture_outputs(loaded.model, [last_block]) as outputs:
             run_until(loaded, layout.num_layers - 1, input_ids=ids, attention_mask=mask, use_cache=False)
         final = outputs[last_block]
-        gather_rows, gather_positions, targets = [], [], []
-        for position, index in enumerate(batch):
-            start, target_ids = spans[index]
-            gather_rows += [position] * len(target_ids)
-            gather_positions += list(range(start, start + len(target_ids)))
-            targets += target_ids
+        gather_rows, gather_positions, targets, owners = [], [], [], []
+        for position, row in enumerate(batch):
+            for pair in pairs_of_row[row]:
+                _, start, target_ids = spans[pair]
+                gather_rows += [position] * len(target_ids)
+                gather_positions += list(range(start, start + len(target_ids)))
+                targets += target_ids
+                owners.append((pair, len(target_ids)))
         states = final[torch.tensor(gather_rows, device=ids.device), torch.tensor(gather_positions, device=ids.device)]
         log_probs = torch.log_softmax(layout.final_logits(loaded.model, states).float(), dim=-1)
         target_tensor = torch.tensor(targets, device=ids.device)
         token_nll = -log_probs.gather(-1, target_tensor.unsqueeze(-1)).squeeze(-1)
         hits = log_probs.argmax(-1) == target_tensor
         offset = 0
-        for index in batch:
-            count = len(spans[index][1])
-            results[index] = (float(token_nll[offset : offset + count].mean()), bool(hits[offset : offset + count].all()))
+        for pair, count in owners:
+            results[pair] = (float(token_nll[offset : offset + count].mean()), bool(hits[offset : offset + count].all()))
             offset += count
         done += len(batch)
         if progress is not None:
-            progress(done / len(rows), f"scoring prompts: {done}/{len(rows)}")
+            progress(done / len(rows), f"scoring prompts: {done}/{len(rows)} sequences")
     return results  # type: ignore[return-value]
