@@ -20,8 +20,8 @@ TEST_INSTALLED := $(VENV)/.locus-test-installed
 help:
 	@sed -n '1,5p' Makefile
 
+# app.py builds the embedded model's cache itself when it is missing (one time, ~30 s).
 run: $(INSTALLED)
-	$(PY) -m tracer cache-model
 	$(PY) app.py $(APP_ARGS)
 
 install: $(INSTALLED)
