@@ -23,6 +23,11 @@ REQUESTS = [
 ]
 
 
+# Several families with different block shapes: GPT-2 (transposed Conv1D), GPT-J and NeoX (parallel attention
+# and MLP), Llama (gated MLP), Gemma 3 (a norm after the MLP), OPT (flattened MLP). Keys are checked on all.
+SEVERAL = ["gpt2", "gptj", "gpt_neox", "llama", "gemma3_text", "opt"]
+
+
 def tiny_hparams(**changes) -> MemitHyperParams:
     # only the empty prefix: the plain prompt's key is then the key, so the update can meet z exactly
     return MemitHyperParams(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=()).replace(**changes)
@@ -49,8 +54,9 @@ def test_keys_are_the_projection_inputs_at_the_last_subject_token(family, tiny):
         assert torch.allclose(keys[2][index], expected, atol=1e-5, rtol=1e-4)
 
 
-def test_cached_and_full_target_engines_agree(family, tiny):
-    loaded = tiny(family)
+@pytest.mark.parametrize("model_type", SEVERAL)
+def test_cached_and_full_target_engines_agree(model_type, tiny):
+    loaded = tiny(model_type)
     hparams = MemitHyperParams(layers=(1,), steps=4, prefix_tokens=5, target_batch_requests=2)
     prefixes = context_prefixes(loaded, hparams)
     cached = compute_targets(loaded, REQUESTS, hparams, prefixes, engine="cached")
@@ -60,8 +66,9 @@ def test_cached_and_full_target_engines_agree(family, tiny):
     assert cached.diagnostics[2].losses == pytest.approx(full.diagnostics[0].losses, rel=1e-3, abs=1e-4)
 
 
-def test_memit_update_meets_the_targets_and_leaves_weights_alone(family, tiny):
-    loaded = tiny(family)
+@pytest.mark.parametrize("model_type", SEVERAL)
+def test_memit_update_meets_the_targets_and_leaves_weights_alone(model_type, tiny):
+    loaded = tiny(model_type)
     hparams = tiny_hparams()
     layers = list(hparams.layers)
     before = weights_hash(loaded, layers)
@@ -92,3 +99,33 @@ def test_memit_update_meets_the_targets_and_leaves_weights_alone(family, tiny):
     expected = probe @ batch.deltas[layers[-1]].T
     assert torch.allclose(edited - plain, expected, atol=1e-4 * float(expected.abs().max()) + 1e-6)
     assert weights_hash(loaded, layers) == before
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_rome_is_rank_one_and_writes_the_value_at_the_key(model_type, tiny):
+    from editor.rome import compute_rome
+
+    loaded = tiny(model_type)
+    hparams = tiny_hparams(layers=(1,), steps=4)
+    covariances = layer_covariances(loaded, [1], hparams.cov_tokens)
+    batch = compute_rome(loaded, REQUESTS[:1], hparams, covariances=covariances)
+    delta = batch.deltas[1].double()
+    singular = torch.linalg.svdvals(delta)
+    assert singular[1] < 1e-5 * singular[0]
+    key = request_keys(loaded, REQUESTS[:1], [""], [1]).keys[1][0].double()
+    assert float((delta @ key).norm()) == pytest.approx(batch.request_diagnostics[0].delta_norm, rel=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_alphaedit_leaves_the_preserved_key_space_alone(model_type, tiny):
+    loaded = tiny(model_type)
+    hparams = tiny_hparams(method="alphaedit", layers=(2,))
+    covariances = layer_covariances(loaded, [2], hparams.cov_tokens)
+    covariance = covariances.covariances[2]
+    values, vectors = torch.linalg.eigh(covariance)
+    threshold = float(values[len(values) // 2])  # half the directions preserved, half free
+    batch = compute_memit(loaded, REQUESTS, hparams.replace(nullspace_threshold=threshold), covariances=covariances)
+    delta = batch.deltas[2].double()
+    preserved = vectors[:, values >= threshold]
+    assert float((delta @ preserved).norm()) < 1e-6 * float(delta.norm())
+    assert float(delta.norm()) > 0

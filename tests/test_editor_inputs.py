@@ -17,44 +17,40 @@ from tracer.errors import InputError, LocusError
 GOOD = EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome", "Paris")
 
 
-@pytest.mark.parametrize(
-    "request_, message",
-    [
-        (EditRequest("Big Ben", "The Eiffel Tower is located in the city of", "Rome"), "does not occur in the prompt"),
-        (EditRequest("Eiffel Tower", "The {} is located in the city of", "   "), "new object .* is empty"),
-        (EditRequest("Eiffel Tower", "The {} is located in the city of", "Paris", "Paris"), "same as the current one"),
-        (EditRequest("Eiffel Tower", "The {} is in {}", "Rome"), "exactly one"),
-        (EditRequest("", "The {} is located in the city of", "Rome"), "subject is empty"),
-        (EditRequest("Eiffel Tower", "", "Rome"), "prompt is empty"),
-    ],
-)
-def test_bad_requests_are_refused_before_anything_runs(embedded, request_, message):
+BAD_REQUESTS = [
+    (EditRequest("Big Ben", "The Eiffel Tower is located in the city of", "Rome"), "does not occur in the prompt"),
+    (EditRequest("Eiffel Tower", "The {} is located in the city of", "   "), "new object .* is empty"),
+    (EditRequest("Eiffel Tower", "The {} is located in the city of", "Paris", "Paris"), "same as the current one"),
+    (EditRequest("Eiffel Tower", "The {} is in {}", "Rome"), "exactly one"),
+    (EditRequest("", "The {} is located in the city of", "Rome"), "subject is empty"),
+    (EditRequest("Eiffel Tower", "", "Rome"), "prompt is empty"),
+]
+LONG_PROMPT = "The {} is located in " + "the very old city of " * 40
+
+
+def test_bad_input_is_refused_before_anything_runs(embedded):
+    """Subject not in prompt, empty/identical target, bad template, too many tokens, bad settings."""
     before = weights_hash(embedded, range(embedded.layout.num_layers))
-    with pytest.raises(InputError, match=message):
-        compute_memit(embedded, [request_], editing_hparams(embedded))
+    hparams = editing_hparams(embedded)
+    for request, message in BAD_REQUESTS:
+        with pytest.raises(InputError, match=message):
+            compute_memit(embedded, [request], hparams)
+        with pytest.raises(InputError, match=message):
+            compute_rome(embedded, [request], hparams)
+    with pytest.raises(InputError, match="at most 96"):
+        validate_requests([EditRequest("Eiffel Tower", LONG_PROMPT, "Rome")], embedded.tokenizer, 96)
+    with pytest.raises(InputError, match="Request 2 .*at most"):
+        compute_memit(embedded, [GOOD, EditRequest("Eiffel Tower", LONG_PROMPT, "Rome")], hparams)
+    with pytest.raises(InputError, match="outside"):
+        compute_memit(embedded, [GOOD], MemitHyperParams(layers=(2, 40)))
+    with pytest.raises(InputError, match="lambda"):
+        compute_memit(embedded, [GOOD], MemitHyperParams(mom2_weight=-1))
     assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
 
 
 def test_a_prompt_that_contains_the_subject_becomes_a_template():
     request = EditRequest("Eiffel Tower", "The Eiffel Tower is located in the city of", "Rome").validated()
     assert request.prompt == "The {} is located in the city of" and request.text.startswith("The Eiffel Tower")
-
-
-def test_too_many_tokens_are_refused(embedded):
-    long_prompt = "The {} is located in " + "the very old city of " * 40
-    with pytest.raises(InputError, match="at most 96"):
-        validate_requests([EditRequest("Eiffel Tower", long_prompt, "Rome")], embedded.tokenizer, 96)
-    before = weights_hash(embedded, range(embedded.layout.num_layers))
-    with pytest.raises(InputError, match="Request 2 .*at most"):
-        compute_memit(embedded, [GOOD, EditRequest("Eiffel Tower", long_prompt, "Rome")], editing_hparams(embedded))
-    assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
-
-
-def test_bad_settings_are_refused(embedded):
-    with pytest.raises(InputError, match="outside"):
-        compute_memit(embedded, [GOOD], MemitHyperParams(layers=(2, 40)))
-    with pytest.raises(InputError, match="lambda"):
-        compute_memit(embedded, [GOOD], MemitHyperParams(mom2_weight=-1))
 
 
 def test_nan_in_an_update_is_caught_before_it_is_applied(embedded):
@@ -66,8 +62,5 @@ def test_nan_in_an_update_is_caught_before_it_is_applied(embedded):
     before = weights_hash(embedded, range(embedded.layout.num_layers))
     with pytest.raises(LocusError, match=f"layer {hparams.layers[0]} contains NaN"):
         compute_memit(embedded, [GOOD], hparams, covariances=poisoned)
-    assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
-    with pytest.raises(LocusError, match="NaN"):
-        compute_rome(embedded, [GOOD], hparams.replace(layers=(hparams.layers[0],)), covariances=poisoned)
     assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
     assert torch.isfinite(real.covariances[hparams.layers[0]]).all()
