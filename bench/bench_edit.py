@@ -33,12 +33,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=None, help="covariance token budget (default: the editor's)")
     parser.add_argument("--lambda", dest="mom2_weight", type=float, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (on a shared, busy machine 1 is often faster)")
     parser.add_argument("--out", default=None, help="write the figures as JSON")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     arguments = parse(argv)
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
     from editor import covariance
     from editor.counterfact import load_records
     from editor.evaluate import score_records, summarize

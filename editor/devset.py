@@ -2,7 +2,9 @@
 
 For each known fact: the rewrite prompt is the fact's own prompt (which the model completes correctly);
 paraphrases are other templates of the same relation; neighbourhood prompts put other subjects with the
-same relation and the same true object into the rewrite template (subjects the model knows first); the
+same relation and the same true object into the rewrite template (subjects the model knows that are not
+records first). No subject is both a record and a neighbour (nor contains one): in a batch, editing a
+record that is another record's neighbour would fail that neighbourhood prompt by construction. The
 new object is CounterFact's counterfactual when CounterFact has this subject and true object, else
 another object of the same relation (deterministic). Relations are taken in turn, so no relation
 dominates. Regenerate with `python -m editor devset`.
@@ -56,7 +58,7 @@ def build_records(
     all_facts: list[KnownFact],
     *,
     max_records: int = 130,
-    per_relation: int = 12,
+    per_relation: int = 15,
     max_paraphrases: int = 3,
     max_neighbors: int = 5,
     generation_every: int = 4,
@@ -85,8 +87,7 @@ def build_records(
         neighbors = [other for other in by_object[(fact.relation_id, fact.attribute)] if other.subject != fact.subject
                      and fact.subject not in other.subject and other.subject not in fact.subject]
         neighbors.sort(key=lambda other: ((other.subject, other.relation_id) not in known_subjects, other.known_id))
-        neighbor_prompts = list(dict.fromkeys(template.format(other.subject) for other in neighbors))[:max_neighbors]
-        if not paraphrases or not neighbor_prompts:
+        if not paraphrases or not neighbors:
             continue
         case_id, target_new = counterfact.get((fact.subject, fact.attribute), (None, None))
         if target_new is None or target_new == fact.attribute:
@@ -98,7 +99,7 @@ def build_records(
             target_new = random.Random(seed * 100003 + fact.known_id).choices(choices, weights=weights)[0]
             case_id = None
         seen.add((fact.subject, fact.relation_id))
-        candidates[fact.relation_id].append(CounterFactRecord(
+        candidates[fact.relation_id].append((neighbors, CounterFactRecord(
             case_id=f"known-{fact.known_id}" if case_id is None else f"known-{fact.known_id}/cf-{case_id}",
             subject=fact.subject,
             prompt=template,
@@ -106,14 +107,34 @@ def build_records(
             target_true=fact.attribute,
             relation_id=fact.relation_id,
             paraphrase_prompts=paraphrases,
-            neighborhood_prompts=neighbor_prompts,
-        ))
-    records: list[CounterFactRecord] = []
+        )))
+    # Relations in turn; a subject is either a record or a neighbour, never both (an edit in the same
+    # batch would otherwise change another record's neighbourhood prompt on purpose).
     relations = sorted(candidates, key=lambda relation: (-len(candidates[relation]), relation))
-    for round_index in range(per_relation):
-        for relation in relations:
-            if len(records) < max_records and round_index < len(candidates[relation]):
-                records.append(candidates[relation][round_index])
+    candidate_subjects = {record.subject for items in candidates.values() for _, record in items}
+    for items in candidates.values():  # neighbours: known facts that cannot be records first, candidates last
+        for neighbors, _ in items:
+            neighbors.sort(key=lambda other: (other.subject in candidate_subjects,
+                                              (other.subject, other.relation_id) not in known_subjects, other.known_id))
+    order = [candidates[relation][index] for index in range(per_relation) for relation in relations
+             if index < len(candidates[relation])]
+    records: list[CounterFactRecord] = []
+    record_subjects: set[str] = set()
+    neighbor_subjects: set[str] = set()
+    for neighbors, record in order:
+        if len(records) >= max_records:
+            break
+        if any(record.subject in other or other in record.subject for other in neighbor_subjects):
+            continue
+        usable = [other for other in neighbors
+                  if not any(other.subject in chosen or chosen in other.subject for chosen in record_subjects)]
+        prompts = list(dict.fromkeys(record.prompt.format(other.subject) for other in usable))[:max_neighbors]
+        if not prompts:
+            continue
+        record.neighborhood_prompts = prompts
+        records.append(record)
+        record_subjects.add(record.subject)
+        neighbor_subjects.update(other.subject for other in usable if record.prompt.format(other.subject) in prompts)
     for index, record in enumerate(records):
         if index % generation_every == 0:
             record.generation_prompts = [record.paraphrase_prompts[0]]

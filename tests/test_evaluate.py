@@ -68,6 +68,8 @@ def test_devset_is_built_from_facts_the_model_knows():
         assert not any(record.subject in prompt for prompt in record.neighborhood_prompts)
         assert record.target_new != record.target_true
     assert sum(bool(record.generation_prompts) for record in records) >= 25
+    subjects = {record.subject for record in records}  # no record is another record's neighbour
+    assert not any(subject in prompt for record in records for prompt in record.neighborhood_prompts for subject in subjects)
     rebuilt = build_records(known, load_known_facts())
     assert [r.to_dict() for r in rebuilt] == [r.to_dict() for r in records]  # the asset is reproducible
 
