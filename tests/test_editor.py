@@ -10,6 +10,7 @@ from editor.memit import compute_memit
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest
 from editor.targets import compute_targets
+from editor.weights import weights_hash
 from tests.test_editor_support import editing_hparams, shared_covariances
 from tracer.predict import predict_next_tokens
 
@@ -47,14 +48,16 @@ def test_three_edits_flip_predictions_and_undo_restores_weights(embedded, three_
     assert ledger.weights_hash(embedded) == original  # restored bit for bit on exit
     assert {r.text: top_token(embedded, r.text) for r in THREE_EDITS} == before
     ledger.undo(batch.batch_id)
-    with ledger.applied(embedded):
-        assert ledger.weights_hash(embedded) == original
+    assert not ledger.batches
+    with ledger.applied(embedded):  # an empty ledger applies nothing
+        assert weights_hash(embedded, batch.layers) == original
     # the diagnostics describe the edit
     assert [d.layer for d in batch.layer_diagnostics] == list(batch.layers)
     assert all(0 < d.relative_update < 1 for d in batch.layer_diagnostics)
     assert batch.final_residual_norm < batch.layer_diagnostics[0].residual_norm
     assert all(d.losses[-1] < d.losses[0] and d.final_probability > 0.5 for d in batch.request_diagnostics)
     assert any("Layer 2" in w and "outlier" in w for w in batch.warnings)
+    assert not any("wrote only" in w for w in batch.warnings)  # the default lambda carries the edit
 
 
 def test_applied_restores_weights_after_an_exception_and_a_closed_generator(embedded, three_edit_batch):
