@@ -96,7 +96,7 @@ def compute_memit(
         hparams=hparams.to_dict(),
         request_diagnostics=targets.diagnostics,
         layer_diagnostics=layer_diagnostics,
-        warnings=architecture_warnings(loaded) + covariances.warnings(),
+        warnings=architecture_warnings(loaded) + covariances.warnings() + weak_update_warnings(layer_diagnostics, final_residual, hparams),
         final_residual_norm=final_residual,
         keys=keys,
         seconds=time.perf_counter() - started,
@@ -171,6 +171,20 @@ def layer_updates(
     if progress is not None:
         progress(1.0, "layers updated")
     return deltas, diagnostics, all_keys, final_residual
+
+
+def weak_update_warnings(layers: list[LayerDiagnostics], final_residual: float, hparams: MemitHyperParams) -> list[str]:
+    """A warning when the layers wrote less than half of the change z - h into the weights (lambda too large)."""
+    if not layers or hparams.method == "rome" or layers[0].residual_norm <= 0:
+        return []
+    written = 1.0 - final_residual / layers[0].residual_norm
+    if written >= 0.5:
+        return []
+    return [
+        f"The weight updates wrote only {max(written, 0.0):.0%} of the change the edit needs (mean ||z - h|| went from "
+        f"{layers[0].residual_norm:.1f} to {final_residual:.1f}); the edit may not take. Try a smaller lambda "
+        f"(now {hparams.mom2_weight:g}) or more layers."
+    ]
 
 
 class _out_of_memory_guard:

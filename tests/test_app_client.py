@@ -18,8 +18,8 @@ app_idle_after_test = app_harness.app_idle_after_test  # autouse: let queued job
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 COLOSSEUM = "The Colosseum is in the city of"
-# A small edit: covariance from 4096 corpus tokens (cached after the first run), the editor's default R.
-EDIT_SETTINGS = dict(layers="2-6", mom2_weight=15000, cov_tokens=4096, steps=25, lr=0.5, kl_factor=0.0625, clamp=0.75)
+# A small edit: covariance from 4096 corpus tokens (cached after the first run), the default R and lambda.
+EDIT_SETTINGS = dict(layers="2-6", mom2_weight=None, cov_tokens=4096, steps=25, lr=0.5, kl_factor=0.0625, clamp=0.75)
 
 
 def edit(client, rows: list[list[str]], method: str = "memit"):

@@ -130,7 +130,10 @@ def build(ctx: AppContext) -> EditTab:
             layers.render()
         with gr.Accordion("Advanced (hyperparameters)", open=False):
             with gr.Row():
-                mom2_weight = gr.Number(value=15000, label="λ (weight of the covariance: higher = safer, weaker)")
+                mom2_weight = gr.Number(
+                    value=None, label="λ (weight of the covariance: higher = safer, weaker; empty = the model's default)",
+                    elem_id="edit-lambda",
+                )
                 cov_tokens = gr.Number(
                     value=None, precision=0, label="Covariance corpus tokens (empty = default)", elem_id="edit-cov-tokens"
                 )
@@ -227,7 +230,7 @@ def build(ctx: AppContext) -> EditTab:
         value: Any,
         method_name: str,
         layers_text: str,
-        lambda_value: float,
+        lambda_value: float | None,
         cov_token_count: float | None,
         step_count: float,
         learning_rate: float,
@@ -240,7 +243,7 @@ def build(ctx: AppContext) -> EditTab:
         rows = table_rows(value)
         requests = editing.requests_from_rows(rows)
         overrides = dict(
-            mom2_weight=lambda_value, cov_tokens=int(cov_token_count) if cov_token_count else None, steps=int(step_count),
+            mom2_weight=lambda_value if lambda_value else None, cov_tokens=int(cov_token_count) if cov_token_count else None, steps=int(step_count),
             lr=learning_rate, kl_factor=kl_weight, clamp_norm=clamp,
         )
         skip = tuple(gr.skip() for _ in range(8))
