@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 import time
 from pathlib import Path
 
-from tracer.cli import add_model_arguments, load_from_arguments
-from tracer.errors import InputError, LocusError
+from tracer.cli import add_model_arguments, load_from_arguments, run_parsed
+from tracer.errors import InputError
 
 
 def _progress(description: str):
@@ -56,6 +54,10 @@ def command_stats(arguments: argparse.Namespace) -> int:
     from editor.layers import parse_layers
 
     layers = parse_layers(arguments.layers)  # fail before the model load
+    if arguments.tokens is None:
+        from editor.hparams import MemitHyperParams
+
+        arguments.tokens = MemitHyperParams().cov_tokens
     if arguments.tokens < 1:
         raise InputError("--tokens must be positive.")
     loaded = load_from_arguments(arguments)
@@ -208,18 +210,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if arguments.verbose else logging.WARNING, format="%(message)s")
-    if getattr(arguments, "command", None) == "stats" and arguments.tokens is None:
-        from editor.hparams import MemitHyperParams
-
-        arguments.tokens = MemitHyperParams().cov_tokens
-    try:
-        return arguments.handler(arguments)
-    except LocusError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (a covariance pass resumes from its last checkpoint next time)", file=sys.stderr)
-        return 130
+    return run_parsed(build_parser(), argv, "interrupted (a covariance pass resumes from its last checkpoint next time)")

@@ -88,8 +88,8 @@ def _extra_commands():
     return registers
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run_parsed(parser: argparse.ArgumentParser, argv: list[str] | None, interrupted: str = "interrupted") -> int:
+    """Parse `argv`, run the chosen handler; a LocusError prints one line and exits 2, Ctrl-C exits 130."""
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if arguments.verbose else logging.WARNING, format="%(message)s")
     try:
@@ -98,5 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parsed(build_parser(), argv)

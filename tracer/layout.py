@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from tracer.errors import LayoutError
-
-KINDS = ("hidden", "mlp", "attn")
+from tracer.kinds import KINDS
 
 
 @dataclass(frozen=True)

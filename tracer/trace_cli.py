@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from tracer.errors import InputError
-from tracer.layout import KINDS
+from tracer.kinds import KINDS
 
 
 def _settings(arguments: argparse.Namespace):
