@@ -1,6 +1,7 @@
 """Run the benchmarks: every module `bench/bench_*.py` with a `main(argv) -> int`.
 
-`python -m bench` runs them all; `python -m bench trace` runs bench/bench_trace.py only.
+`python -m bench` runs them all; `python -m bench trace` runs bench/bench_trace.py only, and any
+further arguments go to it (`python -m bench edit --n 20`, `python -m bench trace --help`).
 Each benchmark prints its own timings, the ratio against a baseline measured in the same run,
 and a correctness figure (max abs difference or quality metrics).
 """
@@ -23,15 +24,19 @@ def main(argv: list[str]) -> int:
         for info in pkgutil.iter_modules([str(Path(__file__).parent)])
         if info.name.startswith("bench_")
     )
-    chosen = [name for name in names if not argv or name in argv]
-    if not chosen:
-        print(f"no benchmark matches {argv}; available: {', '.join(names)}")
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print(f"available: {', '.join(names)}")
+        return 0
+    if argv and argv[0] not in names:
+        print(f"no benchmark named {argv[0]!r}; available: {', '.join(names)}")
         return 2
+    chosen, passed = ([argv[0]], argv[1:]) if argv else (names, [])
     status = 0
     for name in chosen:
         print(f"\n=== bench {name} ===", flush=True)
         module = importlib.import_module(f"bench.bench_{name}")
-        status |= module.main([])
+        status |= module.main(passed)
     return status
 
 
