@@ -51,21 +51,19 @@ def _layers(arguments: argparse.Namespace, loaded) -> tuple[int, ...] | None:
 
 def command_stats(arguments: argparse.Namespace) -> int:
     from editor.covariance import layer_covariances
+    from editor.hparams import default_hparams
     from editor.layers import parse_layers
 
     layers = parse_layers(arguments.layers)  # fail before the model load
-    if arguments.tokens is None:
-        from editor.hparams import MemitHyperParams
-
-        arguments.tokens = MemitHyperParams().cov_tokens
-    if arguments.tokens < 1:
+    if arguments.tokens is not None and arguments.tokens < 1:
         raise InputError("--tokens must be positive.")
     loaded = load_from_arguments(arguments)
     parse_layers(arguments.layers, loaded.layout.num_layers)
+    tokens = arguments.tokens or default_hparams(loaded.layout).cov_tokens
     report, close = _progress("covariance")
     started = time.perf_counter()
     try:
-        result = layer_covariances(loaded, list(layers), arguments.tokens, arguments.corpus, progress=report,
+        result = layer_covariances(loaded, list(layers), tokens, arguments.corpus, progress=report,
                                    use_cache=not arguments.no_cache)
     finally:
         close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "KINDS": "tracer.layout",
+    "KINDS": "tracer.kinds",
     "ModelLayout": "tracer.layout",
     "resolve_layout": "tracer.layout",
     "LoadedModel": "tracer.loading",
