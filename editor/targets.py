@@ -6,9 +6,12 @@ a chunk of requests go through the model in one batch, the loss is the sum of th
 the stopping loss is frozen and its rows leave the batch. The result equals optimizing the requests
 one at a time (tests/test_editor_targets.py), while memory is bounded by the chunk size.
 
-Two engines compute the same loss. "full" runs every row from its first token at every step (the
-straightforward way). "cached" runs the tokens before the subject's last token once per chunk and keeps
-their keys/values: delta is added at the subject's last token, so nothing before it can change.
+Two engines compute the same loss. "full" runs every row from its first token through every block at
+every step (the straightforward way). "cached" uses where delta enters: it is added to block l_R's
+output at the subject's last token, so no position before that token changes, and no block up to l_R
+changes at any position. Once per chunk it keeps the keys/values of the tokens before the subject's
+last token and block l_R's output at the rest; every step then runs blocks l_R+1.. on the rest only
+(`tracer.block_calls` starts the forward pass there with the model's own block arguments).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from editor.forward import pad_id, pad_right, row_batches, run_until
 from editor.hparams import MemitHyperParams
 from editor.requests import EditRequest
 from editor.rows import PromptRow, target_rows
+from tracer.block_calls import PrefixKeyValues, cache_argument, new_dynamic_cache, stubbed_blocks
 from tracer.hooks import forward_hooks, output_tensor, replace_output_tensor
 from tracer.loading import LoadedModel
 
@@ -142,26 +146,56 @@ def _rest(row: PromptRow) -> tuple:
 
 
 class _RowGroup:
-    """Rows that go through the model together (similar lengths), with the keys/values of their prefixes."""
+    """Rows that go through the model together (similar lengths), with what the cached engine keeps of them."""
 
     def __init__(self, rows: list[int]):
         self.rows = rows
-        self.prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.prefix_mask: torch.Tensor | None = None
+        self.position = {row: index for index, row in enumerate(rows)}
+        self.prefix_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (rows, h, width, hd)
+        self.prefix_mask: torch.Tensor | None = None  # (rows, width)
+        self.base_hidden: torch.Tensor | None = None  # block `layer`'s unedited output at the suffix (rows, q, d)
+        self.active: tuple[int, ...] = ()  # the rows `prefix` and `stub_cache` were made for
+        self.prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # their prefix keys/values per layer
+        self.stub_cache: DynamicCache | None = None  # the same as a cache, for the stubbed forward (never updated)
+
+    def active_prefix(self, active_rows: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Prefix keys/values of `active_rows` per layer; copied only when the set of active rows changes."""
+        if self.prefix_cache is None:
+            return None
+        if tuple(active_rows) != self.active:
+            if active_rows == self.rows:
+                self.prefix = list(self.prefix_cache)
+            else:
+                select = torch.tensor([self.position[i] for i in active_rows], device=self.prefix_cache[0][0].device)
+                self.prefix = [(keys[select], values[select]) for keys, values in self.prefix_cache]
+            self.active, self.stub_cache = tuple(active_rows), None
+        return self.prefix
 
 
 class _Runner:
-    """Evaluates the rows of a chunk with the chosen engine, a group of similar-length rows at a time."""
+    """Evaluates the rows of a chunk with the chosen engine, a group of similar-length rows at a time.
+
+    "full": every step runs each row from its first token through every block. "cached": positions before
+    the subject's last token never change (delta enters there), and blocks 0..`layer` never change at any
+    position (delta is added to block `layer`'s output), so once per chunk it keeps the prefix keys/values
+    and block `layer`'s output at the suffix; every step then runs only blocks `layer`+1.. on the suffix.
+    """
 
     def __init__(self, loaded: LoadedModel, rows: list[PromptRow], layer: int, engine: str, max_tokens: int):
         self.loaded, self.rows, self.layer, self.engine = loaded, rows, layer, engine
         self.cached = engine == "cached"
         self.fill = pad_id(loaded.tokenizer)
+        self.returns_tuple = False
         lengths = [len(row.ids) - (row.subject_last if self.cached else 0) for row in rows]
         self.groups = [_RowGroup(batch) for batch in row_batches(lengths, max_rows=len(rows), max_tokens=max_tokens)]
         if self.cached:
             for group in self.groups:
                 self._build_prefix_cache(group)
+                self._build_base_hidden(group)
+
+    @property
+    def blocks(self) -> torch.nn.ModuleList:
+        return self.loaded.model.get_submodule(self.loaded.layout.blocks)
 
     def _build_prefix_cache(self, group: _RowGroup) -> None:
         """Keys/values of the group's tokens before each subject's last token (one pass, no gradient)."""
@@ -184,24 +218,19 @@ class _Runner:
         for index, length in enumerate(lengths):
             group.prefix_mask[index, :length] = 1
 
-    def row_log_probs(
-        self, group: _RowGroup, active_rows: list[int], delta: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Log-probabilities at each active row's target positions (list of (positions, vocab)), and h (rows, d)."""
-        loaded, layout = self.loaded, self.loaded.layout
+    def _suffix_inputs(self, group: _RowGroup, active_rows: list[int]) -> tuple[dict, list[int]]:
+        """Model inputs for the active rows (no cache yet), and where each row starts.
+
+        "full": each row from its first token. "cached": from its subject's last token, after a prefix
+        (the mask covers the prefix, the positions continue it).
+        """
+        loaded, cached = self.loaded, self.cached
         rows = [self.rows[i] for i in active_rows]
-        cached = self.cached
         start = [row.subject_last if cached else 0 for row in rows]
-        sequences = [list(row.ids[s:]) for row, s in zip(rows, start)]
-        ids, mask = pad_right(sequences, self.fill, loaded.device)
+        ids, mask = pad_right([list(row.ids[s:]) for row, s in zip(rows, start)], self.fill, loaded.device)
         inputs: dict = dict(input_ids=ids, use_cache=cached)
         if cached and group.prefix_cache is not None:
-            position = {row: index for index, row in enumerate(group.rows)}
-            select = torch.tensor([position[i] for i in active_rows], device=ids.device)
-            inputs["cache"] = DynamicCache(
-                ddp_cache_data=[(keys[select], values[select]) for keys, values in group.prefix_cache],
-                config=loaded.model.config,
-            )
+            select = torch.tensor([group.position[i] for i in active_rows], device=ids.device)
             inputs["attention_mask"] = torch.cat([group.prefix_mask[select], mask], dim=-1)
             offsets = torch.tensor(start, device=ids.device).unsqueeze(-1)
             inputs["position_ids"] = offsets + torch.arange(ids.shape[1], device=ids.device)
@@ -209,35 +238,46 @@ class _Runner:
             inputs["attention_mask"] = mask
             if cached:  # no prefix anywhere: positions start at 0 as in the full engine
                 inputs["position_ids"] = torch.arange(ids.shape[1], device=ids.device).expand(len(rows), -1)
+        return inputs, start
+
+    def _build_base_hidden(self, group: _RowGroup) -> None:
+        """Block `layer`'s output at every suffix position of the group's rows, without any delta (no gradient)."""
+        layout = self.loaded.layout
+        inputs, _ = self._suffix_inputs(group, group.rows)
+        prefix = group.active_prefix(group.rows)
+        if prefix is not None:  # a fresh cache: the real blocks below append to it
+            inputs[cache_argument(self.loaded.model)] = DynamicCache(ddp_cache_data=prefix, config=self.loaded.model.config)
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(module, args, output):
+            captured["hidden"] = output_tensor(output).detach()
+
+        def note_output_type(module, args, output):
+            self.returns_tuple = isinstance(output, tuple)
+            if self.layer == 0:
+                keep(module, args, output)
+
+        hooks = {layout.block(0): note_output_type}
+        if self.layer != 0:
+            hooks[layout.block(self.layer)] = keep
+        with torch.no_grad(), forward_hooks(self.loaded.model, hooks):
+            run_until(self.loaded, self.layer, **inputs)
+        group.base_hidden = captured["hidden"]
+
+    def row_log_probs(
+        self, group: _RowGroup, active_rows: list[int], delta: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Log-probabilities at each active row's target positions (list of (positions, vocab)), and h (rows, d)."""
+        rows = [self.rows[i] for i in active_rows]
+        inputs, start = self._suffix_inputs(group, active_rows)
+        ids = inputs["input_ids"]
         row_index = torch.arange(len(rows), device=ids.device)
         edit_positions = torch.tensor([row.subject_last - s for row, s in zip(rows, start)], device=ids.device)
         owners = torch.tensor([row.request for row in rows], device=ids.device)
-        captured: dict[str, torch.Tensor] = {}
-
-        def add_delta(module, args, output):
-            hidden = output_tensor(output)
-            captured["h"] = hidden[row_index, edit_positions].detach()
-            edited = hidden.index_put(
-                (row_index, edit_positions), delta[owners].to(hidden.dtype), accumulate=True
-            )
-            return replace_output_tensor(output, edited)
-
-        def keep_last(module, args, output):
-            captured["last"] = output_tensor(output)
-
-        last_block = layout.block(layout.num_layers - 1)
-        hooks = {layout.block(self.layer): add_delta}
-        if last_block == layout.block(self.layer):
-            def both(module, args, output):
-                output = add_delta(module, args, output)
-                keep_last(module, args, output)
-                return output
-            hooks = {last_block: both}
+        if self.cached:
+            final, h = self._run_after_layer(group, active_rows, inputs, row_index, edit_positions, delta[owners])
         else:
-            hooks[last_block] = keep_last
-        with forward_hooks(loaded.model, hooks):
-            run_until(loaded, layout.num_layers - 1, **inputs)
-        final = captured["last"]
+            final, h = self._run_all_blocks(inputs, row_index, edit_positions, delta[owners])
         gather_rows, gather_positions, splits = [], [], []
         for index, (row, s) in enumerate(zip(rows, start)):
             positions = [p - s for p in row.target_positions]
@@ -245,8 +285,68 @@ class _Runner:
             gather_positions.extend(positions)
             splits.append(len(positions))
         states = final[torch.tensor(gather_rows, device=ids.device), torch.tensor(gather_positions, device=ids.device)]
-        log_probs = torch.log_softmax(layout.final_logits(loaded.model, states).float(), dim=-1)
-        return list(log_probs.split(splits)), captured["h"].float()
+        log_probs = torch.log_softmax(self.loaded.layout.final_logits(self.loaded.model, states).float(), dim=-1)
+        return list(log_probs.split(splits)), h.float()
+
+    def _run_all_blocks(
+        self, inputs: dict, row_index: torch.Tensor, edit_positions: torch.Tensor, row_delta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's forward with delta added to block `layer`'s output: last block's output (rows, q, d), h (rows, d)."""
+        layout = self.loaded.layout
+        captured: dict[str, torch.Tensor] = {}
+
+        def add_delta(module, args, output):
+            hidden = output_tensor(output)
+            captured["h"] = hidden[row_index, edit_positions].detach()
+            edited = hidden.index_put((row_index, edit_positions), row_delta.to(hidden.dtype), accumulate=True)
+            return replace_output_tensor(output, edited)
+
+        def keep_last(module, args, output):
+            captured["last"] = output_tensor(output)
+
+        last_block = layout.block(layout.num_layers - 1)
+        if last_block == layout.block(self.layer):
+            def both(module, args, output):
+                output = add_delta(module, args, output)
+                keep_last(module, args, output)
+                return output
+            hooks = {last_block: both}
+        else:
+            hooks = {layout.block(self.layer): add_delta, last_block: keep_last}
+        with forward_hooks(self.loaded.model, hooks):
+            run_until(self.loaded, layout.num_layers - 1, **inputs)
+        return captured["last"], captured["h"]
+
+    def _run_after_layer(
+        self, group: _RowGroup, active_rows: list[int], inputs: dict,
+        row_index: torch.Tensor, edit_positions: torch.Tensor, row_delta: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks `layer`+1.. on the kept block-`layer` output plus delta: last block's output (rows, q, d), h (rows, d)."""
+        width = inputs["input_ids"].shape[1]
+        rows_in_group = torch.tensor([group.position[i] for i in active_rows], device=row_index.device)
+        base = group.base_hidden[rows_in_group, :width]
+        h = base[row_index, edit_positions]
+        hidden = base.index_put((row_index, edit_positions), row_delta.to(base.dtype), accumulate=True)
+        num_layers = self.loaded.layout.num_layers
+        if self.layer == num_layers - 1:
+            return hidden, h
+        model = self.loaded.model
+        decoder = getattr(model, "base_model", model)
+        selected = group.active_prefix(active_rows)
+        if selected is None:
+            stub_cache = new_dynamic_cache(model)
+        else:
+            if group.stub_cache is None:
+                group.stub_cache = DynamicCache(ddp_cache_data=selected, config=model.config)
+            stub_cache = group.stub_cache
+        with torch.no_grad(), stubbed_blocks(self.blocks, self.returns_tuple) as calls:  # the blocks' arguments only
+            decoder(**inputs, **{cache_argument(decoder): stub_cache})
+        prefix = PrefixKeyValues()
+        for layer in range(self.layer + 1, num_layers):
+            keys, values = selected[layer] if selected is not None else (None, None)
+            prefix.set(layer, keys, values)
+            hidden = output_tensor(calls[layer].call(self.blocks[layer], hidden, prefix))
+        return hidden, h
 
 
 def _optimize_chunk(

@@ -66,6 +66,41 @@ def test_cached_and_full_target_engines_agree(model_type, tiny):
     assert cached.diagnostics[2].losses == pytest.approx(full.diagnostics[0].losses, rel=1e-3, abs=1e-4)
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_cached_engine_at_the_first_and_last_block(model_type, where, tiny):
+    """The cached engine runs blocks l_R+1.. only: none when l_R is the last block, all but one when it is 0."""
+    loaded = tiny(model_type)
+    layer = 0 if where == "first" else loaded.layout.num_layers - 1
+    hparams = MemitHyperParams(layers=(layer,), steps=3, prefix_tokens=5)
+    prefixes = context_prefixes(loaded, hparams)
+    cached = compute_targets(loaded, REQUESTS, hparams, prefixes, engine="cached")
+    full = compute_targets(loaded, REQUESTS, hparams, prefixes, engine="full")
+    scale = float(full.hidden.norm(dim=-1).max())
+    assert torch.allclose(cached.hidden, full.hidden, atol=1e-5 * scale)
+    for ours, theirs in zip(cached.diagnostics, full.diagnostics):
+        assert ours.losses[0] == pytest.approx(theirs.losses[0], rel=1e-5)
+    if where == "first":
+        assert torch.allclose(cached.targets, full.targets, atol=1e-4 * scale)
+    # At the last block delta reaches no later position, so the NLL has no gradient and Adam's first steps
+    # follow the KL's rounding-level gradient at its minimum: the engines then agree on the loss only.
+
+
+def test_cached_engine_when_some_requests_stop_early(tiny):
+    """A request that reaches the stopping loss leaves the batch; the others go on with a subset of the rows."""
+    loaded = tiny("llama")
+    first_step = MemitHyperParams(layers=(1,), steps=1, prefix_tokens=5)
+    prefixes = context_prefixes(loaded, first_step)
+    losses = sorted(d.losses[0] for d in compute_targets(loaded, REQUESTS, first_step, prefixes, engine="full").diagnostics)
+    hparams = first_step.replace(steps=4, loss_stop=(losses[0] + losses[1]) / 2)  # the lowest stops at once
+    cached = compute_targets(loaded, REQUESTS, hparams, prefixes, engine="cached")
+    full = compute_targets(loaded, REQUESTS, hparams, prefixes, engine="full")
+    steps = [d.steps for d in cached.diagnostics]
+    assert steps == [d.steps for d in full.diagnostics] and min(steps) == 0 and max(steps) == 3
+    scale = float(full.targets.norm(dim=-1).max())
+    assert torch.allclose(cached.targets, full.targets, atol=1e-4 * scale)
+
+
 @pytest.mark.parametrize("model_type", SEVERAL)
 def test_memit_update_meets_the_targets_and_leaves_weights_alone(model_type, tiny):
     loaded = tiny(model_type)
