@@ -1,4 +1,4 @@
-"""Command line: `python -m editor {stats,evaluate,edit,devset} ...`."""
+"""Command line: `python -m editor {stats,evaluate,sweep,edit,devset} ...`."""
 
 from __future__ import annotations
 
@@ -147,6 +147,38 @@ def command_edit(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_sweep(arguments: argparse.Namespace) -> int:
+    from editor.counterfact import load_records
+    from editor.sweep import parse_numbers, sweep_records
+
+    records = load_records(arguments.data)  # malformed records are reported before the model loads
+    budgets = parse_numbers(arguments.budgets, int, "--tokens")
+    if arguments.limit is not None and arguments.limit < 1:
+        raise InputError("--limit must be at least 1.")
+    records = records[: arguments.limit] if arguments.limit else records
+    loaded = load_from_arguments(arguments)
+    hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
+    lambdas = parse_numbers(arguments.lambdas, float, "--lambda") if arguments.lambdas else [hparams.mom2_weight]
+    report, close = _progress("sweep")
+    try:
+        result = sweep_records(loaded, records, hparams, budgets, lambdas, generation=arguments.generation, progress=report)
+    finally:
+        close()
+    print(result.table())
+    shown: set[str] = set()
+    for row in result.rows:
+        for warning in row.warnings:
+            if warning not in shown:
+                shown.add(warning)
+                print(f"warning ({row.cov_tokens:,} tokens, lambda {row.mom2_weight:g}): {warning}")
+    if arguments.out:
+        path = Path(arguments.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
 def command_devset(arguments: argparse.Namespace) -> int:
     from editor.devset import build_devset
 
@@ -198,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--save", default=None, help="save the ledger with this edit (.safetensors)")
     add_model_arguments(edit)
     edit.set_defaults(handler=command_edit)
+
+    sweep = commands.add_parser(
+        "sweep", help="edit quality against the covariance token budget and lambda (targets optimized once)"
+    )
+    sweep.add_argument("--data", required=True, help="CounterFact-format JSON (a list, or {records: [...]})")
+    sweep.add_argument("--tokens", dest="budgets", required=True, help="covariance token budgets, e.g. 10000,25000,50000,100000")
+    sweep.add_argument("--lambda", dest="lambdas", default=None, help="lambdas, e.g. 500,1500,15000 (default: the family's)")
+    sweep.add_argument("--layers", default=None, help="e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
+    sweep.add_argument("--method", default="memit", choices=["memit", "alphaedit"])
+    sweep.add_argument("--limit", type=int, default=None, help="only the first N records")
+    sweep.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
+    sweep.add_argument("--generation", action="store_true", help="also generate texts for fluency (GE); slow")
+    sweep.add_argument("--out", default=None, help="write the table as JSON here")
+    add_model_arguments(sweep)
+    sweep.set_defaults(handler=command_sweep)
 
     devset = commands.add_parser("devset", help="rebuild the dev set of CounterFact records the model knows")
     devset.add_argument("--out", default=None, help="default: assets/devset_<model>.json")

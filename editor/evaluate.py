@@ -133,13 +133,14 @@ class EvaluationResult:
                 cells.append(f"{'-':>9}" if value is None else f"{value:9.1f}")
             lines.append(f"{label:10}" + "".join(cells))
         lines.append(
-            f"n={self.n}  method={self.method}  layers={_layers_text(self.layers)}  mode={self.mode}  "
+            f"n={self.n}  method={self.method}  layers={layers_text(self.layers)}  mode={self.mode}  "
             f"lambda={self.mom2_weight:g}  cov_tokens={self.cov_tokens:,}  edit {self.edit_seconds:.1f} s, total {self.seconds:.1f} s"
         )
         return "\n".join(lines)
 
 
-def _layers_text(layers: list[int]) -> str:
+def layers_text(layers: list[int]) -> str:
+    """[2, 3, 4, 5, 6] -> "2-6"; other lists comma-separated."""
     if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}"
     return ",".join(map(str, layers))
