@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def _hparams(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | No
         corpus=getattr(arguments, "corpus", None),
         method=getattr(arguments, "method", None),
     )
+
+
+def _write_json(out: str, data: dict) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 def _layers(arguments: argparse.Namespace, loaded) -> tuple[int, ...] | None:
@@ -103,10 +111,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}")
     if arguments.out:
-        path = Path(arguments.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-        print(f"wrote {path}")
+        _write_json(arguments.out, result.to_dict())
     return 0
 
 
@@ -166,16 +171,13 @@ def command_sweep(arguments: argparse.Namespace) -> int:
         close()
     print(result.table())
     shown: set[str] = set()
-    for row in result.rows:
+    for row in result.rows:  # a warning that only changes its numbers from row to row is shown once
         for warning in row.warnings:
-            if warning not in shown:
-                shown.add(warning)
+            if re.sub(r"[-+.,\d]+", "#", warning) not in shown:
+                shown.add(re.sub(r"[-+.,\d]+", "#", warning))
                 print(f"warning ({row.cov_tokens:,} tokens, lambda {row.mom2_weight:g}): {warning}")
     if arguments.out:
-        path = Path(arguments.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-        print(f"wrote {path}")
+        _write_json(arguments.out, result.to_dict())
     return 0
 
 

@@ -105,7 +105,7 @@ class MemitHyperParams:
 # records in one batch, unedited NS 90.7: ES 97.6 / PS 87.7 / NS 86.0 at 1,500; ES 97.6 / PS 89.5 /
 # NS 87.1 at 500, within one record of it; ES 51.2 / PS 41.7 / NS 88.7 at the published 15,000,
 # whose updates write only a fifth of the change into the weights). Larger
-# Llama models may want a larger lambda: sweep with `python -m bench edit --lambda ...`.
+# Llama models may want a larger lambda: sweep with `python -m editor sweep --lambda ...`.
 FAMILY_DEFAULTS: dict[str, dict] = {
     "llama": dict(mom2_weight=1500.0),
     "gptj": dict(mom2_weight=15000.0),
