@@ -173,8 +173,9 @@ def command_sweep(arguments: argparse.Namespace) -> int:
     shown: set[str] = set()
     for row in result.rows:  # a warning that only changes its numbers from row to row is shown once
         for warning in row.warnings:
-            if re.sub(r"[-+.,\d]+", "#", warning) not in shown:
-                shown.add(re.sub(r"[-+.,\d]+", "#", warning))
+            kind = re.sub(r"[-+.,\d]+", "#", warning)
+            if kind not in shown:
+                shown.add(kind)
                 print(f"warning ({row.cov_tokens:,} tokens, lambda {row.mom2_weight:g}): {warning}")
     if arguments.out:
         _write_json(arguments.out, result.to_dict())

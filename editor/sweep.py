@@ -35,7 +35,7 @@ class SweepRow:
     mom2_weight: float
     scores: Scores
     residual_left: float  # mean ||z - h|| at l_R after all layers (0 = the whole change was written)
-    seconds: float  # covariance (when not cached) + layer updates + scoring
+    seconds: float  # layer updates + scoring (+ the covariance, on the first row of a budget)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -100,7 +100,7 @@ def sweep_records(
     if hparams.method == "rome":
         raise InputError("The sweep compares MEMIT/AlphaEdit solves; ROME has no lambda to sweep.")
     requests, hparams = prepare(loaded, [record.request() for record in records], hparams)
-    settings = [(tokens, weight) for tokens in sorted(budgets) for weight in lambdas]
+    count = len(budgets) * len(lambdas)
     with loaded.lock:
         pre, pre_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.0, 0.05))
         clock = time.perf_counter()
@@ -108,19 +108,24 @@ def sweep_records(
         targets = compute_targets(loaded, requests, hparams, prefixes, progress=stage(progress, 0.05, 0.5))
         target_seconds = time.perf_counter() - clock
         residual_before = float((targets.targets - targets.hidden).norm(dim=-1).mean())
-        rows = []
-        for index, (tokens, weight) in enumerate(settings):
-            report = stage(progress, 0.5 + 0.5 * index / len(settings), 0.5 + 0.5 * (index + 1) / len(settings))
+        rows: list[SweepRow] = []
+        for tokens in sorted(budgets):
             clock = time.perf_counter()
-            covariances = layer_covariances(loaded, list(hparams.layers), tokens, hparams.corpus, stage(report, 0.0, 0.4))
-            setting = hparams.replace(cov_tokens=tokens, mom2_weight=weight)
-            batch = compute_memit(loaded, requests, setting, stage(report, 0.4, 0.6), covariances=covariances, targets=targets)
-            ledger = EditLedger.for_model(loaded)
-            ledger.add(batch, loaded)
-            with ledger.applied(loaded):
-                post, entropies = score_records(loaded, records, generation=generation, progress=stage(report, 0.6, 1.0))
-            rows.append(SweepRow(tokens, weight, summarize(post, entropies), batch.final_residual_norm,
-                                 time.perf_counter() - clock, batch.warnings))
+            report = stage(progress, 0.5 + 0.5 * len(rows) / count, 0.5 + 0.5 * (len(rows) + 0.3) / count)
+            covariances = layer_covariances(loaded, list(hparams.layers), tokens, hparams.corpus, report)
+            covariance_seconds = time.perf_counter() - clock
+            for weight in lambdas:
+                report = stage(progress, 0.5 + 0.5 * len(rows) / count, 0.5 + 0.5 * (len(rows) + 1) / count)
+                clock = time.perf_counter()
+                setting = hparams.replace(cov_tokens=tokens, mom2_weight=weight)
+                batch = compute_memit(loaded, requests, setting, stage(report, 0.3, 0.5), covariances=covariances, targets=targets)
+                ledger = EditLedger.for_model(loaded)
+                ledger.add(batch, loaded)
+                with ledger.applied(loaded):
+                    post, entropies = score_records(loaded, records, generation=generation, progress=stage(report, 0.5, 1.0))
+                rows.append(SweepRow(tokens, weight, summarize(post, entropies), batch.final_residual_norm,
+                                     covariance_seconds + time.perf_counter() - clock, batch.warnings))
+                covariance_seconds = 0.0
     return SweepResult(
         unedited=summarize(pre, pre_entropies),
         rows=rows,

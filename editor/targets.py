@@ -158,6 +158,10 @@ class _RowGroup:
         self.prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # their prefix keys/values per layer
         self.stub_cache: DynamicCache | None = None  # the same as a cache, for the stubbed forward (never updated)
 
+    def indices(self, active_rows: list[int], device: torch.device) -> torch.Tensor:
+        """Where `active_rows` (chunk row numbers) sit in this group's kept tensors, (len(active_rows),)."""
+        return torch.tensor([self.position[i] for i in active_rows], device=device)
+
     def active_prefix(self, active_rows: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Prefix keys/values of `active_rows` per layer; copied only when the set of active rows changes."""
         if self.prefix_cache is None:
@@ -166,7 +170,7 @@ class _RowGroup:
             if active_rows == self.rows:
                 self.prefix = list(self.prefix_cache)
             else:
-                select = torch.tensor([self.position[i] for i in active_rows], device=self.prefix_cache[0][0].device)
+                select = self.indices(active_rows, self.prefix_cache[0][0].device)
                 self.prefix = [(keys[select], values[select]) for keys, values in self.prefix_cache]
             self.active, self.stub_cache = tuple(active_rows), None
         return self.prefix
@@ -230,8 +234,7 @@ class _Runner:
         ids, mask = pad_right([list(row.ids[s:]) for row, s in zip(rows, start)], self.fill, loaded.device)
         inputs: dict = dict(input_ids=ids, use_cache=cached)
         if cached and group.prefix_cache is not None:
-            select = torch.tensor([group.position[i] for i in active_rows], device=ids.device)
-            inputs["attention_mask"] = torch.cat([group.prefix_mask[select], mask], dim=-1)
+            inputs["attention_mask"] = torch.cat([group.prefix_mask[group.indices(active_rows, ids.device)], mask], dim=-1)
             offsets = torch.tensor(start, device=ids.device).unsqueeze(-1)
             inputs["position_ids"] = offsets + torch.arange(ids.shape[1], device=ids.device)
         else:
@@ -323,8 +326,7 @@ class _Runner:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks `layer`+1.. on the kept block-`layer` output plus delta: last block's output (rows, q, d), h (rows, d)."""
         width = inputs["input_ids"].shape[1]
-        rows_in_group = torch.tensor([group.position[i] for i in active_rows], device=row_index.device)
-        base = group.base_hidden[rows_in_group, :width]
+        base = group.base_hidden[group.indices(active_rows, row_index.device), :width]
         h = base[row_index, edit_positions]
         hidden = base.index_put((row_index, edit_positions), row_delta.to(base.dtype), accumulate=True)
         num_layers = self.loaded.layout.num_layers
