@@ -41,13 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    # lazy: gradio, torch and transformers take ~6 s; `python app.py --help` must not wait for them
+    from ui.app import build_app, launch_options
     from ui.models import ModelManager
     from ui.runner import ModelRunner
 
     manager = ModelManager(arguments.model, arguments.device, arguments.dtype, arguments.trust_remote_code)
     runner = ModelRunner()
-
-    from ui.app import build_app, launch_options
 
     demo = build_app(manager, runner)
     demo.launch(

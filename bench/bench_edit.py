@@ -21,6 +21,17 @@ from pathlib import Path
 
 import torch
 
+from core.loading import load_model
+from editor import covariance
+from editor.counterfact import load_records
+from editor.evaluate import score_records, summarize
+from editor.hparams import default_hparams
+from editor.layers import parse_layers
+from editor.ledger import EditLedger
+from editor.memit import compute_memit
+from editor.prefixes import context_prefixes
+from editor.targets import TargetResult, compute_targets
+
 ROOT = Path(__file__).resolve().parents[1]
 DEVSET = ROOT / "assets" / "devset_smollm2-135m-instruct.json"
 
@@ -42,16 +53,6 @@ def main(argv: list[str]) -> int:
     arguments = parse(argv)
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
-    from editor import covariance
-    from editor.counterfact import load_records
-    from editor.evaluate import score_records, summarize
-    from editor.hparams import default_hparams
-    from editor.layers import parse_layers
-    from editor.ledger import EditLedger
-    from editor.memit import compute_memit
-    from editor.prefixes import context_prefixes
-    from editor.targets import TargetResult, compute_targets
-    from tracer.loading import load_model
 
     loaded = load_model("embedded", device=arguments.device)
     records = load_records(arguments.data)[: arguments.n]

@@ -17,6 +17,16 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
+
+from core.loading import load_model
+from tracer.fast_trace import FastTracer
+from tracer.noise import embedding_sigma
+from tracer.preview import preview_trace
+from tracer.problem import prepare_trace
+from tracer.reference import reference_cell, reference_score
+from tracer.trace import TraceSettings
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CASES = {
@@ -54,9 +64,6 @@ class CaseTiming:
 
 def run_case(loaded, name: str, settings, fraction: float, seed: int = 0) -> CaseTiming:
     """Time the fast engine and the reference (interleaved) on one prompt; compare their scores."""
-    from tracer.fast_trace import FastTracer
-    from tracer.trace import prepare_trace, reference_cell, reference_score
-
     prompt, subject = CASES[name]
     problem = prepare_trace(loaded, prompt, subject, settings)
     layers = loaded.layout.num_layers
@@ -96,8 +103,6 @@ def run_case(loaded, name: str, settings, fraction: float, seed: int = 0) -> Cas
 
 def time_preview(loaded, settings, repeats: int = 3) -> tuple[float, float]:
     """(first call, median of `repeats` more) seconds of the attribution-patching preview of the Eiffel prompt."""
-    from tracer.preview import preview_trace
-
     prompt, subject = CASES["eiffel"]
     started = time.perf_counter()
     preview_trace(loaded, prompt, subject, settings)
@@ -126,14 +131,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     arguments = parser.parse_args(argv)
 
-    import torch
-
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
-
-    from tracer.loading import load_model
-    from tracer.noise import embedding_sigma
-    from tracer.trace import TraceSettings
 
     fractions = QUICK_FRACTIONS if arguments.quick else FULL_FRACTIONS
     names = arguments.cases.split(",") if arguments.cases else list(fractions)

@@ -42,7 +42,7 @@ class EditBatch:
     method: str
     layers: list[int]
     deltas: dict[int, torch.Tensor]
-    model: str  # tracer.facts.model_key of the model it was computed on
+    model: str  # core.facts.model_key of the model it was computed on
     hparams: dict = field(default_factory=dict)
     request_diagnostics: list[RequestDiagnostics] = field(default_factory=list)
     layer_diagnostics: list[LayerDiagnostics] = field(default_factory=list)

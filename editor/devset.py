@@ -17,8 +17,8 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from core.facts import ASSETS, KnownFact, facts_model_knows, load_known_facts, model_key
 from editor.counterfact import CounterFactRecord
-from tracer.facts import ASSETS, KnownFact, load_known_facts
 
 COUNTERFACT_FILE = ASSETS / "data" / "counterfact_rewrites_0-999.json"
 ATTRIBUTION = (
@@ -160,8 +160,6 @@ def write_devset(records: list[CounterFactRecord], path: Path, model_name: str) 
 
 def build_devset(loaded, out: str | Path | None = None, **options) -> tuple[Path, list[CounterFactRecord]]:
     """Build (from the facts `loaded` knows) and write the dev set; returns its path and records."""
-    from tracer.facts import facts_model_knows, model_key
-
     known = facts_model_knows(loaded)
     records = build_records(known, load_known_facts(), **options)
     path = Path(out) if out else devset_path(model_key(loaded).removesuffix("-30L") if loaded.spec == "embedded" else model_key(loaded))

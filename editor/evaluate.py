@@ -5,15 +5,19 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+from core.errors import InputError
+from core.loading import LoadedModel
+from core.progress import Progress, stage
 from editor.counterfact import CounterFactRecord, load_records
+from editor.covariance import layer_covariances
 from editor.generation import generate_texts
 from editor.hparams import MemitHyperParams, default_hparams
+from editor.layers import layers_text
 from editor.ledger import EditLedger
+from editor.memit import prepare
+from editor.methods import compute_edit
 from editor.metrics import PairScore, RecordScores, harmonic_mean, mean, ngram_entropy, percent, record_scores
-from editor.progress import Progress, stage
 from editor.scoring import teacher_forced
-from tracer.errors import InputError
-from tracer.loading import LoadedModel
 
 MODES = ("batch", "single")
 GENERATION_TOKENS = 100
@@ -139,24 +143,6 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
-def layers_text(layers: list[int]) -> str:
-    """[2, 3, 4, 5, 6] -> "2-6"; other lists comma-separated."""
-    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
-
-
-def compute_edit(loaded: LoadedModel, requests, hparams: MemitHyperParams, progress=None, ledger=None, covariances=None):
-    """MEMIT / AlphaEdit / ROME, as hparams.method says."""
-    if hparams.method == "rome":
-        from editor.rome import compute_rome
-
-        return compute_rome(loaded, requests, hparams, progress, ledger=ledger, covariances=covariances)
-    from editor.memit import compute_memit
-
-    return compute_memit(loaded, requests, hparams, progress, ledger=ledger, covariances=covariances)
-
-
 def evaluate_records(
     loaded: LoadedModel,
     records: list[CounterFactRecord] | str | list[dict],
@@ -178,8 +164,6 @@ def evaluate_records(
             raise InputError(f"--limit must be at least 1, got {limit}.")
         records = records[:limit]
     hparams = (hparams or default_hparams(loaded.layout)).check(loaded.layout)
-    from editor.memit import prepare
-
     prepare(loaded, [record.request() for record in records], hparams, ledger)  # every request valid before editing
     base = ledger if ledger is not None else EditLedger.for_model(loaded)
     with loaded.lock:
@@ -200,8 +184,6 @@ def evaluate_records(
                 report = stage(progress, 0.2 + 0.8 * index / len(records), 0.2 + 0.8 * (index + 1) / len(records))
                 clock = time.perf_counter()
                 if covariances is None:
-                    from editor.covariance import layer_covariances
-
                     covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus)
                 batch = compute_edit(loaded, [record.request()], hparams, stage(report, 0.0, 0.7), ledger=ledger, covariances=covariances)
                 edit_seconds += time.perf_counter() - clock

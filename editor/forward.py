@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import torch
 
-from tracer.hooks import forward_hooks
-from tracer.loading import LoadedModel
+from core.hooks import forward_hooks
+from core.loading import LoadedModel
 
 
 class StopForward(Exception):

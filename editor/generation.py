@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from core.loading import LoadedModel
 from editor.forward import pad_id
-from tracer.loading import LoadedModel
 
 
 @torch.inference_mode()

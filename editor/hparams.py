@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from tracer.errors import InputError
-from tracer.layout import ModelLayout
+from core.errors import InputError
 
+if TYPE_CHECKING:  # type hints only: this module stays torch-free, so the editor's --help is instant
+    from core.layout import ModelLayout
+
+METHODS = ("memit", "rome", "alphaedit")
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 
 
@@ -70,8 +74,8 @@ class MemitHyperParams:
             raise InputError(f"The essence (KL) prompt {self.kl_prompt!r} needs a '{{}}' for the subject.")
         if self.prefix_sampling not in ("greedy", "sample"):
             raise InputError(f"prefix_sampling must be 'greedy' or 'sample', got {self.prefix_sampling!r}.")
-        if self.method not in ("memit", "rome", "alphaedit"):
-            raise InputError(f"Unknown method {self.method!r}: use memit, rome or alphaedit.")
+        if self.method not in METHODS:
+            raise InputError(f"Unknown method {self.method!r}: use {', '.join(METHODS)}.")
         return self
 
     def to_dict(self) -> dict:

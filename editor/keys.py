@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
+from core.hooks import capture_inputs, capture_outputs, sequence_view
+from core.loading import LoadedModel
 from editor.forward import pad_id, pad_right, row_batches, run_until
 from editor.requests import EditRequest
 from editor.rows import PromptRow, key_rows
-from tracer.hooks import capture_inputs, capture_outputs, sequence_view
-from tracer.loading import LoadedModel
 
 
 @dataclass

@@ -20,11 +20,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from core.errors import InputError
+from core.facts import model_key
+from core.loading import LoadedModel
 from editor.batch import EditBatch
 from editor.weights import add_delta, restore, snapshot, tensor_digest, weights_hash
-from tracer.errors import InputError
-from tracer.facts import model_key
-from tracer.loading import LoadedModel
 
 LEDGER_FORMAT = 1
 METADATA_KEY = "locus_ledger"

@@ -12,19 +12,19 @@ from contextlib import nullcontext
 
 import torch
 
+from core.errors import LocusError
+from core.facts import model_key
+from core.loading import LoadedModel
+from core.progress import Progress, stage
 from editor.batch import EditBatch, LayerDiagnostics
 from editor.covariance import CovarianceSet, layer_covariances
 from editor.hparams import MemitHyperParams, default_hparams
 from editor.keys import request_keys
 from editor.prefixes import context_prefixes
-from editor.progress import Progress, stage
 from editor.requests import EditRequest, validate_requests
 from editor.targets import TargetResult, compute_targets
 from editor.updates import alphaedit_update, memit_update, nullspace_projection
 from editor.weights import add_delta, projection_weight, restore, snapshot
-from tracer.errors import LocusError
-from tracer.facts import model_key
-from tracer.loading import LoadedModel
 
 
 def architecture_warnings(loaded: LoadedModel) -> list[str]:

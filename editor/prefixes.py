@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import threading
 
+from core.loading import LoadedModel
 from editor.generation import generate_ids
 from editor.hparams import MemitHyperParams
-from tracer.loading import LoadedModel
 
 _CACHE: dict[tuple, list[str]] = {}
 _CACHE_LOCK = threading.Lock()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from tracer.errors import InputError
-from tracer.tokens import find_subject, target_token_ids
+from core.errors import InputError
+from core.tokens import find_subject, target_token_ids
 
 PLACEHOLDER = "{}"
 

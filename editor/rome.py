@@ -7,20 +7,20 @@ from contextlib import nullcontext
 
 import torch
 
+from core.errors import LocusError
+from core.facts import model_key
+from core.loading import LoadedModel
+from core.progress import Progress, stage
 from editor.batch import EditBatch, LayerDiagnostics
 from editor.covariance import CovarianceSet, layer_covariances
 from editor.hparams import MemitHyperParams
 from editor.keys import request_keys
 from editor.memit import _out_of_memory_guard, architecture_warnings, prepare
 from editor.prefixes import context_prefixes
-from editor.progress import Progress, stage
 from editor.requests import EditRequest
 from editor.targets import compute_targets
 from editor.updates import rome_update
 from editor.weights import add_delta, projection_weight, restore, snapshot
-from tracer.errors import LocusError
-from tracer.facts import model_key
-from tracer.loading import LoadedModel
 
 
 def rome_layer(hparams: MemitHyperParams) -> int:

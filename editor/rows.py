@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.errors import InputError
+from core.tokens import encode_prompt
 from editor.requests import PLACEHOLDER, EditRequest
-from tracer.errors import InputError
-from tracer.tokens import encode_prompt
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import torch
 
+from core.hooks import capture_outputs
+from core.loading import LoadedModel
+from core.tokens import target_token_ids
 from editor.forward import pad_id, pad_right, row_batches, run_until
-from tracer.hooks import capture_outputs
-from tracer.loading import LoadedModel
-from tracer.tokens import target_token_ids
 
 
 @torch.inference_mode()

@@ -11,17 +11,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+from core.errors import InputError
+from core.loading import LoadedModel
+from core.progress import Progress, stage
 from editor.counterfact import CounterFactRecord
 from editor.covariance import layer_covariances
-from editor.evaluate import Scores, layers_text, score_records, summarize
+from editor.evaluate import Scores, score_records, summarize
 from editor.hparams import MemitHyperParams
+from editor.layers import layers_text
 from editor.ledger import EditLedger
 from editor.memit import compute_memit, prepare
 from editor.prefixes import context_prefixes
-from editor.progress import Progress, stage
 from editor.targets import compute_targets
-from tracer.errors import InputError
-from tracer.loading import LoadedModel
 
 COLUMNS = (("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("Eff.acc", "efficacy_accuracy"),
            ("Nbr.acc", "neighborhood_accuracy"), ("GE", "GE"))

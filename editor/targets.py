@@ -11,7 +11,7 @@ every step (the straightforward way). "cached" uses where delta enters: it is ad
 output at the subject's last token, so no position before that token changes, and no block up to l_R
 changes at any position. Once per chunk it keeps the keys/values of the tokens before the subject's
 last token and block l_R's output at the rest; every step then runs blocks l_R+1.. on the rest only
-(`tracer.block_calls` starts the forward pass there with the model's own block arguments).
+(`core.block_calls` starts the forward pass there with the model's own block arguments).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import DynamicCache
 
+from core.block_calls import PrefixKeyValues, cache_argument, new_dynamic_cache, stubbed_blocks
+from core.hooks import forward_hooks, output_tensor, replace_output_tensor
+from core.loading import LoadedModel
 from editor.forward import pad_id, pad_right, row_batches, run_until
 from editor.hparams import MemitHyperParams
 from editor.requests import EditRequest
 from editor.rows import PromptRow, target_rows
-from tracer.block_calls import PrefixKeyValues, cache_argument, new_dynamic_cache, stubbed_blocks
-from tracer.hooks import forward_hooks, output_tensor, replace_output_tensor
-from tracer.loading import LoadedModel
 
 Progress = Callable[[float, str], None]
 ENGINES = ("cached", "full")

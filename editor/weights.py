@@ -6,7 +6,7 @@ import hashlib
 
 import torch
 
-from tracer.loading import LoadedModel
+from core.loading import LoadedModel
 
 
 def projection_weight(loaded: LoadedModel, layer: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from tests.tiny_models import FAMILIES, tiny_model  # noqa: E402
 @pytest.fixture(scope="session")
 def embedded():
     """The real embedded SmolLM2-135M-Instruct, loaded once for the whole session (CPU, float32)."""
-    from tracer.loading import load_model
+    from core.loading import load_model
 
     return load_model("embedded", device="cpu")
 
@@ -38,7 +38,7 @@ def embedded_left_clean(request):
     if "embedded" not in request.fixturenames:
         yield
         return
-    from tracer.hooks import hook_count
+    from core.hooks import hook_count
 
     loaded = request.getfixturevalue("embedded")
     before, hooks = weights_fingerprint(loaded.model), hook_count(loaded.model)
@@ -55,7 +55,7 @@ def tokenizer(embedded):
 @pytest.fixture(scope="session")
 def tiny(tokenizer):
     """Factory: the LoadedModel of a tiny random model of a family (cached per family)."""
-    from tracer.loading import from_parts
+    from core.loading import from_parts
 
     built = {}
 

@@ -75,7 +75,7 @@ def test_bad_input_gives_plain_messages_and_the_app_keeps_serving(app):
             {"headers": ["a"] * 6, "data": [["Eiffel Tower", "{} is located in the city of", "Rome", "", "", ""]]},
             "memit", "two to six", 15000, 4096, 25, 0.5, 0.0625, 0.75, api_name="/edit",
         )
-    with pytest.raises(AppError, match="do not exist"):  # fails inside the model job: nothing is changed
+    with pytest.raises(AppError, match="does not exist"):  # fails inside the model job: nothing is changed
         client.predict(
             {"headers": ["a"] * 6, "data": [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]},
             "memit", "28-31", 15000, 4096, 25, 0.5, 0.0625, 0.75, api_name="/edit",

@@ -12,7 +12,7 @@ from ui.runner import HEARTBEAT, ModelRunner, follow
 
 
 def test_user_errors_keep_their_message_and_bugs_get_a_generic_one(caplog):
-    from tracer.errors import InputError
+    from core.errors import InputError
 
     assert user_message(InputError("The subject 'X' does not occur in the prompt.")) == (
         "The subject 'X' does not occur in the prompt."
@@ -28,7 +28,7 @@ def test_user_errors_keep_their_message_and_bugs_get_a_generic_one(caplog):
 def test_friendly_handlers_turn_failures_into_gradio_errors_and_keep_generators_streaming():
     import gradio as gr
 
-    from tracer.errors import InputError
+    from core.errors import InputError
 
     @friendly
     def failing(prompt: str, progress=gr.Progress()):
@@ -81,7 +81,7 @@ def test_runner_runs_jobs_in_order_on_one_thread_and_reports_errors():
 
 
 def test_closing_a_follower_cancels_its_job_at_the_next_report():
-    from tracer.errors import OperationCancelled
+    from core.errors import OperationCancelled
 
     runner = ModelRunner(name="test-runner-cancel")
     release = threading.Event()
@@ -109,7 +109,7 @@ def test_closing_a_follower_cancels_its_job_at_the_next_report():
 
 def test_cancelled_trace_leaves_the_shared_model_clean_and_the_next_job_works(embedded):
     """A trace stopped midway (as Gradio's Stop does) restores the model; conftest checks weights and hooks."""
-    from tracer.predict import predict_next_tokens
+    from core.predict import predict_next_tokens
     from tracer.trace import TraceSettings, trace_stream
 
     runner = ModelRunner(name="test-runner-trace")
@@ -134,8 +134,8 @@ def test_cancelled_trace_leaves_the_shared_model_clean_and_the_next_job_works(em
 
 
 def test_examples_say_what_the_embedded_model_actually_predicts(embedded):
-    from tracer.predict import predict_next_tokens
-    from tracer.tokens import encode_prompt
+    from core.predict import predict_next_tokens
+    from core.tokens import encode_prompt
 
     examples = load_examples()
     labels = " ".join(example.label for example in examples)
@@ -148,16 +148,3 @@ def test_examples_say_what_the_embedded_model_actually_predicts(embedded):
         assert abs(top.probability - example.embedded_top["probability"]) < 0.01, example.label
         assert f"{example.embedded_top['probability']:.0%}" in example.note, example.label
         assert "{}" in example.edit["prompt"] and example.edit["target_new"]
-
-
-def test_layer_text_is_parsed_and_checked(embedded):
-    from tracer.errors import InputError
-    from ui.editing import parse_layers
-
-    assert parse_layers("2-6", embedded) == [2, 3, 4, 5, 6]
-    assert parse_layers("3, 5,4", embedded) == [3, 4, 5]
-    assert parse_layers("2..4 7", embedded) == [2, 3, 4, 7]
-    with pytest.raises(InputError, match="0..29"):
-        parse_layers("28-31", embedded)
-    with pytest.raises(InputError, match="not understood"):
-        parse_layers("two to six", embedded)

@@ -8,6 +8,8 @@ import math
 import numpy
 import pytest
 
+from core.errors import InputError
+from core.facts import facts_model_knows
 from tracer.average import (
     AverageResult,
     aggregate,
@@ -17,8 +19,6 @@ from tracer.average import (
     mean_and_half_width,
     read_records,
 )
-from tracer.errors import InputError
-from tracer.facts import facts_model_knows
 from tracer.trace import TraceSettings
 
 

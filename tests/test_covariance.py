@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.facts import model_key
+from core.hooks import capture_inputs, sequence_view
 from editor.corpus import load_corpus
 from editor.covariance import (
     CovarianceKey,
@@ -14,8 +16,6 @@ from editor.covariance import (
     spectrum_diagnostics,
 )
 from tests.test_editor_support import shared_covariances
-from tracer.facts import model_key
-from tracer.hooks import capture_inputs, sequence_view
 
 BUDGET = 1500  # tokens; ends inside a text, so the cut of the last text is exercised too
 

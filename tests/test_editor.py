@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.predict import predict_next_tokens
 from editor.ledger import EditLedger
 from editor.memit import compute_memit
 from editor.prefixes import context_prefixes
@@ -12,7 +13,6 @@ from editor.requests import EditRequest
 from editor.targets import compute_targets
 from editor.weights import weights_hash
 from tests.test_editor_support import editing_hparams, shared_covariances
-from tracer.predict import predict_next_tokens
 
 THREE_EDITS = [
     EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome", "Paris"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.hooks import capture_inputs, sequence_view
 from editor.covariance import layer_covariances
 from editor.hparams import MemitHyperParams
 from editor.keys import request_keys
@@ -14,7 +15,6 @@ from editor.prefixes import context_prefixes
 from editor.requests import EditRequest
 from editor.targets import compute_targets
 from editor.weights import projection_weight, weights_hash
-from tracer.hooks import capture_inputs, sequence_view
 
 REQUESTS = [
     EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome"),

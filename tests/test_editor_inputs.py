@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.errors import InputError, LocusError
 from editor.covariance import CovarianceSet
 from editor.hparams import MemitHyperParams
 from editor.memit import compute_memit
@@ -12,7 +13,6 @@ from editor.requests import EditRequest, validate_requests
 from editor.rome import compute_rome
 from editor.weights import weights_hash
 from tests.test_editor_support import editing_hparams, shared_covariances
-from tracer.errors import InputError, LocusError
 
 GOOD = EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome", "Paris")
 

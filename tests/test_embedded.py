@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tracer.embedded import (
+from core.embedded import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     cache_is_valid,
     embedded_cache_dir,
     ensure_embedded_cache,
 )
-from tracer.errors import InputError, ModelLoadError
-from tracer.loading import load_model, resolve_device, resolve_dtype
-from tracer.predict import generate_greedy, predict_next_tokens
+from core.errors import InputError, ModelLoadError
+from core.loading import load_model, resolve_device, resolve_dtype
+from core.predict import generate_greedy, predict_next_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 

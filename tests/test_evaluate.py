@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InputError
+from core.facts import KnownFact, load_known_facts
 from editor.counterfact import load_records
 from editor.devset import build_records
 from editor.evaluate import evaluate_records, summarize
 from editor.metrics import PairScore, harmonic_mean, ngram_entropy, record_scores
 from tests.test_editor_support import TEST_TOKENS, editing_hparams, shared_covariances
-from tracer.errors import InputError
-from tracer.facts import KnownFact, load_known_facts
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSET = ROOT / "assets" / "devset_smollm2-135m-instruct.json"

@@ -7,10 +7,10 @@ import torch
 import transformers
 from torch import nn
 
+from core.errors import LayoutError
+from core.hooks import edit_outputs, hook_count, sequence_view
+from core.layout import FAMILY_LAYOUTS, resolve_layout
 from tests.tiny_models import LAYERS, MLP, WIDTH, tiny_model
-from tracer.errors import LayoutError
-from tracer.hooks import edit_outputs, hook_count, sequence_view
-from tracer.layout import FAMILY_LAYOUTS, resolve_layout
 
 PROMPT = "The Eiffel Tower is located in the city of"
 
@@ -38,7 +38,7 @@ def test_shapes_at_every_site(family, tiny):
     loaded = tiny(family)
     model, layout = loaded.model, loaded.layout
     ids = _ids(loaded.tokenizer)
-    from tracer.hooks import capture_inputs, capture_outputs
+    from core.hooks import capture_inputs, capture_outputs
 
     names = [layout.site(kind, layer) for kind in ("hidden", "mlp", "attn") for layer in range(LAYERS)]
     projections = [layout.mlp_output_projection(layer) for layer in range(LAYERS)]
@@ -75,7 +75,7 @@ def test_final_logits_match_the_model(family, tiny):
     loaded = tiny(family)
     model, layout = loaded.model, loaded.layout
     ids = _ids(loaded.tokenizer)
-    from tracer.hooks import capture_outputs
+    from core.hooks import capture_outputs
 
     with torch.no_grad(), capture_outputs(model, [layout.block(LAYERS - 1)]) as outputs:
         logits = model(ids).logits[0, -1]

@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from core.errors import InputError
+from core.loading import from_parts
 from editor.covariance import layer_covariances
 from editor.hparams import MemitHyperParams
 from editor.ledger import METADATA_KEY, EditLedger
 from editor.memit import compute_memit
 from editor.requests import EditRequest
 from tests.tiny_models import tiny_model
-from tracer.errors import InputError
-from tracer.loading import from_parts
 
 HPARAMS = MemitHyperParams(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)
 

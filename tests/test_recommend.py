@@ -7,8 +7,8 @@ import math
 import numpy
 import pytest
 
+from core.errors import InputError
 from tracer.average import aggregate
-from tracer.errors import InputError
 from tracer.recommend import LayerRecommendation, best_window, flag_outliers, recommend_layers, window_sums
 from tracer.trace import TraceResult, TraceSettings
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import InputError
 from editor.counterfact import load_records
 from editor.sweep import parse_numbers, sweep_records
 from editor.weights import weights_hash
 from tests.test_editor_support import TEST_TOKENS, editing_hparams, shared_covariances
 from tests.test_evaluate import DEVSET, _cli
-from tracer.errors import InputError
 
 
 def test_sweep_scores_every_setting_and_restores_the_weights(embedded):

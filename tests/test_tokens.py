@@ -6,8 +6,8 @@ import pytest
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
-from tracer.errors import InputError
-from tracer.tokens import encode_prompt, find_subject, target_token_ids
+from core.errors import InputError
+from core.tokens import encode_prompt, find_subject, target_token_ids
 
 
 def _subject_text(encoded, subject, occurrence=0):
@@ -48,7 +48,7 @@ def test_subject_absent_shows_prompt_and_near_matches(tokenizer):
 
 
 def test_bos_token_is_skipped():
-    from tracer.embedded import ensure_embedded_cache
+    from core.embedded import ensure_embedded_cache
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(ensure_embedded_cache()))
     bos = tokenizer.bos_token

@@ -9,23 +9,21 @@ import numpy
 import pytest
 import torch
 
+from core.errors import InputError
+from core.hooks import forward_hooks, hook_count
 from tests.tiny_models import FAMILIES
-from tracer.errors import InputError
 from tracer.fast_trace import fast_scores
-from tracer.hooks import forward_hooks, hook_count
 from tracer.noise import draw_noise, measure_embedding_sigma, parse_noise
-from tracer.trace import (
+from tracer.problem import (
     MAX_TRACE_TOKENS,
     TraceResult,
     TraceSettings,
     prepare_trace,
-    reference_cell,
-    reference_score,
     token_classes,
-    trace,
-    trace_stream,
     window_layers,
 )
+from tracer.reference import reference_cell, reference_score
+from tracer.trace import trace, trace_stream
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 TINY_PROMPT = "The Eiffel Tower is in Paris"
@@ -81,7 +79,7 @@ def test_noise_is_the_reference_rng():
 
 
 def test_sigma_of_the_embedded_model_matches_the_spec(embedded):
-    from tracer.facts import load_known_facts
+    from core.facts import load_known_facts
     from tracer.noise import embedding_sigma
 
     sigma = measure_embedding_sigma(embedded, [fact.subject for fact in load_known_facts()])

@@ -8,18 +8,17 @@ import re
 import plotly.graph_objects as go
 
 from tracer.average import aggregate
-from tracer.recommend import recommend_layers
-from tracer.trace import TraceResult, TraceSettings
-from ui.trace_figures import (
+from tracer.figures import (
     average_figure,
     figure_caption,
     recommendation_figure,
-    standalone_html,
     token_labels,
     trace_figures,
     trace_heatmap,
     trace_html,
 )
+from tracer.problem import TraceResult, TraceSettings
+from tracer.recommend import recommend_layers
 
 LAYERS = 6
 
@@ -63,6 +62,19 @@ def test_partial_and_approximate_heatmaps():
     assert "estimated" in preview.data[0].hovertemplate and "Approximate preview" in figure_caption(preview)
 
 
+def test_streaming_heatmap_shows_the_preview_on_its_own_scale():
+    exact = synthetic_result(missing=True)
+    estimate = synthetic_result(approximate=True)
+    estimate.scores = {kind: [[5.0 + layer for layer in range(LAYERS)] for _ in exact.tokens] for kind in exact.scores}
+    figure = trace_heatmap(exact, "mlp", preview=estimate)
+    exact_layer, preview_layer = figure.data
+    assert exact_layer.zmax <= exact.high + 1e-9  # the exact scale is not stretched by the estimates
+    assert (preview_layer.zmin, preview_layer.zmax) == (5.0, 5.0 + LAYERS - 1)  # the preview's own range
+    assert list(preview_layer.z[4]) == [5.0 + layer for layer in range(LAYERS)] and preview_layer.z[0][0] is None
+    assert "preview" in figure.layout.title.text and len(figure.layout.title.text) <= 45
+    assert len(trace_heatmap(exact, "mlp").data) == 1  # without a preview: the exact cells only
+
+
 def test_token_labels_are_unique():
     assert token_labels(["a", "a", " ", "a"], (0, 1)) == ["a*", "a", "␣", "a\u200b"]
 
@@ -92,4 +104,3 @@ def test_html_export_works_offline():
     assert page.startswith("<!doctype html>") and page.count("Plotly.newPlot") == 4
     assert not re.search(r"<script[^>]+src=", page)  # no CDN: plotly.js is inside the file
     assert len(page) > 1_000_000 and "Each square is one word" in page and "Eiffel Tower" in page
-    assert standalone_html is trace_html

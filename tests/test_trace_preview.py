@@ -6,7 +6,7 @@ import numpy
 import pytest
 import torch
 
-from tracer.hooks import hook_count
+from core.hooks import hook_count
 from tracer.preview import preview_trace, windowed_sum
 from tracer.trace import TraceSettings, trace
 

@@ -12,21 +12,22 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy
 
-from tracer.embedded import cache_root
-from tracer.errors import InputError
-from tracer.facts import KnownFact, facts_model_knows, model_key
-from tracer.layout import KINDS
-from tracer.loading import LoadedModel
-from tracer.trace import TOKEN_CLASSES, TraceResult, TraceSettings, token_classes, trace_stream
+from core.embedded import cache_root
+from core.errors import InputError
+from core.facts import KnownFact, facts_model_knows, model_key
+from core.layout import KINDS
+from core.loading import LoadedModel
+from core.progress import Progress
+from tracer.problem import TOKEN_CLASSES, TraceResult, TraceSettings, token_classes
+from tracer.trace import trace_stream
 
 Z_95 = 1.96
-Progress = Callable[[float, str], None]
 
 
 @dataclass

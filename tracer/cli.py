@@ -1,37 +1,21 @@
-"""Command line: `python -m tracer {predict,trace,average,cache-model} ...`."""
+"""Command line: `python -m tracer {predict,trace,average,cache-model} ...`.
+
+The trace and average commands live in tracer/trace_cli.py, next to what they run.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
-from tracer.errors import LocusError
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model/--device/--dtype/--trust-remote-code, shared by every command that loads a model."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), a local folder, or a hub id")
-    group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    group.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16")
-    group.add_argument(
-        "--trust-remote-code", action="store_true", help="allow a hub model to run its own code (off by default)"
-    )
-
-
-def load_from_arguments(arguments: argparse.Namespace):
-    from tracer.loading import load_model
-
-    return load_model(arguments.model, arguments.device, arguments.dtype, arguments.trust_remote_code)
+from core.cli import add_model_arguments, load_from_arguments, run_parsed
+from core.errors import InputError
+from tracer.trace_cli import register_commands
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
-    from tracer.errors import InputError
-
     if not arguments.prompt.strip():  # fail before the (slow) model load
         raise InputError("The prompt is empty: type a sentence that the model should complete.")
-    from tracer.predict import generate_greedy, predict_next_tokens
+    from core.predict import generate_greedy, predict_next_tokens  # lazy: torch; --help must stay instant
 
     loaded = load_from_arguments(arguments)
     predictions = predict_next_tokens(loaded, arguments.prompt, arguments.top, chat=arguments.chat)
@@ -45,7 +29,7 @@ def command_predict(arguments: argparse.Namespace) -> int:
 
 
 def command_cache_model(arguments: argparse.Namespace) -> int:
-    from tracer.embedded import ensure_embedded_cache
+    from core.embedded import ensure_embedded_cache  # lazy: torch; --help must stay instant
 
     folder = ensure_embedded_cache(force=arguments.force)
     print(f"Embedded model cache: {folder}")
@@ -72,34 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
     cache.set_defaults(handler=command_cache_model)
 
-    for register in _extra_commands():
-        register(commands)
+    register_commands(commands)
     return parser
-
-
-def _extra_commands():
-    """Commands defined next to the code they run (trace, average), registered if present."""
-    registers = []
-    try:
-        from tracer.trace_cli import register_commands
-    except ImportError:
-        return registers
-    registers.append(register_commands)
-    return registers
-
-
-def run_parsed(parser: argparse.ArgumentParser, argv: list[str] | None, interrupted: str = "interrupted") -> int:
-    """Parse `argv`, run the chosen handler; a LocusError prints one line and exits 2, Ctrl-C exits 130."""
-    arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if arguments.verbose else logging.WARNING, format="%(message)s")
-    try:
-        return arguments.handler(arguments)
-    except LocusError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tracer.block_calls import BlockCall, PrefixKeyValues, cache_argument, new_dynamic_cache, stubbed_blocks
-from tracer.hooks import capture_inputs, forward_hooks, output_tensor, sequence_view
-from tracer.loading import LoadedModel
+from core.block_calls import BlockCall, PrefixKeyValues, cache_argument, new_dynamic_cache, stubbed_blocks
+from core.hooks import capture_inputs, forward_hooks, output_tensor, sequence_view
+from core.loading import LoadedModel
 from tracer.noise import add_noise_
-from tracer.trace import TraceProblem, answer_probability, window_layers
+from tracer.problem import TraceProblem, answer_probability, window_layers
 
 log = logging.getLogger(__name__)
 

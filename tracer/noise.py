@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy
 import torch
 
-from tracer.embedded import EMBEDDED_SPEC, cache_root
-from tracer.errors import InputError
-from tracer.loading import LoadedModel
+from core.embedded import EMBEDDED_SPEC, cache_root
+from core.errors import InputError
+from core.facts import load_known_facts, model_key
+from core.loading import LoadedModel
+from core.progress import Progress
 
 NOISE_TYPES = ("gaussian", "uniform")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -74,8 +75,6 @@ def add_noise_(embeddings: torch.Tensor, noise: torch.Tensor, subject_range: tup
 
 def sigma_cache_path(loaded: LoadedModel) -> Path:
     """assets/ for the embedded model (so a fresh clone has it), else the per-user cache."""
-    from tracer.facts import model_key
-
     name = f"embedding_sigma_{model_key(loaded)}.json"
     if loaded.spec == EMBEDDED_SPEC:
         return ASSETS / name
@@ -94,10 +93,8 @@ def measure_embedding_sigma(loaded: LoadedModel, subjects: list[str]) -> float:
     return float(torch.cat(outputs).std().item())
 
 
-def embedding_sigma(loaded: LoadedModel, use_cache: bool = True, progress: Callable[[float, str], None] | None = None) -> float:
+def embedding_sigma(loaded: LoadedModel, use_cache: bool = True, progress: Progress | None = None) -> float:
     """Sigma of the model's embeddings over the known_1000 subjects (cached per model)."""
-    from tracer.facts import load_known_facts, model_key
-
     path = sigma_cache_path(loaded)
     key = model_key(loaded)
     if use_cache and path.is_file():

@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from tracer.hooks import capture_outputs, forward_hooks, output_tensor, replace_output_tensor, sequence_view
-from tracer.layout import KINDS
-from tracer.loading import LoadedModel
-from tracer.trace import (
+from core.hooks import capture_outputs, forward_hooks, output_tensor, replace_output_tensor, sequence_view
+from core.layout import KINDS
+from core.loading import LoadedModel
+from tracer.problem import (
     TraceProblem,
     TraceResult,
     TraceSettings,
@@ -77,6 +77,9 @@ def attribution_effects(
             clean = problem.clean_states[name]
             rows.append(((clean - corrupted) * gradient).sum(dim=(0, 2)).float().cpu())
         effects[kind] = torch.stack(rows, dim=1)
+        # Before the subject the corrupted run equals the clean one (causal attention): the effect is exactly 0,
+        # whatever rounding the clean (1 row) and corrupted (S rows) passes' different matmul shapes leave.
+        effects[kind][:begin] = 0.0
     return float(score.detach()), effects
 
 

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy
 
-from tracer.errors import InputError
-from tracer.trace import TOKEN_CLASSES, TraceResult
+from core.errors import InputError
+from tracer.average import AverageResult
+from tracer.problem import TOKEN_CLASSES, TraceResult
 
 LAST_SUBJECT = TOKEN_CLASSES[2]
 OUTLIER_RATIO = 20.0  # a layer is flagged when its top key eigenvalue exceeds this many times the median
@@ -68,8 +69,6 @@ def best_window(curve: numpy.ndarray, width: int) -> tuple[int, float]:
 
 
 def _curve_from(source) -> tuple[numpy.ndarray, numpy.ndarray | None, numpy.ndarray | None, str, list[str]]:
-    from tracer.average import AverageResult
-
     notes: list[str] = []
     if isinstance(source, TraceResult):
         if "mlp" not in source.scores:

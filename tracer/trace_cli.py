@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from tracer.errors import InputError
-from tracer.kinds import KINDS
+from core.cli import add_model_arguments, load_from_arguments, write_json, write_text
+from core.errors import InputError
+from core.kinds import KINDS
 
 
 def _settings(arguments: argparse.Namespace):
-    from tracer.trace import TraceSettings
+    from tracer.problem import TraceSettings  # lazy: torch; --help must stay instant
 
     settings = TraceSettings(
         kinds=arguments.kinds,
@@ -28,47 +27,24 @@ def _settings(arguments: argparse.Namespace):
     return settings
 
 
-def _progress_bar(description: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, desc=description, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-
-    def update(fraction: float, message: str) -> None:
-        bar.n = int(round(1000 * min(1.0, max(0.0, fraction))))
-        bar.set_postfix_str(message[:60], refresh=False)
-        bar.refresh()
-
-    return bar, update
-
-
-def _write(path: str, text: str) -> None:
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(target.name + ".tmp")
-        temporary.write_text(text)
-        temporary.replace(target)
-    except OSError as error:
-        raise InputError(f"Cannot write {path}: {error.strerror or error}.") from None
-
-
 def command_trace(arguments: argparse.Namespace) -> int:
     if not arguments.prompt.strip():
         raise InputError("The prompt is empty: type a sentence that the model should complete.")
     if not arguments.subject.strip():
         raise InputError("The subject is empty: type the words of the prompt that name the subject.")
     settings = _settings(arguments)
-    from tracer.cli import load_from_arguments
-    from tracer.tokens import find_subject
+    from core.progress import tqdm_progress  # lazy: torch and the trace engine; --help must stay instant
+    from core.tokens import find_subject
+    from tracer.recommend import recommend_layers
     from tracer.trace import trace
 
     find_subject(arguments.prompt, arguments.subject)  # a typo fails before the model load
     loaded = load_from_arguments(arguments)
-    bar, update = _progress_bar("trace")
+    update, close = tqdm_progress("trace")
     try:
         result = trace(loaded, arguments.prompt, arguments.subject, settings, progress=update)
     finally:
-        bar.close()
+        close()
     begin, end = result.subject_range
     print(f"{loaded.name}: {result.prompt!r} -> {result.answer!r}")
     print(f"subject {result.subject!r} = tokens {begin}..{end - 1}; clean p = {result.high:.4f}, corrupted p = {result.low:.4f}; "
@@ -79,21 +55,14 @@ def command_trace(arguments: argparse.Namespace) -> int:
         print(f"  {kind:>6}: strongest restoration at token {token} {result.tokens[token]!r}, layer {layer}: "
               f"p = {result.scores[kind][token][layer]:.4f}")
     if arguments.out:
-        _write(arguments.out, json.dumps(result.to_dict(), indent=1))
-        print(f"wrote {arguments.out}")
+        write_json(arguments.out, result.to_dict())
     if arguments.csv:
-        _write(arguments.csv, result.to_csv())
-        print(f"wrote {arguments.csv}")
+        print(f"wrote {write_text(arguments.csv, result.to_csv())}")
     if arguments.html:
-        from ui.trace_figures import trace_html
+        from tracer.figures import trace_html  # lazy: plotly, only for --html
 
-        recommendation = None
-        if "mlp" in result.kinds:
-            from tracer.recommend import recommend_layers
-
-            recommendation = recommend_layers(result, width=min(5, result.num_layers))
-        _write(arguments.html, trace_html(result, recommendation))
-        print(f"wrote {arguments.html}")
+        recommendation = recommend_layers(result, width=min(5, result.num_layers)) if "mlp" in result.kinds else None
+        print(f"wrote {write_text(arguments.html, trace_html(result, recommendation))}")
     return 0
 
 
@@ -101,28 +70,26 @@ def command_average(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     if arguments.n <= 0:
         raise InputError(f"--n must be >= 1, got {arguments.n}.")
+    from core.progress import tqdm_progress  # lazy: torch (below); --help must stay instant
     from tracer.average import average_cache_path, average_traces
-    from tracer.cli import load_from_arguments
+    from tracer.recommend import recommend_layers
 
     loaded = load_from_arguments(arguments)
     print(f"cache: {average_cache_path(loaded, settings)} (a restart continues from it)")
-    bar, update = _progress_bar("average")
+    update, close = tqdm_progress("average")
     try:
         result = average_traces(loaded, arguments.n, settings, progress=update, use_cache=not arguments.no_cache)
     finally:
-        bar.close()
+        close()
     print(f"{loaded.name}: {result.n_facts} facts; ATE = {result.total_effect:.4f} ± {result.total_effect_half_width:.4f}")
     for kind in result.kinds:
         token_class, layer, value = result.best(kind)
         print(f"  best {kind:>6} AIE {value:.4f} at the {token_class}, layer {layer}")
     if "mlp" in result.kinds:
-        from tracer.recommend import recommend_layers
-
         recommendation = recommend_layers(result, width=min(arguments.width, result.num_layers))
         print(f"  recommended R (width {recommendation.width}): layers {recommendation.layers}")
     if arguments.out:
-        _write(arguments.out, json.dumps(result.to_dict(), indent=1))
-        print(f"wrote {arguments.out}")
+        write_json(arguments.out, result.to_dict())
     return 0
 
 
@@ -137,8 +104,6 @@ def _trace_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register_commands(subparsers) -> None:
     """Add the `trace` and `average` subcommands to `python -m tracer`."""
-    from tracer.cli import add_model_arguments
-
     trace = subparsers.add_parser("trace", help="causal trace of a fact: where is it stored? (JSON and HTML output)")
     trace.add_argument("--prompt", required=True, help="text the model completes, e.g. 'The Eiffel Tower is located in the city of'")
     trace.add_argument("--subject", required=True, help="the words of the prompt that name the subject, e.g. 'Eiffel Tower'")

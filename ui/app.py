@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 
-from ui.context import AppContext
+from core.facts import known_facts_cache_path, load_known_facts
+from editor.hparams import default_hparams
+from editor.layers import layers_text
+from ui.context import MODEL_QUEUE, AppContext
 from ui.examples import load_examples
 from ui.models import ModelManager
 from ui.runner import ModelRunner
@@ -81,20 +86,10 @@ def wire_tabs(
 
 def model_facts(loaded) -> dict:
     """What the page adapts to once a model is loaded: its layers, the editor's default R, the facts it knows."""
-    from tracer.facts import known_facts_cache_path, load_known_facts
-
-    facts = {"layers": loaded.layout.num_layers, "default_layers": [2, 6], "known_facts": None}
-    try:
-        from editor.hparams import default_hparams
-
-        layers = default_hparams(loaded.layout).layers
-        facts["default_layers"] = [min(layers), max(layers)]
-    except ImportError:
-        pass
+    layers = default_hparams(loaded.layout).layers
+    facts = {"layers": loaded.layout.num_layers, "default_layers": [min(layers), max(layers)], "known_facts": None}
     path = known_facts_cache_path(loaded)
     if path.is_file():
-        import json
-
         facts["known_facts"] = len(json.loads(path.read_text())["facts"])
     else:
         facts["known_facts"] = len(load_known_facts())
@@ -109,8 +104,6 @@ def wire_model_ready(
     ranges: range_tab.RangeTab,
 ) -> None:
     """Once the model is loaded (page load, model switch): fit the controls to it and refresh typed-text hints."""
-    from ui.context import MODEL_QUEUE
-    from ui.editing import layers_text
 
     def fit_controls(session):
         session = context.session_of(session)

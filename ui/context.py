@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ui.models import ModelManager
-from ui.runner import Job, ModelRunner
+from ui.runner import Job, ModelRunner, follow
 from ui.session import SessionState, ensure_session
 
 # Every event that runs the model shares this queue slot: work is queued, one job at a time.
@@ -47,8 +47,6 @@ class AppContext:
 
     def run(self, session: SessionState, work: Callable[[Job, Any], Any], *, name: str, edited: bool = True) -> Any:
         """Like `submit`, but wait for the result here (for short jobs)."""
-        from ui.runner import follow
-
         job = self.submit(session, work, name=name, edited=edited)
         for _ in follow(job, heartbeat=None):
             pass

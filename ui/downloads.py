@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ui import figures
+from tracer import figures
 
 
 def _slug(text: str) -> str:
@@ -22,5 +22,5 @@ def trace_downloads(result: Any) -> dict[str, str]:
     paths = {"json": folder / f"{stem}.json", "csv": folder / f"{stem}.csv", "html": folder / f"{stem}.html"}
     paths["json"].write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
     paths["csv"].write_text(result.to_csv(), encoding="utf-8")
-    paths["html"].write_text(figures.standalone_html(result), encoding="utf-8")
+    paths["html"].write_text(figures.trace_html(result), encoding="utf-8")
     return {key: str(path) for key, path in paths.items()}

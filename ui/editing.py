@@ -1,34 +1,35 @@
-"""Thin adapter over the editor's public API (requests, MEMIT/ROME, ledger, CounterFact, evaluation).
+"""Thin adapter over the editor's public API (requests, methods, ledger, CounterFact, evaluation).
 
-Only arranging: table rows <-> EditRequest, layer text -> layer list, batch -> table rows. All
-computation is the editor's (and the tracer's for predictions).
+Only arranging: table rows <-> EditRequest, batch -> table rows, checks -> table rows. Layer text,
+method dispatch and every computation are the editor's (and the tracer's for predictions).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-Progress = Callable[[float, str], None]
+import gradio as gr
 
-
-def _editor_missing(error: ImportError):
-    from tracer.errors import LocusError
-
-    return LocusError(f"The editor is not available in this build ({error.name} is missing).")
-
+from core.errors import InputError
+from core.loading import LoadedModel
+from core.predict import generate_greedy, predict_next_tokens
+from core.progress import Progress
+from editor.batch import EditBatch
+from editor.counterfact import CounterFactRecord, load_records
+from editor.evaluate import Scores, score_records, summarize
+from editor.layers import layers_text, parse_layers
+from editor.ledger import EditLedger
+from editor.methods import compute_edit, method_hparams
+from editor.requests import EditRequest, validate_requests
 
 # --- ledger --------------------------------------------------------------------------------------
 
-def new_ledger() -> Any:
+def new_ledger() -> EditLedger:
     """An empty EditLedger for one session (bound to a model at its first batch)."""
-    try:
-        from editor.ledger import EditLedger
-    except ImportError as error:
-        raise _editor_missing(error) from error
     return EditLedger()
 
 
@@ -60,14 +61,8 @@ def export_ledger(ledger: Any, loaded: Any) -> str:
 
 def import_ledger(path: str | None, loaded: Any) -> Any:
     """A ledger read from a file exported by Locus (refused when it was made for another model)."""
-    from tracer.errors import InputError
-
     if not path:
         raise InputError("Choose a file of edits exported from Locus (.safetensors).")
-    try:
-        from editor.ledger import EditLedger
-    except ImportError as error:
-        raise _editor_missing(error) from error
     return EditLedger.load(path, loaded)
 
 
@@ -79,15 +74,11 @@ def split_prompts(text: str) -> list[str]:
 
 def check_row(row: list[str]) -> None:
     """InputError unless the row is a usable request."""
-    from editor.requests import EditRequest
-
     EditRequest(subject=row[0], prompt=row[1], target_new=row[2]).validated()
 
 
 def requests_from_rows(rows: list[list[str]]) -> list[Any]:
     """Validated EditRequests of the table (current answer as the true object when known)."""
-    from editor.requests import EditRequest, validate_requests
-
     requests = [
         EditRequest(subject=row[0], prompt=row[1], target_new=row[2], target_true=(row[3].strip() or None))
         for row in rows
@@ -101,43 +92,16 @@ _FIRST_WORD = re.compile(r"[^\W_][\w'-]*")
 
 def current_answer(loaded: Any, prompt: str) -> str:
     """What the model says now after `prompt`: the first word of its greedy continuation (else its top token)."""
-    from tracer.predict import generate_greedy, predict_next_tokens
-
     match = _FIRST_WORD.search(generate_greedy(loaded, prompt, ANSWER_TOKENS))
     return match.group(0) if match else predict_next_tokens(loaded, prompt, 1)[0].token.strip()
 
 
 def current_answers(loaded: Any, rows: list[list[str]]) -> list[str]:
     """The current answer after each row's filled-in prompt."""
-    from editor.requests import EditRequest
-
     return [
         current_answer(loaded, EditRequest(subject=row[0], prompt=row[1], target_new=row[2] or "?").validated().text)
         for row in rows
     ]
-
-
-def parse_layers(text: str, loaded: Any) -> list[int]:
-    """'2-6', '3,4,5' or '2-4, 7' -> sorted distinct layers, checked against the model."""
-    from tracer.errors import InputError
-
-    layers: set[int] = set()
-    for part in re.split(r"[,\s]+", (text or "").strip()):
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)\s*(?:-|\.\.)\s*(\d+)", part) or re.fullmatch(r"(\d+)", part)
-        if not match:
-            raise InputError(f"Layers {text!r} are not understood: write e.g. 2-6 or 3,4,5.")
-        numbers = [int(group) for group in match.groups() if group is not None]
-        low, high = min(numbers), max(numbers)
-        layers.update(range(low, high + 1))
-    if not layers:
-        raise InputError("No layers to edit: choose R on the Choose R tab or type e.g. 2-6.")
-    count = loaded.layout.num_layers
-    outside = [layer for layer in sorted(layers) if layer >= count]
-    if outside:
-        raise InputError(f"Layer(s) {outside} do not exist: this model has layers 0..{count - 1}.")
-    return sorted(layers)
 
 
 IMPORT_LIMIT = 200  # records per import (each is a request in one MEMIT batch)
@@ -145,12 +109,8 @@ IMPORT_LIMIT = 200  # records per import (each is a request in one MEMIT batch)
 
 def counterfact_rows(path: str | None) -> tuple[list[Any], list[list[str]]]:
     """CounterFact records of a JSON file (validated by the editor) and the table rows they make."""
-    from tracer.errors import InputError
-
     if not path:
         raise InputError("Choose a CounterFact JSON file.")
-    from editor.counterfact import load_records
-
     records = load_records(path)
     if len(records) > IMPORT_LIMIT:
         raise InputError(f"The file has {len(records)} records; import at most {IMPORT_LIMIT} at a time here.")
@@ -164,49 +124,22 @@ def counterfact_rows(path: str | None) -> tuple[list[Any], list[list[str]]]:
 # --- computing and describing a batch --------------------------------------------------------------
 
 def compute_batch(
-    loaded: Any,
-    ledger: Any,
-    requests: list[Any],
+    loaded: LoadedModel,
+    ledger: EditLedger,
+    requests: list[EditRequest],
     method: str,
-    layers: list[int],
+    layers_value: str,
     overrides: dict,
     progress: Progress | None = None,
-) -> Any:
+) -> EditBatch:
     """An EditBatch on top of `ledger`'s edits; the model's weights are left as they were.
 
     Call it with the ledger *not* applied: the editor computes the covariance on the original
     weights and applies the ledger itself for the targets and keys.
     """
-    from tracer.errors import InputError
-
-    try:
-        from editor.hparams import default_hparams
-        from editor.memit import compute_memit
-    except ImportError as error:
-        raise _editor_missing(error) from error
-    values = {key: value for key, value in overrides.items() if value is not None}
-    if method == "rome":
-        if len(requests) != 1:
-            raise InputError(f"ROME edits one fact at a time; you have {len(requests)} requests. Use MEMIT for several.")
-        hparams = default_hparams(loaded.layout, layers=(max(layers),), method="rome", **values)
-        try:
-            from editor.rome import compute_rome
-        except ImportError as error:
-            raise _editor_missing(error) from error
-        return compute_rome(loaded, requests, hparams, progress=progress, ledger=ledger)
-    if method not in ("memit", "alphaedit"):
-        raise InputError(f"Unknown method {method!r}: choose MEMIT or ROME.")
-    hparams = default_hparams(loaded.layout, layers=tuple(layers), method=method, **values)
-    return compute_memit(loaded, requests, hparams, progress=progress, ledger=ledger if ledger_batches(ledger) else None)
-
-
-def layers_text(layers: list[int]) -> str:
-    layers = sorted(layers)
-    if not layers:
-        return ""
-    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(str(layer) for layer in layers)
+    layers = parse_layers(layers_value, loaded.layout.num_layers)
+    hparams = method_hparams(loaded, method, layers, **overrides)
+    return compute_edit(loaded, requests, hparams, progress, ledger=ledger)
 
 
 def batch_row(batch: Any) -> list[Any]:
@@ -227,8 +160,6 @@ LAYER_COLUMNS = ["layer", "‖Δ‖ / ‖W‖", "residual before", "share writte
 
 def diagnostics_tables(batch: Any) -> tuple[Any, Any]:
     """(per request, per layer) tables of the batch's diagnostics."""
-    import gradio as gr
-
     per_request = [
         [d.subject, d.target_new, round(d.final_probability, 3), d.steps, "yes" if d.converged else "no",
          round(d.delta_norm / d.hidden_norm, 3) if d.hidden_norm else ""]
@@ -266,8 +197,6 @@ def batch_summary_text(batch: Any) -> str:
 
 def applied_records(session: Any) -> list[Any]:
     """A CounterFact record for every request this session applied, with the prompts typed to check it."""
-    from editor.counterfact import CounterFactRecord
-
     ledger = session.ledgers.get(session.model_spec)
     records = []
     for batch in ledger_batches(ledger):
@@ -289,8 +218,6 @@ def applied_records(session: Any) -> list[Any]:
 
 def with_true_objects(loaded: Any, records: list[Any]) -> list[Any]:
     """Records whose missing true object is filled with the model's current answer (call on the original model)."""
-    import dataclasses
-
     return [
         record if record.target_true else dataclasses.replace(record, target_true=current_answer(loaded, record.rewrite_prompt))
         for record in records
@@ -299,15 +226,11 @@ def with_true_objects(loaded: Any, records: list[Any]) -> list[Any]:
 
 def score(loaded: Any, records: list[Any]) -> list[Any]:
     """Per-record ES/PS/NS fractions on the model as it is now (no generation: quick)."""
-    from editor.evaluate import score_records
-
     per_record, _ = score_records(loaded, records, generation=False)
     return per_record
 
 
-def summary(per_record: list[Any]) -> Any:
-    from editor.evaluate import summarize
-
+def summary(per_record: list[Any]) -> Scores:
     return summarize(per_record, [])
 
 

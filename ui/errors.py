@@ -13,6 +13,11 @@ import inspect
 import logging
 from collections.abc import Callable
 
+import gradio as gr
+import torch
+
+from core.errors import LocusError, OperationCancelled
+
 log = logging.getLogger("locus.ui")
 
 GENERIC_MESSAGE = (
@@ -28,25 +33,20 @@ CANCELLED_MESSAGE = "Stopped. The model was left exactly as it was before."
 
 def is_out_of_memory(error: BaseException) -> bool:
     """True for torch's out-of-memory errors (CUDA or CPU allocator)."""
-    if type(error).__name__ == "OutOfMemoryError":
-        return True
-    if isinstance(error, MemoryError):
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def is_user_error(error: BaseException) -> bool:
-    """True for errors whose message is written for users (tracer.errors.LocusError)."""
-    # Imported lazily: importing tracer pulls in torch, which the page does not need to appear.
-    from tracer.errors import LocusError
-
+    """True for errors whose message is written for users (core.errors.LocusError)."""
     return isinstance(error, LocusError)
 
 
 def user_message(error: BaseException) -> str:
     """The plain-words message for `error` (logs the traceback of unexpected errors)."""
-    if type(error).__name__ == "OperationCancelled":
+    if isinstance(error, OperationCancelled):
         return CANCELLED_MESSAGE
     if is_user_error(error):
         return str(error) or type(error).__name__
@@ -59,8 +59,6 @@ def user_message(error: BaseException) -> str:
 
 def as_gradio_error(error: BaseException):
     """A gr.Error carrying the user message of `error` (HTML-escaped: messages may quote user input)."""
-    import gradio as gr
-
     if isinstance(error, gr.Error):
         return error
     return gr.Error(html.escape(user_message(error)), print_exception=False)
@@ -68,8 +66,6 @@ def as_gradio_error(error: BaseException):
 
 def warn(message: str) -> None:
     """Show a non-fatal message in the page (yellow toast)."""
-    import gradio as gr
-
     gr.Warning(html.escape(message))
 
 

@@ -12,14 +12,15 @@ import gc
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # torch is imported only when the first model loads (keeps start-up fast)
-    from tracer.loading import LoadedModel
+import torch
+
+from core.embedded import EMBEDDED_SPEC
+from core.errors import InputError, ModelLoadError
+from core.loading import LoadedModel, load_model
 
 log = logging.getLogger("locus.ui")
-
-EMBEDDED_SPEC = "embedded"  # tracer.embedded.EMBEDDED_SPEC (not imported here: that would import torch early)
 
 
 class ModelManager:
@@ -52,8 +53,6 @@ class ModelManager:
         return self.specs[0]
 
     def check_allowed(self, spec: str) -> str:
-        from tracer.errors import InputError
-
         if spec not in self.specs:
             raise InputError(f"Model {spec!r} is not one this app serves. Choose one of: {', '.join(self.specs)}.")
         return spec
@@ -63,9 +62,6 @@ class ModelManager:
         spec = self.check_allowed(spec or self.default_spec)
         if self._loaded is not None and self._loaded_spec == spec:
             return self._loaded
-        from tracer.errors import ModelLoadError
-        from tracer.loading import load_model
-
         if progress is not None:
             progress(None, f"Loading model {spec}…")
         with self._status_lock:
@@ -125,10 +121,5 @@ class ModelManager:
 
 def _free_memory() -> None:
     gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # pragma: no cover - best effort
-        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import OperationCancelled
+
 log = logging.getLogger("locus.ui")
 
 HEARTBEAT = object()  # yielded by `follow` while nothing new happened, so Gradio can cancel between yields
 
 
 def _cancelled_error() -> Exception:
-    from tracer.errors import OperationCancelled
-
     return OperationCancelled("The operation was stopped; the model was left as it was.")
 
 

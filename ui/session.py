@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ui.editing import ledger_batches, new_ledger, split_prompts
+
 _session_numbers = itertools.count(1)
 
 
@@ -37,7 +39,6 @@ class SessionState:
     def ledger(self) -> Any:
         """This session's ledger for its current model (created on first use)."""
         if self.model_spec not in self.ledgers:
-            from ui.editing import new_ledger
 
             self.ledgers[self.model_spec] = new_ledger()
         return self.ledgers[self.model_spec]
@@ -46,7 +47,6 @@ class SessionState:
         ledger = self.ledgers.get(self.model_spec)
         if ledger is None:
             return False
-        from ui.editing import ledger_batches
 
         return bool(ledger_batches(ledger))
 
@@ -61,8 +61,6 @@ class SessionState:
 
     def remember_checks(self, rows: list[list[str]], requests: list[Any]) -> None:
         """Keep the paraphrase / neighborhood prompts typed for each applied request (for the Test tab)."""
-        from ui.editing import split_prompts
-
         for row, request in zip(rows, requests):
             key = (request.subject, request.prompt, request.target_new)
             self.checks[key] = (split_prompts(row[4]), split_prompts(row[5]))

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from ui import captions, figures
+from core.kinds import KINDS
+from tracer import figures
+from tracer.average import average_traces_stream
+from tracer.trace import TraceSettings
+from ui import captions
 from ui.context import MODEL_QUEUE, AppContext
 from ui.display import percent
 from ui.errors import friendly
 from ui.runner import HEARTBEAT, follow
 from ui.session import SessionState
-from ui.tabs.trace_tab import KIND_CHOICES, KINDS
 
 
 @dataclass
@@ -31,7 +35,7 @@ def average_status(result: Any, fraction: float, message: str, done: bool) -> st
     if result.n_facts == 0:
         return f"{html.escape(message)}…"
     kinds = ", ".join(
-        f"{figures.KIND_TITLES[kind]} strongest at the {best[0]} (layer {best[1]}, {percent(best[2])})"
+        f"{figures.kind_title(kind)} strongest at the {best[0]} (layer {best[1]}, {percent(best[2])})"
         for kind in result.kinds
         for best in [result.best(kind)]
         if best[1] >= 0
@@ -49,7 +53,7 @@ def build(ctx: AppContext) -> AveragesTab:
         gr.Markdown(captions.AVERAGES)
         with gr.Row():
             count = gr.Slider(2, 279, value=20, step=1, label="Facts to average (N)", elem_id="avg-count", scale=3)
-            kinds = gr.CheckboxGroup(KIND_CHOICES, value=list(KINDS), label="What to restore", scale=2)
+            kinds = gr.CheckboxGroup(figures.KIND_CHOICES, value=list(KINDS), label="What to restore", scale=2)
             samples = gr.Slider(1, 50, value=10, step=1, label="Noise samples", scale=2)
         with gr.Row():
             run = gr.Button("Compute averages", variant="primary", elem_id="avg-run", scale=3)
@@ -64,7 +68,6 @@ def build(ctx: AppContext) -> AveragesTab:
 
     @friendly
     def run_average(n: float, kind_list: list[str], sample_count: float, session: SessionState | None, progress=gr.Progress()):
-        from tracer.trace import TraceSettings
 
         session = ctx.session_of(session)
         settings = TraceSettings(kinds=tuple(kind_list or ()), samples=int(sample_count))
@@ -72,9 +75,6 @@ def build(ctx: AppContext) -> AveragesTab:
         skip = tuple(gr.skip() for _ in range(len(KINDS) + 2))
 
         def work(job, loaded):
-            import contextlib
-
-            from tracer.average import average_traces_stream
 
             final = None
             with contextlib.closing(average_traces_stream(loaded, int(n), settings)) as stream:

@@ -8,7 +8,11 @@ from typing import Any
 
 import gradio as gr
 
-from ui import captions, editing, figures
+from core.errors import InputError
+from editor.figures import loss_figure
+from editor.hparams import METHODS
+from editor.methods import METHOD_LABELS
+from ui import captions, editing
 from ui.context import MODEL_QUEUE, AppContext
 from ui.errors import friendly, warn
 from ui.runner import HEARTBEAT, follow
@@ -23,11 +27,7 @@ REQUEST_HEADERS = [
     "neighborhood prompts (;-separated, optional)",
 ]
 HISTORY_HEADERS = ["batch", "method", "layers", "requests", "seconds"]
-METHODS = [
-    ("MEMIT (many facts, layers R)", "memit"),
-    ("ROME (one fact, the last layer of R)", "rome"),
-    ("AlphaEdit (MEMIT kept off what C preserves)", "alphaedit"),
-]
+METHOD_CHOICES = [(METHOD_LABELS[method], method) for method in METHODS]
 
 
 @dataclass
@@ -125,7 +125,7 @@ def build(ctx: AppContext) -> EditTab:
                 "Import CounterFact JSON", file_types=[".json"], size="sm", elem_id="edit-import"
             )
         with gr.Row():
-            method = gr.Radio(METHODS, value="memit", label="Method", elem_id="edit-method", scale=2)
+            method = gr.Radio(METHOD_CHOICES, value="memit", label="Method", elem_id="edit-method", scale=2)
             layers = ctx.components["edit_layers"]
             layers.render()
         with gr.Accordion("Advanced (hyperparameters)", open=False):
@@ -250,10 +250,9 @@ def build(ctx: AppContext) -> EditTab:
         ledger = session.ledger()
 
         def work(job, loaded):
-            layer_list = editing.parse_layers(layers_text, loaded)
             # Not inside session.applied: the editor applies the ledger itself, after computing the
             # covariance statistics on the original weights.
-            batch = editing.compute_batch(loaded, ledger, requests, method_name, layer_list, overrides, job.progress)
+            batch = editing.compute_batch(loaded, ledger, requests, method_name, layers_text, overrides, job.progress)
             editing.add_batch(ledger, batch, loaded)
             return batch
 
@@ -268,7 +267,7 @@ def build(ctx: AppContext) -> EditTab:
         yield (
             editing.batch_summary_text(batch),
             per_request,
-            gr.Plot(figures.loss_figure(editing.loss_curves(batch)), visible=True),
+            gr.Plot(loss_figure(editing.loss_curves(batch)), visible=True),
             per_layer,
             history_rows(session),
             history_choices(session),
@@ -285,7 +284,6 @@ def build(ctx: AppContext) -> EditTab:
     # --- history: undo, reset, export, import --------------------------------------------------------
     @friendly
     def run_undo(batch_id: str | None, session: SessionState | None):
-        from tracer.errors import InputError
 
         session = ctx.session_of(session)
         if not batch_id:

@@ -8,7 +8,11 @@ from typing import Any
 
 import gradio as gr
 
-from ui import captions, figures
+from core.errors import InputError
+from editor.layers import outlier_flags
+from tracer import figures
+from tracer.recommend import recommend_layers
+from ui import captions
 from ui.context import AppContext
 from ui.errors import friendly
 from ui.session import SessionState
@@ -31,9 +35,6 @@ class RangeTab:
 
 def recommendation_for(session: SessionState, source: str, width: int, flagged: dict[int, str] | None = None) -> Any:
     """The tracer's recommendation from the session's last trace or averages (InputError if there is none)."""
-    from tracer.errors import InputError
-    from tracer.recommend import recommend_layers
-
     if source == "average":
         if session.average is None:
             raise InputError("There are no averages yet: run them on the Averages tab, or choose 'The last trace'.")
@@ -43,24 +44,6 @@ def recommendation_for(session: SessionState, source: str, width: int, flagged: 
     if "mlp" not in session.trace.scores:
         raise InputError("The last trace did not include the MLP kind; trace again with MLP selected (Advanced).")
     return recommend_layers(session.trace, width=width, flagged_layers=flagged)
-
-
-def outlier_layers(loaded: Any, cov_tokens: int | None) -> dict[int, str]:
-    """Layers whose MLP keys have an outlier direction, from covariance spectra already cached (nothing computed)."""
-    try:
-        from editor.covariance import cached_diagnostics
-        from editor.hparams import default_hparams
-    except ImportError:
-        return {}
-    from tracer.recommend import flag_outliers
-
-    hparams = default_hparams(loaded.layout)
-    found = cached_diagnostics(loaded, list(range(loaded.layout.num_layers)), cov_tokens or hparams.cov_tokens, hparams.corpus)
-    if len(found) < 3:  # a median needs a few layers
-        return {}
-    layers = sorted(found)
-    flags = flag_outliers([found[layer].largest_eigenvalue for layer in layers])
-    return {layers[index]: text for index, text in flags.items()}
 
 
 def range_text(first: int, last: int) -> str:
@@ -97,7 +80,7 @@ def build(ctx: AppContext) -> RangeTab:
         session.layers = (low, high)
         recommendation = current_curve(session, source_value, int(width_value))
         figure = (
-            figures.range_figure(recommendation, low, high)
+            figures.recommendation_figure(recommendation, (low, high))
             if recommendation is not None
             else figures.empty_figure("Run a trace (Trace tab) to see the MLP effect curve here.")
         )
@@ -106,14 +89,14 @@ def build(ctx: AppContext) -> RangeTab:
     @friendly
     def run_recommend(source_value: str, width_value: float, session: SessionState | None):
         session = ctx.session_of(session)
-        flagged = ctx.run(session, lambda job, loaded: outlier_layers(loaded, session.cov_tokens), name="outliers", edited=False)
+        flagged = ctx.run(session, lambda job, loaded: outlier_flags(loaded, session.cov_tokens), name="outliers", edited=False)
         recommendation = recommendation_for(session, source_value, int(width_value), flagged)
         session.recommendation = recommendation
         layers = list(recommendation.layers)
         low, high = min(layers), max(layers)
         session.layers = (low, high)
         return (
-            figures.range_figure(recommendation, low, high),
+            figures.recommendation_figure(recommendation, (low, high)),
             low,
             high,
             html.escape(recommendation.explanation),

@@ -9,7 +9,12 @@ from typing import Any
 
 import gradio as gr
 
-from ui import captions, editing, figures
+from core.errors import InputError
+from core.kinds import KINDS
+from core.predict import generate_greedy, predict_next_tokens
+from tracer import figures
+from tracer.trace import trace
+from ui import captions, editing
 from ui.context import MODEL_QUEUE, AppContext
 from ui.display import display_token, label_value, percent
 from ui.errors import friendly
@@ -75,12 +80,11 @@ def build(ctx: AppContext) -> TestTab:
         retrace_status = gr.Markdown(elem_id="test-retrace-status")
         retrace_plots = {}
         with gr.Row(equal_height=True):
-            for kind in ("hidden", "mlp", "attn"):
+            for kind in KINDS:
                 retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", min_width=320, visible=False)
 
     @friendly
     def run_compare(prompt_text: str, k: float, new_tokens: float, session: SessionState | None, progress=gr.Progress()):
-        from tracer.errors import InputError
 
         session = ctx.session_of(session)
         if not prompt_text or not prompt_text.strip():
@@ -88,7 +92,6 @@ def build(ctx: AppContext) -> TestTab:
         count, tokens = int(k), int(new_tokens)
 
         def work(job, loaded):
-            from tracer.predict import generate_greedy, predict_next_tokens
 
             job.progress(0.1, "Original model…")
             before = (predict_next_tokens(loaded, prompt_text, count), generate_greedy(loaded, prompt_text, tokens))
@@ -139,7 +142,6 @@ def build(ctx: AppContext) -> TestTab:
     # --- checks of every edit and CounterFact metrics --------------------------------------------------
     @friendly
     def run_checks(session: SessionState | None, progress=gr.Progress()):
-        from tracer.errors import InputError
 
         session = ctx.session_of(session)
         edits = editing.applied_records(session)
@@ -190,7 +192,6 @@ def build(ctx: AppContext) -> TestTab:
     # --- re-trace with the edits and show the difference -------------------------------------------------
     @friendly
     def run_retrace(session: SessionState | None, progress=gr.Progress()):
-        from tracer.errors import InputError
 
         session = ctx.session_of(session)
         last = session.trace
@@ -204,7 +205,6 @@ def build(ctx: AppContext) -> TestTab:
         reuse = original is not None and _same_trace(original, last, settings)
 
         def work(job, loaded):
-            from tracer.trace import trace
 
             def part(offset: float, label: str):
                 return lambda fraction, message: job.progress(offset + 0.5 * fraction, f"{label}: {message}")
@@ -221,7 +221,7 @@ def build(ctx: AppContext) -> TestTab:
             f"Following **{html.escape(display_token(before.answer))}**: clean probability "
             f"{percent(before.high)} before, {percent(after.high)} after your edits."
         )
-        plots = (gr.Plot(figures.difference_heatmap(before, after, kind), visible=True) for kind in ("hidden", "mlp", "attn"))
+        plots = (gr.Plot(figures.difference_heatmap(before, after, kind), visible=True) for kind in KINDS)
         return (status, *plots, session)
 
     retrace.click(

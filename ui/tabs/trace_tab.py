@@ -11,7 +11,14 @@ from typing import Any
 
 import gradio as gr
 
-from ui import captions, figures
+from core.errors import InputError, LocusError
+from core.kinds import KINDS
+from core.predict import next_token_probabilities, top_tokens
+from core.tokens import encode_prompt, target_token_ids
+from tracer import figures
+from tracer.preview import preview_trace
+from tracer.trace import TraceSettings, trace_stream
+from ui import captions
 from ui.context import MODEL_QUEUE, AppContext
 from ui.display import display_token, percent
 from ui.downloads import trace_downloads
@@ -20,8 +27,6 @@ from ui.examples import Example
 from ui.runner import HEARTBEAT, follow
 from ui.session import SessionState
 
-KIND_CHOICES = [("Hidden state", "hidden"), ("MLP", "mlp"), ("Attention", "attn")]
-KINDS = ("hidden", "mlp", "attn")
 STREAM_INTERVAL_S = 0.7  # at most this often a partial heatmap goes to the browser
 SUBJECT_COLOR = "#b39ddb"
 TOKEN_COLOR = "#eceff1"
@@ -52,9 +57,6 @@ class TraceTab:
 
 def highlighted_tokens(tokenizer: Any, prompt: str, subject: str) -> tuple[list[tuple[str, str]], str]:
     """The prompt's tokens, the subject's marked, and a hint when the subject can't be found."""
-    from tracer.errors import LocusError
-    from tracer.tokens import encode_prompt
-
     if not prompt or not prompt.strip():
         return [], "Type a prompt that the model should complete, e.g. *The Eiffel Tower is located in the city of*."
     try:
@@ -78,8 +80,6 @@ def highlighted_tokens(tokenizer: Any, prompt: str, subject: str) -> tuple[list[
 
 def settings_from_inputs(answer: str, kinds: list[str], samples: Any, noise: str, window: Any, seed: Any, noise_type: str):
     """A TraceSettings from the form (InputError with a plain message for bad values)."""
-    from tracer.errors import InputError
-    from tracer.trace import TraceSettings
 
     def whole(value: Any, name: str) -> int:
         try:
@@ -101,15 +101,6 @@ def settings_from_inputs(answer: str, kinds: list[str], samples: Any, noise: str
     )
     settings.validate()
     return settings
-
-
-def quick_preview(loaded: Any, prompt: str, subject: str, settings: Any) -> Any:
-    """The tracer's approximate preview, or None where this build has none (the exact trace still runs)."""
-    try:
-        from tracer.preview import preview_trace
-    except ImportError:
-        return None
-    return preview_trace(loaded, prompt, subject, settings)
 
 
 def status_markdown(result: Any, *, stage: str, edited: bool) -> str:
@@ -165,7 +156,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
                 prediction = gr.Markdown(elem_id="trace-prediction")
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                kinds = gr.CheckboxGroup(KIND_CHOICES, value=list(KINDS), label="What to restore", elem_id="trace-kinds")
+                kinds = gr.CheckboxGroup(figures.KIND_CHOICES, value=list(KINDS), label="What to restore", elem_id="trace-kinds")
                 samples = gr.Slider(1, 50, value=10, step=1, label="Noise samples", elem_id="trace-samples")
                 window = gr.Slider(1, 30, value=10, step=1, label="Window (layers, MLP and attention)", elem_id="trace-window")
             with gr.Row():
@@ -190,7 +181,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
         with gr.Row(equal_height=True):
             for kind in KINDS:
                 with gr.Column(min_width=320):
-                    plots[kind] = gr.Plot(label=figures.KIND_TITLES[kind], elem_id=f"trace-plot-{kind}", show_label=False)
+                    plots[kind] = gr.Plot(label=figures.kind_title(kind), elem_id=f"trace-plot-{kind}", show_label=False)
                     gr.Markdown(captions.HEATMAP[kind], elem_classes=["caption"])
         with gr.Row():
             download_json = gr.DownloadButton("Download JSON", interactive=False, elem_id="trace-download-json", size="sm")
@@ -210,15 +201,12 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
         return highlighted_tokens(tokenizer, prompt_text, subject_text)
 
     def show_prediction(prompt_text: str, answer_text: str, session: SessionState | None):
-        from tracer.errors import LocusError
 
         session = ctx.session_of(session)
         if not prompt_text or not prompt_text.strip():
             return "", session
 
         def work(job, loaded):
-            from tracer.predict import next_token_probabilities, top_tokens
-            from tracer.tokens import target_token_ids
 
             probabilities = next_token_probabilities(loaded, prompt_text)
             top = top_tokens(loaded, probabilities, 1)[0]
@@ -279,12 +267,10 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
         skip = tuple(gr.skip() for _ in range(len(outputs)))
 
         def work(job, loaded):
-            from tracer.trace import trace_stream
 
             job.progress(0.0, "Approximate preview…")
-            preview = quick_preview(loaded, prompt_text, subject_text, settings)
-            if preview is not None:
-                job.emit(("preview", preview))
+            preview = preview_trace(loaded, prompt_text, subject_text, settings)
+            job.emit(("preview", preview))
             final = None
             with contextlib.closing(trace_stream(loaded, prompt_text, subject_text, settings)) as stream:
                 for update in stream:

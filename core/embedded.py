@@ -18,7 +18,7 @@ import time
 import zlib
 from pathlib import Path
 
-from tracer.errors import ModelLoadError
+from core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def ensure_embedded_cache(force: bool = False) -> Path:
 
 
 def _build_cache(folder: Path) -> None:
+    # lazy: only the one-time cache build needs torch; paths and checks stay torch-free (the app's start-up)
     import torch
     import transformers
 

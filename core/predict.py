@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from tracer.loading import LoadedModel
-from tracer.tokens import encode_prompt
+from core.loading import LoadedModel
+from core.tokens import encode_prompt
 
 
 @dataclass(frozen=True)

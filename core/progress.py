@@ -1,8 +1,10 @@
-"""Progress reporting for long operations: `progress(fraction 0..1, message)` callbacks and stages."""
+"""Progress reporting for long operations: `progress(fraction 0..1, message)` callbacks, stages, a tqdm bar."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from tqdm import tqdm
 
 Progress = Callable[[float, str], None]
 
@@ -18,10 +20,8 @@ def stage(progress: Progress | None, start: float, end: float) -> Progress | Non
     return report
 
 
-def tqdm_progress(description: str = "", unit_scale: int = 1000):
-    """A (callback, close) pair showing `progress` calls as a tqdm bar (for the CLI)."""
-    from tqdm import tqdm
-
+def tqdm_progress(description: str = "", unit_scale: int = 1000) -> tuple[Progress, Callable[[], None]]:
+    """A (callback, close) pair showing `progress` calls as a tqdm bar (for the CLIs)."""
     bar = tqdm(total=unit_scale, desc=description, leave=False, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
 
     def report(fraction: float, message: str) -> None:

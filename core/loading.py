@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 
-from tracer.embedded import EMBEDDED_DISPLAY_NAME, EMBEDDED_SPEC, ensure_embedded_cache
-from tracer.errors import InputError, ModelLoadError
-from tracer.layout import ModelLayout, resolve_layout
+from core.embedded import EMBEDDED_DISPLAY_NAME, EMBEDDED_SPEC, ensure_embedded_cache
+from core.errors import InputError, ModelLoadError
+from core.layout import ModelLayout, resolve_layout
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load `spec` ("embedded", a local folder or a hub id) on `device` with `dtype`."""
-    import transformers
-
     spec = (spec or EMBEDDED_SPEC).strip()
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)

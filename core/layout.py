@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tracer.errors import LayoutError
-from tracer.kinds import KINDS
+from core.errors import LayoutError
+from core.kinds import KINDS
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from tracer.embedded import EMBEDDED_SPEC, cache_root
-from tracer.loading import LoadedModel
-from tracer.tokens import target_token_ids
+from core.embedded import EMBEDDED_SPEC, cache_root
+from core.loading import LoadedModel
+from core.tokens import target_token_ids
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 KNOWN_FACTS_FILE = ASSETS / "data" / "known_1000.json"

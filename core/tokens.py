@@ -10,7 +10,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from tracer.errors import InputError
+from core.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,24 @@
-"""Plotly figures of traces, averages and the R recommendation, plus a standalone offline HTML export.
+"""Figures of traces, averages and the R curve, plus a standalone offline HTML export (plotly only).
 
-Plain functions `result -> plotly.graph_objects.Figure`, in the paper's colors (hidden states
-purple, MLP green, attention red). Every figure carries a short plain-words caption ("what am I
-looking at") in `figure.layout.meta["caption"]`; `figure_caption(figure)` returns it, and the
-`*_caption` functions give the same text without building a figure.
+Plain functions `result -> plotly.graph_objects.Figure`, in the paper's colours (hidden states
+purple, MLP green, attention red), used by the CLI's `--html` and by the app. Every figure carries
+a short plain-words caption ("what am I looking at") in `figure.layout.meta["caption"]`;
+`figure_caption(figure)` returns it. Numbers are sent as plain lists (NaN as None), so the
+browser's plotly can read them back (`gd._fullData[0].z`).
 """
 
 from __future__ import annotations
 
 import html
 import math
+from typing import Any
 
 import numpy
 import plotly.graph_objects as go
 import plotly.io
 import plotly.offline
+
+from core.kinds import KINDS
 
 KIND_NAMES = {"hidden": "hidden state", "mlp": "MLP", "attn": "attention"}
 KIND_COLORSCALES = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
@@ -27,7 +31,17 @@ CLASS_COLORS = {
     "further tokens": "#8e24aa",
     "last token": "#43a047",
 }
-FONT = dict(family="Helvetica, Arial, sans-serif", size=14)
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=15)
+PREVIEW_OPACITY = 0.45  # unfinished cells show the preview's estimate, faded
+
+
+def kind_title(kind: str) -> str:
+    """'hidden' -> 'Hidden state', 'mlp' -> 'MLP', 'attn' -> 'Attention'."""
+    name = KIND_NAMES[kind]
+    return name[0].upper() + name[1:]
+
+
+KIND_CHOICES = [(kind_title(kind), kind) for kind in KINDS]  # (label, value) pairs for checkboxes
 
 
 # --- captions ----------------------------------------------------------------------------------
@@ -66,6 +80,14 @@ def recommendation_caption() -> str:
     )
 
 
+def difference_caption(kind: str) -> str:
+    """What an after-minus-before heatmap shows."""
+    return (
+        f"The same trace on your edited model minus the original, {KIND_NAMES[kind]} restorations: red squares bring "
+        f"the answer back more after your edits, blue ones less."
+    )
+
+
 def figure_caption(figure: go.Figure) -> str:
     """The plain-words caption stored on a figure made here ("" for other figures)."""
     meta = figure.layout.meta
@@ -87,7 +109,8 @@ def token_labels(tokens: list[str], subject_range: tuple[int, int]) -> list[str]
     return labels
 
 
-def _plain(matrix: numpy.ndarray) -> list[list[float | None]]:
+def plain(matrix: Any) -> list[list[float | None]]:
+    """A matrix as nested lists of floats, NaN/inf as None (JSON-safe, readable back in the browser)."""
     return [[float(v) if math.isfinite(v) else None for v in row] for row in numpy.asarray(matrix, dtype=float).tolist()]
 
 
@@ -99,15 +122,40 @@ def _layout(figure: go.Figure, caption: str, **changes) -> go.Figure:
     return figure
 
 
+def _title(text: str, size: int = 16) -> dict:
+    return dict(text=text, x=0.02, font=dict(size=size))
+
+
+def empty_figure(message: str, height: int = 320) -> go.Figure:
+    """A blank figure with a centred message."""
+    figure = go.Figure()
+    figure.add_annotation(text=message, showarrow=False, font=dict(size=16, color="#607d8b"), x=0.5, y=0.5, xref="paper", yref="paper")
+    figure.update_layout(
+        height=height, xaxis=dict(visible=False), yaxis=dict(visible=False), margin=dict(l=10, r=10, t=20, b=10),
+        plot_bgcolor="white", paper_bgcolor="white", font=FONT,
+    )
+    return figure
+
+
+def _heatmap_height(rows: int) -> int:
+    return max(320, 110 + 26 * rows)
+
+
 # --- trace heatmaps ----------------------------------------------------------------------------
 
-def trace_heatmap(result, kind: str) -> go.Figure:
-    """Restored p(answer) for every (token, layer) cell of one kind; NaN (not computed yet) cells are blank."""
+def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
+    """Restored p(answer) for every (token, layer) cell of one kind; NaN (not computed yet) cells are blank.
+
+    `preview`, the approximate result of the same prompt, fills the cells the exact trace has not
+    reached yet, faded and on its own colour range (its estimates are not on the exact scale), so
+    the picture is complete from the start and the exact values visibly replace it.
+    """
+    if kind not in result.scores:
+        return empty_figure(f"{kind_title(kind)} was not traced (see Advanced).", height=_heatmap_height(len(result.tokens)))
     scores = numpy.asarray(result.scores[kind], dtype=float)
     labels = token_labels(result.tokens, tuple(result.subject_range))
     window = result.settings.window_for(kind)
     approximate = bool(result.approximate)
-    effects = scores - result.low
     tokens = [[label] * scores.shape[1] for label in labels]
     finite = scores[numpy.isfinite(scores)]
     zmin = min(float(result.low), float(finite.min())) if finite.size else float(result.low)
@@ -115,10 +163,10 @@ def trace_heatmap(result, kind: str) -> go.Figure:
     estimate = "estimated " if approximate else ""
     figure = go.Figure(
         go.Heatmap(
-            z=_plain(scores),
+            z=plain(scores),
             x=list(range(scores.shape[1])),
             y=labels,
-            customdata=numpy.dstack([numpy.asarray(tokens, dtype=object), numpy.asarray(_plain(effects), dtype=object)]).tolist(),
+            customdata=numpy.dstack([numpy.asarray(tokens, dtype=object), numpy.asarray(plain(scores - result.low), dtype=object)]).tolist(),
             colorscale=KIND_COLORSCALES[kind],
             zmin=zmin,
             zmax=max(zmax, zmin + 1e-9),
@@ -127,22 +175,33 @@ def trace_heatmap(result, kind: str) -> go.Figure:
             colorbar=dict(title=dict(text=f"p({result.answer.strip() or result.answer})", side="right"), thickness=14),
             hovertemplate=(
                 "token %{customdata[0]}<br>layer %{x}<br>" + estimate + "restored probability %{z:.4f}"
-                "<br>" + estimate + "indirect effect %{customdata[1]:+.4f}<extra></extra>"
+                "<br>" + estimate + "indirect effect %{customdata[1]:.4f}<extra></extra>"
             ),
         )
     )
-    restored = "state" if kind == "hidden" else ("MLP" if kind == "mlp" else "Attn")
-    title = f"Impact of restoring {restored} after corrupted input"
-    if approximate:
-        title = "Approximate preview · " + title
-    axis = "single restored layer" if kind == "hidden" else f"center of interval of {window} restored {restored} layers"
+    restored = "state" if kind == "hidden" else ("MLP" if kind == "mlp" else "attention")
+    title = f"Approximate preview: restoring {restored}" if approximate else f"Impact of restoring {restored} after corruption"
+    missing = ~numpy.isfinite(scores)
+    if preview is not None and preview is not result and kind in preview.scores and missing.any():
+        estimates = numpy.where(missing, numpy.asarray(preview.scores[kind], dtype=float), numpy.nan)
+        shown = estimates[numpy.isfinite(estimates)]
+        low, high = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
+        figure.add_trace(
+            go.Heatmap(
+                z=plain(estimates), x=list(range(scores.shape[1])), y=labels, colorscale=KIND_COLORSCALES[kind],
+                zmin=low, zmax=max(high, low + 1e-9), opacity=PREVIEW_OPACITY, showscale=False, xgap=1, ygap=1,
+                hovertemplate="token %{y}<br>layer %{x}<br>preview estimate %{z:.4f} (exact value coming)<extra></extra>",
+            )
+        )
+        title = f"{kind_title(kind)}: exact {1.0 - float(missing.mean()):.0%}, faded = preview"
+    axis = "layer (one restored)" if kind == "hidden" else f"layer (centre of {window} restored {KIND_NAMES[kind]} layers)"
     return _layout(
         figure,
         heatmap_caption(kind, window, approximate),
-        title=dict(text=title, x=0.02, font=dict(size=16)),
-        height=max(300, 110 + 26 * len(labels)),
-        xaxis=dict(title=f"{axis} within {result.model}", dtick=5, showgrid=False),
-        yaxis=dict(autorange="reversed", showgrid=False),
+        title=_title(title),
+        height=_heatmap_height(len(labels)),
+        xaxis=dict(title=axis, dtick=5, showgrid=False, tickfont_size=13),
+        yaxis=dict(autorange="reversed", showgrid=False, tickfont_size=15),
     )
 
 
@@ -151,10 +210,38 @@ def trace_figures(result) -> dict[str, go.Figure]:
     return {kind: trace_heatmap(result, kind) for kind in result.kinds}
 
 
+def difference_heatmap(before, after, kind: str) -> go.Figure:
+    """After-edit minus before-edit restored probability, per (token, layer) cell (blue lower, red higher)."""
+    if kind not in before.scores or kind not in after.scores:
+        return empty_figure(f"{kind_title(kind)} was not traced.")
+    difference = numpy.asarray(after.scores[kind], dtype=float) - numpy.asarray(before.scores[kind], dtype=float)
+    limit = float(numpy.nanmax(numpy.abs(difference))) if numpy.isfinite(difference).any() else 1.0
+    limit = max(limit, 1e-6)
+    labels = token_labels(before.tokens, tuple(before.subject_range))
+    figure = go.Figure(
+        go.Heatmap(
+            z=plain(difference), x=list(range(difference.shape[1])), y=labels, colorscale="RdBu", reversescale=True,
+            zmid=0.0, zmin=-limit, zmax=limit, xgap=1, ygap=1,
+            colorbar=dict(title=dict(text="Δ p(answer)", side="right"), thickness=14),
+            hovertemplate="token %{y}<br>layer %{x}<br>change %{z:.3f}<extra></extra>",
+        )
+    )
+    return _layout(
+        figure,
+        difference_caption(kind),
+        title=_title(f"{kind_title(kind)}: after − before", size=17),
+        height=_heatmap_height(len(labels)),
+        xaxis=dict(title="layer", dtick=5, showgrid=False),
+        yaxis=dict(autorange="reversed", showgrid=False),
+    )
+
+
 # --- averages ----------------------------------------------------------------------------------
 
 def average_figure(average, kind: str) -> go.Figure:
     """Average indirect effect per layer, one line per token class, with 95% bands."""
+    if kind not in average.effects:
+        return empty_figure(f"{kind_title(kind)} was not averaged.", height=420)
     figure = go.Figure()
     for name, curve in average.effects[kind].items():
         if not curve.count:
@@ -164,24 +251,24 @@ def average_figure(average, kind: str) -> go.Figure:
         color = CLASS_COLORS.get(name, "#555555")
         red, green, blue = (int(color[i : i + 2], 16) for i in (1, 3, 5))
         figure.add_trace(go.Scatter(
-            x=layers + layers[::-1], y=_plain([upper])[0] + _plain([lower])[0][::-1], fill="toself",
+            x=layers + layers[::-1], y=plain([upper])[0] + plain([lower])[0][::-1], fill="toself",
             fillcolor=f"rgba({red},{green},{blue},0.15)", line=dict(width=0), hoverinfo="skip", showlegend=False,
         ))
         figure.add_trace(go.Scatter(
-            x=layers, y=_plain([mean])[0], mode="lines", name=f"{name} (n={curve.count})", line=dict(color=color, width=2.5),
+            x=layers, y=plain([mean])[0], mode="lines", name=f"{name} (n={curve.count})", line=dict(color=color, width=2.5),
             hovertemplate=name + "<br>layer %{x}<br>average indirect effect %{y:.4f}<extra></extra>",
         ))
     if average.n_facts:
         title = (
-            f"Average indirect effect of {KIND_NAMES[kind]} over {average.n_facts} facts "
+            f"Average effect of {KIND_NAMES[kind]}, {average.n_facts} facts "
             f"(ATE {average.total_effect:.3f} ± {average.total_effect_half_width:.3f})"
         )
     else:
-        title = f"Average indirect effect of {KIND_NAMES[kind]}: no fact traced yet"
+        title = f"Average effect of {KIND_NAMES[kind]}: no fact traced yet"
     return _layout(
         figure,
         average_caption(kind),
-        title=dict(text=title, x=0.02, font=dict(size=15)),
+        title=_title(title, size=15),
         height=420,
         xaxis=dict(title="layer", dtick=5),
         yaxis=dict(title="average indirect effect on p(answer)"),
@@ -191,8 +278,16 @@ def average_figure(average, kind: str) -> go.Figure:
 
 # --- the R recommendation ----------------------------------------------------------------------
 
-def recommendation_figure(recommendation) -> go.Figure:
-    """The MLP effect curve at the last subject token, its interval, the chosen window and flagged layers."""
+def range_label(first: int, last: int) -> str:
+    """'2-6', or '4' for a single layer."""
+    return f"{first}-{last}" if last > first else f"{first}"
+
+
+def recommendation_figure(recommendation, chosen: tuple[int, int] | None = None) -> go.Figure:
+    """The MLP effect curve at the last subject token, its interval, the recommended window and flagged layers.
+
+    `chosen` (first, last) outlines the user's own R when it differs from the recommendation.
+    """
     curve = recommendation.curve
     layers = list(range(len(curve)))
     figure = go.Figure()
@@ -208,15 +303,21 @@ def recommendation_figure(recommendation) -> go.Figure:
     first, last = recommendation.layers[0], recommendation.layers[-1]
     figure.add_vrect(
         x0=first - 0.5, x1=last + 0.5, fillcolor="rgba(103,58,183,0.18)", line_width=0,
-        annotation_text=f"R = {first}-{last}" if last > first else f"R = {first}", annotation_position="top left",
+        annotation_text=f"R = {range_label(first, last)}", annotation_position="top left",
     )
+    if chosen is not None and tuple(chosen) != (first, last):
+        low, high = chosen
+        figure.add_vrect(
+            x0=low - 0.5, x1=high + 0.5, fillcolor="rgba(255,193,7,0.18)", line=dict(color="#ff8f00", width=2),
+            annotation_text=f"your R = {range_label(low, high)}", annotation_position="top right", annotation_font_size=15,
+        )
     for layer in recommendation.flagged_layers:
         figure.add_vline(x=layer, line=dict(color="#ef6c00", dash="dot"), annotation_text=f"layer {layer}: outlier keys",
                          annotation_position="bottom right", annotation_font_size=11)
     return _layout(
         figure,
         recommendation_caption(),
-        title=dict(text=f"Recommended R: layers {first}-{last} (width {recommendation.width})", x=0.02, font=dict(size=16)),
+        title=_title(f"Recommended R: layers {range_label(first, last)} (width {recommendation.width})"),
         height=400,
         xaxis=dict(title="layer", dtick=2),
         yaxis=dict(title="indirect effect on p(answer)"),
@@ -226,17 +327,26 @@ def recommendation_figure(recommendation) -> go.Figure:
 
 # --- standalone HTML ---------------------------------------------------------------------------
 
+def figures_html(title: str, intro_html: str, figures: list[go.Figure]) -> str:
+    """One offline HTML page (plotly.js embedded): a title, an introduction, and each figure with its caption."""
+    parts = [
+        f"<figure>{plotly.io.to_html(figure, full_html=False, include_plotlyjs=False)}"
+        f"<figcaption>{html.escape(figure_caption(figure))}</figcaption></figure>"
+        for figure in figures
+    ]
+    style = "body{font-family:Inter,Helvetica,Arial,sans-serif;max-width:1000px;margin:2em auto;color:#222}figcaption{color:#555;margin:0 0 2em}"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style><script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
+        f"<h1>{html.escape(title)}</h1>{intro_html}{''.join(parts)}</body></html>"
+    )
+
+
 def trace_html(result, recommendation=None) -> str:
-    """One offline HTML page: the trace's facts, its heatmaps (plotly.js embedded) and their captions."""
-    parts = []
+    """One offline HTML page: the trace's facts, its heatmaps and their captions (and the R curve when given)."""
     figures = list(trace_figures(result).values())
     if recommendation is not None:
         figures.append(recommendation_figure(recommendation))
-    for figure in figures:
-        parts.append(
-            f"<figure>{plotly.io.to_html(figure, full_html=False, include_plotlyjs=False)}"
-            f"<figcaption>{html.escape(figure_caption(figure))}</figcaption></figure>"
-        )
     begin, end = result.subject_range
     facts = (
         f"<p>Prompt <b>{html.escape(result.prompt)}</b>, subject <b>{html.escape(result.subject)}</b> "
@@ -247,12 +357,4 @@ def trace_html(result, recommendation=None) -> str:
         f"window {result.settings.window}, seed {result.settings.seed}, model {html.escape(result.model)}"
         f"{', approximate preview' if result.approximate else ''}.</p>"
     )
-    style = "body{font-family:Helvetica,Arial,sans-serif;max-width:1000px;margin:2em auto;color:#222}figcaption{color:#555;margin:0 0 2em}"
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Locus causal trace</title>"
-        f"<style>{style}</style><script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
-        f"<h1>Causal trace</h1>{facts}{''.join(parts)}</body></html>"
-    )
-
-
-standalone_html = trace_html
+    return figures_html("Causal trace", facts, figures)

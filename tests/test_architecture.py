@@ -1,0 +1,203 @@
+"""The map of the code, checked: floors (core <- tracer <- editor <- ui, bench, app.py), no cycles, honest imports.
+
+Every product module's imports are read with `ast` (nothing is imported). A module may import its
+own package and the floors below it; no two files may import each other, even through others; an
+import inside a function needs a `# lazy: reason` comment (a measured start-up cost); no
+`except ImportError` may guard a module of this repository.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("core", "tracer", "editor", "ui", "bench")
+FLOORS = {"core": 0, "tracer": 1, "editor": 2, "ui": 3, "bench": 3, "app": 4}
+SIBLINGS_APART = {("ui", "bench"), ("bench", "ui")}  # same floor, but neither may use the other
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # importing module, dotted
+    target: str  # imported local module, dotted
+    line: int
+    in_function: bool
+    lazy_reason: bool
+
+
+def product_files() -> dict[str, Path]:
+    """{dotted module name: path} of every product module (tests excluded)."""
+    files = {"app": ROOT / "app.py"}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            files[name] = path
+    return files
+
+
+def _resolve(name: str, modules: set[str]) -> str | None:
+    """The local module `name` refers to (a submodule, or the package that defines a name)."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _has_lazy_reason(lines: list[str], node: ast.stmt) -> bool:
+    """A '# lazy:' comment on the statement, or in the comment/import lines right above it."""
+    if any("# lazy:" in line for line in lines[node.lineno - 1 : node.end_lineno]):
+        return True
+    index = node.lineno - 2
+    while index >= 0:
+        text = lines[index].strip()
+        if "# lazy:" in text:
+            return True
+        if not (text.startswith("#") or text.startswith(("from ", "import "))):
+            return False
+        index -= 1
+    return False
+
+
+def module_imports(name: str, path: Path, modules: set[str]) -> list[Import]:
+    source = path.read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    found: list[Import] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                targets = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                targets = [f"{child.module}.{alias.name}" for alias in child.names]
+            else:
+                targets = []
+            for target in targets:
+                local = _resolve(target, modules)
+                if local is not None and local != name:
+                    found.append(Import(name, local, child.lineno, in_function, _has_lazy_reason(lines, child)))
+            if targets and in_function and not any(_resolve(t, modules) for t in targets):
+                # a third-party import inside a function is laziness too: it needs its reason
+                found.append(Import(name, targets[0], child.lineno, True, _has_lazy_reason(lines, child)))
+            visit(child, inside)
+
+    visit(tree, False)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, list[Import]]:
+    files = product_files()
+    modules = set(files)
+    return {name: module_imports(name, path, modules) for name, path in files.items()}
+
+
+def package_of(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_nothing_imports_upward(graph):
+    upward = []
+    for name, imports in graph.items():
+        for item in imports:
+            if package_of(item.target) not in FLOORS:
+                continue  # third party
+            source, target = package_of(name), package_of(item.target)
+            if FLOORS[target] > FLOORS[source] or (source, target) in SIBLINGS_APART:
+                upward.append(f"{name}:{item.line} imports {item.target}")
+    assert not upward, "imports against the floors core <- tracer <- editor <- ui, bench, app.py:\n" + "\n".join(upward)
+
+
+def test_no_cycles_between_files(graph):
+    edges = {
+        name: sorted({item.target for item in imports if package_of(item.target) in FLOORS and item.target in graph})
+        for name, imports in graph.items()
+    }
+    cycles = [component for component in strongly_connected(edges) if len(component) > 1]
+    assert not cycles, "files that import each other (directly or through others): " + "; ".join(
+        " <-> ".join(sorted(component)) for component in cycles
+    )
+
+
+def test_imports_inside_functions_say_why(graph):
+    unexplained = [
+        f"{name}:{item.line} imports {item.target} inside a function"
+        for name, imports in graph.items()
+        for item in imports
+        if item.in_function and not item.lazy_reason
+    ]
+    assert not unexplained, "imports belong at the top of the module; lazy ones need a '# lazy: reason' comment:\n" + "\n".join(unexplained)
+
+
+def test_no_import_error_guards_around_local_modules():
+    modules = set(product_files())
+    guarded = []
+    for name, path in product_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Try):
+                continue
+            caught = set()
+            for handler in node.handlers:
+                types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+                caught.update(getattr(item, "id", getattr(item, "attr", "")) for item in types if item is not None)
+            if not caught & {"ImportError", "ModuleNotFoundError"}:
+                continue
+            for inner in (child for statement in node.body for child in ast.walk(statement)):
+                if isinstance(inner, ast.ImportFrom) and inner.module and _resolve(inner.module, modules):
+                    guarded.append(f"{name}:{inner.lineno} {inner.module}")
+                elif isinstance(inner, ast.Import) and any(_resolve(a.name, modules) for a in inner.names):
+                    guarded.append(f"{name}:{inner.lineno}")
+    assert not guarded, "a module of this repository is always there; do not hide its breakage:\n" + "\n".join(guarded)
+
+
+def strongly_connected(edges: dict[str, list[str]]) -> list[set[str]]:
+    """Tarjan's strongly connected components of a directed graph {node: [successors]}."""
+    index: dict[str, int] = {}
+    lowlink: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = lowlink[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for successor in edges.get(node, []):
+            if successor not in index:
+                connect(successor)
+                lowlink[node] = min(lowlink[node], lowlink[successor])
+            elif successor in on_stack:
+                lowlink[node] = min(lowlink[node], index[successor])
+        if lowlink[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            components.append(component)
+
+    for node in edges:
+        if node not in index:
+            connect(node)
+    return components
+
+
+def test_the_checker_sees_what_it_must(tmp_path):
+    """The rules fail on a bad example (so a green run means something)."""
+    modules = {"core.a", "tracer.b", "ui.c"}
+    path = tmp_path / "example.py"
+    path.write_text("import tracer.b\n\ndef f():\n    from ui.c import x\n    import json\n")
+    found = module_imports("core.a", path, modules)
+    assert [(item.target, item.in_function, item.lazy_reason) for item in found] == [
+        ("tracer.b", False, False), ("ui.c", True, False), ("json", True, False),
+    ]
+    assert [len(c) for c in strongly_connected({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) if len(c) > 1] == [3]
