@@ -27,10 +27,10 @@ from core.errors import InputError
 from core.facts import model_key
 from core.hooks import capture_inputs, sequence_view
 from core.loading import LoadedModel
+from core.progress import Progress
 from editor.corpus import WIKIPEDIA, Corpus, load_corpus
 from editor.forward import pad_id, pad_right, run_until
 
-Progress = Callable[[float, str], None]
 FORMAT = 1
 GROUP_TOKENS = 16384  # at most this many tokens between checkpoint opportunities (at least 8 per pass)
 BATCH_TOKENS = 2048  # padded tokens per forward pass

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from core.hooks import capture_outputs
 from core.loading import LoadedModel
+from core.progress import Progress
 from core.tokens import target_token_ids
 from editor.forward import pad_id, pad_right, row_batches, run_until
 
@@ -17,7 +16,7 @@ def teacher_forced(
     loaded: LoadedModel,
     pairs: list[tuple[str, str]],
     batch_rows: int = 64,
-    progress: Callable[[float, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[tuple[float, bool]]:
     """For each (prompt, object): mean NLL of the object's tokens and whether greedy argmax reproduces them all."""
     tokenizer, layout = loaded.tokenizer, loaded.layout

@@ -17,7 +17,6 @@ last token and block l_R's output at the rest; every step then runs blocks l_R+1
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -26,12 +25,12 @@ from transformers import DynamicCache
 from core.block_calls import PrefixKeyValues, cache_argument, new_dynamic_cache, stubbed_blocks
 from core.hooks import forward_hooks, output_tensor, replace_output_tensor
 from core.loading import LoadedModel
+from core.progress import Progress
 from editor.forward import pad_id, pad_right, row_batches, run_until
 from editor.hparams import MemitHyperParams
 from editor.requests import EditRequest
 from editor.rows import PromptRow, target_rows
 
-Progress = Callable[[float, str], None]
 ENGINES = ("cached", "full")
 
 

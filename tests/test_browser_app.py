@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from core.kinds import KINDS
 from tests import app_harness
 
 pytestmark = pytest.mark.browser
@@ -24,7 +25,6 @@ app_idle_after_test = app_harness.app_idle_after_test
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 SCREENSHOTS = Path(tempfile.mkdtemp(prefix="locus-screenshots-"))
-KINDS = ("hidden", "mlp", "attn")
 
 
 def shot(page, name: str) -> Path:
