@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import gradio as gr
@@ -10,9 +11,10 @@ from core.facts import known_facts_cache_path, load_known_facts
 from editor.hparams import default_hparams
 from editor.layers import layers_text
 from ui.context import MODEL_QUEUE, AppContext
-from ui.examples import load_examples
+from ui.examples import Example, load_examples
 from ui.models import ModelManager
 from ui.runner import ModelRunner
+from ui.session import SessionState
 from ui.tabs import averages_tab, edit_tab, model_tab, range_tab, test_tab, trace_tab
 
 TITLE = "Locus"
@@ -52,7 +54,7 @@ def build_app(manager: ModelManager, runner: ModelRunner) -> gr.Blocks:
             edit = edit_tab.build(context)
             test_tab.build(context)
         wire_tabs(context, trace, ranges, edit, examples)
-        for event in (edit.edit_event, edit.undo_event, edit.reset_event, edit.import_event):
+        for event in edit.edit_events:
             event.then(model.refresh_header, [context.session], [header], queue=False, api_visibility="private")
         wire_model_ready(context, model, trace, averages, ranges)
     demo.queue(default_concurrency_limit=1)
@@ -71,17 +73,18 @@ def wire_tabs(
     for event in (trace.trace_event, trace.example_event, trace.submit_event):
         event.then(redraw, inputs, outputs, api_visibility="private", show_progress="hidden")
 
-    def example_edit(prompt: str, subject: str):
-        for example in examples:
-            if example.prompt == prompt and example.subject == subject and example.edit:
-                return example.edit_fields
-        return (gr.skip(),) * 5
-
     trace.example_fill.then(
-        example_edit, [trace.prompt, trace.subject],
-        [edit.subject, edit.template, edit.target, edit.paraphrases, edit.neighbors],
+        functools.partial(example_edit, examples), [trace.prompt, trace.subject], edit.form,
         queue=False, api_visibility="private",
     )
+
+
+def example_edit(examples: list[Example], prompt: str, subject: str):
+    """The Edit tab's form filled with the suggested edit of the example just clicked (unchanged otherwise)."""
+    for example in examples:
+        if example.prompt == prompt and example.subject == subject and example.edit:
+            return example.edit_fields
+    return (gr.skip(),) * 5
 
 
 def model_facts(loaded) -> dict:
@@ -104,34 +107,34 @@ def wire_model_ready(
     ranges: range_tab.RangeTab,
 ) -> None:
     """Once the model is loaded (page load, model switch): fit the controls to it and refresh typed-text hints."""
-
-    def fit_controls(session):
-        session = context.session_of(session)
-        facts = context.run(session, lambda job, loaded: model_facts(loaded), name="model facts", edited=False)
-        last_layer = facts["layers"] - 1
-        first, last = facts["default_layers"]
-        if session.layers is None:
-            session.layers = (first, last)
-        first, last = session.layers
-        known = facts["known_facts"]
-        return (
-            gr.Slider(maximum=last_layer, value=first),
-            gr.Slider(maximum=last_layer, value=last),
-            gr.Slider(maximum=facts["layers"]),
-            gr.Slider(maximum=max(2, known), value=min(20, max(2, known))),
-            layers_text(list(range(first, last + 1))),
-            session,
-        )
-
     outputs = [ranges.first, ranges.last, trace.window, averages.count, context.components["edit_layers"], context.session]
     for event in model.ready_events:
-        chained = event.then(fit_controls, [context.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private",
+        chained = event.then(context.bind(fit_controls), [context.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private",
                              show_progress="hidden")
         redraw, redraw_inputs, redraw_outputs = context.components["range_redraw"]
         chained = chained.then(redraw, redraw_inputs, redraw_outputs, api_visibility="private", show_progress="hidden")
         for handler, inputs, handler_outputs in trace.refresh_typing:
             chained = chained.then(handler, inputs, handler_outputs, api_visibility="private", show_progress="hidden",
                                    concurrency_id=MODEL_QUEUE)
+
+
+def fit_controls(ctx: AppContext, session: SessionState | None):
+    """The layer sliders, window and fact count fitted to the loaded model; the session's R (or the default)."""
+    session = ctx.session_of(session)
+    facts = ctx.run(session, lambda job, loaded: model_facts(loaded), name="model facts", edited=False)
+    last_layer = facts["layers"] - 1
+    if session.layers is None:
+        session.layers = tuple(facts["default_layers"])
+    first, last = session.layers
+    known = facts["known_facts"]
+    return (
+        gr.Slider(maximum=last_layer, value=first),
+        gr.Slider(maximum=last_layer, value=last),
+        gr.Slider(maximum=facts["layers"]),
+        gr.Slider(maximum=max(2, known), value=min(20, max(2, known))),
+        layers_text(range(first, last + 1)),
+        session,
+    )
 
 
 def launch_options() -> dict:

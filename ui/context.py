@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,12 @@ class AppContext:
                 return work(job, loaded)
 
         return self.runner.submit(run, name)
+
+    def bind(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """`handler(ctx, ...)` as an event function of the page: `ctx` bound, the component values after it."""
+        bound = functools.partial(handler, self)
+        bound.__name__ = handler.__name__  # Gradio names events after their function
+        return bound
 
     def run(self, session: SessionState, work: Callable[[Job, Any], Any], *, name: str, edited: bool = True) -> Any:
         """Like `submit`, but wait for the result here (for short jobs)."""

@@ -48,6 +48,43 @@ def average_status(result: Any, fraction: float, message: str, done: bool) -> st
     )
 
 
+# --- handlers ---------------------------------------------------------------------------------
+
+@friendly
+def run_average(ctx: AppContext, n: float, kind_list: list[str], sample_count: float, session: SessionState | None, progress=gr.Progress()):
+    """Average traces over `n` known facts (cached, resumable), redrawing the curves when a fact was added."""
+    session = ctx.session_of(session)
+    settings = TraceSettings(kinds=tuple(kind_list or ()), samples=int(sample_count))
+    settings.validate()
+    skip = tuple(gr.skip() for _ in range(len(KINDS) + 2))
+
+    def work(job, loaded):
+        final = None
+        with contextlib.closing(average_traces_stream(loaded, int(n), settings)) as stream:
+            for update in stream:
+                final = update.result
+                job.progress(update.fraction, update.message)
+                job.emit(update)
+        return final
+
+    job = ctx.submit(session, work, name="averages", edited=False)
+    drawn = None  # (facts, done) of the curves on screen: redraw only when a fact was added
+    for item in follow(job, progress):
+        if item is HEARTBEAT:
+            yield skip
+            continue
+        session.average = item.result
+        status = average_status(item.result, item.fraction, item.message, item.done)
+        if drawn == (item.result.n_facts, item.done):
+            yield (status, *skip[1:-1], session)
+            continue
+        drawn = (item.result.n_facts, item.done)
+        yield (status, *(figures.average_figure(item.result, kind) for kind in KINDS), session)
+    session.average = job.result
+
+
+# --- the tab -----------------------------------------------------------------------------------
+
 def build(ctx: AppContext) -> AveragesTab:
     with gr.Tab("Averages", id="averages"):
         gr.Markdown(captions.AVERAGES)
@@ -66,45 +103,12 @@ def build(ctx: AppContext) -> AveragesTab:
             for kind in KINDS:
                 plots[kind] = gr.Plot(elem_id=f"avg-plot-{kind}", show_label=False, min_width=320)
 
-    @friendly
-    def run_average(n: float, kind_list: list[str], sample_count: float, session: SessionState | None, progress=gr.Progress()):
-
-        session = ctx.session_of(session)
-        settings = TraceSettings(kinds=tuple(kind_list or ()), samples=int(sample_count))
-        settings.validate()
-        skip = tuple(gr.skip() for _ in range(len(KINDS) + 2))
-
-        def work(job, loaded):
-
-            final = None
-            with contextlib.closing(average_traces_stream(loaded, int(n), settings)) as stream:
-                for update in stream:
-                    final = update.result
-                    job.progress(update.fraction, update.message)
-                    job.emit(update)
-            return final
-
-        job = ctx.submit(session, work, name="averages", edited=False)
-        drawn = None  # (facts, done) of the curves on screen: redraw only when a fact was added
-        for item in follow(job, progress):
-            if item is HEARTBEAT:
-                yield skip
-                continue
-            session.average = item.result
-            status = average_status(item.result, item.fraction, item.message, item.done)
-            if drawn == (item.result.n_facts, item.done):
-                yield (status, *skip[1:-1], session)
-                continue
-            drawn = (item.result.n_facts, item.done)
-            yield (status, *(figures.average_figure(item.result, kind) for kind in KINDS), session)
-        session.average = job.result
-
     average_event = run.click(
-        run_average,
+        ctx.bind(run_average),
         [count, kinds, samples, ctx.session],
         [status, *(plots[kind] for kind in KINDS), ctx.session],
         api_name="average",
         concurrency_id=MODEL_QUEUE,
     )
     stop.click(None, None, None, cancels=[average_event], api_visibility="private")
-    return AveragesTab(count, run, status, plots, average_event)
+    return AveragesTab(count=count, run=run, status=status, plots=plots, average_event=average_event)

@@ -32,26 +32,10 @@ METHOD_CHOICES = [(METHOD_LABELS[method], method) for method in METHODS]
 
 @dataclass
 class EditTab:
-    subject: gr.Textbox
-    template: gr.Textbox
-    target: gr.Textbox
-    paraphrases: gr.Textbox
-    neighbors: gr.Textbox
-    add: gr.Button
-    table: gr.Dataframe
-    method: gr.Radio
-    layers: gr.Textbox
-    apply: gr.Button
-    status: gr.Markdown
-    history: gr.Dataframe
-    batch_choice: gr.Dropdown
-    undo: gr.Button
-    reset: gr.Button
-    edit_event: Any
-    undo_event: Any
-    hparams: list[Any]
-    reset_event: Any = None
-    import_event: Any = None
+    """What the rest of the page uses: the request form (examples fill it) and the events that change edits."""
+
+    form: list[gr.Textbox]  # subject, prompt template, new object, paraphrases, neighbourhood prompts
+    edit_events: list[Any]  # apply, undo, reset, import: the page header follows them
 
 
 def table_rows(value: Any) -> list[list[str]]:
@@ -81,6 +65,165 @@ def history_choices(session: SessionState) -> gr.Dropdown:
     choices = [(f"{row[0]}: {row[3]}", str(row[0])) for row in rows]
     return gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None)
 
+
+# --- handlers: the requests table ---------------------------------------------------------------
+
+def answer_rows(ctx: AppContext, session: SessionState, rows: list[list[str]]) -> list[list[str]]:
+    """The rows with the 'current answer' column filled by the session model's prediction."""
+    if not rows:
+        return rows
+
+    def work(job, loaded):
+        return editing.current_answers(loaded, rows)
+
+    answers = ctx.run(session, work, name="current answers")
+    return [row[:3] + [answer] + row[4:] for row, answer in zip(rows, answers)]
+
+
+@friendly
+def add_request(
+    ctx: AppContext, subject_text: str, template_text: str, target_text: str, paraphrase_text: str, neighbor_text: str,
+    value: Any, session: SessionState | None,
+):
+    """The typed request, checked and with its current answer, appended to the table (the form is cleared)."""
+    session = ctx.session_of(session)
+    row = [subject_text or "", template_text or "", target_text or "", "", paraphrase_text or "", neighbor_text or ""]
+    editing.check_row(row)
+    return table_rows(value) + answer_rows(ctx, session, [row]), "", "", "", "", "", session
+
+
+def select_row(event: gr.SelectData) -> int:
+    """The row index of a clicked table cell."""
+    return event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+
+
+def remove_row(value: Any, index: int | None):
+    """The table without the selected row (a warning when none is selected)."""
+    rows = table_rows(value)
+    if index is None or not 0 <= int(index) < len(rows):
+        warn("Click a row of the table first, then remove it.")
+        return rows, None
+    return rows[: int(index)] + rows[int(index) + 1 :], None
+
+
+@friendly
+def refresh_answers(ctx: AppContext, value: Any, session: SessionState | None):
+    """Every row's current answer, predicted again (with the session's edits)."""
+    session = ctx.session_of(session)
+    return answer_rows(ctx, session, table_rows(value)), session
+
+
+@friendly
+def import_counterfact(ctx: AppContext, path: str | None, value: Any, session: SessionState | None):
+    """CounterFact records from a JSON file appended to the table (kept for the Test tab's metrics)."""
+    session = ctx.session_of(session)
+    records, rows = editing.counterfact_rows(path)  # their true object goes in the "current answer" column
+    session.records = records
+    gr.Info(f"Imported {len(records)} CounterFact record(s): apply them, then see their metrics on the Test tab.")
+    return table_rows(value) + rows, session
+
+
+# --- handlers: applying edits and the history -----------------------------------------------------
+
+@friendly
+def run_edit(
+    ctx: AppContext,
+    value: Any,
+    method_name: str,
+    layers_text: str,
+    lambda_value: float | None,
+    cov_token_count: float | None,
+    step_count: float,
+    learning_rate: float,
+    kl_weight: float,
+    clamp: float,
+    session: SessionState | None,
+    progress=gr.Progress(),
+):
+    """One batch of the table's requests by the chosen method over R, on top of the session's earlier edits."""
+    session = ctx.session_of(session)
+    rows = table_rows(value)
+    requests = editing.requests_from_rows(rows)
+    overrides = dict(
+        mom2_weight=lambda_value if lambda_value else None, cov_tokens=int(cov_token_count) if cov_token_count else None, steps=int(step_count),
+        lr=learning_rate, kl_factor=kl_weight, clamp_norm=clamp,
+    )
+    skip = tuple(gr.skip() for _ in range(8))
+    ledger = session.ledger()
+
+    def work(job, loaded):
+        # Not inside session.applied: the editor applies the ledger itself, after computing the
+        # covariance statistics on the original weights.
+        batch = editing.compute_batch(loaded, ledger, requests, method_name, layers_text, overrides, job.progress)
+        editing.add_batch(ledger, batch, loaded)
+        return batch
+
+    job = ctx.submit(session, work, name="edit", edited=False)
+    for item in follow(job, progress):
+        if item is HEARTBEAT:
+            yield skip
+    batch = job.result
+    session.remember_checks(rows, requests)
+    session.cov_tokens = int(batch.hparams.get("cov_tokens") or 0) or None
+    per_request, per_layer = editing.diagnostics_tables(batch)
+    yield (
+        editing.batch_summary_text(batch),
+        per_request,
+        gr.Plot(loss_figure(editing.loss_curves(batch)), visible=True),
+        per_layer,
+        history_rows(session),
+        history_choices(session),
+        editing.batch_dict(batch),
+        session,
+    )
+
+
+@friendly
+def run_undo(ctx: AppContext, batch_id: str | None, session: SessionState | None):
+    """Undo one batch of the session's edits (the weights of the rest are recomputed exactly)."""
+    session = ctx.session_of(session)
+    if not batch_id:
+        raise InputError("There is no batch to undo: your edits history is empty.")
+    ledger = session.ledger()
+    # On the runner thread: no job of this session may be using the ledger meanwhile.
+    ctx.run(session, lambda job, loaded: editing.undo_batch(ledger, batch_id), name="undo", edited=False)
+    message = f"Undid batch {html.escape(str(batch_id))}. {len(history_rows(session))} batch(es) remain."
+    return message, history_rows(session), history_choices(session), {"undone": batch_id, "remaining": [r[0] for r in history_rows(session)]}, session
+
+
+@friendly
+def run_reset(ctx: AppContext, session: SessionState | None):
+    """Undo every edit of the session."""
+    session = ctx.session_of(session)
+    ledger = session.ledger()
+    ctx.run(session, lambda job, loaded: editing.reset_ledger(ledger), name="reset", edited=False)
+    return "All your edits were undone: the model is the original again.", [], history_choices(session), {"remaining": []}, session
+
+
+@friendly
+def run_export(ctx: AppContext, session: SessionState | None):
+    """The session's ledger as a safetensors file to download."""
+    session = ctx.session_of(session)
+    if not session.has_edits():
+        raise gr.Error("There are no edits to export yet.")
+    path = ctx.run(session, lambda job, loaded: editing.export_ledger(session.ledger(), loaded), name="export", edited=False)
+    return gr.File(value=path, visible=True)
+
+
+@friendly
+def run_import(ctx: AppContext, path: str | None, session: SessionState | None):
+    """Replace the session's edits by a ledger exported from Locus (refused for another model)."""
+    session = ctx.session_of(session)
+
+    def work(job, loaded):
+        return editing.import_ledger(path, loaded)
+
+    ledger = ctx.run(session, work, name="import edits", edited=False)
+    session.ledgers[session.model_spec] = ledger
+    return f"Imported {len(history_rows(session))} batch(es) of edits.", history_rows(session), history_choices(session), {"imported": len(history_rows(session))}, session
+
+
+# --- the tab -----------------------------------------------------------------------------------
 
 def build(ctx: AppContext) -> EditTab:
     with gr.Tab("Edit", id="edit"):
@@ -167,52 +310,8 @@ def build(ctx: AppContext) -> EditTab:
     hparams = [mom2_weight, cov_tokens, steps, lr, kl_factor, clamp_norm]
 
     # --- the requests table ------------------------------------------------------------------------
-    def answer_rows(session: SessionState, rows: list[list[str]]) -> list[list[str]]:
-        """Fill the 'current answer' column with the session model's top prediction."""
-        if not rows:
-            return rows
-
-        def work(job, loaded):
-            return editing.current_answers(loaded, rows)
-
-        answers = ctx.run(session, work, name="current answers")
-        return [row[:3] + [answer] + row[4:] for row, answer in zip(rows, answers)]
-
-    @friendly
-    def add_request(
-        subject_text: str, template_text: str, target_text: str, paraphrase_text: str, neighbor_text: str,
-        value: Any, session: SessionState | None,
-    ):
-        session = ctx.session_of(session)
-        row = [subject_text or "", template_text or "", target_text or "", "", paraphrase_text or "", neighbor_text or ""]
-        editing.check_row(row)
-        return table_rows(value) + answer_rows(session, [row]), "", "", "", "", "", session
-
-    def select_row(event: gr.SelectData):
-        return event.index[0] if isinstance(event.index, (list, tuple)) else event.index
-
-    def remove_row(value: Any, index: int | None):
-        rows = table_rows(value)
-        if index is None or not 0 <= int(index) < len(rows):
-            warn("Click a row of the table first, then remove it.")
-            return rows, None
-        return rows[: int(index)] + rows[int(index) + 1 :], None
-
-    @friendly
-    def refresh_answers(value: Any, session: SessionState | None):
-        session = ctx.session_of(session)
-        return answer_rows(session, table_rows(value)), session
-
-    @friendly
-    def import_counterfact(path: str | None, value: Any, session: SessionState | None):
-        session = ctx.session_of(session)
-        records, rows = editing.counterfact_rows(path)  # their true object goes in the "current answer" column
-        session.records = records
-        gr.Info(f"Imported {len(records)} CounterFact record(s): apply them, then see their metrics on the Test tab.")
-        return table_rows(value) + rows, session
-
     add.click(
-        add_request,
+        ctx.bind(add_request),
         [subject, template, target, paraphrases, neighbors, table, ctx.session],
         [table, subject, template, target, paraphrases, neighbors, ctx.session],
         api_visibility="private", concurrency_id=MODEL_QUEUE,
@@ -220,110 +319,21 @@ def build(ctx: AppContext) -> EditTab:
     table.select(select_row, None, selected_row, api_visibility="private", queue=False)
     remove.click(remove_row, [table, selected_row], [table, selected_row], api_visibility="private", concurrency_id="table")
     clear.click(lambda: [], None, table, api_visibility="private", queue=False)
-    refresh.click(refresh_answers, [table, ctx.session], [table, ctx.session], api_visibility="private", concurrency_id=MODEL_QUEUE)
-    import_records.upload(import_counterfact, [import_records, table, ctx.session], [table, ctx.session],
+    refresh.click(ctx.bind(refresh_answers), [table, ctx.session], [table, ctx.session], api_visibility="private", concurrency_id=MODEL_QUEUE)
+    import_records.upload(ctx.bind(import_counterfact), [import_records, table, ctx.session], [table, ctx.session],
                           api_visibility="private", concurrency_id=MODEL_QUEUE)
 
     # --- applying edits ----------------------------------------------------------------------------
-    @friendly
-    def run_edit(
-        value: Any,
-        method_name: str,
-        layers_text: str,
-        lambda_value: float | None,
-        cov_token_count: float | None,
-        step_count: float,
-        learning_rate: float,
-        kl_weight: float,
-        clamp: float,
-        session: SessionState | None,
-        progress=gr.Progress(),
-    ):
-        session = ctx.session_of(session)
-        rows = table_rows(value)
-        requests = editing.requests_from_rows(rows)
-        overrides = dict(
-            mom2_weight=lambda_value if lambda_value else None, cov_tokens=int(cov_token_count) if cov_token_count else None, steps=int(step_count),
-            lr=learning_rate, kl_factor=kl_weight, clamp_norm=clamp,
-        )
-        skip = tuple(gr.skip() for _ in range(8))
-        ledger = session.ledger()
-
-        def work(job, loaded):
-            # Not inside session.applied: the editor applies the ledger itself, after computing the
-            # covariance statistics on the original weights.
-            batch = editing.compute_batch(loaded, ledger, requests, method_name, layers_text, overrides, job.progress)
-            editing.add_batch(ledger, batch, loaded)
-            return batch
-
-        job = ctx.submit(session, work, name="edit", edited=False)
-        for item in follow(job, progress):
-            if item is HEARTBEAT:
-                yield skip
-        batch = job.result
-        session.remember_checks(rows, requests)
-        session.cov_tokens = int(batch.hparams.get("cov_tokens") or 0) or None
-        per_request, per_layer = editing.diagnostics_tables(batch)
-        yield (
-            editing.batch_summary_text(batch),
-            per_request,
-            gr.Plot(loss_figure(editing.loss_curves(batch)), visible=True),
-            per_layer,
-            history_rows(session),
-            history_choices(session),
-            editing.batch_dict(batch),
-            session,
-        )
-
     edit_outputs = [status, request_table, loss_plot, layer_table, history, batch_choice, result_json, ctx.session]
     edit_event = apply.click(
-        run_edit, [table, method, layers, *hparams, ctx.session], edit_outputs, api_name="edit", concurrency_id=MODEL_QUEUE
+        ctx.bind(run_edit), [table, method, layers, *hparams, ctx.session], edit_outputs, api_name="edit", concurrency_id=MODEL_QUEUE
     )
     stop.click(None, None, None, cancels=[edit_event], api_visibility="private")
 
     # --- history: undo, reset, export, import --------------------------------------------------------
-    @friendly
-    def run_undo(batch_id: str | None, session: SessionState | None):
-
-        session = ctx.session_of(session)
-        if not batch_id:
-            raise InputError("There is no batch to undo: your edits history is empty.")
-        ledger = session.ledger()
-        # On the runner thread: no job of this session may be using the ledger meanwhile.
-        ctx.run(session, lambda job, loaded: editing.undo_batch(ledger, batch_id), name="undo", edited=False)
-        message = f"Undid batch {html.escape(str(batch_id))}. {len(history_rows(session))} batch(es) remain."
-        return message, history_rows(session), history_choices(session), {"undone": batch_id, "remaining": [r[0] for r in history_rows(session)]}, session
-
-    @friendly
-    def run_reset(session: SessionState | None):
-        session = ctx.session_of(session)
-        ledger = session.ledger()
-        ctx.run(session, lambda job, loaded: editing.reset_ledger(ledger), name="reset", edited=False)
-        return "All your edits were undone: the model is the original again.", [], history_choices(session), {"remaining": []}, session
-
-    @friendly
-    def run_export(session: SessionState | None):
-        session = ctx.session_of(session)
-        if not session.has_edits():
-            raise gr.Error("There are no edits to export yet.")
-        path = ctx.run(session, lambda job, loaded: editing.export_ledger(session.ledger(), loaded), name="export", edited=False)
-        return gr.File(value=path, visible=True)
-
-    @friendly
-    def run_import(path: str | None, session: SessionState | None):
-        session = ctx.session_of(session)
-
-        def work(job, loaded):
-            return editing.import_ledger(path, loaded)
-
-        ledger = ctx.run(session, work, name="import edits", edited=False)
-        session.ledgers[session.model_spec] = ledger
-        return f"Imported {len(history_rows(session))} batch(es) of edits.", history_rows(session), history_choices(session), {"imported": len(history_rows(session))}, session
-
     history_outputs = [status, history, batch_choice, result_json, ctx.session]
-    undo_event = undo.click(run_undo, [batch_choice, ctx.session], history_outputs, api_name="undo", concurrency_id=MODEL_QUEUE)
-    reset_event = reset.click(run_reset, [ctx.session], history_outputs, api_name="reset", concurrency_id=MODEL_QUEUE)
-    export_ledger.click(run_export, [ctx.session], [exported], api_visibility="private", concurrency_id=MODEL_QUEUE)
-    import_event = import_ledger.upload(run_import, [import_ledger, ctx.session], history_outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
-    return EditTab(subject, template, target, paraphrases, neighbors, add, table, method, layers, apply, status, history, batch_choice, undo, reset,
-                   edit_event, undo_event, hparams, reset_event, import_event)
+    undo_event = undo.click(ctx.bind(run_undo), [batch_choice, ctx.session], history_outputs, api_name="undo", concurrency_id=MODEL_QUEUE)
+    reset_event = reset.click(ctx.bind(run_reset), [ctx.session], history_outputs, api_name="reset", concurrency_id=MODEL_QUEUE)
+    export_ledger.click(ctx.bind(run_export), [ctx.session], [exported], api_visibility="private", concurrency_id=MODEL_QUEUE)
+    import_event = import_ledger.upload(ctx.bind(run_import), [import_ledger, ctx.session], history_outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
+    return EditTab(form=[subject, template, target, paraphrases, neighbors], edit_events=[edit_event, undo_event, reset_event, import_event])

@@ -30,6 +30,37 @@ def edit_batches(session: SessionState) -> int:
     return len(ledger_batches(ledger)) if ledger is not None else 0
 
 
+# --- handlers ---------------------------------------------------------------------------------
+
+@friendly
+def show_model(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
+    """Wait for the model (loading it if needed) and describe it."""
+    session = ctx.session_of(session)
+    ctx.run(session, lambda job, loaded: None, name="load model", edited=False)
+    status = ctx.manager.status()
+    return model_markdown(status), model_line(status, edit_batches(session)), session
+
+
+@friendly
+def switch_model(ctx: AppContext, spec: str, session: SessionState | None, progress=gr.Progress()):
+    """Use another of the server's models for this session (its traces and R are forgotten; its edits stay per model)."""
+    session = ctx.session_of(session)
+    ctx.manager.check_allowed(spec)
+    session.model_spec = spec
+    session.trace = session.original_trace = session.recommendation = session.average = None
+    session.layers = None
+    ctx.run(session, lambda job, loaded: None, name="switch model", edited=False)
+    status = ctx.manager.status()
+    return model_markdown(status), model_line(status, edit_batches(session)), session
+
+
+def header_line(ctx: AppContext, session: SessionState | None) -> str:
+    """The page header's model line for this session."""
+    return model_line(ctx.manager.status(), edit_batches(ctx.session_of(session)))
+
+
+# --- the tab -----------------------------------------------------------------------------------
+
 def build(ctx: AppContext, header: gr.Markdown) -> ModelTab:
     manager = ctx.manager
     with gr.Tab("Model", id="model"):
@@ -47,30 +78,13 @@ def build(ctx: AppContext, header: gr.Markdown) -> ModelTab:
             switch = gr.Button("Use this model", elem_id="model-switch", scale=1, interactive=len(manager.specs) > 1)
         gr.Markdown(captions.MODEL_PANEL)
 
-    @friendly
-    def show_model(session: SessionState | None, progress=gr.Progress()):
-        session = ctx.session_of(session)
-        ctx.run(session, lambda job, loaded: None, name="load model", edited=False)
-        status = manager.status()
-        return model_markdown(status), model_line(status, edit_batches(session)), session
-
-    @friendly
-    def switch_model(spec: str, session: SessionState | None, progress=gr.Progress()):
-        session = ctx.session_of(session)
-        manager.check_allowed(spec)
-        session.model_spec = spec
-        session.trace = session.original_trace = session.recommendation = session.average = None
-        session.layers = None
-        ctx.run(session, lambda job, loaded: None, name="switch model", edited=False)
-        status = manager.status()
-        return model_markdown(status), model_line(status, edit_batches(session)), session
-
     outputs = [info, header, ctx.session]
     load_event = ctx.components["demo"].load(
-        show_model, [ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private"
+        ctx.bind(show_model), [ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private"
     )
-    switch_event = switch.click(switch_model, [choice, ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_name="switch_model")
-    def refresh_header(session: SessionState | None) -> str:
-        return model_line(manager.status(), edit_batches(ctx.session_of(session)))
-
-    return ModelTab(info, choice, switch, refresh_header, [load_event, switch_event])
+    switch_event = switch.click(
+        ctx.bind(switch_model), [choice, ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_name="switch_model"
+    )
+    return ModelTab(
+        info=info, choice=choice, switch=switch, refresh_header=ctx.bind(header_line), ready_events=[load_event, switch_event]
+    )

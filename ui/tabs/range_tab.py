@@ -11,6 +11,7 @@ import gradio as gr
 from core.errors import InputError
 from editor.layers import outlier_flags
 from tracer import figures
+from tracer.figures import range_label
 from tracer.recommend import recommend_layers
 from ui import captions
 from ui.context import AppContext
@@ -46,9 +47,58 @@ def recommendation_for(session: SessionState, source: str, width: int, flagged: 
     return recommend_layers(session.trace, width=width, flagged_layers=flagged)
 
 
-def range_text(first: int, last: int) -> str:
-    return f"{first}-{last}" if last > first else f"{first}"
+def chosen_text(low: int, high: int) -> str:
+    """What the page says about the chosen R."""
+    return f"**R = layers {range_label(low, high)}** ({high - low + 1} layers) will be edited on the Edit tab."
 
+
+# --- handlers ---------------------------------------------------------------------------------
+
+def current_curve(session: SessionState, source_value: str, width_value: int) -> Any:
+    """The recommendation to draw under the user's R, or None when there is nothing to draw from yet."""
+    try:
+        return recommendation_for(session, source_value, width_value)
+    except InputError:
+        return None
+
+
+@friendly
+def redraw(ctx: AppContext, source_value: str, width_value: float, first_value: float, last_value: float, session: SessionState | None):
+    """Move the shaded range (and remember it as this session's R)."""
+    session = ctx.session_of(session)
+    low, high = sorted((int(first_value), int(last_value)))
+    session.layers = (low, high)
+    recommendation = current_curve(session, source_value, int(width_value))
+    figure = (
+        figures.recommendation_figure(recommendation, (low, high))
+        if recommendation is not None
+        else figures.empty_figure("Run a trace (Trace tab) to see the MLP effect curve here.")
+    )
+    return figure, chosen_text(low, high), range_label(low, high), session
+
+
+@friendly
+def run_recommend(ctx: AppContext, source_value: str, width_value: float, session: SessionState | None):
+    """The recommended R from the last trace or the averages, with layers whose cached key statistics look odd."""
+    session = ctx.session_of(session)
+    flagged = ctx.run(session, lambda job, loaded: outlier_flags(loaded, session.cov_tokens), name="outliers", edited=False)
+    recommendation = recommendation_for(session, source_value, int(width_value), flagged)
+    session.recommendation = recommendation
+    low, high = min(recommendation.layers), max(recommendation.layers)
+    session.layers = (low, high)
+    return (
+        figures.recommendation_figure(recommendation, (low, high)),
+        low,
+        high,
+        html.escape(recommendation.explanation),
+        recommendation.to_dict(),
+        chosen_text(low, high),
+        range_label(low, high),
+        session,
+    )
+
+
+# --- the tab -----------------------------------------------------------------------------------
 
 def build(ctx: AppContext) -> RangeTab:
     with gr.Tab("Choose R", id="range"):
@@ -66,61 +116,18 @@ def build(ctx: AppContext) -> RangeTab:
         with gr.Accordion("Raw result (JSON)", open=False):
             result_json = gr.JSON(elem_id="range-json")
 
-    def current_curve(session: SessionState, source_value: str, width_value: int) -> Any:
-        try:
-            return recommendation_for(session, source_value, width_value)
-        except Exception:
-            return None
-
-    @friendly
-    def redraw(source_value: str, width_value: float, first_value: float, last_value: float, session: SessionState | None):
-        """Move the shaded range (and remember it as this session's R)."""
-        session = ctx.session_of(session)
-        low, high = sorted((int(first_value), int(last_value)))
-        session.layers = (low, high)
-        recommendation = current_curve(session, source_value, int(width_value))
-        figure = (
-            figures.recommendation_figure(recommendation, (low, high))
-            if recommendation is not None
-            else figures.empty_figure("Run a trace (Trace tab) to see the MLP effect curve here.")
-        )
-        return figure, f"**R = layers {range_text(low, high)}** ({high - low + 1} layers) will be edited on the Edit tab.", range_text(low, high), session
-
-    @friendly
-    def run_recommend(source_value: str, width_value: float, session: SessionState | None):
-        session = ctx.session_of(session)
-        flagged = ctx.run(session, lambda job, loaded: outlier_flags(loaded, session.cov_tokens), name="outliers", edited=False)
-        recommendation = recommendation_for(session, source_value, int(width_value), flagged)
-        session.recommendation = recommendation
-        layers = list(recommendation.layers)
-        low, high = min(layers), max(layers)
-        session.layers = (low, high)
-        return (
-            figures.recommendation_figure(recommendation, (low, high)),
-            low,
-            high,
-            html.escape(recommendation.explanation),
-            recommendation.to_dict() if hasattr(recommendation, "to_dict") else {"layers": layers},
-            f"**R = layers {range_text(low, high)}** ({high - low + 1} layers) will be edited on the Edit tab.",
-            range_text(low, high),
-            session,
-        )
-
     layers_text = ctx.components["edit_layers"]  # the Edit tab's layer box (rendered there): R feeds it
     recommend_event = recommend.click(
-        run_recommend,
+        ctx.bind(run_recommend),
         [source, width, ctx.session],
         [plot, first, last, explanation, result_json, chosen, layers_text, ctx.session],
         api_name="recommend",
     )
-    for slider in (first, last):
-        slider.release(
-            redraw, [source, width, first, last, ctx.session], [plot, chosen, layers_text, ctx.session],
-            api_visibility="private", show_progress="hidden",
-        )
-    source.change(
-        redraw, [source, width, first, last, ctx.session], [plot, chosen, layers_text, ctx.session],
-        api_visibility="private", show_progress="hidden",
+    redraw_event = (ctx.bind(redraw), [source, width, first, last, ctx.session], [plot, chosen, layers_text, ctx.session])
+    for trigger in (first.release, last.release, source.change):
+        trigger(*redraw_event, api_visibility="private", show_progress="hidden")
+    ctx.components["range_redraw"] = redraw_event
+    return RangeTab(
+        source=source, width=width, first=first, last=last, plot=plot, explanation=explanation, recommend=recommend,
+        recommend_event=recommend_event, result_json=result_json,
     )
-    ctx.components["range_redraw"] = (redraw, [source, width, first, last, ctx.session], [plot, chosen, layers_text, ctx.session])
-    return RangeTab(source, width, first, last, plot, explanation, recommend, recommend_event, result_json)

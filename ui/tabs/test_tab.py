@@ -37,6 +37,129 @@ def predictions_dict(predictions: list[Any], generation: str) -> dict:
     return {"top": [p.to_dict() for p in predictions], "generation": generation}
 
 
+# --- handlers ---------------------------------------------------------------------------------
+
+@friendly
+def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, session: SessionState | None, progress=gr.Progress()):
+    """Top-k next tokens and a greedy continuation, on the original model and with the session's edits."""
+    session = ctx.session_of(session)
+    if not prompt_text or not prompt_text.strip():
+        raise InputError("The prompt is empty: type a sentence that the model should complete.")
+    count, tokens = int(k), int(new_tokens)
+
+    def work(job, loaded):
+        job.progress(0.1, "Original model…")
+        before = (predict_next_tokens(loaded, prompt_text, count), generate_greedy(loaded, prompt_text, tokens))
+        job.progress(0.5, "With your edits…")
+        with session.applied(loaded):
+            after = (predict_next_tokens(loaded, prompt_text, count), generate_greedy(loaded, prompt_text, tokens))
+        return before, after
+
+    before, after = ctx.run(session, work, name="compare", edited=False)
+    edited = session.has_edits()
+    if not edited:
+        note = "You have no edits yet, so both sides show the original model. Apply an edit on the **Edit** tab."
+    elif before[0][0].token != after[0][0].token:
+        note = (
+            f"Your edits change the top prediction: **{html.escape(display_token(before[0][0].token))}** "
+            f"({percent(before[0][0].probability)}) → **{html.escape(display_token(after[0][0].token))}** "
+            f"({percent(after[0][0].probability)})."
+        )
+    else:
+        note = (
+            f"Same top prediction before and after: **{html.escape(display_token(after[0][0].token))}** "
+            f"({percent(before[0][0].probability)} → {percent(after[0][0].probability)})."
+        )
+    data = {
+        "prompt": prompt_text,
+        "edited": edited,
+        "before": predictions_dict(*before),
+        "after": predictions_dict(*after),
+    }
+    return label_value(before[0]), label_value(after[0]), before[1], after[1], note, data, session
+
+
+@friendly
+def run_checks(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
+    """Rewrite / paraphrase / neighbourhood checks of every applied edit, and CounterFact metrics, before and after."""
+    session = ctx.session_of(session)
+    edits = editing.applied_records(session)
+    imported = list(session.records)
+    if not edits and not imported:
+        raise InputError("There is nothing to check yet: apply an edit on the Edit tab (or import CounterFact records).")
+
+    def work(job, loaded):
+        job.progress(0.05, "Original model…")
+        records = editing.with_true_objects(loaded, edits) + imported
+        before = editing.score(loaded, records)
+        job.progress(0.5, "With your edits…")
+        with session.applied(loaded):
+            after = editing.score(loaded, records)
+        return records, before, after
+
+    records, before, after = ctx.run(session, work, name="check edits", edited=False)
+    count = len(edits)
+    rows = editing.check_rows(records[:count], before[:count], after[:count])
+    metric_slice = slice(count, None) if imported else slice(0, count)
+    pre, post = editing.summary(before[metric_slice]), editing.summary(after[metric_slice])
+    which = f"the {len(imported)} imported CounterFact record(s)" if imported else f"your {count} edit(s)"
+    summary = (
+        f"Scores over {which}: efficacy {percent_or_dash(pre.ES)} → **{percent_or_dash(post.ES)}**, "
+        f"paraphrases {percent_or_dash(pre.PS)} → **{percent_or_dash(post.PS)}**, "
+        f"neighborhood {percent_or_dash(pre.NS)} → **{percent_or_dash(post.NS)}** "
+        "(higher is better for all three; the neighborhood should stay high)."
+    )
+    data = {
+        "edits": [dict(zip(editing.CHECK_COLUMNS, row)) for row in rows],
+        "metrics_over": "imported" if imported else "edits",
+        "pre": pre.to_dict(),
+        "post": post.to_dict(),
+    }
+    return (
+        summary,
+        gr.Dataframe(value=rows, headers=editing.CHECK_COLUMNS, visible=bool(rows)),
+        gr.Dataframe(value=editing.metrics_rows(pre, post), headers=editing.METRIC_COLUMNS, visible=True),
+        data,
+        session,
+    )
+
+
+@friendly
+def run_retrace(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
+    """The last trace again with the session's edits, shown as after-minus-before heatmaps."""
+    session = ctx.session_of(session)
+    last = session.trace
+    if last is None:
+        raise InputError("There is no trace to repeat: run one on the Trace tab first.")
+    if not session.has_edits():
+        raise InputError("You have no edits yet, so the model is unchanged: apply an edit on the Edit tab first.")
+    settings = copy.deepcopy(last.settings)
+    settings.answer = last.answer  # follow the same answer token before and after the edit
+    original = session.original_trace
+    reuse = original is not None and _same_trace(original, last, settings)
+
+    def work(job, loaded):
+        def part(offset: float, label: str):
+            return lambda fraction, message: job.progress(offset + 0.5 * fraction, f"{label}: {message}")
+
+        before = original if reuse else trace(loaded, last.prompt, last.subject, settings, progress=part(0.0, "Original model"))
+        with session.applied(loaded):
+            after = trace(loaded, last.prompt, last.subject, settings, progress=part(0.5, "With your edits"))
+        return before, after
+
+    before, after = ctx.run(session, work, name="re-trace", edited=False)
+    if not reuse:
+        session.original_trace = before
+    status = (
+        f"Following **{html.escape(display_token(before.answer))}**: clean probability "
+        f"{percent(before.high)} before, {percent(after.high)} after your edits."
+    )
+    plots = (gr.Plot(figures.difference_heatmap(before, after, kind), visible=True) for kind in KINDS)
+    return (status, *plots, session)
+
+
+# --- the tab -----------------------------------------------------------------------------------
+
 def build(ctx: AppContext) -> TestTab:
     extra: dict[str, Any] = {}
     with gr.Tab("Test", id="test"):
@@ -83,152 +206,38 @@ def build(ctx: AppContext) -> TestTab:
             for kind in KINDS:
                 retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", min_width=320, visible=False)
 
-    @friendly
-    def run_compare(prompt_text: str, k: float, new_tokens: float, session: SessionState | None, progress=gr.Progress()):
-
-        session = ctx.session_of(session)
-        if not prompt_text or not prompt_text.strip():
-            raise InputError("The prompt is empty: type a sentence that the model should complete.")
-        count, tokens = int(k), int(new_tokens)
-
-        def work(job, loaded):
-
-            job.progress(0.1, "Original model…")
-            before = (predict_next_tokens(loaded, prompt_text, count), generate_greedy(loaded, prompt_text, tokens))
-            job.progress(0.5, "With your edits…")
-            with session.applied(loaded):
-                after = (predict_next_tokens(loaded, prompt_text, count), generate_greedy(loaded, prompt_text, tokens))
-            return before, after
-
-        before, after = ctx.run(session, work, name="compare", edited=False)
-        edited = session.has_edits()
-        if not edited:
-            note = "You have no edits yet, so both sides show the original model. Apply an edit on the **Edit** tab."
-        elif before[0][0].token != after[0][0].token:
-            note = (
-                f"Your edits change the top prediction: **{html.escape(display_token(before[0][0].token))}** "
-                f"({percent(before[0][0].probability)}) → **{html.escape(display_token(after[0][0].token))}** "
-                f"({percent(after[0][0].probability)})."
-            )
-        else:
-            note = (
-                f"Same top prediction before and after: **{html.escape(display_token(after[0][0].token))}** "
-                f"({percent(before[0][0].probability)} → {percent(after[0][0].probability)})."
-            )
-        data = {
-            "prompt": prompt_text,
-            "edited": edited,
-            "before": predictions_dict(*before),
-            "after": predictions_dict(*after),
-        }
-        return (
-            label_value(before[0]), label_value(after[0]), before[1], after[1], note, data, session,
-        )
 
     compare_event = compare.click(
-        run_compare,
+        ctx.bind(run_compare),
         [prompt, top_k, length, ctx.session],
         [before_label, after_label, before_text, after_text, summary, compare_json, ctx.session],
         api_name="predict",
         concurrency_id=MODEL_QUEUE,
     )
     prompt.submit(
-        run_compare,
+        ctx.bind(run_compare),
         [prompt, top_k, length, ctx.session],
         [before_label, after_label, before_text, after_text, summary, compare_json, ctx.session],
         api_visibility="private",
         concurrency_id=MODEL_QUEUE,
     )
     # --- checks of every edit and CounterFact metrics --------------------------------------------------
-    @friendly
-    def run_checks(session: SessionState | None, progress=gr.Progress()):
-
-        session = ctx.session_of(session)
-        edits = editing.applied_records(session)
-        imported = list(session.records)
-        if not edits and not imported:
-            raise InputError("There is nothing to check yet: apply an edit on the Edit tab (or import CounterFact records).")
-
-        def work(job, loaded):
-            job.progress(0.05, "Original model…")
-            records = editing.with_true_objects(loaded, edits) + imported
-            before = editing.score(loaded, records)
-            job.progress(0.5, "With your edits…")
-            with session.applied(loaded):
-                after = editing.score(loaded, records)
-            return records, before, after
-
-        records, before, after = ctx.run(session, work, name="check edits", edited=False)
-        count = len(edits)
-        rows = editing.check_rows(records[:count], before[:count], after[:count])
-        metric_slice = slice(count, None) if imported else slice(0, count)
-        pre, post = editing.summary(before[metric_slice]), editing.summary(after[metric_slice])
-        which = f"the {len(imported)} imported CounterFact record(s)" if imported else f"your {count} edit(s)"
-        summary = (
-            f"Scores over {which}: efficacy {percent_or_dash(pre.ES)} → **{percent_or_dash(post.ES)}**, "
-            f"paraphrases {percent_or_dash(pre.PS)} → **{percent_or_dash(post.PS)}**, "
-            f"neighborhood {percent_or_dash(pre.NS)} → **{percent_or_dash(post.NS)}** "
-            "(higher is better for all three; the neighborhood should stay high)."
-        )
-        data = {
-            "edits": [dict(zip(editing.CHECK_COLUMNS, row)) for row in rows],
-            "metrics_over": "imported" if imported else "edits",
-            "pre": pre.to_dict(),
-            "post": post.to_dict(),
-        }
-        return (
-            summary,
-            gr.Dataframe(value=rows, headers=editing.CHECK_COLUMNS, visible=bool(rows)),
-            gr.Dataframe(value=editing.metrics_rows(pre, post), headers=editing.METRIC_COLUMNS, visible=True),
-            data,
-            session,
-        )
 
     check.click(
-        run_checks, [ctx.session], [check_summary, checks_table, metrics_table, check_json, ctx.session],
+        ctx.bind(run_checks), [ctx.session], [check_summary, checks_table, metrics_table, check_json, ctx.session],
         api_name="evaluate", concurrency_id=MODEL_QUEUE,
     )
 
     # --- re-trace with the edits and show the difference -------------------------------------------------
-    @friendly
-    def run_retrace(session: SessionState | None, progress=gr.Progress()):
-
-        session = ctx.session_of(session)
-        last = session.trace
-        if last is None:
-            raise InputError("There is no trace to repeat: run one on the Trace tab first.")
-        if not session.has_edits():
-            raise InputError("You have no edits yet, so the model is unchanged: apply an edit on the Edit tab first.")
-        settings = copy.deepcopy(last.settings)
-        settings.answer = last.answer  # follow the same answer token before and after the edit
-        original = session.original_trace
-        reuse = original is not None and _same_trace(original, last, settings)
-
-        def work(job, loaded):
-
-            def part(offset: float, label: str):
-                return lambda fraction, message: job.progress(offset + 0.5 * fraction, f"{label}: {message}")
-
-            before = original if reuse else trace(loaded, last.prompt, last.subject, settings, progress=part(0.0, "Original model"))
-            with session.applied(loaded):
-                after = trace(loaded, last.prompt, last.subject, settings, progress=part(0.5, "With your edits"))
-            return before, after
-
-        before, after = ctx.run(session, work, name="re-trace", edited=False)
-        if not reuse:
-            session.original_trace = before
-        status = (
-            f"Following **{html.escape(display_token(before.answer))}**: clean probability "
-            f"{percent(before.high)} before, {percent(after.high)} after your edits."
-        )
-        plots = (gr.Plot(figures.difference_heatmap(before, after, kind), visible=True) for kind in KINDS)
-        return (status, *plots, session)
 
     retrace.click(
-        run_retrace, [ctx.session], [retrace_status, *retrace_plots.values(), ctx.session],
+        ctx.bind(run_retrace), [ctx.session], [retrace_status, *retrace_plots.values(), ctx.session],
         api_name="retrace", concurrency_id=MODEL_QUEUE,
     )
-    return TestTab(prompt, before_label, after_label, before_text, after_text, compare, compare_event, extra)
+    return TestTab(
+        prompt=prompt, before_label=before_label, after_label=after_label, before_text=before_text, after_text=after_text,
+        compare=compare, compare_event=compare_event, extra=extra,
+    )
 
 
 def _same_trace(original: Any, last: Any, settings: Any) -> bool:

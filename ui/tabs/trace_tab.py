@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import html
 import time
 from dataclasses import dataclass
@@ -80,7 +81,6 @@ def highlighted_tokens(tokenizer: Any, prompt: str, subject: str) -> tuple[list[
 
 def settings_from_inputs(answer: str, kinds: list[str], samples: Any, noise: str, window: Any, seed: Any, noise_type: str):
     """A TraceSettings from the form (InputError with a plain message for bad values)."""
-
     def whole(value: Any, name: str) -> int:
         try:
             number = float(value)
@@ -116,6 +116,128 @@ def status_markdown(result: Any, *, stage: str, edited: bool) -> str:
         return f"{head}  \nExact trace {result.fraction_done():.0%} done (faded cells are still the preview)."
     return f"{head}  \nExact trace done in {result.elapsed:.1f} s ({result.settings.samples} noise samples)."
 
+
+# --- handlers (module level: each takes the app context first, then the component values) ------
+
+def show_tokens(ctx: AppContext, prompt_text: str, subject_text: str, session: SessionState | None):
+    """The prompt's tokens with the subject highlighted, and a hint (uses a private tokenizer copy, no model job)."""
+    session = ctx.session_of(session)
+    tokenizer = ctx.manager.display_tokenizer(session.model_spec)
+    if tokenizer is None:
+        return [], "The model is still loading…"
+    return highlighted_tokens(tokenizer, prompt_text, subject_text)
+
+
+def show_prediction(ctx: AppContext, prompt_text: str, answer_text: str, session: SessionState | None):
+    """The model's top next token after the prompt (with the session's edits), and the typed answer's probability."""
+    session = ctx.session_of(session)
+    if not prompt_text or not prompt_text.strip():
+        return "", session
+
+    def work(job, loaded):
+        probabilities = next_token_probabilities(loaded, prompt_text)
+        top = top_tokens(loaded, probabilities, 1)[0]
+        chosen = None
+        if answer_text and answer_text.strip():
+            ids = target_token_ids(loaded.tokenizer, answer_text.strip(), prompt=prompt_text)
+            chosen = (loaded.tokenizer.decode(ids[:1]), float(probabilities[ids[0]]))
+        return top, chosen
+
+    try:
+        top, chosen = ctx.run(session, work, name="top prediction")
+    except LocusError as error:
+        return html.escape(str(error)), session
+    edited = " (with your edits)" if session.has_edits() else ""
+    text = f"Model's top prediction{edited}: **{html.escape(display_token(top.token))}** ({percent(top.probability)})."
+    if chosen is not None:
+        text += f"  \nYour answer starts with **{html.escape(display_token(chosen[0]))}**: {percent(chosen[1])}."
+    else:
+        text += " Leave *Answer* empty to trace it."
+    return text, session
+
+
+TRACE_OUTPUTS = 9  # status, three heatmaps, JSON, three downloads, session
+
+
+@friendly
+def run_trace(
+    ctx: AppContext,
+    prompt_text: str,
+    subject_text: str,
+    answer_text: str,
+    kind_list: list[str],
+    sample_count: float,
+    noise_text: str,
+    window_size: float,
+    seed_value: float,
+    noise_kind: str,
+    session: SessionState | None,
+    progress=gr.Progress(),
+):
+    """Preview first, then the exact trace's cells as they finish (at most every STREAM_INTERVAL_S), then downloads."""
+    session = ctx.session_of(session)
+    settings = settings_from_inputs(answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind)
+    edited = session.has_edits()
+    skip = tuple(gr.skip() for _ in range(TRACE_OUTPUTS))
+
+    def work(job, loaded):
+        job.progress(0.0, "Approximate preview…")
+        preview = preview_trace(loaded, prompt_text, subject_text, settings)
+        job.emit(("preview", preview))
+        final = None
+        with contextlib.closing(trace_stream(loaded, prompt_text, subject_text, settings)) as stream:
+            for update in stream:
+                final = update.result
+                job.progress(update.fraction, f"Exact trace: {update.message}")
+                job.emit(("exact", copy.deepcopy(update.result)))
+        return preview, final
+
+    job = ctx.submit(session, work, name="trace")
+    preview = None
+    last_sent = 0.0
+    waiting = None
+    for item in follow(job, progress):
+        if item is not HEARTBEAT:
+            waiting = item
+        if waiting is None or (time.monotonic() - last_sent < STREAM_INTERVAL_S and item is not HEARTBEAT):
+            yield skip
+            continue
+        stage, result = waiting
+        waiting = None
+        if stage == "preview":
+            preview = result
+        last_sent = time.monotonic()
+        yield (
+            status_markdown(result, stage=stage, edited=edited),
+            *(figures.trace_heatmap(result, kind, preview=preview) for kind in KINDS),
+            *skip[:4],
+            session,
+        )
+    preview, result = job.result
+    session.trace, session.trace_edited = result, edited
+    if not edited:
+        session.original_trace = result
+    paths = trace_downloads(result)
+    yield (
+        status_markdown(result, stage="done", edited=edited),
+        *(figures.trace_heatmap(result, kind) for kind in KINDS),
+        result.to_dict(),
+        gr.DownloadButton(value=paths["json"], interactive=True),
+        gr.DownloadButton(value=paths["csv"], interactive=True),
+        gr.DownloadButton(value=paths["html"], interactive=True),
+        session,
+    )
+
+
+def describe_example(examples: list[Example], prompt_text: str, subject_text: str) -> str:
+    """The note of the example whose prompt and subject these are ("" for typed text)."""
+    for example in examples:
+        if example.prompt == prompt_text and example.subject == subject_text:
+            return f"*{html.escape(example.note)}*"
+    return ""
+
+
+# --- the tab -----------------------------------------------------------------------------------
 
 def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
     with gr.Tab("Trace", id="trace"):
@@ -193,47 +315,12 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
             result_json = gr.JSON(elem_id="trace-json")
 
     # --- typing: tokens highlighted as typed, the model's top prediction shown -------------------
-    def show_tokens(prompt_text: str, subject_text: str, session: SessionState | None):
-        session = ctx.session_of(session)
-        tokenizer = ctx.manager.display_tokenizer(session.model_spec)
-        if tokenizer is None:
-            return [], "The model is still loading…"
-        return highlighted_tokens(tokenizer, prompt_text, subject_text)
-
-    def show_prediction(prompt_text: str, answer_text: str, session: SessionState | None):
-
-        session = ctx.session_of(session)
-        if not prompt_text or not prompt_text.strip():
-            return "", session
-
-        def work(job, loaded):
-
-            probabilities = next_token_probabilities(loaded, prompt_text)
-            top = top_tokens(loaded, probabilities, 1)[0]
-            chosen = None
-            if answer_text and answer_text.strip():
-                ids = target_token_ids(loaded.tokenizer, answer_text.strip(), prompt=prompt_text)
-                chosen = (loaded.tokenizer.decode(ids[:1]), float(probabilities[ids[0]]))
-            return top, chosen
-
-        try:
-            top, chosen = ctx.run(session, work, name="top prediction")
-        except LocusError as error:
-            return html.escape(str(error)), session
-        edited = " (with your edits)" if session.has_edits() else ""
-        text = f"Model's top prediction{edited}: **{html.escape(display_token(top.token))}** ({percent(top.probability)})."
-        if chosen is not None:
-            text += f"  \nYour answer starts with **{html.escape(display_token(chosen[0]))}**: {percent(chosen[1])}."
-        else:
-            text += " Leave *Answer* empty to trace it."
-        return text, session
-
     typing = dict(concurrency_id="typing", concurrency_limit=1, show_progress="hidden", trigger_mode="always_last")
     for component in (prompt, subject):
-        component.change(show_tokens, [prompt, subject, ctx.session], [tokens, token_hint], api_visibility="private", **typing)
+        component.change(ctx.bind(show_tokens), [prompt, subject, ctx.session], [tokens, token_hint], api_visibility="private", **typing)
     for component in (prompt, answer):
         component.change(
-            show_prediction,
+            ctx.bind(show_prediction),
             [prompt, answer, ctx.session],
             [prediction, ctx.session],
             api_visibility="private",
@@ -242,99 +329,24 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
             trigger_mode="always_last",
         )
     refresh_typing = [
-        (show_tokens, [prompt, subject, ctx.session], [tokens, token_hint]),
-        (show_prediction, [prompt, answer, ctx.session], [prediction, ctx.session]),
+        (ctx.bind(show_tokens), [prompt, subject, ctx.session], [tokens, token_hint]),
+        (ctx.bind(show_prediction), [prompt, answer, ctx.session], [prediction, ctx.session]),
     ]
 
     # --- the trace --------------------------------------------------------------------------------
-    @friendly
-    def run_trace(
-        prompt_text: str,
-        subject_text: str,
-        answer_text: str,
-        kind_list: list[str],
-        sample_count: float,
-        noise_text: str,
-        window_size: float,
-        seed_value: float,
-        noise_kind: str,
-        session: SessionState | None,
-        progress=gr.Progress(),
-    ):
-        session = ctx.session_of(session)
-        settings = settings_from_inputs(answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind)
-        edited = session.has_edits()
-        skip = tuple(gr.skip() for _ in range(len(outputs)))
-
-        def work(job, loaded):
-
-            job.progress(0.0, "Approximate preview…")
-            preview = preview_trace(loaded, prompt_text, subject_text, settings)
-            job.emit(("preview", preview))
-            final = None
-            with contextlib.closing(trace_stream(loaded, prompt_text, subject_text, settings)) as stream:
-                for update in stream:
-                    final = update.result
-                    job.progress(update.fraction, f"Exact trace: {update.message}")
-                    job.emit(("exact", copy.deepcopy(update.result)))
-            return preview, final
-
-        job = ctx.submit(session, work, name="trace")
-        preview = None
-        last_sent = 0.0
-        waiting = None
-        for item in follow(job, progress):
-            if item is not HEARTBEAT:
-                waiting = item
-            if waiting is None or (time.monotonic() - last_sent < STREAM_INTERVAL_S and item is not HEARTBEAT):
-                yield skip
-                continue
-            stage, result = waiting
-            waiting = None
-            if stage == "preview":
-                preview = result
-            last_sent = time.monotonic()
-            yield (
-                status_markdown(result, stage=stage, edited=edited),
-                *(figures.trace_heatmap(result, kind, preview=preview) for kind in KINDS),
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-                session,
-            )
-        preview, result = job.result
-        session.trace, session.trace_edited = result, edited
-        if not edited:
-            session.original_trace = result
-        paths = trace_downloads(result)
-        yield (
-            status_markdown(result, stage="done", edited=edited),
-            *(figures.trace_heatmap(result, kind) for kind in KINDS),
-            result.to_dict(),
-            gr.DownloadButton(value=paths["json"], interactive=True),
-            gr.DownloadButton(value=paths["csv"], interactive=True),
-            gr.DownloadButton(value=paths["html"], interactive=True),
-            session,
-        )
-
     inputs = [prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, ctx.session]
     outputs = [status, plots["hidden"], plots["mlp"], plots["attn"], result_json, download_json, download_csv, download_html, ctx.session]
-    trace_event = run.click(run_trace, inputs, outputs, api_name="trace", concurrency_id=MODEL_QUEUE)
-    submit_event = prompt.submit(run_trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
-
-    def describe_example(prompt_text: str, subject_text: str) -> str:
-        for example in examples:
-            if example.prompt == prompt_text and example.subject == subject_text:
-                return f"*{html.escape(example.note)}*"
-        return ""
-
+    trace = ctx.bind(run_trace)
+    trace_event = run.click(trace, inputs, outputs, api_name="trace", concurrency_id=MODEL_QUEUE)
+    submit_event = prompt.submit(trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
     example_event = example_set.load_input_event.then(
-        describe_example, [prompt, subject], [example_notes], queue=False, api_visibility="private"
-    ).then(run_trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
+        functools.partial(describe_example, examples), [prompt, subject], [example_notes], queue=False, api_visibility="private"
+    ).then(trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
     stop.click(None, None, None, cancels=[trace_event, example_event, submit_event], api_visibility="private")
     return TraceTab(
-        prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, status, plots, result_json,
-        [download_json, download_csv, download_html], run, trace_event, example_event, example_set.load_input_event,
-        submit_event, refresh_typing,
+        prompt=prompt, subject=subject, answer=answer, kinds=kinds, samples=samples, noise=noise, window=window, seed=seed,
+        noise_type=noise_type, status=status, plots=plots, result_json=result_json,
+        downloads=[download_json, download_csv, download_html], run=run, trace_event=trace_event,
+        example_event=example_event, example_fill=example_set.load_input_event, submit_event=submit_event,
+        refresh_typing=refresh_typing,
     )

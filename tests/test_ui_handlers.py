@@ -1,0 +1,67 @@
+"""The tabs' handlers called directly, without a server: module-level functions of (context, typed inputs)."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from tracer.preview import preview_trace
+from tracer.problem import TraceSettings
+from ui.context import AppContext
+from ui.models import ModelManager
+from ui.runner import ModelRunner
+from ui.session import SessionState
+from ui.tabs import edit_tab, range_tab, test_tab, trace_tab
+
+EIFFEL = "The Eiffel Tower is located in the city of"
+
+
+def quiet(*args, **kwargs) -> None:
+    """A progress display that shows nothing."""
+
+
+@pytest.fixture(scope="module")
+def context(embedded) -> AppContext:
+    context = AppContext(manager=ModelManager(["embedded"], preloaded=embedded), runner=ModelRunner(name="handler-tests"))
+    yield context
+    assert context.runner.wait_idle(60)
+
+
+def test_tokens_are_highlighted_as_typed(context):
+    tokens, hint = trace_tab.show_tokens(context, EIFFEL, "Eiffel Tower", None)
+    subject = [text for text, label in tokens if label == "subject"]
+    assert "".join(subject).strip() == "Eiffel Tower" and "highlighted" in hint
+    tokens, hint = trace_tab.show_tokens(context, EIFFEL, "Big Ben", None)
+    assert all(label == "token" for _, label in tokens) and "Big Ben" in hint
+
+
+def test_compare_shows_the_original_on_both_sides_without_edits(context):
+    before, after, before_text, after_text, note, data, session = test_tab.run_compare(context, EIFFEL, 3, 4, None, quiet)
+    assert next(iter(before)) == "Paris" and before == after and before_text == after_text
+    assert "no edits yet" in note and data["edited"] is False and isinstance(session, SessionState)
+    with pytest.raises(gr.Error, match="prompt is empty"):
+        test_tab.run_compare(context, "  ", 3, 4, session, quiet)
+
+
+def test_choosing_r_from_a_trace_and_moving_it(context, embedded):
+    session = SessionState(model_spec="embedded")
+    figure, chosen, layers, session = range_tab.redraw(context, "trace", 5, 6, 2, session)
+    assert "Run a trace" in figure.layout.annotations[0].text and layers == "2-6" and session.layers == (2, 6)
+    with pytest.raises(gr.Error, match="no trace yet"):
+        range_tab.run_recommend(context, "trace", 5, session)
+    session.trace = preview_trace(embedded, EIFFEL, "Eiffel Tower", TraceSettings(kinds=("mlp",)))
+    figure, low, high, explanation, data, chosen, layers, session = range_tab.run_recommend(context, "trace", 4, session)
+    assert high - low == 3 and layers == f"{low}-{high}" and data["layers"] == list(range(low, high + 1))
+    assert "Recommended R" in figure.layout.title.text and session.layers == (low, high)
+
+
+def test_edit_handlers_refuse_bad_input_and_leave_the_session_unchanged(context):
+    session = SessionState(model_spec="embedded")
+    rows = [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]
+    with pytest.raises(gr.Error, match="not understood"):
+        list(edit_tab.run_edit(context, rows, "memit", "two to six", None, None, 25, 0.5, 0.0625, 0.75, session, quiet))
+    with pytest.raises(gr.Error, match="no batch to undo"):
+        edit_tab.run_undo(context, None, session)
+    assert not session.has_edits()
+    remaining, selected = edit_tab.remove_row(rows + [["Colosseum", "{} is in", "Paris", "", "", ""]], 0)
+    assert remaining == [["Colosseum", "{} is in", "Paris", "", "", ""]] and selected is None
