@@ -1,10 +1,9 @@
 """Locus app: `python app.py [--model M ...] [--device D] [--host 127.0.0.1] [--port 7860] [--share]`.
 
-Start-up is kept lean: Gradio is imported, the page is built and served first (nothing here imports
-torch), then the model loads on the runner thread (torch, transformers, weights). The page shows
-"loading" until the model is ready and queues any work behind it. Loading in parallel with the
-Gradio import was measured slower for both (the two imports fight over the GIL): serving first
-gives the page in ~5 s and the model ~6 s later on the 2-core development machine.
+Start-up: the arguments are parsed first (so `--help` is instant), then Gradio and the page's
+modules are imported (they import the tracer and editor, hence torch and transformers, at the top),
+the page is built and served, and the model's weights load on the runner thread. The page shows
+"loading" until the model is ready and queues any work behind it.
 """
 
 from __future__ import annotations
