@@ -112,6 +112,8 @@ def status_markdown(result: Any, *, stage: str, edited: bool) -> str:
     )
     if stage == "preview":
         return f"{head}  \nApproximate preview shown; computing the exact trace…"
+    if stage == "preview only":
+        return f"{head}  \nApproximate preview (attribution patching) in {result.elapsed:.2f} s: press *Trace* for exact values."
     if stage == "exact":
         return f"{head}  \nExact trace {result.fraction_done():.0%} done (faded cells are still the preview)."
     return f"{head}  \nExact trace done in {result.elapsed:.1f} s ({result.settings.samples} noise samples)."
@@ -229,6 +231,34 @@ def run_trace(
     )
 
 
+@friendly
+def run_preview(
+    ctx: AppContext,
+    prompt_text: str,
+    subject_text: str,
+    answer_text: str,
+    kind_list: list[str],
+    sample_count: float,
+    noise_text: str,
+    window_size: float,
+    seed_value: float,
+    noise_kind: str,
+    session: SessionState | None,
+):
+    """Only the approximate preview (well under a second on the embedded model): for slow machines and lectures."""
+    session = ctx.session_of(session)
+    settings = settings_from_inputs(answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind)
+    edited = session.has_edits()
+    preview = ctx.run(session, lambda job, loaded: preview_trace(loaded, prompt_text, subject_text, settings), name="preview")
+    return (
+        status_markdown(preview, stage="preview only", edited=edited),
+        *(figures.trace_heatmap(preview, kind) for kind in KINDS),
+        preview.to_dict(),
+        *(gr.skip() for _ in range(3)),
+        session,
+    )
+
+
 def describe_example(examples: list[Example], prompt_text: str, subject_text: str) -> str:
     """The note of the example whose prompt and subject these are ("" for typed text)."""
     for example in examples:
@@ -289,6 +319,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
                 seed = gr.Number(value=1, precision=0, label="Seed")
         with gr.Row():
             run = gr.Button("Trace", variant="primary", elem_id="trace-run", scale=3)
+            preview_only = gr.Button("Preview only (instant, approximate)", elem_id="trace-preview", scale=2)
             stop = gr.Button("Stop", variant="stop", elem_id="trace-stop", scale=1)
         example_set = gr.Examples(
             [[example.prompt, example.subject, example.answer] for example in examples],
@@ -338,6 +369,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
     outputs = [status, plots["hidden"], plots["mlp"], plots["attn"], result_json, download_json, download_csv, download_html, ctx.session]
     trace = ctx.bind(run_trace)
     trace_event = run.click(trace, inputs, outputs, api_name="trace", concurrency_id=MODEL_QUEUE)
+    preview_only.click(ctx.bind(run_preview), inputs, outputs, api_name="preview", concurrency_id=MODEL_QUEUE)
     submit_event = prompt.submit(trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
     example_event = example_set.load_input_event.then(
         functools.partial(describe_example, examples), [prompt, subject], [example_notes], queue=False, api_visibility="private"
