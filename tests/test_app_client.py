@@ -145,7 +145,7 @@ def test_edit_evaluate_retrace_undo_and_sessions_are_isolated(app):
     )
     assert "Applied batch" in status and batch["layers"] == [2, 3, 4, 5, 6]
     assert [row[0] for row in history["data"]] == [batch["batch_id"]]
-    assert per_request["value"]["data"][0][:2] == ["Eiffel Tower", "Rome"]
+    assert per_request["value"]["data"][0][0] == "Eiffel Tower → Rome"
     assert top_after(editor_client, EIFFEL) == (" Paris", " Rome")
     assert top_after(visitor, EIFFEL) == (" Paris", " Paris")  # another visitor sees the original model
 

@@ -59,7 +59,7 @@ def test_edit_handlers_refuse_bad_input_and_leave_the_session_unchanged(context)
     session = SessionState(model_spec="embedded")
     rows = [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]
     with pytest.raises(gr.Error, match="not understood"):
-        list(edit_tab.run_edit(context, rows, "memit", "two to six", None, None, 25, 0.5, 0.0625, 0.75, session, quiet))
+        list(edit_tab.run_edit(context, rows, "memit", "two to six", None, None, 25, 0.5, 0.0625, 0.75, session=session, progress=quiet))
     with pytest.raises(gr.Error, match="no batch to undo"):
         edit_tab.run_undo(context, None, session)
     assert not session.has_edits()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import functools
 import json
+import secrets
 
 import gradio as gr
 
 from core.facts import known_facts_cache_path, load_known_facts
 from editor.hparams import default_hparams
 from editor.layers import layers_text
-from ui.context import MODEL_QUEUE, AppContext
+from ui.context import MODEL_EVENTS, AppContext
 from ui.examples import Example, load_examples
+from ui.limits import Limits
 from ui.models import ModelManager
 from ui.runner import ModelRunner
 from ui.session import SessionState
+from ui.sessions import KEEP_NOTE, SessionStore
 from ui.tabs import averages_tab, edit_tab, model_tab, range_tab, test_tab, trace_tab
 
 TITLE = "Locus"
@@ -25,6 +28,7 @@ CSS = """
 #locus-title h1 { margin-bottom: 0; }
 .caption { font-size: 0.95em; color: var(--body-text-color-subdued); }
 #trace-tokens .textspan { font-size: 1.1em; }
+.progress-line { min-height: 2.4em; }
 """
 
 
@@ -33,15 +37,23 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(primary_hue="violet", text_size="lg", radius_size="sm")
 
 
-def build_app(manager: ModelManager, runner: ModelRunner) -> gr.Blocks:
+def build_app(manager: ModelManager, runner: ModelRunner, limits: Limits | None = None) -> gr.Blocks:
     """The whole page; every model operation goes through `runner` with `manager`'s model."""
-    context = AppContext(manager=manager, runner=runner)
+    sessions = SessionStore(on_drop=SessionState.discard_files)
+    context = AppContext(manager=manager, runner=runner, limits=limits or Limits(), sessions=sessions)
     examples = load_examples()
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
         context.components["demo"] = demo
         context.session = gr.State(None)
+        # The browser keeps only a random key; the session (and its edits) stays on the server.
+        browser_key = gr.BrowserState(None, storage_key="locus-session", secret=secrets.token_hex(16))
         gr.Markdown(f"# {TITLE}\n{SUBTITLE}", elem_id="locus-title")
         header = gr.Markdown(elem_id="model-line")
+        gr.Markdown(KEEP_NOTE, elem_id="keep-note", elem_classes=["caption"])
+        context.components["session_ready"] = demo.load(
+            context.bind(restore_session), [browser_key, context.session], [context.session, browser_key],
+            queue=False, api_visibility="private",
+        )
         # Rendered on the Edit tab; the Choose R tab writes the chosen R into it.
         context.components["edit_layers"] = gr.Textbox(
             value="2-6", label="Layers R (from the Choose R tab; e.g. 2-6 or 3,4,5)", elem_id="edit-layers", render=False, scale=2
@@ -57,6 +69,7 @@ def build_app(manager: ModelManager, runner: ModelRunner) -> gr.Blocks:
         for event in edit.edit_events:
             event.then(model.refresh_header, [context.session], [header], queue=False, api_visibility="private")
         wire_model_ready(context, model, trace, averages, ranges)
+        context.components["session_ready"].then(*edit.refresh, queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=1)
     return demo
 
@@ -109,13 +122,21 @@ def wire_model_ready(
     """Once the model is loaded (page load, model switch): fit the controls to it and refresh typed-text hints."""
     outputs = [ranges.first, ranges.last, trace.window, averages.count, context.components["edit_layers"], context.session]
     for event in model.ready_events:
-        chained = event.then(context.bind(fit_controls), [context.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private",
-                             show_progress="hidden")
+        chained = event.then(context.bind(fit_controls), [context.session], outputs, api_visibility="private",
+                             show_progress="hidden", **MODEL_EVENTS)
         redraw, redraw_inputs, redraw_outputs = context.components["range_redraw"]
         chained = chained.then(redraw, redraw_inputs, redraw_outputs, api_visibility="private", show_progress="hidden")
         for handler, inputs, handler_outputs in trace.refresh_typing:
             chained = chained.then(handler, inputs, handler_outputs, api_visibility="private", show_progress="hidden",
-                                   concurrency_id=MODEL_QUEUE)
+                                   **MODEL_EVENTS)
+
+
+def restore_session(ctx: AppContext, key: str | None, session: SessionState | None):
+    """The visitor's session: the one this page already has, or the one the browser's key names (after a reload)."""
+    if isinstance(session, SessionState):
+        return session, gr.skip()
+    key, session = ctx.sessions.restore(key, ctx.manager.default_spec)
+    return session, key
 
 
 def fit_controls(ctx: AppContext, session: SessionState | None):

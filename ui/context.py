@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ui.limits import Limits
 from ui.models import ModelManager
 from ui.runner import Job, ModelRunner, follow
 from ui.session import SessionState, ensure_session
+from ui.sessions import SessionStore
 
-# Every event that runs the model shares this queue slot: work is queued, one job at a time.
+# Every event that uses the model joins this Gradio concurrency group. Its handlers start at once and
+# wait in the runner's queue (ui/runner.py), which runs one job at a time, short ones first, and tells
+# each waiting visitor its place in line; the limit only bounds how many handlers wait at once.
 MODEL_QUEUE = "model"
+MODEL_EVENTS = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 16}
 
 
 @dataclass
 class AppContext:
     manager: ModelManager
     runner: ModelRunner
+    limits: Limits = field(default_factory=Limits)
+    sessions: SessionStore = field(default_factory=SessionStore)  # visitors' sessions, found again after a reload
     session: Any = None  # the gr.State holding a SessionState, set while building the page
     components: dict[str, Any] = field(default_factory=dict)  # shared components by name (cross-tab wiring)
 
@@ -32,8 +39,13 @@ class AppContext:
         *,
         name: str,
         edited: bool = True,
+        lane: str = "long",
     ) -> Job:
-        """Run `work(job, loaded)` on the runner thread with the session's model (and its edits unless edited=False)."""
+        """Queue `work(job, loaded)` on the runner thread with the session's model (and its edits unless edited=False).
+
+        `lane` "short" for work of about a second (it runs before waiting long jobs). Refused at once
+        (InputError) when the queue is full or the session already has such a job waiting or running.
+        """
         manager = self.manager
         spec = session.model_spec
 
@@ -44,7 +56,12 @@ class AppContext:
             with session.applied(loaded):
                 return work(job, loaded)
 
-        return self.runner.submit(run, name)
+        return self.runner.submit(run, name, lane=lane, owner=session.number)
+
+    def num_layers(self, session: SessionState) -> int | None:
+        """Blocks of the session's model, when it is loaded (for bounds checked before a job is queued)."""
+        loaded = self.manager.current()
+        return loaded.layout.num_layers if loaded is not None and loaded.spec == session.model_spec else None
 
     def bind(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """`handler(ctx, ...)` as an event function of the page: `ctx` bound, the component values after it."""
@@ -52,9 +69,38 @@ class AppContext:
         bound.__name__ = handler.__name__  # Gradio names events after their function
         return bound
 
-    def run(self, session: SessionState, work: Callable[[Job, Any], Any], *, name: str, edited: bool = True) -> Any:
-        """Like `submit`, but wait for the result here (for short jobs)."""
-        job = self.submit(session, work, name=name, edited=edited)
-        for _ in follow(job, heartbeat=None):
+    def run(
+        self,
+        session: SessionState,
+        work: Callable[[Job, Any], Any],
+        *,
+        name: str,
+        edited: bool = True,
+        lane: str = "short",
+        progress: Callable[..., Any] | None = None,
+    ) -> Any:
+        """Like `submit`, but wait here for the result (showing the place in line and progress on `progress`)."""
+        job = self.submit(session, work, name=name, edited=edited, lane=lane)
+        for _ in follow(job, progress, heartbeat=None, runner=self.runner):
             pass
         return job.result
+
+    def follow(self, job: Job, progress: Callable[..., Any] | None) -> Iterator[Any]:
+        """`runner.follow` for this app's runner: place in line, progress, partial results, HEARTBEATs."""
+        return follow(job, progress, runner=self.runner)
+
+    def stop(self, session: SessionState) -> str:
+        """Stop the session's long jobs: what the page should say."""
+        jobs = [job for job in self.runner.jobs_of(session.number) if job.lane == "long"]
+        if not jobs:
+            return "Nothing of yours is running."
+        stopped = [job.name for job in jobs if job.cancel()]
+        late = [job.name for job in jobs if job.name not in stopped]
+        if late:
+            return f"Too late to stop your {late[0]}: it had already been applied (undo it in the history)."
+        return f"Stopping your {stopped[0]}… the model is left exactly as it was."
+
+
+def stop_jobs(ctx: AppContext, session: SessionState | None) -> str:
+    """The Stop buttons' handler (runs outside the queue): stop this visitor's long jobs, say what happened."""
+    return ctx.stop(ctx.session_of(session))

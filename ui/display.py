@@ -65,7 +65,7 @@ def model_markdown(status: dict) -> str:
         ("Memory (weights)", f"{status.get('memory_mb')} MB"),
         ("Context length", status.get("max_length")),
     ]
-    lines = ["| | |", "|---|---|"] + [f"| {name} | {html.escape(str(value))} |" for name, value in rows]
+    lines = ["| Loaded model | |", "|---|---|"] + [f"| {name} | {html.escape(str(value))} |" for name, value in rows]
     return "\n".join(lines)
 
 

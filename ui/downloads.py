@@ -1,10 +1,9 @@
-"""Files for the download buttons, written to a fresh temporary folder per result."""
+"""Files for the download buttons, written to the session's temporary folder (the last result's only)."""
 
 from __future__ import annotations
 
 import json
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "trace"
 
 
-def trace_downloads(result: Any) -> dict[str, str]:
-    """JSON, CSV and standalone interactive HTML of a trace: {"json": path, "csv": path, "html": path}."""
-    folder = Path(tempfile.mkdtemp(prefix="locus-trace-"))
+def trace_downloads(result: Any, folder: Path) -> dict[str, str]:
+    """JSON, CSV and standalone interactive HTML of a trace in `folder`: {"json": path, "csv": path, "html": path}."""
     stem = f"trace-{_slug(result.subject)}"
     paths = {"json": folder / f"{stem}.json", "csv": folder / f"{stem}.csv", "html": folder / f"{stem}.html"}
     paths["json"].write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")

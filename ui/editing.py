@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from core.progress import Progress
 from editor.batch import EditBatch
 from editor.counterfact import CounterFactRecord, load_records
 from editor.evaluate import Scores, score_records, summarize
-from editor.layers import layers_text, parse_layers
+from editor.layers import layers_text
 from editor.ledger import EditLedger
+from editor.ledger_file import check_ledger_file
 from editor.methods import compute_edit, method_hparams
 from editor.requests import EditRequest, validate_requests
 
@@ -53,16 +53,16 @@ def reset_ledger(ledger: Any) -> None:
     ledger.reset()
 
 
-def export_ledger(ledger: Any, loaded: Any) -> str:
-    """Write the ledger (safetensors with JSON metadata) to a fresh temporary file; returns its path."""
-    folder = Path(tempfile.mkdtemp(prefix="locus-edits-"))
+def export_ledger(ledger: EditLedger, folder: Path) -> str:
+    """Write the ledger (safetensors with JSON metadata) into `folder`; returns the file's path."""
     return str(ledger.save(folder / "locus-edits.safetensors"))
 
 
-def import_ledger(path: str | None, loaded: Any) -> Any:
-    """A ledger read from a file exported by Locus (refused when it was made for another model)."""
+def import_ledger(path: str | None, loaded: LoadedModel, max_bytes: int) -> EditLedger:
+    """A ledger read from a file exported by Locus: its header checked first, refused when made for another model."""
     if not path:
         raise InputError("Choose a file of edits exported from Locus (.safetensors).")
+    check_ledger_file(path, loaded, max_bytes)
     return EditLedger.load(path, loaded)
 
 
@@ -72,9 +72,9 @@ def split_prompts(text: str) -> list[str]:
     return [part.strip() for part in (text or "").split(";") if part.strip()]
 
 
-def check_row(row: list[str]) -> None:
-    """InputError unless the row is a usable request."""
-    EditRequest(subject=row[0], prompt=row[1], target_new=row[2]).validated()
+def request_of(row: list[str]) -> EditRequest:
+    """The row's request, validated (InputError unless it is usable; the new object may still be empty)."""
+    return EditRequest(subject=row[0], prompt=row[1], target_new=row[2] or "?").validated()
 
 
 def requests_from_rows(rows: list[list[str]]) -> list[Any]:
@@ -96,24 +96,18 @@ def current_answer(loaded: Any, prompt: str) -> str:
     return match.group(0) if match else predict_next_tokens(loaded, prompt, 1)[0].token.strip()
 
 
-def current_answers(loaded: Any, rows: list[list[str]]) -> list[str]:
-    """The current answer after each row's filled-in prompt."""
-    return [
-        current_answer(loaded, EditRequest(subject=row[0], prompt=row[1], target_new=row[2] or "?").validated().text)
-        for row in rows
-    ]
+def current_answers(loaded: LoadedModel, requests: list[EditRequest]) -> list[str]:
+    """The current answer after each request's filled-in prompt."""
+    return [current_answer(loaded, request.text) for request in requests]
 
 
-IMPORT_LIMIT = 200  # records per import (each is a request in one MEMIT batch)
-
-
-def counterfact_rows(path: str | None) -> tuple[list[Any], list[list[str]]]:
-    """CounterFact records of a JSON file (validated by the editor) and the table rows they make."""
+def counterfact_rows(path: str | None, limit: int) -> tuple[list[CounterFactRecord], list[list[str]]]:
+    """CounterFact records of a JSON file (validated by the editor), at most `limit`, and the table rows they make."""
     if not path:
         raise InputError("Choose a CounterFact JSON file.")
     records = load_records(path)
-    if len(records) > IMPORT_LIMIT:
-        raise InputError(f"The file has {len(records)} records; import at most {IMPORT_LIMIT} at a time here.")
+    if len(records) > limit:
+        raise InputError(f"The file has {len(records):,} records; the table can take {max(limit, 0):,} more here.")
     rows = [
         [r.subject, r.prompt, r.target_new, r.target_true, "; ".join(r.paraphrase_prompts), "; ".join(r.neighborhood_prompts)]
         for r in records
@@ -128,7 +122,7 @@ def compute_batch(
     ledger: EditLedger,
     requests: list[EditRequest],
     method: str,
-    layers_value: str,
+    layers: tuple[int, ...],
     overrides: dict,
     progress: Progress | None = None,
 ) -> EditBatch:
@@ -137,7 +131,6 @@ def compute_batch(
     Call it with the ledger *not* applied: the editor computes the covariance on the original
     weights and applies the ledger itself for the targets and keys.
     """
-    layers = parse_layers(layers_value, loaded.layout.num_layers)
     hparams = method_hparams(loaded, method, layers, **overrides)
     return compute_edit(loaded, requests, hparams, progress, ledger=ledger)
 
@@ -154,14 +147,16 @@ def batch_dict(batch: Any) -> dict:
     return batch.to_dict()
 
 
-REQUEST_COLUMNS = ["subject", "new object", "p(new object) at the target", "steps", "converged", "‖δ‖ / ‖h‖"]
-LAYER_COLUMNS = ["layer", "‖Δ‖ / ‖W‖", "residual before", "share written here", "largest eigenvalue of C", "condition of C"]
+REQUEST_COLUMNS = ["edit", "p(new) at target (0-1)", "steps", "converged", "‖δ‖/‖h‖ (ratio)"]
+LAYER_COLUMNS = [
+    "layer", "‖ΔW‖/‖W‖ (ratio)", "‖z−h‖ left (norm)", "written here (share 0-1)", "top eigenvalue of C", "condition of C",
+]
 
 
 def diagnostics_tables(batch: Any) -> tuple[Any, Any]:
     """(per request, per layer) tables of the batch's diagnostics."""
     per_request = [
-        [d.subject, d.target_new, round(d.final_probability, 3), d.steps, "yes" if d.converged else "no",
+        [f"{d.subject} → {d.target_new}", round(d.final_probability, 3), d.steps, "yes" if d.converged else "no",
          round(d.delta_norm / d.hidden_norm, 3) if d.hidden_norm else ""]
         for d in batch.request_diagnostics
     ]
@@ -172,8 +167,9 @@ def diagnostics_tables(batch: Any) -> tuple[Any, Any]:
         for d in batch.layer_diagnostics
     ]
     return (
-        gr.Dataframe(value=per_request, headers=REQUEST_COLUMNS, visible=bool(per_request)),
-        gr.Dataframe(value=per_layer, headers=LAYER_COLUMNS, visible=bool(per_layer)),
+        gr.Dataframe(value=per_request, headers=REQUEST_COLUMNS, visible=bool(per_request), wrap=True,
+                     column_widths=["40%", "18%", "12%", "14%", "16%"]),
+        gr.Dataframe(value=per_layer, headers=LAYER_COLUMNS, visible=bool(per_layer), wrap=True),
     )
 
 

@@ -103,10 +103,11 @@ class ModelManager:
         return {"state": "waiting"}
 
     def display_tokenizer(self, spec: str | None = None) -> Any | None:
-        """A private copy of the tokenizer of `spec` for highlighting typed text (None if that model isn't loaded).
+        """A private copy of the tokenizer of `spec` for checking and highlighting typed text (None if not loaded).
 
         A copy, because fast tokenizers refuse to be used from two threads at once and model jobs
-        tokenize on the runner thread while the page highlights tokens as the user types.
+        tokenize on the runner thread while the page checks and highlights what visitors type; the
+        copy is shared by Gradio's threads, so every use of it holds a lock.
         """
         spec = spec or self.default_spec
         if spec in self._tokenizers:
@@ -114,9 +115,32 @@ class ModelManager:
         loaded = self._loaded
         if loaded is None or self._loaded_spec != spec:
             return None
-        tokenizer = copy.deepcopy(loaded.tokenizer)
+        tokenizer = LockedTokenizer(copy.deepcopy(loaded.tokenizer))
         self._tokenizers[spec] = tokenizer
         return tokenizer
+
+
+class LockedTokenizer:
+    """A tokenizer whose calls and methods run one at a time (it is shared by Gradio's worker threads)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._tokenizer, name)
+        if not callable(value):
+            return value
+
+        def locked(*args, **kwargs):
+            with self._lock:
+                return value(*args, **kwargs)
+
+        return locked
 
 
 def _free_memory() -> None:

@@ -1,29 +1,43 @@
-"""One thread runs every model operation, one after another.
+"""One thread runs every model operation, one after another, short jobs before long ones.
 
 Why a thread of our own: Gradio runs each `next()` of a streaming handler on whichever worker
 thread is free, and closes a cancelled generator on its event-loop thread. The model's RLock and
 the ledger's `applied(...)` context must be entered and left on the same thread, so model work
-never runs in Gradio's threads: a handler submits a `Job`, follows its events (progress, partial
-results) and, when Gradio cancels it, only sets the job's cancel flag. The job notices the flag at
-its next progress report or partial result, raises `OperationCancelled` inside the work, and every
-context manager (tracer stream, ledger) restores the model on the runner thread before the next
-job starts. A job that fails does the same.
+never runs in Gradio's threads: a handler submits a `Job`, follows its events (queue position,
+progress, partial results) and, to stop it, only sets the job's cancel flag. The job notices the
+flag at its next progress report or partial result, raises `OperationCancelled` inside the work,
+and every context manager (tracer stream, ledger) restores the model on the runner thread before
+the next job starts. A job that fails does the same.
+
+Fair sharing: two lanes. A waiting short job (a prediction, a preview, an undo) always runs before
+a waiting long one (a trace, an edit, averages), so a short job waits at most for the job running
+now. Each visitor may have one long job and a few short ones waiting or running at a time, and the
+whole queue is bounded: beyond that a request is refused at once with a plain message.
+
+Stop means stop: work that changes a visitor's state does it through `job.commit(action)`. Before
+the commit a stop cancels the job and nothing has changed; after it `cancel()` returns False and
+the job runs to the end, so the page shows the change as made.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import OperationCancelled
+from core.errors import InputError, OperationCancelled
 
 log = logging.getLogger("locus.ui")
 
 HEARTBEAT = object()  # yielded by `follow` while nothing new happened, so Gradio can cancel between yields
+LANES = ("short", "long")
+MAX_WAITING = 32  # jobs waiting in both lanes together
+MAX_PER_VISITOR = {"short": 3, "long": 1}  # jobs one visitor may have waiting or running, per lane
 
 
 def _cancelled_error() -> Exception:
@@ -39,15 +53,23 @@ class JobEvent:
 
 
 class Job:
-    """One unit of model work; `work(job)` reports through `progress` and `emit`."""
+    """One unit of model work; `work(job)` reports through `progress` and `emit`, and changes state by `commit`."""
 
-    def __init__(self, work: Callable[[Job], Any], name: str) -> None:
+    def __init__(self, work: Callable[[Job], Any], name: str, *, lane: str = "long", owner: Any = None) -> None:
+        if lane not in LANES:
+            raise ValueError(f"unknown lane {lane!r}")
         self.work = work
         self.name = name
+        self.lane = lane
+        self.owner = owner  # who asked (a visitor's session number), or None
         self.events: queue.Queue[JobEvent] = queue.Queue()
         self.finished = threading.Event()
         self.result: Any = None
+        self.submitted = time.monotonic()
+        self.started: float | None = None
         self._cancel = threading.Event()
+        self._state = threading.Lock()  # orders cancel() and commit()
+        self._committed = False
 
     # --- called by the work, on the runner thread ---
     def progress(self, fraction: float | None, message: str = "") -> None:
@@ -61,54 +83,137 @@ class Job:
         self.events.put(JobEvent("item", item))
 
     def check_cancelled(self) -> None:
-        if self._cancel.is_set():
+        if self._cancel.is_set() and not self._committed:
             raise _cancelled_error()
 
-    # --- called by the follower ---
-    def cancel(self) -> None:
-        self._cancel.set()
+    def commit(self, action: Callable[[], Any]) -> Any:
+        """Run `action` (the change this job makes) unless the job was stopped; after it, stopping is refused."""
+        with self._state:
+            if self._cancel.is_set():
+                raise _cancelled_error()
+            self._committed = True
+        return action()
+
+    # --- called by the follower or a Stop button ---
+    def cancel(self) -> bool:
+        """Ask the job to stop; False when it is past its commit point (it will finish, its change made)."""
+        with self._state:
+            if self._committed:
+                return False
+            self._cancel.set()
+            return True
 
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    @property
+    def committed(self) -> bool:
+        return self._committed
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Where a waiting job stands: jobs ahead of it, and the one running now."""
+
+    ahead: int
+    running: str | None  # name of the running job
+    running_is_yours: bool
+    running_seconds: float
+
+    def describe(self) -> str:
+        """'Waiting: 2 jobs ahead of you; running now: another visitor's edit (45 s so far).'"""
+        ahead = "1 job" if self.ahead == 1 else f"{self.ahead} jobs"
+        text = f"Waiting in line: {ahead} ahead of you"
+        if self.running:
+            whose = "your" if self.running_is_yours else "another visitor's"
+            text += f"; running now: {whose} {self.running} ({self.running_seconds:.0f} s so far)"
+        return text + "."
+
 
 class ModelRunner:
-    """A single daemon thread that executes submitted jobs in order."""
+    """A single daemon thread that executes submitted jobs, short lane first, each lane in order."""
 
-    def __init__(self, name: str = "locus-model") -> None:
-        self._jobs: queue.Queue[Job] = queue.Queue()
-        self._idle = threading.Condition()
-        self._pending = 0
+    def __init__(self, name: str = "locus-model", max_waiting: int = MAX_WAITING) -> None:
+        self.max_waiting = max_waiting
+        self._lanes: dict[str, collections.deque[Job]] = {lane: collections.deque() for lane in LANES}
+        self._condition = threading.Condition()
+        self._running: Job | None = None
+        self._pending = 0  # submitted and not finished
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, work: Callable[[Job], Any], name: str = "job") -> Job:
-        job = Job(work, name)
-        with self._idle:
+    def submit(self, work: Callable[[Job], Any], name: str = "job", *, lane: str = "long", owner: Any = None) -> Job:
+        """Queue `work`; InputError at once when the queue is full or this visitor already has enough queued."""
+        job = Job(work, name, lane=lane, owner=owner)
+        with self._condition:
+            waiting = sum(len(jobs) for jobs in self._lanes.values())
+            if waiting >= self.max_waiting:
+                raise InputError(f"The server is busy: {waiting} jobs are waiting. Please try again in a minute.")
+            if owner is not None:
+                mine = [other for other in self._active() if other.owner == owner and other.lane == lane]
+                if len(mine) >= MAX_PER_VISITOR[lane]:
+                    raise InputError(
+                        f"You already have {mine[0].name!r} waiting or running: wait for it to finish, or press Stop."
+                    )
+            self._lanes[lane].append(job)
             self._pending += 1
-        self._jobs.put(job)
+            self._condition.notify_all()
         return job
 
-    def run(self, work: Callable[[Job], Any], name: str = "job") -> Any:
+    def run(self, work: Callable[[Job], Any], name: str = "job", *, lane: str = "short") -> Any:
         """Submit `work` and wait for its result (re-raising its exception here)."""
-        job = self.submit(work, name)
+        job = self.submit(work, name, lane=lane)
         for _ in follow(job, heartbeat=None):
             pass
         return job.result
 
+    def queue_status(self, job: Job) -> QueueStatus | None:
+        """Where `job` waits (None once it has started or finished)."""
+        with self._condition:
+            if job.started is not None or job.finished.is_set():
+                return None
+            order = [*self._lanes["short"], *self._lanes["long"]]
+            ahead = order.index(job) if job in order else 0
+            running = self._running
+            if running is not None:
+                ahead += 1
+            return QueueStatus(
+                ahead=ahead,
+                running=running.name if running is not None else None,
+                running_is_yours=running is not None and running.owner is not None and running.owner == job.owner,
+                running_seconds=time.monotonic() - running.started if running is not None and running.started else 0.0,
+            )
+
+    def jobs_of(self, owner: Any) -> list[Job]:
+        """The jobs `owner` has waiting or running."""
+        with self._condition:
+            return [job for job in self._active() if job.owner == owner]
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every submitted job has finished; False on timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+        with self._condition:
+            return self._condition.wait_for(lambda: self._pending == 0, timeout=timeout)
 
     @property
     def busy(self) -> bool:
         return self._pending > 0
 
+    def _active(self) -> list[Job]:
+        running = [self._running] if self._running is not None else []
+        return [*running, *self._lanes["short"], *self._lanes["long"]]
+
+    def _next(self) -> Job:
+        with self._condition:
+            self._condition.wait_for(lambda: any(self._lanes.values()))
+            job = (self._lanes["short"] or self._lanes["long"]).popleft()
+            job.started = time.monotonic()
+            self._running = job
+            return job
+
     def _loop(self) -> None:
         while True:
-            job = self._jobs.get()
+            job = self._next()
             try:
                 if job.cancelled:
                     raise _cancelled_error()
@@ -118,30 +223,85 @@ class ModelRunner:
                 job.events.put(JobEvent("error", error))
             finally:
                 job.finished.set()
-                with self._idle:
+                with self._condition:
+                    self._running = None
                     self._pending -= 1
-                    self._idle.notify_all()
+                    self._condition.notify_all()
+
+
+class ProgressReport:
+    """What the page shows while following a job: its place in line, then its progress (never backwards) and ETA."""
+
+    def __init__(self, job: Job, runner: ModelRunner | None, progress: Callable[..., Any] | None) -> None:
+        self.job, self.runner, self.progress = job, runner, progress
+        self.fraction = 0.0
+        self.message = ""
+
+    def waiting(self) -> bool:
+        """Show the job's place in line while it waits; False once it runs."""
+        status = self.runner.queue_status(self.job) if self.runner is not None else None
+        if status is None:
+            return False
+        self._show(None, status.describe())
+        return True
+
+    def update(self, event: JobEvent) -> None:
+        if event.fraction is not None:
+            self.fraction = max(self.fraction, min(1.0, max(0.0, float(event.fraction))))
+        self.message = event.message or self.message
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Show the latest stage again (a display that heard nothing for a while keeps it visible)."""
+        if self.job.started is None:
+            return
+        elapsed = time.monotonic() - self.job.started
+        text = self.message or f"{self.job.name}…"
+        if 0.02 <= self.fraction < 1.0 and elapsed > 2.0:
+            remaining = elapsed * (1.0 - self.fraction) / self.fraction
+            text += f" · about {_duration(remaining)} left"
+        self._show(self.fraction, text)
+
+    def _show(self, fraction: float | None, text: str) -> None:
+        if self.progress is None:
+            return
+        try:
+            self.progress(fraction, desc=text)
+        except Exception:  # a progress display must never break the work
+            log.debug("progress update failed", exc_info=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 def follow(
     job: Job,
     progress: Callable[..., Any] | None = None,
     heartbeat: float | None = 0.5,
+    runner: ModelRunner | None = None,
 ) -> Iterator[Any]:
     """Yield the job's partial results (the newest when several wait) until it ends.
 
-    Progress events go to `progress(fraction, desc=message)` (a gr.Progress). When `heartbeat` is
-    set, HEARTBEAT is yielded after that many idle seconds, giving Gradio a point to cancel at.
-    When it ends, its result is `job.result`; its exception is raised here. If the follower
-    is closed early (Gradio cancelled the event), the job is cancelled.
+    While the job waits its place in line goes to `progress(None, desc=...)` (a gr.Progress; needs
+    `runner`); then its progress events, never going backwards, with an estimate of the time left.
+    When `heartbeat` is set, HEARTBEAT is yielded after that many idle seconds, giving Gradio a point
+    to cancel at. When it ends, its result is `job.result`; its exception is raised here. If the
+    follower is closed early (Gradio cancelled the event), the job is cancelled.
     """
+    report = ProgressReport(job, runner, progress)
     finished = False
     try:
         while True:
             try:
-                event = job.events.get(timeout=heartbeat)
+                event = job.events.get(timeout=heartbeat if heartbeat is not None else (0.5 if runner else None))
             except queue.Empty:
-                yield HEARTBEAT
+                if not report.waiting():
+                    report.refresh()
+                if heartbeat is not None:
+                    yield HEARTBEAT
                 continue
             latest_item = None
             has_item = False
@@ -153,8 +313,7 @@ def follow(
                     break
             for event in pending:
                 if event.kind == "progress":
-                    if progress is not None:
-                        _report(progress, event)
+                    report.update(event)
                 elif event.kind == "item":
                     latest_item, has_item = event.value, True
                 elif event.kind == "done":
@@ -169,13 +328,3 @@ def follow(
     finally:
         if not finished:
             job.cancel()
-
-
-def _report(progress: Callable[..., Any], event: JobEvent) -> None:
-    try:
-        if event.fraction is None:
-            progress(None, desc=event.message)
-        else:
-            progress(min(1.0, max(0.0, float(event.fraction))), desc=event.message)
-    except Exception:  # a progress display must never break the work
-        log.debug("progress update failed", exc_info=True)

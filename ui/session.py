@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ui.editing import ledger_batches, new_ledger, split_prompts
@@ -35,6 +38,22 @@ class SessionState:
     records: list[Any] = field(default_factory=list)  # imported CounterFact records (editor.counterfact)
     # (subject, prompt template, new object) -> (paraphrases, neighborhood prompts) to check that edit with
     checks: dict[tuple[str, str, str], tuple[list[str], list[str]]] = field(default_factory=dict)
+    scratch: Path | None = None  # this session's temporary files (downloads), removed when the session ends
+
+    def files_folder(self, name: str) -> Path:
+        """An emptied folder `name` inside this session's temporary folder (a new download replaces the last)."""
+        if self.scratch is None:
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"locus-session-{self.number}-"))
+        folder = self.scratch / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    def discard_files(self) -> None:
+        """Remove this session's temporary files (the session ended)."""
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
     def ledger(self) -> Any:
         """This session's ledger for its current model (created on first use)."""

@@ -9,15 +9,16 @@ from typing import Any
 
 import gradio as gr
 
+from core.facts import load_known_facts
 from core.kinds import KINDS
 from tracer import figures
 from tracer.average import average_traces_stream
 from tracer.trace import TraceSettings
-from ui import captions
-from ui.context import MODEL_QUEUE, AppContext
+from ui import captions, limits
+from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.display import percent
 from ui.errors import friendly
-from ui.runner import HEARTBEAT, follow
+from ui.runner import HEARTBEAT
 from ui.session import SessionState
 
 
@@ -54,13 +55,18 @@ def average_status(result: Any, fraction: float, message: str, done: bool) -> st
 def run_average(ctx: AppContext, n: float, kind_list: list[str], sample_count: float, session: SessionState | None, progress=gr.Progress()):
     """Average traces over `n` known facts (cached, resumable), redrawing the curves when a fact was added."""
     session = ctx.session_of(session)
-    settings = TraceSettings(kinds=tuple(kind_list or ()), samples=int(sample_count))
+    count = limits.whole(n, "Facts to average", (2, len(load_known_facts())))
+    kind_list = kind_list if isinstance(kind_list, (list, tuple)) else [kind_list]
+    settings = TraceSettings(
+        kinds=tuple(limits.choice(kind, "What to restore", KINDS) for kind in kind_list or ()),
+        samples=limits.whole(sample_count, "Noise samples", limits.SAMPLES),
+    )
     settings.validate()
     skip = tuple(gr.skip() for _ in range(len(KINDS) + 2))
 
     def work(job, loaded):
         final = None
-        with contextlib.closing(average_traces_stream(loaded, int(n), settings)) as stream:
+        with contextlib.closing(average_traces_stream(loaded, count, settings)) as stream:
             for update in stream:
                 final = update.result
                 job.progress(update.fraction, update.message)
@@ -69,7 +75,7 @@ def run_average(ctx: AppContext, n: float, kind_list: list[str], sample_count: f
 
     job = ctx.submit(session, work, name="averages", edited=False)
     drawn = None  # (facts, done) of the curves on screen: redraw only when a fact was added
-    for item in follow(job, progress):
+    for item in ctx.follow(job, progress):
         if item is HEARTBEAT:
             yield skip
             continue
@@ -95,6 +101,7 @@ def build(ctx: AppContext) -> AveragesTab:
         with gr.Row():
             run = gr.Button("Compute averages", variant="primary", elem_id="avg-run", scale=3)
             stop = gr.Button("Stop", variant="stop", elem_id="avg-stop", scale=1)
+        progress_line = gr.Markdown(elem_id="avg-progress", elem_classes=["progress-line"])
         status = gr.Markdown(
             "Averages are cached: a second run (or a restart) continues where the last one stopped.", elem_id="avg-status"
         )
@@ -108,7 +115,8 @@ def build(ctx: AppContext) -> AveragesTab:
         [count, kinds, samples, ctx.session],
         [status, *(plots[kind] for kind in KINDS), ctx.session],
         api_name="average",
-        concurrency_id=MODEL_QUEUE,
+        show_progress_on=[progress_line],
+        **MODEL_EVENTS,
     )
-    stop.click(None, None, None, cancels=[average_event], api_visibility="private")
+    stop.click(ctx.bind(stop_jobs), [ctx.session], [progress_line], queue=False, api_visibility="private")
     return AveragesTab(count=count, run=run, status=status, plots=plots, average_event=average_event)

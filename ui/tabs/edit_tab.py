@@ -9,13 +9,15 @@ from typing import Any
 import gradio as gr
 
 from core.errors import InputError
+from editor.budget import check_budget, corpus_tokens
 from editor.figures import loss_figure
 from editor.hparams import METHODS
+from editor.layers import parse_layers
 from editor.methods import METHOD_LABELS
-from ui import captions, editing
-from ui.context import MODEL_QUEUE, AppContext
+from ui import captions, editing, limits
+from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.errors import friendly, warn
-from ui.runner import HEARTBEAT, follow
+from ui.runner import HEARTBEAT
 from ui.session import SessionState
 
 REQUEST_HEADERS = [
@@ -36,23 +38,36 @@ class EditTab:
 
     form: list[gr.Textbox]  # subject, prompt template, new object, paraphrases, neighbourhood prompts
     edit_events: list[Any]  # apply, undo, reset, import: the page header follows them
+    refresh: tuple[Any, list, list]  # (handler, inputs, outputs) that redraw the history (after a reload)
 
 
-def table_rows(value: Any) -> list[list[str]]:
-    """The Dataframe's rows as lists of 6 strings (blank rows dropped)."""
+def table_rows(value: Any, limit: int | None = None) -> list[list[str]]:
+    """The Dataframe's rows as lists of 6 strings (blank rows dropped); more than `limit` rows are refused unread."""
     if value is None:
         return []
     if isinstance(value, dict):  # gradio_client sends {"headers": [...], "data": [[...]]}
         value = value.get("data", [])
     if hasattr(value, "values") and hasattr(value, "columns"):  # a pandas DataFrame
         value = value.values.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise InputError("The requests table must be a list of rows.")
+    if limit is not None and len(value) > limit:
+        raise InputError(f"The table has {len(value):,} rows; this server edits at most {limit:,} requests at once.")
     rows = []
-    for row in value or []:
-        cells = ["" if cell is None else str(cell) for cell in list(row)[: len(REQUEST_HEADERS)]]
+    for row in value:
+        if not isinstance(row, (list, tuple)):
+            raise InputError("Each row of the requests table must be a list of cells.")
+        cells = [limits.text("" if cell is None else str(cell), "A cell of the requests table") for cell in list(row)[: len(REQUEST_HEADERS)]]
         cells += [""] * (len(REQUEST_HEADERS) - len(cells))
         if any(cell.strip() for cell in cells[:3]):
             rows.append(cells)
     return rows
+
+
+def form_row(*fields: Any) -> list[str]:
+    """The request form (subject, template, new object, paraphrases, neighbours) as a table row."""
+    subject, template, target, paraphrases, neighbors = (limits.text(field, "A field of the request form") for field in fields)
+    return [subject, template, target, "", paraphrases, neighbors]
 
 
 def history_rows(session: SessionState) -> list[list[Any]]:
@@ -66,17 +81,50 @@ def history_choices(session: SessionState) -> gr.Dropdown:
     return gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None)
 
 
+def history_outputs(session: SessionState, message: str, data: dict) -> tuple:
+    """(status, history table, batch choice, JSON, session) after the history changed."""
+    return message, history_rows(session), history_choices(session), data, session
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """The Edit tab's method, R and hyperparameters, every value checked."""
+
+    method: str
+    layers: tuple[int, ...]
+    overrides: dict  # MemitHyperParams fields given by the visitor (None = the model's default)
+
+    @classmethod
+    def from_inputs(
+        cls, method: Any, layers: Any, lambda_value: Any, cov_tokens: Any, steps: Any, learning_rate: Any, kl_weight: Any,
+        clamp: Any, num_layers: int | None,
+    ) -> EditSettings:
+        overrides = dict(
+            mom2_weight=limits.real(lambda_value, "λ", limits.LAMBDA, optional=True) or None,
+            cov_tokens=None if cov_tokens in (None, "", 0) else limits.whole(cov_tokens, "Covariance corpus tokens", (1, 10**9)),
+            steps=limits.whole(steps, "Optimisation steps", limits.STEPS),
+            lr=limits.real(learning_rate, "Learning rate", limits.LEARNING_RATE),
+            kl_factor=limits.real(kl_weight, "KL weight", limits.KL_WEIGHT),
+            clamp_norm=limits.real(clamp, "Clamp", limits.CLAMP),
+        )
+        method = limits.choice(method, "Method", METHODS)
+        layer_text = limits.text(layers, "Layers R", limit=limits.MAX_LAYER_TEXT)
+        return cls(method=method, layers=parse_layers(layer_text, num_layers), overrides=overrides)
+
+
 # --- handlers: the requests table ---------------------------------------------------------------
 
-def answer_rows(ctx: AppContext, session: SessionState, rows: list[list[str]]) -> list[list[str]]:
+def answer_rows(ctx: AppContext, session: SessionState, rows: list[list[str]], progress=None) -> list[list[str]]:
     """The rows with the 'current answer' column filled by the session model's prediction."""
     if not rows:
         return rows
+    requests = [editing.request_of(row) for row in rows]  # each row checked before the job
 
     def work(job, loaded):
-        return editing.current_answers(loaded, rows)
+        return editing.current_answers(loaded, requests)
 
-    answers = ctx.run(session, work, name="current answers")
+    lane = "short" if len(rows) <= 5 else "long"
+    answers = ctx.run(session, work, name="current answers", lane=lane, progress=progress)
     return [row[:3] + [answer] + row[4:] for row, answer in zip(rows, answers)]
 
 
@@ -87,9 +135,9 @@ def add_request(
 ):
     """The typed request, checked and with its current answer, appended to the table (the form is cleared)."""
     session = ctx.session_of(session)
-    row = [subject_text or "", template_text or "", target_text or "", "", paraphrase_text or "", neighbor_text or ""]
-    editing.check_row(row)
-    return table_rows(value) + answer_rows(ctx, session, [row]), "", "", "", "", "", session
+    rows = table_rows(value, ctx.limits.max_requests - 1)
+    row = form_row(subject_text, template_text, target_text, paraphrase_text, neighbor_text)
+    return rows + answer_rows(ctx, session, [row]), "", "", "", "", "", session
 
 
 def select_row(event: gr.SelectData) -> int:
@@ -107,23 +155,28 @@ def remove_row(value: Any, index: int | None):
 
 
 @friendly
-def refresh_answers(ctx: AppContext, value: Any, session: SessionState | None):
+def refresh_answers(ctx: AppContext, value: Any, session: SessionState | None, progress=gr.Progress()):
     """Every row's current answer, predicted again (with the session's edits)."""
     session = ctx.session_of(session)
-    return answer_rows(ctx, session, table_rows(value)), session
+    return answer_rows(ctx, session, table_rows(value, ctx.limits.max_requests), progress), session
 
 
 @friendly
 def import_counterfact(ctx: AppContext, path: str | None, value: Any, session: SessionState | None):
     """CounterFact records from a JSON file appended to the table (kept for the Test tab's metrics)."""
     session = ctx.session_of(session)
-    records, rows = editing.counterfact_rows(path)  # their true object goes in the "current answer" column
+    ctx.limits.check_upload(path, "CounterFact JSON file", ctx.limits.max_records_bytes)
+    rows = table_rows(value, ctx.limits.max_requests)
+    records, new_rows = editing.counterfact_rows(path, ctx.limits.max_requests - len(rows))
     session.records = records
     gr.Info(f"Imported {len(records)} CounterFact record(s): apply them, then see their metrics on the Test tab.")
-    return table_rows(value) + rows, session
+    return rows + new_rows, session
 
 
 # --- handlers: applying edits and the history -----------------------------------------------------
+
+EDIT_OUTPUTS = 8  # status, per-request table, loss plot, per-layer table, history, batch choice, JSON, session
+
 
 @friendly
 def run_edit(
@@ -137,29 +190,46 @@ def run_edit(
     learning_rate: float,
     kl_weight: float,
     clamp: float,
-    session: SessionState | None,
+    subject_text: str = "",
+    template_text: str = "",
+    target_text: str = "",
+    paraphrase_text: str = "",
+    neighbor_text: str = "",
+    session: SessionState | None = None,
     progress=gr.Progress(),
 ):
-    """One batch of the table's requests by the chosen method over R, on top of the session's earlier edits."""
+    """One batch of the table's requests (or the filled form's) by the chosen method over R, on top of earlier edits.
+
+    Everything is checked before the job is queued. The batch joins the session's ledger at the
+    job's commit point: a Stop before it changes nothing; after it the batch is applied.
+    """
     session = ctx.session_of(session)
-    rows = table_rows(value)
+    rows = table_rows(value, ctx.limits.max_requests)
+    form = form_row(subject_text, template_text, target_text, paraphrase_text, neighbor_text)
+    if not rows and any(cell.strip() for cell in form[:3]):
+        rows = [form]  # a filled form and an empty table: edit what was typed
+    if not rows:
+        raise InputError("Nothing to edit: fill in the subject, prompt and new object (or add requests to the table).")
     requests = editing.requests_from_rows(rows)
-    overrides = dict(
-        mom2_weight=lambda_value if lambda_value else None, cov_tokens=int(cov_token_count) if cov_token_count else None, steps=int(step_count),
-        lr=learning_rate, kl_factor=kl_weight, clamp_norm=clamp,
+    settings = EditSettings.from_inputs(
+        method_name, layers_text, lambda_value, cov_token_count, step_count, learning_rate, kl_weight, clamp,
+        ctx.num_layers(session),
     )
-    skip = tuple(gr.skip() for _ in range(8))
+    if settings.overrides["cov_tokens"] is not None:
+        available = ctx.run(session, lambda job, loaded: corpus_tokens(loaded), name="corpus size", edited=False)
+        check_budget(settings.overrides["cov_tokens"], available, "the Wikipedia corpus")
+    skip = tuple(gr.skip() for _ in range(EDIT_OUTPUTS))
     ledger = session.ledger()
 
     def work(job, loaded):
         # Not inside session.applied: the editor applies the ledger itself, after computing the
         # covariance statistics on the original weights.
-        batch = editing.compute_batch(loaded, ledger, requests, method_name, layers_text, overrides, job.progress)
-        editing.add_batch(ledger, batch, loaded)
+        batch = editing.compute_batch(loaded, ledger, requests, settings.method, settings.layers, settings.overrides, job.progress)
+        job.commit(lambda: editing.add_batch(ledger, batch, loaded))
         return batch
 
     job = ctx.submit(session, work, name="edit", edited=False)
-    for item in follow(job, progress):
+    for item in ctx.follow(job, progress):
         if item is HEARTBEAT:
             yield skip
     batch = job.result
@@ -182,13 +252,17 @@ def run_edit(
 def run_undo(ctx: AppContext, batch_id: str | None, session: SessionState | None):
     """Undo one batch of the session's edits (the weights of the rest are recomputed exactly)."""
     session = ctx.session_of(session)
+    batch_id = limits.text(batch_id, "The batch", limit=100).strip()
     if not batch_id:
         raise InputError("There is no batch to undo: your edits history is empty.")
+    if batch_id not in [str(row[0]) for row in history_rows(session)]:
+        raise InputError(f"There is no batch {batch_id!r} in your history.")
     ledger = session.ledger()
     # On the runner thread: no job of this session may be using the ledger meanwhile.
     ctx.run(session, lambda job, loaded: editing.undo_batch(ledger, batch_id), name="undo", edited=False)
-    message = f"Undid batch {html.escape(str(batch_id))}. {len(history_rows(session))} batch(es) remain."
-    return message, history_rows(session), history_choices(session), {"undone": batch_id, "remaining": [r[0] for r in history_rows(session)]}, session
+    remaining = [row[0] for row in history_rows(session)]
+    message = f"Undid batch {html.escape(batch_id)}. {len(remaining)} batch(es) remain."
+    return history_outputs(session, message, {"undone": batch_id, "remaining": remaining})
 
 
 @friendly
@@ -197,7 +271,7 @@ def run_reset(ctx: AppContext, session: SessionState | None):
     session = ctx.session_of(session)
     ledger = session.ledger()
     ctx.run(session, lambda job, loaded: editing.reset_ledger(ledger), name="reset", edited=False)
-    return "All your edits were undone: the model is the original again.", [], history_choices(session), {"remaining": []}, session
+    return history_outputs(session, "All your edits were undone: the model is the original again.", {"remaining": []})
 
 
 @friendly
@@ -205,22 +279,31 @@ def run_export(ctx: AppContext, session: SessionState | None):
     """The session's ledger as a safetensors file to download."""
     session = ctx.session_of(session)
     if not session.has_edits():
-        raise gr.Error("There are no edits to export yet.")
-    path = ctx.run(session, lambda job, loaded: editing.export_ledger(session.ledger(), loaded), name="export", edited=False)
+        raise InputError("There are no edits to export yet.")
+    folder = session.files_folder("export")
+    path = ctx.run(session, lambda job, loaded: editing.export_ledger(session.ledger(), folder), name="export", edited=False)
     return gr.File(value=path, visible=True)
 
 
 @friendly
 def run_import(ctx: AppContext, path: str | None, session: SessionState | None):
-    """Replace the session's edits by a ledger exported from Locus (refused for another model)."""
+    """Replace the session's edits by a ledger exported from Locus (refused for another model, checked before reading)."""
     session = ctx.session_of(session)
+    ctx.limits.check_upload(path, "file of edits")
 
     def work(job, loaded):
-        return editing.import_ledger(path, loaded)
+        return editing.import_ledger(path, loaded, ctx.limits.max_upload_bytes)
 
     ledger = ctx.run(session, work, name="import edits", edited=False)
     session.ledgers[session.model_spec] = ledger
-    return f"Imported {len(history_rows(session))} batch(es) of edits.", history_rows(session), history_choices(session), {"imported": len(history_rows(session))}, session
+    count = len(history_rows(session))
+    return history_outputs(session, f"Imported {count} batch(es) of edits.", {"imported": count})
+
+
+def refresh_history(ctx: AppContext, session: SessionState | None):
+    """The history as this session has it (after a page reload brings the session back)."""
+    session = ctx.session_of(session)
+    return history_rows(session), history_choices(session)
 
 
 # --- the tab -----------------------------------------------------------------------------------
@@ -229,22 +312,22 @@ def build(ctx: AppContext) -> EditTab:
     with gr.Tab("Edit", id="edit"):
         gr.Markdown(captions.EDIT)
         with gr.Row():
-            subject = gr.Textbox(label="Subject", placeholder="Eiffel Tower", elem_id="edit-subject", scale=2)
+            subject = gr.Textbox(label="Subject", placeholder="Eiffel Tower", value="", elem_id="edit-subject", scale=2)
             template = gr.Textbox(
-                label="Prompt ({} = subject)", placeholder="{} is located in the city of", elem_id="edit-template", scale=3
+                label="Prompt ({} = subject)", placeholder="{} is located in the city of", value="", elem_id="edit-template", scale=3
             )
-            target = gr.Textbox(label="New object", placeholder="Rome", elem_id="edit-target", scale=2)
+            target = gr.Textbox(label="New object", placeholder="Rome", value="", elem_id="edit-target", scale=2)
             add = gr.Button("Add request", elem_id="edit-add", scale=1)
         with gr.Row():
             paraphrases = gr.Textbox(
                 label="Paraphrases to check (optional, ;-separated)",
                 placeholder="The Eiffel Tower is in the city of; Where is the Eiffel Tower? It is in the city of",
-                elem_id="edit-paraphrases",
+                value="", elem_id="edit-paraphrases",
             )
             neighbors = gr.Textbox(
                 label="Neighborhood prompts to check (optional, ;-separated: other subjects with the same answer)",
                 placeholder="The Louvre is located in the city of",
-                elem_id="edit-neighbors",
+                value="", elem_id="edit-neighbors",
             )
         table = gr.Dataframe(
             headers=REQUEST_HEADERS,
@@ -267,6 +350,7 @@ def build(ctx: AppContext) -> EditTab:
             import_records = gr.UploadButton(
                 "Import CounterFact JSON", file_types=[".json"], size="sm", elem_id="edit-import"
             )
+        table_line = gr.Markdown(elem_id="edit-table-progress", elem_classes=["progress-line"])
         with gr.Row():
             method = gr.Radio(METHOD_CHOICES, value="memit", label="Method", elem_id="edit-method", scale=2)
             layers = ctx.components["edit_layers"]
@@ -288,6 +372,7 @@ def build(ctx: AppContext) -> EditTab:
         with gr.Row():
             apply = gr.Button("Apply edits", variant="primary", elem_id="edit-apply", scale=3)
             stop = gr.Button("Stop", variant="stop", elem_id="edit-stop", scale=1)
+        apply_line = gr.Markdown(elem_id="edit-progress", elem_classes=["progress-line"])
         status = gr.Markdown(elem_id="edit-status")
         gr.Markdown(captions.DIAGNOSTICS, elem_classes=["caption"])
         with gr.Row(equal_height=True):
@@ -300,6 +385,7 @@ def build(ctx: AppContext) -> EditTab:
             batch_choice = gr.Dropdown([], label="Batch", elem_id="edit-batch", scale=2)
             undo = gr.Button("Undo this batch", elem_id="edit-undo", scale=1)
             reset = gr.Button("Reset (undo all)", variant="stop", elem_id="edit-reset", scale=1)
+        history_line = gr.Markdown(elem_id="edit-history-progress", elem_classes=["progress-line"])
         with gr.Row():
             export_ledger = gr.Button("Export my edits", elem_id="edit-export", size="sm")
             import_ledger = gr.UploadButton("Import edits", file_types=[".safetensors"], size="sm", elem_id="edit-import-ledger")
@@ -314,26 +400,33 @@ def build(ctx: AppContext) -> EditTab:
         ctx.bind(add_request),
         [subject, template, target, paraphrases, neighbors, table, ctx.session],
         [table, subject, template, target, paraphrases, neighbors, ctx.session],
-        api_visibility="private", concurrency_id=MODEL_QUEUE,
+        api_visibility="private", show_progress_on=[table_line], **MODEL_EVENTS,
     )
     table.select(select_row, None, selected_row, api_visibility="private", queue=False)
     remove.click(remove_row, [table, selected_row], [table, selected_row], api_visibility="private", concurrency_id="table")
     clear.click(lambda: [], None, table, api_visibility="private", queue=False)
-    refresh.click(ctx.bind(refresh_answers), [table, ctx.session], [table, ctx.session], api_visibility="private", concurrency_id=MODEL_QUEUE)
+    refresh.click(ctx.bind(refresh_answers), [table, ctx.session], [table, ctx.session], api_visibility="private",
+                  show_progress_on=[table_line], **MODEL_EVENTS)
     import_records.upload(ctx.bind(import_counterfact), [import_records, table, ctx.session], [table, ctx.session],
-                          api_visibility="private", concurrency_id=MODEL_QUEUE)
+                          api_visibility="private", show_progress_on=[table_line], **MODEL_EVENTS)
 
     # --- applying edits ----------------------------------------------------------------------------
     edit_outputs = [status, request_table, loss_plot, layer_table, history, batch_choice, result_json, ctx.session]
+    form = [subject, template, target, paraphrases, neighbors]
     edit_event = apply.click(
-        ctx.bind(run_edit), [table, method, layers, *hparams, ctx.session], edit_outputs, api_name="edit", concurrency_id=MODEL_QUEUE
+        ctx.bind(run_edit), [table, method, layers, *hparams, *form, ctx.session], edit_outputs, api_name="edit",
+        show_progress_on=[apply_line], **MODEL_EVENTS,
     )
-    stop.click(None, None, None, cancels=[edit_event], api_visibility="private")
+    stop.click(ctx.bind(stop_jobs), [ctx.session], [status], queue=False, api_visibility="private")
 
     # --- history: undo, reset, export, import --------------------------------------------------------
-    history_outputs = [status, history, batch_choice, result_json, ctx.session]
-    undo_event = undo.click(ctx.bind(run_undo), [batch_choice, ctx.session], history_outputs, api_name="undo", concurrency_id=MODEL_QUEUE)
-    reset_event = reset.click(ctx.bind(run_reset), [ctx.session], history_outputs, api_name="reset", concurrency_id=MODEL_QUEUE)
-    export_ledger.click(ctx.bind(run_export), [ctx.session], [exported], api_visibility="private", concurrency_id=MODEL_QUEUE)
-    import_event = import_ledger.upload(ctx.bind(run_import), [import_ledger, ctx.session], history_outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
-    return EditTab(form=[subject, template, target, paraphrases, neighbors], edit_events=[edit_event, undo_event, reset_event, import_event])
+    changed = [status, history, batch_choice, result_json, ctx.session]
+    shown = dict(show_progress_on=[history_line], **MODEL_EVENTS)
+    undo_event = undo.click(ctx.bind(run_undo), [batch_choice, ctx.session], changed, api_name="undo", **shown)
+    reset_event = reset.click(ctx.bind(run_reset), [ctx.session], changed, api_name="reset", **shown)
+    export_ledger.click(ctx.bind(run_export), [ctx.session], [exported], api_visibility="private", **shown)
+    import_event = import_ledger.upload(ctx.bind(run_import), [import_ledger, ctx.session], changed, api_visibility="private", **shown)
+    return EditTab(
+        form=form, edit_events=[edit_event, undo_event, reset_event, import_event],
+        refresh=(ctx.bind(refresh_history), [ctx.session], [history, batch_choice]),
+    )

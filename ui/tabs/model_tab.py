@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from ui import captions
-from ui.context import MODEL_QUEUE, AppContext
+from ui.context import MODEL_EVENTS, AppContext
 from ui.display import model_line, model_markdown
 from ui.editing import ledger_batches
 from ui.errors import friendly
@@ -34,11 +34,14 @@ def edit_batches(session: SessionState) -> int:
 
 @friendly
 def show_model(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
-    """Wait for the model (loading it if needed) and describe it."""
+    """Describe the session's model at once; when it is not in memory yet, say so, then wait for it to load."""
     session = ctx.session_of(session)
-    ctx.run(session, lambda job, loaded: None, name="load model", edited=False)
     status = ctx.manager.status()
-    return model_markdown(status), model_line(status, edit_batches(session)), session
+    yield model_markdown(status), model_line(status, edit_batches(session)), session
+    if ctx.num_layers(session) is None:  # loading (start-up) or another model in memory: load it in line
+        ctx.run(session, lambda job, loaded: None, name="load model", edited=False, progress=progress)
+        status = ctx.manager.status()
+        yield model_markdown(status), model_line(status, edit_batches(session)), session
 
 
 @friendly
@@ -49,7 +52,7 @@ def switch_model(ctx: AppContext, spec: str, session: SessionState | None, progr
     session.model_spec = spec
     session.trace = session.original_trace = session.recommendation = session.average = None
     session.layers = None
-    ctx.run(session, lambda job, loaded: None, name="switch model", edited=False)
+    ctx.run(session, lambda job, loaded: None, name="switch model", edited=False, lane="long", progress=progress)
     status = ctx.manager.status()
     return model_markdown(status), model_line(status, edit_batches(session)), session
 
@@ -79,11 +82,11 @@ def build(ctx: AppContext, header: gr.Markdown) -> ModelTab:
         gr.Markdown(captions.MODEL_PANEL)
 
     outputs = [info, header, ctx.session]
-    load_event = ctx.components["demo"].load(
-        ctx.bind(show_model), [ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_visibility="private"
+    load_event = ctx.components["session_ready"].then(
+        ctx.bind(show_model), [ctx.session], outputs, api_visibility="private", show_progress_on=[header], **MODEL_EVENTS
     )
     switch_event = switch.click(
-        ctx.bind(switch_model), [choice, ctx.session], outputs, concurrency_id=MODEL_QUEUE, api_name="switch_model"
+        ctx.bind(switch_model), [choice, ctx.session], outputs, api_name="switch_model", show_progress_on=[header], **MODEL_EVENTS
     )
     return ModelTab(
         info=info, choice=choice, switch=switch, refresh_header=ctx.bind(header_line), ready_events=[load_event, switch_event]

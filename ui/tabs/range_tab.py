@@ -13,7 +13,7 @@ from editor.layers import outlier_flags
 from tracer import figures
 from tracer.figures import range_label
 from tracer.recommend import recommend_layers
-from ui import captions
+from ui import captions, limits
 from ui.context import AppContext
 from ui.errors import friendly
 from ui.session import SessionState
@@ -66,9 +66,11 @@ def current_curve(session: SessionState, source_value: str, width_value: int) ->
 def redraw(ctx: AppContext, source_value: str, width_value: float, first_value: float, last_value: float, session: SessionState | None):
     """Move the shaded range (and remember it as this session's R)."""
     session = ctx.session_of(session)
-    low, high = sorted((int(first_value), int(last_value)))
+    bounds = (0, (ctx.num_layers(session) or limits.MAX_LAYER_TEXT) - 1)
+    low, high = sorted((limits.whole(first_value, "First layer of R", bounds), limits.whole(last_value, "Last layer of R", bounds)))
+    source_value = limits.choice(source_value, "Curve from", [value for _, value in SOURCES])
     session.layers = (low, high)
-    recommendation = current_curve(session, source_value, int(width_value))
+    recommendation = current_curve(session, source_value, limits.whole(width_value, "Width of R", limits.WIDTH))
     figure = (
         figures.recommendation_figure(recommendation, (low, high))
         if recommendation is not None
@@ -81,8 +83,11 @@ def redraw(ctx: AppContext, source_value: str, width_value: float, first_value: 
 def run_recommend(ctx: AppContext, source_value: str, width_value: float, session: SessionState | None):
     """The recommended R from the last trace or the averages, with layers whose cached key statistics look odd."""
     session = ctx.session_of(session)
+    source_value = limits.choice(source_value, "Curve from", [value for _, value in SOURCES])
+    width = limits.whole(width_value, "Width of R", limits.WIDTH)
+    recommendation_for(session, source_value, width)  # nothing to recommend from: say so before queueing
     flagged = ctx.run(session, lambda job, loaded: outlier_flags(loaded, session.cov_tokens), name="outliers", edited=False)
-    recommendation = recommendation_for(session, source_value, int(width_value), flagged)
+    recommendation = recommendation_for(session, source_value, width, flagged)
     session.recommendation = recommendation
     low, high = min(recommendation.layers), max(recommendation.layers)
     session.layers = (low, high)
@@ -90,7 +95,7 @@ def run_recommend(ctx: AppContext, source_value: str, width_value: float, sessio
         figures.recommendation_figure(recommendation, (low, high)),
         low,
         high,
-        html.escape(recommendation.explanation),
+        html.escape(recommendation.explanation),  # says why, and what to be careful about (weak signal, outliers)
         recommendation.to_dict(),
         chosen_text(low, high),
         range_label(low, high),

@@ -14,23 +14,11 @@ from core.kinds import KINDS
 from core.predict import generate_greedy, predict_next_tokens
 from tracer import figures
 from tracer.trace import trace
-from ui import captions, editing
-from ui.context import MODEL_QUEUE, AppContext
+from ui import captions, editing, limits
+from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.display import display_token, label_value, percent
 from ui.errors import friendly
 from ui.session import SessionState
-
-
-@dataclass
-class TestTab:
-    prompt: gr.Textbox
-    before_label: gr.Label
-    after_label: gr.Label
-    before_text: gr.Textbox
-    after_text: gr.Textbox
-    compare: gr.Button
-    compare_event: Any
-    extra: dict[str, Any]
 
 
 def predictions_dict(predictions: list[Any], generation: str) -> dict:
@@ -43,9 +31,12 @@ def predictions_dict(predictions: list[Any], generation: str) -> dict:
 def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, session: SessionState | None, progress=gr.Progress()):
     """Top-k next tokens and a greedy continuation, on the original model and with the session's edits."""
     session = ctx.session_of(session)
-    if not prompt_text or not prompt_text.strip():
+    prompt_text = limits.text(prompt_text, "The prompt")
+    if not prompt_text.strip():
         raise InputError("The prompt is empty: type a sentence that the model should complete.")
-    count, tokens = int(k), int(new_tokens)
+    count = limits.whole(k, "Top-k", limits.TOP_K)
+    tokens = limits.whole(new_tokens, "Generated tokens", limits.GENERATED_TOKENS)
+    ctx.limits.check_prompt_tokens(ctx.manager.display_tokenizer(session.model_spec), prompt_text)
 
     def work(job, loaded):
         job.progress(0.1, "Original model…")
@@ -55,7 +46,7 @@ def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, 
             after = (predict_next_tokens(loaded, prompt_text, count), generate_greedy(loaded, prompt_text, tokens))
         return before, after
 
-    before, after = ctx.run(session, work, name="compare", edited=False)
+    before, after = ctx.run(session, work, name="compare", edited=False, progress=progress)
     edited = session.has_edits()
     if not edited:
         note = "You have no edits yet, so both sides show the original model. Apply an edit on the **Edit** tab."
@@ -97,7 +88,7 @@ def run_checks(ctx: AppContext, session: SessionState | None, progress=gr.Progre
             after = editing.score(loaded, records)
         return records, before, after
 
-    records, before, after = ctx.run(session, work, name="check edits", edited=False)
+    records, before, after = ctx.run(session, work, name="check edits", edited=False, lane="long", progress=progress)
     count = len(edits)
     rows = editing.check_rows(records[:count], before[:count], after[:count])
     metric_slice = slice(count, None) if imported else slice(0, count)
@@ -147,7 +138,7 @@ def run_retrace(ctx: AppContext, session: SessionState | None, progress=gr.Progr
             after = trace(loaded, last.prompt, last.subject, settings, progress=part(0.5, "With your edits"))
         return before, after
 
-    before, after = ctx.run(session, work, name="re-trace", edited=False)
+    before, after = ctx.run(session, work, name="re-trace", edited=False, lane="long", progress=progress)
     if not reuse:
         session.original_trace = before
     status = (
@@ -160,17 +151,24 @@ def run_retrace(ctx: AppContext, session: SessionState | None, progress=gr.Progr
 
 # --- the tab -----------------------------------------------------------------------------------
 
+@dataclass
+class TestTab:
+    """What the rest of the page uses: the events whose results depend on the session's edits."""
+
+    compare_event: Any
+
+
 def build(ctx: AppContext) -> TestTab:
-    extra: dict[str, Any] = {}
     with gr.Tab("Test", id="test"):
         gr.Markdown(captions.TEST_COMPARE)
         with gr.Row():
             prompt = gr.Textbox(
                 label="Any prompt", value="The Eiffel Tower is located in the city of", elem_id="test-prompt", scale=4
             )
-            top_k = gr.Slider(1, 20, value=5, step=1, label="Top-k", scale=1, elem_id="test-topk")
-            length = gr.Slider(1, 60, value=20, step=1, label="Generated tokens", scale=1)
+            top_k = gr.Slider(*limits.TOP_K, value=5, step=1, label="Top-k", scale=1, elem_id="test-topk")
+            length = gr.Slider(*limits.GENERATED_TOKENS, value=20, step=1, label="Generated tokens", scale=1)
         compare = gr.Button("Compare original and edited", variant="primary", elem_id="test-compare")
+        compare_line = gr.Markdown(elem_id="test-compare-progress", elem_classes=["progress-line"])
         with gr.Row(equal_height=True):
             with gr.Column():
                 gr.Markdown("### Original model")
@@ -183,11 +181,13 @@ def build(ctx: AppContext) -> TestTab:
         summary = gr.Markdown(elem_id="test-summary")
         with gr.Accordion("Raw result (JSON)", open=False):
             compare_json = gr.JSON(elem_id="test-json")
-        extra.update(summary=summary, compare_json=compare_json)
 
         gr.Markdown("---")
         gr.Markdown(captions.TEST_CHECKS)
-        check = gr.Button("Check my edits", variant="primary", elem_id="test-check")
+        with gr.Row():
+            check = gr.Button("Check my edits", variant="primary", elem_id="test-check", scale=3)
+            check_stop = gr.Button("Stop", variant="stop", elem_id="test-check-stop", scale=1)
+        check_line = gr.Markdown(elem_id="test-check-progress", elem_classes=["progress-line"])
         check_summary = gr.Markdown(elem_id="test-check-summary")
         checks_table = gr.Dataframe(label="Each edit", interactive=False, wrap=True, elem_id="test-checks", visible=False)
         metrics_table = gr.Dataframe(
@@ -199,45 +199,38 @@ def build(ctx: AppContext) -> TestTab:
 
         gr.Markdown("---")
         gr.Markdown(captions.TEST_RETRACE)
-        retrace = gr.Button("Re-trace the last trace with my edits", elem_id="test-retrace")
+        with gr.Row():
+            retrace = gr.Button("Re-trace the last trace with my edits", elem_id="test-retrace", scale=3)
+            retrace_stop = gr.Button("Stop", variant="stop", elem_id="test-retrace-stop", scale=1)
+        retrace_line = gr.Markdown(elem_id="test-retrace-progress", elem_classes=["progress-line"])
         retrace_status = gr.Markdown(elem_id="test-retrace-status")
         retrace_plots = {}
         with gr.Row(equal_height=True):
             for kind in KINDS:
                 retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", min_width=320, visible=False)
 
-
+    compare_outputs = [before_label, after_label, before_text, after_text, summary, compare_json, ctx.session]
     compare_event = compare.click(
-        ctx.bind(run_compare),
-        [prompt, top_k, length, ctx.session],
-        [before_label, after_label, before_text, after_text, summary, compare_json, ctx.session],
-        api_name="predict",
-        concurrency_id=MODEL_QUEUE,
+        ctx.bind(run_compare), [prompt, top_k, length, ctx.session], compare_outputs, api_name="predict",
+        show_progress_on=[compare_line], **MODEL_EVENTS,
     )
     prompt.submit(
-        ctx.bind(run_compare),
-        [prompt, top_k, length, ctx.session],
-        [before_label, after_label, before_text, after_text, summary, compare_json, ctx.session],
-        api_visibility="private",
-        concurrency_id=MODEL_QUEUE,
+        ctx.bind(run_compare), [prompt, top_k, length, ctx.session], compare_outputs, api_visibility="private",
+        show_progress_on=[compare_line], **MODEL_EVENTS,
     )
     # --- checks of every edit and CounterFact metrics --------------------------------------------------
-
     check.click(
         ctx.bind(run_checks), [ctx.session], [check_summary, checks_table, metrics_table, check_json, ctx.session],
-        api_name="evaluate", concurrency_id=MODEL_QUEUE,
+        api_name="evaluate", show_progress_on=[check_line], **MODEL_EVENTS,
     )
-
+    check_stop.click(ctx.bind(stop_jobs), [ctx.session], [check_summary], queue=False, api_visibility="private")
     # --- re-trace with the edits and show the difference -------------------------------------------------
-
     retrace.click(
         ctx.bind(run_retrace), [ctx.session], [retrace_status, *retrace_plots.values(), ctx.session],
-        api_name="retrace", concurrency_id=MODEL_QUEUE,
+        api_name="retrace", show_progress_on=[retrace_line], **MODEL_EVENTS,
     )
-    return TestTab(
-        prompt=prompt, before_label=before_label, after_label=after_label, before_text=before_text, after_text=after_text,
-        compare=compare, compare_event=compare_event, extra=extra,
-    )
+    retrace_stop.click(ctx.bind(stop_jobs), [ctx.session], [retrace_status], queue=False, api_visibility="private")
+    return TestTab(compare_event=compare_event)
 
 
 def _same_trace(original: Any, last: Any, settings: Any) -> bool:

@@ -17,15 +17,17 @@ from core.kinds import KINDS
 from core.predict import next_token_probabilities, top_tokens
 from core.tokens import encode_prompt, target_token_ids
 from tracer import figures
+from tracer.noise import NOISE_TYPES
 from tracer.preview import preview_trace
+from tracer.problem import MAX_TRACE_TOKENS
 from tracer.trace import TraceSettings, trace_stream
-from ui import captions
-from ui.context import MODEL_QUEUE, AppContext
+from ui import captions, limits
+from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.display import display_token, percent
 from ui.downloads import trace_downloads
 from ui.errors import friendly
 from ui.examples import Example
-from ui.runner import HEARTBEAT, follow
+from ui.runner import HEARTBEAT
 from ui.session import SessionState
 
 STREAM_INTERVAL_S = 0.7  # at most this often a partial heatmap goes to the browser
@@ -79,28 +81,36 @@ def highlighted_tokens(tokenizer: Any, prompt: str, subject: str) -> tuple[list[
     ], hint
 
 
-def settings_from_inputs(answer: str, kinds: list[str], samples: Any, noise: str, window: Any, seed: Any, noise_type: str):
-    """A TraceSettings from the form (InputError with a plain message for bad values)."""
-    def whole(value: Any, name: str) -> int:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{name} must be a whole number, got {value!r}.") from None
-        if number != int(number):
-            raise InputError(f"{name} must be a whole number, got {value!r}.")
-        return int(number)
-
+def settings_from_inputs(
+    answer: str, kinds: list[str], samples: Any, noise: str, window: Any, seed: Any, noise_type: str, num_layers: int | None = None
+) -> TraceSettings:
+    """A TraceSettings from the form, every value within its bounds (InputError with a plain message)."""
+    kinds = kinds if isinstance(kinds, (list, tuple)) else [kinds]
     settings = TraceSettings(
-        kinds=tuple(kinds or ()),
-        samples=whole(samples, "Samples"),
-        noise=(noise or "3x").strip(),
-        noise_type=noise_type or "gaussian",
-        window=whole(window, "Window"),
-        seed=whole(seed if seed not in (None, "") else 1, "Seed"),
-        answer=(answer.strip() or None) if isinstance(answer, str) else None,
+        kinds=tuple(limits.choice(kind, "What to restore", KINDS) for kind in kinds or ()),
+        samples=limits.whole(samples, "Noise samples", limits.SAMPLES),
+        noise=limits.text(noise, "Noise", limit=40).strip() or "3x",
+        noise_type=limits.choice(noise_type or "gaussian", "Noise type", NOISE_TYPES),
+        window=limits.whole(window, "Window", (1, num_layers or limits.MAX_LAYER_TEXT)),
+        seed=limits.whole(seed if seed not in (None, "") else 1, "Seed", limits.SEED),
+        answer=limits.text(answer, "The answer", limit=200).strip() or None,
     )
     settings.validate()
     return settings
+
+
+def checked_prompt(ctx: AppContext, session: SessionState, prompt_text: Any, subject_text: Any) -> tuple[str, str]:
+    """(prompt, subject) refused at once when too long, empty, or when the subject is not in the prompt."""
+    prompt_text = limits.text(prompt_text, "The prompt")
+    subject_text = limits.text(subject_text, "The subject", limit=500)
+    if not prompt_text.strip():
+        raise InputError("The prompt is empty: type a sentence that the model should complete.")
+    if not subject_text.strip():
+        raise InputError("The subject is empty: type the words of the prompt that name the subject.")
+    tokenizer = ctx.manager.display_tokenizer(session.model_spec)
+    if tokenizer is not None:  # with the model still loading, the job checks the same once it runs
+        encode_prompt(tokenizer, prompt_text, max_tokens=MAX_TRACE_TOKENS).subject_range(subject_text)
+    return prompt_text, subject_text
 
 
 def status_markdown(result: Any, *, stage: str, edited: bool) -> str:
@@ -135,6 +145,11 @@ def show_prediction(ctx: AppContext, prompt_text: str, answer_text: str, session
     session = ctx.session_of(session)
     if not prompt_text or not prompt_text.strip():
         return "", session
+    try:
+        ctx.limits.check_prompt_tokens(ctx.manager.display_tokenizer(session.model_spec), prompt_text)
+        limits.text(answer_text, "The answer", limit=200)
+    except InputError as error:
+        return html.escape(str(error)), session
 
     def work(job, loaded):
         probabilities = next_token_probabilities(loaded, prompt_text)
@@ -178,7 +193,10 @@ def run_trace(
 ):
     """Preview first, then the exact trace's cells as they finish (at most every STREAM_INTERVAL_S), then downloads."""
     session = ctx.session_of(session)
-    settings = settings_from_inputs(answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind)
+    prompt_text, subject_text = checked_prompt(ctx, session, prompt_text, subject_text)
+    settings = settings_from_inputs(
+        answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind, ctx.num_layers(session)
+    )
     edited = session.has_edits()
     skip = tuple(gr.skip() for _ in range(TRACE_OUTPUTS))
 
@@ -198,7 +216,7 @@ def run_trace(
     preview = None
     last_sent = 0.0
     waiting = None
-    for item in follow(job, progress):
+    for item in ctx.follow(job, progress):
         if item is not HEARTBEAT:
             waiting = item
         if waiting is None or (time.monotonic() - last_sent < STREAM_INTERVAL_S and item is not HEARTBEAT):
@@ -219,7 +237,7 @@ def run_trace(
     session.trace, session.trace_edited = result, edited
     if not edited:
         session.original_trace = result
-    paths = trace_downloads(result)
+    paths = trace_downloads(result, session.files_folder("trace"))
     yield (
         status_markdown(result, stage="done", edited=edited),
         *(figures.trace_heatmap(result, kind) for kind in KINDS),
@@ -244,12 +262,18 @@ def run_preview(
     seed_value: float,
     noise_kind: str,
     session: SessionState | None,
+    progress=gr.Progress(),
 ):
     """Only the approximate preview (well under a second on the embedded model): for slow machines and lectures."""
     session = ctx.session_of(session)
-    settings = settings_from_inputs(answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind)
+    prompt_text, subject_text = checked_prompt(ctx, session, prompt_text, subject_text)
+    settings = settings_from_inputs(
+        answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind, ctx.num_layers(session)
+    )
     edited = session.has_edits()
-    preview = ctx.run(session, lambda job, loaded: preview_trace(loaded, prompt_text, subject_text, settings), name="preview")
+    preview = ctx.run(
+        session, lambda job, loaded: preview_trace(loaded, prompt_text, subject_text, settings), name="preview", progress=progress
+    )
     return (
         status_markdown(preview, stage="preview only", edited=edited),
         *(figures.trace_heatmap(preview, kind) for kind in KINDS),
@@ -321,6 +345,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
             run = gr.Button("Trace", variant="primary", elem_id="trace-run", scale=3)
             preview_only = gr.Button("Preview only (instant, approximate)", elem_id="trace-preview", scale=2)
             stop = gr.Button("Stop", variant="stop", elem_id="trace-stop", scale=1)
+        progress_line = gr.Markdown(elem_id="trace-progress", elem_classes=["progress-line"])
         example_set = gr.Examples(
             [[example.prompt, example.subject, example.answer] for example in examples],
             inputs=[prompt, subject, answer],
@@ -355,9 +380,9 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
             [prompt, answer, ctx.session],
             [prediction, ctx.session],
             api_visibility="private",
-            concurrency_id=MODEL_QUEUE,
             show_progress="hidden",
             trigger_mode="always_last",
+            **MODEL_EVENTS,
         )
     refresh_typing = [
         (ctx.bind(show_tokens), [prompt, subject, ctx.session], [tokens, token_hint]),
@@ -368,13 +393,14 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
     inputs = [prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, ctx.session]
     outputs = [status, plots["hidden"], plots["mlp"], plots["attn"], result_json, download_json, download_csv, download_html, ctx.session]
     trace = ctx.bind(run_trace)
-    trace_event = run.click(trace, inputs, outputs, api_name="trace", concurrency_id=MODEL_QUEUE)
-    preview_only.click(ctx.bind(run_preview), inputs, outputs, api_name="preview", concurrency_id=MODEL_QUEUE)
-    submit_event = prompt.submit(trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
+    shown = dict(show_progress_on=[progress_line], **MODEL_EVENTS)  # progress and errors under the buttons
+    trace_event = run.click(trace, inputs, outputs, api_name="trace", **shown)
+    preview_only.click(ctx.bind(run_preview), inputs, outputs, api_name="preview", **shown)
+    submit_event = prompt.submit(trace, inputs, outputs, api_visibility="private", **shown)
     example_event = example_set.load_input_event.then(
         functools.partial(describe_example, examples), [prompt, subject], [example_notes], queue=False, api_visibility="private"
-    ).then(trace, inputs, outputs, api_visibility="private", concurrency_id=MODEL_QUEUE)
-    stop.click(None, None, None, cancels=[trace_event, example_event, submit_event], api_visibility="private")
+    ).then(trace, inputs, outputs, api_visibility="private", **shown)
+    stop.click(ctx.bind(stop_jobs), [ctx.session], [status], queue=False, api_visibility="private")
     return TraceTab(
         prompt=prompt, subject=subject, answer=answer, kinds=kinds, samples=samples, noise=noise, window=window, seed=seed,
         noise_type=noise_type, status=status, plots=plots, result_json=result_json,
