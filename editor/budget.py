@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from core.embedded import cache_root
 from core.errors import InputError
@@ -13,8 +14,13 @@ from editor.corpus import Corpus, load_corpus
 BATCH_TEXTS = 512  # texts tokenized per call
 
 
-def corpus_tokens(loaded: LoadedModel, corpus: str | Corpus = "wikipedia") -> int:
-    """Tokens the covariance pass can read from `corpus`: each text tokenized and cut to the model's context."""
+def corpus_tokens(loaded: LoadedModel, corpus: str | Corpus = "wikipedia", tokenizer: Any = None) -> int:
+    """Tokens the covariance pass can read from `corpus`: each text tokenized and cut to the model's context.
+
+    `tokenizer`: a copy of the model's tokenizer to use instead of `loaded.tokenizer` (the model itself
+    is not run, so this may be called outside the thread that runs the model).
+    """
+    tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
     path = cache_root() / "corpus_tokens" / f"{model_key(loaded)}-{corpus.digest}.json"
     try:
@@ -23,7 +29,7 @@ def corpus_tokens(loaded: LoadedModel, corpus: str | Corpus = "wikipedia") -> in
         pass
     total = 0
     for start in range(0, len(corpus.texts), BATCH_TEXTS):
-        encoded = loaded.tokenizer(list(corpus.texts[start : start + BATCH_TEXTS]))["input_ids"]
+        encoded = tokenizer(list(corpus.texts[start : start + BATCH_TEXTS]))["input_ids"]
         total += sum(min(len(ids), loaded.max_length) for ids in encoded)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -148,3 +148,76 @@ def test_examples_say_what_the_embedded_model_actually_predicts(embedded):
         assert abs(top.probability - example.embedded_top["probability"]) < 0.01, example.label
         assert f"{example.embedded_top['probability']:.0%}" in example.note, example.label
         assert "{}" in example.edit["prompt"] and example.edit["target_new"]
+
+
+def test_short_jobs_run_before_waiting_long_ones_and_waiters_see_their_place():
+    from ui.runner import ModelRunner, follow
+
+    runner = ModelRunner(name="test-lanes")
+    started, release, order = threading.Event(), threading.Event(), []
+
+    def blocking(job):
+        started.set()
+        release.wait(30)
+        order.append("running edit")
+
+    def record(label):
+        return lambda job: order.append(label)
+
+    runner.submit(blocking, "edit", owner=1)
+    assert started.wait(30)
+    long_job = runner.submit(record("trace"), "trace", owner=2)
+    short_job = runner.submit(record("prediction"), "prediction", lane="short", owner=3)
+    status = runner.queue_status(long_job)
+    assert status.ahead == 2 and status.running == "edit" and not status.running_is_yours
+    assert "2 jobs ahead of you; running now: another visitor's edit" in status.describe()
+    assert runner.queue_status(short_job).ahead == 1  # only the running job is ahead of a short one
+    shown = []
+    follower = follow(long_job, lambda fraction, desc: shown.append((fraction, desc)), heartbeat=0.05, runner=runner)
+    next(follower)  # a heartbeat: the place in line has been shown
+    assert shown and shown[-1][0] == 0.0 and "Waiting in line" in shown[-1][1]
+    release.set()
+    for _ in follower:
+        pass
+    assert order == ["running edit", "prediction", "trace"]
+
+
+def test_a_stop_before_the_commit_changes_nothing_and_after_it_is_refused():
+    from core.errors import OperationCancelled
+    from ui.runner import ModelRunner, follow
+
+    runner = ModelRunner(name="test-commit")
+    for stop_before in (True, False):
+        ready, go, changed = threading.Event(), threading.Event(), []
+
+        def work(job, ready=ready, go=go, changed=changed):
+            ready.set()
+            go.wait(30)
+            return job.commit(lambda: changed.append("batch"))
+
+        job = runner.submit(work, "edit", owner=1)
+        assert ready.wait(30)
+        if stop_before:
+            assert job.cancel() is True
+            go.set()
+            with pytest.raises(OperationCancelled):
+                list(follow(job, heartbeat=None))
+            assert changed == []
+        else:
+            go.set()
+            assert runner.wait_idle(30)
+            assert job.cancel() is False and changed == ["batch"] and job.committed  # too late: it was applied
+
+
+def test_progress_never_goes_backwards_and_says_how_long_is_left():
+    from ui.runner import Job, JobEvent, ProgressReport
+
+    job = Job(lambda job: None, "edit")
+    job.started = 0.0  # started long ago: an estimate is due
+    shown = []
+    report = ProgressReport(job, None, lambda fraction, desc: shown.append((fraction, desc)))
+    for fraction in (0.1, 0.3, 0.1, 0.5):
+        report.update(JobEvent("progress", fraction=fraction, message=f"stage at {fraction}"))
+    fractions = [fraction for fraction, _ in shown]
+    assert fractions == sorted(fractions) == [0.1, 0.3, 0.3, 0.5]
+    assert shown[-1][1].startswith("stage at 0.5") and "left" in shown[-1][1]

@@ -70,6 +70,18 @@ def error_toast_text(page, containing: str) -> str:
     return toast.inner_text()
 
 
+def progress_while_running(page, line: str, status: str, done_text: str) -> list[float | None]:
+    """Samples of the progress shown under a button until `status` says `done_text`: percent, or None (no number)."""
+    samples = []
+    while done_text not in (page.locator(status).inner_text() or ""):
+        text = page.locator(f"{line} .progress-text").all_inner_texts()
+        if text:
+            number = re.search(r"([\d.]+)%", text[0])
+            samples.append(float(number.group(1)) if number else None)
+        page.wait_for_timeout(250)
+    return samples
+
+
 def compare(page, prompt: str, before: str, after: str) -> None:
     """Run the Test tab's comparison and wait for the expected top tokens (original, edited)."""
     from playwright.sync_api import expect
@@ -104,6 +116,17 @@ def test_trace_choose_r_edit_test_undo_in_the_browser(page, chromium, app):
     expect(page.locator("#trace-download-json")).to_be_enabled()
     shot(page, "trace")
 
+    # A bad subject: a message beside the button, and the heatmaps of the last trace stay as they were.
+    drawn = heatmap_values(page, "trace-plot-mlp")
+    page.fill("#trace-subject textarea", "Big Ben")
+    page.click("#trace-run")
+    assert "Big Ben" in error_toast_text(page, "does not occur in the prompt")
+    expect(page.locator("#trace-progress")).to_contain_text("Error")  # shown on the line under the buttons
+    for kind in KINDS:
+        expect(page.locator(f"#trace-plot-{kind}")).not_to_contain_text("Error")
+    assert heatmap_values(page, "trace-plot-mlp") == drawn
+    page.fill("#trace-subject textarea", "Eiffel Tower")
+
     open_tab(page, "Choose R")
     expect(page.locator("#range-plot .js-plotly-plot")).to_be_attached()  # redrawn after the trace
     page.click("#range-recommend")
@@ -126,10 +149,21 @@ def test_trace_choose_r_edit_test_undo_in_the_browser(page, chromium, app):
     page.get_by_text("Advanced (hyperparameters)", exact=True).click()
     set_number(page, "edit-cov-tokens", 4096)  # a small covariance sample keeps the test quick
     page.click("#edit-apply")
-    expect(page.locator("#edit-status")).to_contain_text("Applied batch", timeout=600_000)
+    shown = progress_while_running(page, "#edit-progress", "#edit-status", "Applied batch")
+    assert shown, "no progress under the Apply button"
+    percents = [value for value in shown if value is not None]
+    assert percents == sorted(percents), f"progress went backwards: {percents}"
     expect(page.locator("#edit-history")).to_contain_text("Eiffel Tower → Rome")
     expect(page.locator("#edit-loss-plot .js-plotly-plot")).to_be_attached()
     shot(page, "edit")
+
+    # A reload keeps this visitor's edits (the page says where they are kept).
+    page.reload()
+    wait_for_model(page)
+    expect(page.locator("#model-line")).to_contain_text("your edits: 1 batch")
+    expect(page.locator("#keep-note")).to_contain_text("kept on this server for this browser")
+    open_tab(page, "Edit")
+    expect(page.locator("#edit-history")).to_contain_text("Eiffel Tower → Rome")
 
     # Test: the edited model says Rome, the original still says Paris; the checks pass.
     compare(page, EIFFEL, before="Paris", after="Rome")
@@ -222,7 +256,21 @@ def test_stopping_a_trace_leaves_the_model_as_it_was(page):
     wait_for_model(page)
     page.locator("#trace-examples").get_by_text("Colosseum → Rome").click()  # default settings: a long trace
     expect(page.locator("#trace-plot-mlp .js-plotly-plot g.hm image").first).to_be_attached()
-    page.click("#trace-stop")
+
+    # Meanwhile another visitor's short job waits in line, and is told so.
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        other = context.new_page()
+        other.goto(page.url)
+        wait_for_model(other)
+        open_tab(other, "Test")
+        other.click("#test-compare")
+        expect(other.locator("#test-compare-progress")).to_contain_text("Waiting in line")
+        expect(other.locator("#test-compare-progress")).to_contain_text("another visitor's trace")
+        page.click("#trace-stop")
+        expect(other.locator("#test-after-top h2").first).to_have_text("Paris")  # its turn came once the trace stopped
+    finally:
+        context.close()
     expect(page.locator("#trace-status")).not_to_contain_text("Exact trace done", timeout=5_000)
     compare(page, "The Colosseum is located in the city of", before="Rome", after="Rome")
     expect(page.locator("#trace-status")).not_to_contain_text("Exact trace done")

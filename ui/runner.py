@@ -140,6 +140,7 @@ class ModelRunner:
         self._condition = threading.Condition()
         self._running: Job | None = None
         self._pending = 0  # submitted and not finished
+        self.submitted = 0  # jobs accepted since start (a refused request adds none)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -158,6 +159,7 @@ class ModelRunner:
                     )
             self._lanes[lane].append(job)
             self._pending += 1
+            self.submitted += 1
             self._condition.notify_all()
         return job
 
@@ -242,7 +244,7 @@ class ProgressReport:
         status = self.runner.queue_status(self.job) if self.runner is not None else None
         if status is None:
             return False
-        self._show(None, status.describe())
+        self._show(0.0, status.describe())  # gr.Progress hides its text when given no fraction
         return True
 
     def update(self, event: JobEvent) -> None:
@@ -262,7 +264,7 @@ class ProgressReport:
             text += f" · about {_duration(remaining)} left"
         self._show(self.fraction, text)
 
-    def _show(self, fraction: float | None, text: str) -> None:
+    def _show(self, fraction: float, text: str) -> None:
         if self.progress is None:
             return
         try:
@@ -285,7 +287,7 @@ def follow(
 ) -> Iterator[Any]:
     """Yield the job's partial results (the newest when several wait) until it ends.
 
-    While the job waits its place in line goes to `progress(None, desc=...)` (a gr.Progress; needs
+    While the job waits its place in line goes to `progress(0.0, desc=...)` (a gr.Progress; needs
     `runner`); then its progress events, never going backwards, with an estimate of the time left.
     When `heartbeat` is set, HEARTBEAT is yielded after that many idle seconds, giving Gradio a point
     to cancel at. When it ends, its result is `job.result`; its exception is raised here. If the

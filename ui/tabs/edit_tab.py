@@ -13,6 +13,7 @@ from editor.budget import check_budget, corpus_tokens
 from editor.figures import loss_figure
 from editor.hparams import METHODS
 from editor.layers import parse_layers
+from editor.ledger_file import check_ledger_file
 from editor.methods import METHOD_LABELS
 from ui import captions, editing, limits
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
@@ -215,8 +216,9 @@ def run_edit(
         method_name, layers_text, lambda_value, cov_token_count, step_count, learning_rate, kl_weight, clamp,
         ctx.num_layers(session),
     )
-    if settings.overrides["cov_tokens"] is not None:
-        available = ctx.run(session, lambda job, loaded: corpus_tokens(loaded), name="corpus size", edited=False)
+    tokenizer = ctx.manager.display_tokenizer(session.model_spec)
+    if settings.overrides["cov_tokens"] is not None and tokenizer is not None:  # counted once per model, then cached
+        available = corpus_tokens(ctx.manager.current(), tokenizer=tokenizer)
         check_budget(settings.overrides["cov_tokens"], available, "the Wikipedia corpus")
     skip = tuple(gr.skip() for _ in range(EDIT_OUTPUTS))
     ledger = session.ledger()
@@ -290,6 +292,9 @@ def run_import(ctx: AppContext, path: str | None, session: SessionState | None):
     """Replace the session's edits by a ledger exported from Locus (refused for another model, checked before reading)."""
     session = ctx.session_of(session)
     ctx.limits.check_upload(path, "file of edits")
+    loaded = ctx.manager.current()
+    if ctx.num_layers(session) is not None:  # the header is checked before queueing (and again in the job)
+        check_ledger_file(path, loaded, ctx.limits.max_upload_bytes)
 
     def work(job, loaded):
         return editing.import_ledger(path, loaded, ctx.limits.max_upload_bytes)
@@ -425,7 +430,7 @@ def build(ctx: AppContext) -> EditTab:
     undo_event = undo.click(ctx.bind(run_undo), [batch_choice, ctx.session], changed, api_name="undo", **shown)
     reset_event = reset.click(ctx.bind(run_reset), [ctx.session], changed, api_name="reset", **shown)
     export_ledger.click(ctx.bind(run_export), [ctx.session], [exported], api_visibility="private", **shown)
-    import_event = import_ledger.upload(ctx.bind(run_import), [import_ledger, ctx.session], changed, api_visibility="private", **shown)
+    import_event = import_ledger.upload(ctx.bind(run_import), [import_ledger, ctx.session], changed, api_name="import_ledger", **shown)
     return EditTab(
         form=form, edit_events=[edit_event, undo_event, reset_event, import_event],
         refresh=(ctx.bind(refresh_history), [ctx.session], [history, batch_choice]),

@@ -31,7 +31,7 @@ def predictions_dict(predictions: list[Any], generation: str) -> dict:
 def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, session: SessionState | None, progress=gr.Progress()):
     """Top-k next tokens and a greedy continuation, on the original model and with the session's edits."""
     session = ctx.session_of(session)
-    prompt_text = limits.text(prompt_text, "The prompt")
+    ctx.limits.check_prompt_tokens(None, prompt_text)  # its length in characters, before anything else
     if not prompt_text.strip():
         raise InputError("The prompt is empty: type a sentence that the model should complete.")
     count = limits.whole(k, "Top-k", limits.TOP_K)
