@@ -51,7 +51,7 @@ def test_heatmaps_use_the_paper_colors_and_mark_the_subject():
         assert heatmap.customdata[2][3][0] == "iffel*"
         assert abs(heatmap.customdata[2][3][1] - (heatmap.z[2][3] - result.low)) < 1e-12
         assert "Each square is one word" in figure_caption(figure)
-    assert "10 restored MLP layers" in figures["mlp"].layout.xaxis.title.text
+    assert "centre of 10 restored" in figures["mlp"].layout.xaxis.title.text
 
 
 def test_partial_and_approximate_heatmaps():
@@ -59,6 +59,8 @@ def test_partial_and_approximate_heatmaps():
     assert partial.data[0].z[4] == (None,) * LAYERS or list(partial.data[0].z[4]) == [None] * LAYERS
     preview = trace_heatmap(synthetic_result(approximate=True), "hidden")
     assert preview.layout.title.text.startswith("Approximate preview")
+    values = [v for row in preview.data[0].z for v in row]
+    assert (preview.data[0].zmin, preview.data[0].zmax) == (min(values), max(values))  # its own colour range
     assert "estimated" in preview.data[0].hovertemplate and "Approximate preview" in figure_caption(preview)
 
 

@@ -158,8 +158,11 @@ def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
     approximate = bool(result.approximate)
     tokens = [[label] * scores.shape[1] for label in labels]
     finite = scores[numpy.isfinite(scores)]
-    zmin = min(float(result.low), float(finite.min())) if finite.size else float(result.low)
-    zmax = max(float(result.high), float(finite.max())) if finite.size else float(result.high)
+    if approximate and finite.size:  # estimates on their own range: on the clean run's scale they look blank
+        zmin, zmax = float(finite.min()), float(finite.max())
+    else:
+        zmin = min(float(result.low), float(finite.min())) if finite.size else float(result.low)
+        zmax = max(float(result.high), float(finite.max())) if finite.size else float(result.high)
     estimate = "estimated " if approximate else ""
     figure = go.Figure(
         go.Heatmap(
@@ -194,7 +197,7 @@ def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
             )
         )
         title = f"{kind_title(kind)}: exact {1.0 - float(missing.mean()):.0%}, faded = preview"
-    axis = "layer (one restored)" if kind == "hidden" else f"layer (centre of {window} restored {KIND_NAMES[kind]} layers)"
+    axis = "layer (one restored)" if kind == "hidden" else f"layer (centre of {window} restored)"
     return _layout(
         figure,
         heatmap_caption(kind, window, approximate),

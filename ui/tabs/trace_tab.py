@@ -343,7 +343,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
                 seed = gr.Number(value=1, precision=0, label="Seed")
         with gr.Row():
             run = gr.Button("Trace", variant="primary", elem_id="trace-run", scale=3)
-            preview_only = gr.Button("Preview only (instant, approximate)", elem_id="trace-preview", scale=2)
+            preview_only = gr.Button("Preview (instant)", elem_id="trace-preview", scale=2)
             stop = gr.Button("Stop", variant="stop", elem_id="trace-stop", scale=1)
         progress_line = gr.Markdown(elem_id="trace-progress", elem_classes=["progress-line"])
         example_set = gr.Examples(
