@@ -65,3 +65,31 @@ def test_edit_handlers_refuse_bad_input_and_leave_the_session_unchanged(context)
     assert not session.has_edits()
     remaining, selected = edit_tab.remove_row(rows + [["Colosseum", "{} is in", "Paris", "", "", ""]], 0)
     assert remaining == [["Colosseum", "{} is in", "Paris", "", "", ""]] and selected is None
+
+
+def test_a_filled_form_is_edited_when_the_table_is_empty(context):
+    session = SessionState(model_spec="embedded")
+    settings = ("memit", "two to six", None, None, 25, 0.5, 0.0625, 0.75)
+    with pytest.raises(gr.Error, match="Nothing to edit"):
+        list(edit_tab.run_edit(context, [], *settings, session=session, progress=quiet))
+    form = ("Eiffel Tower", "{} is located in the city of", "Rome", "", "")
+    with pytest.raises(gr.Error, match="not understood"):  # past the rows: the form's request was taken
+        list(edit_tab.run_edit(context, [], *settings, *form, session=session, progress=quiet))
+
+
+def test_a_session_keeps_only_its_last_downloads_and_removes_them_when_it_ends():
+    from ui.sessions import SessionStore
+
+    ended = []
+    store = SessionStore(max_sessions=1, on_drop=lambda session: (ended.append(session), session.discard_files()))
+    key, session = store.restore(None, "embedded")
+    assert store.restore(key, "embedded")[1] is session  # a reload finds the same session
+    first = session.files_folder("trace")
+    (first / "trace-a.html").write_text("x")
+    second = session.files_folder("trace")
+    assert second == first and not (second / "trace-a.html").exists()  # the new trace's files replace the last
+    (second / "trace-b.html").write_text("y")
+    scratch = session.scratch
+    store.restore(None, "embedded")  # a second visitor: the first session is dropped (max_sessions=1)
+    assert ended == [session] and not scratch.exists()
+    assert store.restore(key, "embedded")[1] is not session  # its key no longer finds it
