@@ -1,8 +1,8 @@
 """Benchmark: a bounded soak of the real app: N simulated visitors on loopback for a fixed time.
 
-Starts `app.py` in a subprocess on a free loopback port, waits for its model, makes one warm-up
-edit (the first edit of a fresh cache computes the covariance of R, about a minute on a CPU) and
-undoes it, then runs the visitors of bench/soak.py: each its own gradio_client session looping
+Starts `app.py` in a subprocess on a free loopback port, waits for its model, warms up with one
+predict, preview and edit (the first edit of a fresh cache computes the covariance of R, about a
+minute on a CPU) and undoes it, then runs the visitors of bench/soak.py: each its own gradio_client session looping
 predict, preview trace, a refused bad input, its own edit (10 optimisation steps), predict, undo.
 Prints p50/p95 latency per endpoint, requests served, failed requests, whether each visitor's final
 predictions match its own ledger, the server's peak RSS (VmRSS sampled from /proc) and the load
@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.soak import FACTS, SoakSettings, format_report, process_rss, run_soak, warm_up_edit
+from bench.soak import FACTS, SoakSettings, format_report, process_rss, run_soak, warm_up
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "Model ready"
@@ -39,11 +39,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="loopback port for the app (default: a free one)")
     parser.add_argument("--steps", type=int, default=10, help="optimisation steps of each visitor's edit (default 10)")
     parser.add_argument("--tokens", type=int, default=None, help="covariance token budget of the edits (default: the app's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads of the app (OMP_NUM_THREADS; on a shared, busy machine 1 is kinder)")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the app's model")
     parser.add_argument("--json", default=None, help="also write every request's record as JSON")
     arguments = parser.parse_args(argv)
-    if arguments.visitors < 1 or arguments.seconds <= 0 or arguments.steps < 1:
-        parser.error("--visitors and --steps must be at least 1 and --seconds positive")
+    if arguments.visitors < 1 or arguments.seconds <= 0 or arguments.steps < 1 or (arguments.threads or 1) < 1:
+        parser.error("--visitors, --steps and --threads must be at least 1 and --seconds positive")
     return arguments
 
 
@@ -56,11 +58,12 @@ def free_port() -> int:
 class AppProcess:
     """`python app.py --port P` on loopback; its output is echoed with a prefix and watched for a line."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, threads: int | None = None):
         self.url = f"http://127.0.0.1:{port}"
+        environment = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, name="app-output", daemon=True).start()
@@ -103,14 +106,16 @@ def main(argv: list[str]) -> int:
                             cov_tokens=arguments.tokens)
     port = arguments.port or free_port()
     print(f"{arguments.visitors} visitors for {arguments.seconds:g} s against app.py on 127.0.0.1:{port} "
-          f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}); facts: "
+          f"({os.cpu_count()} cores, app threads: {arguments.threads or 'torch default'}, "
+          f"load average {os.getloadavg()[0]:.1f}); facts: "
           + ", ".join(f"{fact.subject} -> {fact.new_object}" for fact in FACTS[: arguments.visitors]), flush=True)
-    app = AppProcess(port)
+    app = AppProcess(port, arguments.threads)
     try:
         app.wait_for(READY, arguments.startup_timeout)
         print(f"server RSS after the model loaded: {app.rss() / 2**20:,.0f} MiB", flush=True)
-        print("warm-up: one edit and its undo (computes the covariance of R if it is not cached yet) ...", flush=True)
-        print(f"warm-up edit + undo: {warm_up_edit(app.url, settings):.1f} s (not counted below)", flush=True)
+        print("warm-up: a predict, a preview, an edit and its undo (the edit computes the covariance of R "
+              "if it is not cached yet) ...", flush=True)
+        print(f"warm-up: {warm_up(app.url, settings):.1f} s (not counted below)", flush=True)
         report = run_soak(app.url, settings, app.rss, log=lambda line: print(line, flush=True))
     finally:
         app.stop()

@@ -204,6 +204,7 @@ class FinalCheck:
     prompt: str
     expected: str
     got: str
+    own_edit: bool  # the visitor's own applied edit is on this prompt (else: the original answer is expected)
 
     @property
     def ok(self) -> bool:
@@ -355,7 +356,11 @@ class Visitor(threading.Thread):
         self.soak.record(self.number, endpoint, started, "wrong" if problem else "ok", problem)
         return result
 
+    def has_edit_on(self, prompt: str) -> bool:
+        return any(fact.prompt == prompt for fact in self.applied.values())
+
     def expected_top(self, prompt: str) -> str:
+        """The edited side's top token: this visitor's own new object where its edit applies, else the original."""
         for fact in self.applied.values():
             if fact.prompt == prompt:
                 return " " + fact.new_object
@@ -450,11 +455,13 @@ class Visitor(threading.Thread):
                 prediction = self.api.predict(prompt)
             except Exception as error:  # recorded as a failed request
                 self.soak.record(self.number, "final predict", started, "failed", f"{type(error).__name__}: {error}")
-                checks.append(FinalCheck(self.number, prompt, self.expected_top(prompt), f"(failed: {error})"))
+                checks.append(FinalCheck(self.number, prompt, self.expected_top(prompt), f"(failed: {error})",
+                                         self.has_edit_on(prompt)))
                 continue
             problem = self.check_prediction(prompt, prediction)
             self.soak.record(self.number, "final predict", started, "wrong" if problem else "ok", problem)
-            checks.append(FinalCheck(self.number, prompt, self.expected_top(prompt), prediction.after_top))
+            checks.append(FinalCheck(self.number, prompt, self.expected_top(prompt), prediction.after_top,
+                                     self.has_edit_on(prompt)))
         return checks
 
 
@@ -489,13 +496,19 @@ def original_answers(url: str, settings: SoakSettings, facts: Sequence[Fact]) ->
     return answers
 
 
-def warm_up_edit(url: str, settings: SoakSettings, fact: Fact = FACTS[0]) -> float:
-    """One edit and its undo in a throw-away session (computes and caches the covariance); its seconds."""
+def warm_up(url: str, settings: SoakSettings, fact: Fact = FACTS[0]) -> float:
+    """A predict, a preview and an edit with its undo in a throw-away session; its seconds.
+
+    The first edit of a fresh cache computes the covariance of R (about a minute on a CPU), and every
+    first request allocates what later ones reuse: measured before the run, RSS growth is what the
+    visitors add, not these one-time costs.
+    """
     api = LocusApi(url, settings)
     try:
         started = time.monotonic()
-        outcome = api.edit(fact)
-        api.undo(outcome.batch_id)
+        api.predict(fact.prompt)
+        api.preview(fact)
+        api.undo(api.edit(fact).batch_id)
         return time.monotonic() - started
     finally:
         api.close()
