@@ -166,6 +166,8 @@ class LocusApi:
     def edit(self, fact: Fact) -> EditOutcome:
         s = self.settings
         table = {"headers": self.EDIT_HEADERS, "data": [[fact.subject, fact.template, fact.new_object, "", "", ""]]}
+        # The request is the table's row; the form fields after these inputs (used when the table is empty) keep
+        # their defaults.
         outputs = self.call(
             "/edit", table, s.method, s.layers, None, s.cov_tokens, s.steps, s.learning_rate, s.kl_factor, s.clamp
         )
@@ -254,6 +256,14 @@ class SoakReport:
     def rss_growth(self) -> int:
         return self.rss_peak - self.rss_start
 
+    @property
+    def rss_late_growth(self) -> int:
+        """Peak RSS of the run's second half minus that of its first half (a leak keeps this positive)."""
+        middle = self.seconds / 2
+        first = [rss for at, rss in self.rss_samples if at < middle] or [self.rss_start]
+        second = [rss for at, rss in self.rss_samples if at >= middle] or first
+        return max(second) - max(first)
+
     def stats(self) -> list[EndpointStats]:
         rows = []
         for endpoint in dict.fromkeys(record.endpoint for record in self.records):
@@ -270,6 +280,7 @@ class SoakReport:
             "records": [asdict(record) for record in self.records],
             "final_checks": [asdict(check) | {"ok": check.ok} for check in self.final_checks],
             "rss_samples": self.rss_samples, "rss_start": self.rss_start, "rss_peak": self.rss_peak,
+            "rss_late_growth": self.rss_late_growth,
             "load_before": self.load_before, "load_after": self.load_after, "cycles": self.cycles,
             "stats": [asdict(row) for row in self.stats()], "passed": self.passed,
         }
@@ -288,7 +299,8 @@ def format_report(report: SoakReport) -> str:
         f"failed requests: {len(report.failures)}; final predictions matching the visitor's own ledger: "
         f"{len(report.final_checks) - len(report.mismatches)}/{len(report.final_checks)}",
         f"server RSS: {report.rss_start / 2**20:,.0f} MiB at the start, peak {report.rss_peak / 2**20:,.0f} MiB "
-        f"(+{report.rss_growth / 2**20:,.0f} MiB), {len(report.rss_samples)} samples",
+        f"(+{report.rss_growth / 2**20:,.0f} MiB; second half's peak {report.rss_late_growth / 2**20:+,.0f} MiB over the "
+        f"first half's), {len(report.rss_samples)} samples",
         "load average (1/5/15 min): before " + "/".join(f"{x:.1f}" for x in report.load_before)
         + ", after " + "/".join(f"{x:.1f}" for x in report.load_after) + f" on {os.cpu_count()} cores",
     ]
