@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import InputError, LocusError
+
+MAX_WORKERS = 4096
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +36,56 @@ def load_from_arguments(arguments: argparse.Namespace):
     from core.loading import load_model  # lazy: torch and transformers take ~1.5 s; --help must not pay it
 
     return load_model(arguments.model, arguments.device, arguments.dtype, arguments.trust_remote_code)
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workers/--ray, shared by every command that runs many facts, records, cells or corpus shards."""
+    group = parser.add_argument_group("workers (Ray)")
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="run on N workers of a local Ray cluster started and stopped by this command (one model each; "
+                            "on CPU each gets its share of the cores)")
+    group.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="run on an existing Ray cluster: auto, host:port or ray://host:10001 (--workers: how many; "
+                            "default one per GPU, else one per node)")
+
+
+def check_worker_arguments(arguments: argparse.Namespace) -> None:
+    """Bounds of --workers/--ray, before the model load and without importing Ray (the pool checks GPUs itself)."""
+    workers, address = getattr(arguments, "workers", None), getattr(arguments, "ray", None)
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise InputError(f"--workers must be a whole number from 1 to {MAX_WORKERS}, got {workers}.")
+    if address is not None and not address.strip():
+        raise InputError("--ray needs a cluster address: auto, host:port, or ray://host:10001.")
+    cores = os.cpu_count() or 1
+    if address is None and workers is not None and arguments.device == "cpu" and workers > cores:
+        raise InputError(f"--workers {workers}: this machine has {cores} CPU core(s), give at most {cores} "
+                         "(or --ray ADDRESS to use a cluster).")
+
+
+@contextmanager
+def worker_pool(arguments: argparse.Namespace) -> Iterator[object | None]:
+    """The pool that --workers/--ray ask for (each worker loads --model/--device/--dtype), or None; closed on exit."""
+    if getattr(arguments, "workers", None) is None and getattr(arguments, "ray", None) is None:
+        yield None
+        return
+    # lazy: Ray and torch (~3 s); only --workers/--ray pay them
+    from core.distributed import ModelSpec
+    from core.progress import tqdm_progress
+    from core.ray_pool import RayPool
+
+    model = ModelSpec(arguments.model, arguments.device, arguments.dtype, arguments.trust_remote_code)
+    report, close = tqdm_progress("starting workers")
+    try:
+        pool = RayPool(model, workers=arguments.workers, address=arguments.ray, progress=report)
+    finally:
+        close()
+    try:
+        print(f"workers: {pool.describe()}")
+        yield pool
+    finally:
+        pool.close()
+        if pool.retried:
+            print(f"workers: {pool.retried} item(s) were retried after a worker died ({pool.replaced} worker(s) replaced)")
 
 
 def write_text(path: str | Path, text: str) -> Path:

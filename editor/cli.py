@@ -6,7 +6,15 @@ import argparse
 import re
 import time
 
-from core.cli import add_model_arguments, load_from_arguments, run_parsed, write_json
+from core.cli import (
+    add_model_arguments,
+    add_worker_arguments,
+    check_worker_arguments,
+    load_from_arguments,
+    run_parsed,
+    worker_pool,
+    write_json,
+)
 from core.errors import InputError
 from editor.hparams import METHODS, default_hparams
 
@@ -53,16 +61,18 @@ def command_stats(arguments: argparse.Namespace) -> int:
     layers = parse_layers(arguments.layers)  # fail before the model load
     if arguments.tokens is not None and arguments.tokens < 1:
         raise InputError("--tokens must be positive.")
+    check_worker_arguments(arguments)
     loaded = load_from_arguments(arguments)
     parse_layers(arguments.layers, loaded.layout.num_layers)
     tokens = arguments.tokens or default_hparams(loaded.layout).cov_tokens
-    report, close = tqdm_progress("covariance")
     started = time.perf_counter()
-    try:
-        result = layer_covariances(loaded, list(layers), tokens, arguments.corpus, progress=report,
-                                   use_cache=not arguments.no_cache)
-    finally:
-        close()
+    with worker_pool(arguments) as pool:
+        report, close = tqdm_progress("covariance")
+        try:
+            result = layer_covariances(loaded, list(layers), tokens, arguments.corpus, progress=report,
+                                       use_cache=not arguments.no_cache, pool=pool)
+        finally:
+            close()
     print(f"{loaded.name}: C = E[k k^T] of the MLP output projection's inputs, corpus {result.corpus['name']} "
           f"({result.corpus['texts']:,} texts, sha256 {result.corpus['sha256']})")
     print(f"{'layer':>5} {'tokens':>10} {'largest eig':>12} {'smallest eig':>13} {'condition':>10} {'trace':>9}")
@@ -85,17 +95,21 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     records = load_records(arguments.data)  # malformed records are reported before the model loads
     if arguments.limit is not None and arguments.limit < 1:
         raise InputError("--limit must be at least 1.")
+    check_worker_arguments(arguments)
+    if (arguments.workers is not None or arguments.ray is not None) and arguments.mode != "single":
+        raise InputError("--workers/--ray evaluate records one at a time: add --mode single (batch mode makes one edit).")
     loaded = load_from_arguments(arguments)
     layers = _layers(arguments, loaded)
     hparams = _hparams(arguments, loaded, layers)
-    report, close = tqdm_progress(f"evaluate ({arguments.mode})")
-    try:
-        result = evaluate_records(
-            loaded, records, hparams, mode=arguments.mode, limit=arguments.limit,
-            generation=not arguments.no_generation, progress=report,
-        )
-    finally:
-        close()
+    with worker_pool(arguments) as pool:
+        report, close = tqdm_progress(f"evaluate ({arguments.mode})")
+        try:
+            result = evaluate_records(
+                loaded, records, hparams, mode=arguments.mode, limit=arguments.limit,
+                generation=not arguments.no_generation, progress=report, pool=pool,
+            )
+        finally:
+            close()
     print(result.table())
     for warning in result.warnings:
         print(f"warning: {warning}")
@@ -153,14 +167,17 @@ def command_sweep(arguments: argparse.Namespace) -> int:
     if arguments.limit is not None and arguments.limit < 1:
         raise InputError("--limit must be at least 1.")
     records = records[: arguments.limit] if arguments.limit else records
+    check_worker_arguments(arguments)
     loaded = load_from_arguments(arguments)
     hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
     lambdas = parse_numbers(arguments.lambdas, float, "--lambda") if arguments.lambdas else [hparams.mom2_weight]
-    report, close = tqdm_progress("sweep")
-    try:
-        result = sweep_records(loaded, records, hparams, budgets, lambdas, generation=arguments.generation, progress=report)
-    finally:
-        close()
+    with worker_pool(arguments) as pool:
+        report, close = tqdm_progress("sweep")
+        try:
+            result = sweep_records(loaded, records, hparams, budgets, lambdas, generation=arguments.generation, progress=report,
+                                   pool=pool)
+        finally:
+            close()
     print(result.table())
     shown: set[str] = set()
     for row in result.rows:  # a warning that only changes its numbers from row to row is shown once
@@ -194,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--corpus", default="wikipedia", help="'wikipedia' or a .txt / .jsonl file")
     stats.add_argument("--no-cache", action="store_true", help="compute even if cached, and do not write the cache")
     add_model_arguments(stats)
+    add_worker_arguments(stats)
     stats.set_defaults(handler=command_stats)
 
     evaluate = commands.add_parser("evaluate", help="edit CounterFact records and report ES/PS/NS/S before and after")
@@ -208,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-generation", action="store_true", help="skip the fluency (GE) generations")
     evaluate.add_argument("--out", default=None, help="write the metrics JSON here")
     add_model_arguments(evaluate)
+    add_worker_arguments(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
     edit = commands.add_parser("edit", help="rewrite one fact and show the predictions before and after")
@@ -239,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--generation", action="store_true", help="also generate texts for fluency (GE); slow")
     sweep.add_argument("--out", default=None, help="write the table as JSON here")
     add_model_arguments(sweep)
+    add_worker_arguments(sweep)
     sweep.set_defaults(handler=command_sweep)
 
     devset = commands.add_parser("devset", help="rebuild the dev set of CounterFact records the model knows")

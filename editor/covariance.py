@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from core.distributed import WorkerPool, in_item_order, run_items
 from core.embedded import cache_root
 from core.errors import InputError
 from core.facts import model_key
@@ -208,30 +209,17 @@ def collect_second_moments(
     progress: Progress | None = None,
     checkpoint: Callable[[MomentState], None] | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    pool: WorkerPool | None = None,
 ) -> MomentState:
-    """Sum of k k^T over `budget` corpus tokens for every layer in one pass (continuing `state`)."""
+    """Sum of k k^T over `budget` corpus tokens for every layer in one pass (continuing `state`; groups on `pool`'s workers)."""
     layout = loaded.layout
     size = layout.mlp_size
     state = state or MomentState({layer: torch.zeros(size, size, dtype=torch.float64) for layer in layers})
     names = {layer: layout.mlp_output_projection(layer) for layer in layers}
-    last_layer = max(layers)
-    fill = pad_id(loaded.tokenizer)
     started, start_tokens, start_seconds = time.perf_counter(), state.tokens, state.seconds
     last_checkpoint = started
-    for group in _text_windows(loaded, corpus, state, budget):
-        group.sort(key=lambda item: len(item[1]))
-        batch: list = []
-        for item in group + [None]:
-            width = max([len(entry[1]) for entry in batch] + ([len(item[1])] if item else [0]))
-            if batch and (item is None or width * (len(batch) + 1) > BATCH_TOKENS):
-                _accumulate(loaded, batch, names, state, fill, last_layer)
-                batch = []
-            if item is not None:
-                batch.append(item)
-        last = max(group, key=lambda entry: (entry[0], entry[3]))
-        finished_text = last[3] >= len(last[1])
-        state.next_text, state.skip = (last[0] + 1, 0) if finished_text else (last[0], last[3])
-        state.tokens += sum(end - first for _, _, first, end in group)
+    for group in _summed_groups(loaded, corpus, state, budget, names, pool):
+        _advance(state, group)
         elapsed = time.perf_counter() - started
         state.seconds = start_seconds + elapsed
         if checkpoint is not None and state.tokens < budget and time.perf_counter() - last_checkpoint >= checkpoint_seconds:
@@ -244,7 +232,66 @@ def collect_second_moments(
     return state
 
 
-def _accumulate(loaded, batch, names, state: MomentState, fill: int, last_layer: int) -> None:
+def _summed_groups(loaded: LoadedModel, corpus: Corpus, state: MomentState, budget: int, names: dict[int, str],
+                   pool: WorkerPool | None) -> Iterator[list]:
+    """Each next group of windows once its k^T k is in state.sums: summed here, or on a worker and added in corpus order.
+
+    A worker's group sum starts from zero, so the driver adds float64 sums of float32 products in a different
+    grouping than one process does; that is exact while an entry's terms span less than 2^29 (53 - 24 bits),
+    which the tests check, and otherwise differs by float64 rounding (~1e-16 relative).
+    """
+    if pool is None:
+        for group in _text_windows(loaded, corpus, state, budget):
+            add_group(loaded, group, names, state.sums)
+            yield group
+        return
+    groups: dict[int, list] = {}
+
+    def windows() -> Iterator[list]:
+        for index, group in enumerate(_text_windows(loaded, corpus, state, budget)):
+            groups[index] = group
+            yield group
+
+    window = 2 * pool.workers + 2  # group sums buffered until the earlier ones arrive: at most this many
+    for index, sums in in_item_order(run_items(shard_second_moments, windows(), sorted(names), pool=pool, window=window)):
+        for layer, total in sums.items():
+            state.sums[layer] += total
+        yield groups.pop(index)
+
+
+def shard_second_moments(loaded: LoadedModel, layers: list[int], group: list) -> dict[int, torch.Tensor]:
+    """{layer: k^T k (m, m) float64} over one group of (text, ids, first, end) windows, from zero (a worker's item)."""
+    layout = loaded.layout
+    names = {layer: layout.mlp_output_projection(layer) for layer in layers}
+    sums = {layer: torch.zeros(layout.mlp_size, layout.mlp_size, dtype=torch.float64) for layer in layers}
+    with loaded.lock, torch.inference_mode():
+        add_group(loaded, group, names, sums)
+    return sums
+
+
+def add_group(loaded: LoadedModel, group: list, names: dict[int, str], sums: dict[int, torch.Tensor]) -> None:
+    """sums[layer] += k^T k over one group of (text, ids, first, end) windows, in batches of similar length."""
+    fill, last_layer = pad_id(loaded.tokenizer), max(names)
+    group = sorted(group, key=lambda item: len(item[1]))
+    batch: list = []
+    for item in group + [None]:
+        width = max([len(entry[1]) for entry in batch] + ([len(item[1])] if item else [0]))
+        if batch and (item is None or width * (len(batch) + 1) > BATCH_TOKENS):
+            _accumulate(loaded, batch, names, sums, fill, last_layer)
+            batch = []
+        if item is not None:
+            batch.append(item)
+
+
+def _advance(state: MomentState, group: list) -> None:
+    """Move `state`'s position past a group that was added to its sums."""
+    last = max(group, key=lambda entry: (entry[0], entry[3]))
+    finished_text = last[3] >= len(last[1])
+    state.next_text, state.skip = (last[0] + 1, 0) if finished_text else (last[0], last[3])
+    state.tokens += sum(end - first for _, _, first, end in group)
+
+
+def _accumulate(loaded, batch, names, sums: dict[int, torch.Tensor], fill: int, last_layer: int) -> None:
     ids, attention = pad_right([entry[1] for entry in batch], fill, loaded.device)
     counted = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
     for row, (_, _, first, end) in enumerate(batch):
@@ -253,7 +300,7 @@ def _accumulate(loaded, batch, names, state: MomentState, fill: int, last_layer:
         run_until(loaded, last_layer, input_ids=ids, attention_mask=attention, use_cache=False)
     for layer, name in names.items():
         keys = sequence_view(inputs[name], ids.shape[0], ids.shape[1])[counted]
-        add_second_moment(state.sums[layer], keys.cpu())
+        add_second_moment(sums[layer], keys.cpu())
 
 
 # --- cached statistics --------------------------------------------------------------------------
@@ -285,8 +332,9 @@ def layer_covariances(
     progress: Progress | None = None,
     use_cache: bool = True,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    pool: WorkerPool | None = None,
 ) -> CovarianceSet:
-    """C_l for `layers` over `tokens` corpus tokens: from memory, the disk cache, or one pass for the missing ones."""
+    """C_l for `layers` over `tokens` corpus tokens: from memory, the disk cache, or one pass (on `pool` if given) for the missing ones."""
     started = time.perf_counter()
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
     model = model_key(loaded)
@@ -306,7 +354,7 @@ def layer_covariances(
                 state = collect_second_moments(
                     loaded, corpus, [key.layer for key in group], int(tokens), start, progress,
                     checkpoint=(lambda s, g=group: _save_all(g, s, corpus, loaded, done=False)) if use_cache else None,
-                    checkpoint_seconds=checkpoint_seconds,
+                    checkpoint_seconds=checkpoint_seconds, pool=pool,
                 )
                 if state.tokens == 0:
                     raise InputError(f"The corpus {corpus.name!r} produced no tokens.")

@@ -1,15 +1,20 @@
-"""CounterFact evaluation (SPEC section 4): the same records scored before and after editing."""
+"""CounterFact evaluation (SPEC section 4): the same records scored before and after editing.
+
+Single mode treats every record on its own (scored, edited alone, scored again, weights restored:
+`evaluate_one_record`), here in order or on a pool's workers; both give the same numbers.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 
+from core.distributed import WorkerPool, run_items
 from core.errors import InputError
 from core.loading import LoadedModel
 from core.progress import Progress, stage
 from editor.counterfact import CounterFactRecord, load_records
-from editor.covariance import layer_covariances
+from editor.covariance import CovarianceSet, layer_covariances
 from editor.generation import generate_texts
 from editor.hparams import MemitHyperParams, default_hparams
 from editor.layers import layers_text
@@ -96,6 +101,45 @@ def score_records(
 
 
 @dataclass
+class SingleModeContext:
+    """What every record of a single-mode evaluation shares: the method's settings, C, the starting ledger."""
+
+    hparams: MemitHyperParams
+    covariances: CovarianceSet | None
+    ledger: EditLedger | None
+    generation: bool
+
+
+@dataclass
+class RecordOutcome:
+    """One record of a single-mode evaluation: scores before and after its own edit."""
+
+    pre: RecordScores
+    pre_entropies: list[float]
+    post: RecordScores
+    post_entropies: list[float]
+    edit_seconds: float
+    warnings: list[str]
+
+
+def evaluate_one_record(
+    loaded: LoadedModel, context: SingleModeContext, record: CounterFactRecord, progress: Progress | None = None
+) -> RecordOutcome:
+    """Score `record`, edit it alone, score it again; the weights end as they began (a worker's item)."""
+    base = context.ledger if context.ledger is not None else EditLedger.for_model(loaded)
+    with loaded.lock:
+        with base.applied(loaded):
+            pre, pre_entropies = score_records(loaded, [record], generation=context.generation, progress=stage(progress, 0.0, 0.2))
+        clock = time.perf_counter()
+        batch = compute_edit(loaded, [record.request()], context.hparams, stage(progress, 0.2, 0.8), ledger=context.ledger,
+                             covariances=context.covariances)
+        edit_seconds = time.perf_counter() - clock
+        with base.with_batch(batch).applied(loaded):
+            post, post_entropies = score_records(loaded, [record], generation=context.generation, progress=stage(progress, 0.8, 1.0))
+    return RecordOutcome(pre[0], pre_entropies, post[0], post_entropies, edit_seconds, batch.warnings)
+
+
+@dataclass
 class EvaluationResult:
     """Unedited vs edited scores of the same records, and how the edit was made."""
 
@@ -153,11 +197,14 @@ def evaluate_records(
     generation: bool = True,
     limit: int | None = None,
     progress: Progress | None = None,
+    pool: WorkerPool | None = None,
 ) -> EvaluationResult:
-    """Score `records`, edit them (all at once, or one at a time restoring in between), score again."""
+    """Score `records`, edit them (all at once, or one at a time restoring in between, then on `pool` if given), score again."""
     started = time.perf_counter()
     if mode not in MODES:
         raise InputError(f"Unknown mode {mode!r}: use batch or single.")
+    if pool is not None and mode != "single":
+        raise InputError("Workers evaluate records one at a time: use --mode single (batch mode makes one edit).")
     records = load_records(records) if not (isinstance(records, list) and records and isinstance(records[0], CounterFactRecord)) else records
     if limit is not None:
         if limit < 1:
@@ -166,32 +213,38 @@ def evaluate_records(
     hparams = (hparams or default_hparams(loaded.layout)).check(loaded.layout)
     prepare(loaded, [record.request() for record in records], hparams, ledger)  # every request valid before editing
     base = ledger if ledger is not None else EditLedger.for_model(loaded)
-    with loaded.lock:
-        with base.applied(loaded):
-            pre_records, pre_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.0, 0.2))
-        edit_seconds, warnings = 0.0, []
-        if mode == "batch":
+    edit_seconds, warnings = 0.0, []
+    if mode == "batch":
+        with loaded.lock:
+            with base.applied(loaded):
+                pre_records, pre_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.0, 0.2))
             clock = time.perf_counter()
             batch = compute_edit(loaded, [r.request() for r in records], hparams, stage(progress, 0.2, 0.8), ledger=ledger)
             edit_seconds = time.perf_counter() - clock
             warnings = batch.warnings
             with base.with_batch(batch).applied(loaded):
                 post_records, post_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.8, 1.0))
-        else:
-            post_records, post_entropies = [], []
-            covariances = None
+    else:
+        # C once for every record (on the workers, if it is not cached yet)
+        covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus,
+                                        stage(progress, 0.0, 0.1), pool=pool)
+        context = SingleModeContext(hparams, covariances, ledger, generation)
+        outcomes: list[RecordOutcome | None] = [None] * len(records)
+        if pool is None:
             for index, record in enumerate(records):
-                report = stage(progress, 0.2 + 0.8 * index / len(records), 0.2 + 0.8 * (index + 1) / len(records))
-                clock = time.perf_counter()
-                if covariances is None:
-                    covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus)
-                batch = compute_edit(loaded, [record.request()], hparams, stage(report, 0.0, 0.7), ledger=ledger, covariances=covariances)
-                edit_seconds += time.perf_counter() - clock
-                warnings = batch.warnings
-                with base.with_batch(batch).applied(loaded):
-                    scores, entropies = score_records(loaded, [record], generation=generation, progress=stage(report, 0.7, 1.0))
-                post_records += scores
-                post_entropies += entropies
+                report = stage(progress, 0.1 + 0.9 * index / len(records), 0.1 + 0.9 * (index + 1) / len(records))
+                outcomes[index] = evaluate_one_record(loaded, context, record, report)
+        else:
+            for finished, (index, outcome) in enumerate(run_items(evaluate_one_record, records, context, pool=pool), 1):
+                outcomes[index] = outcome
+                if progress is not None:
+                    progress(0.1 + 0.9 * finished / len(records), f"record {finished}/{len(records)} evaluated")
+        pre_records = [outcome.pre for outcome in outcomes]
+        post_records = [outcome.post for outcome in outcomes]
+        pre_entropies = [value for outcome in outcomes for value in outcome.pre_entropies]
+        post_entropies = [value for outcome in outcomes for value in outcome.post_entropies]
+        edit_seconds = sum(outcome.edit_seconds for outcome in outcomes)
+        warnings = outcomes[-1].warnings if outcomes else []
     per_record = [
         {"case_id": record.case_id, "pre": asdict(pre), "post": asdict(post)}
         for record, pre, post in zip(records, pre_records, post_records)

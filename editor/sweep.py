@@ -2,8 +2,9 @@
 
 The target vectors z (SPEC 3 step 2) depend on the model, the requests and R only, not on C or lambda,
 so a sweep optimizes them once and then, for every (token budget, lambda), computes the layer
-updates, applies them, scores the records, and restores the weights. Budgets run smallest first: the
-covariance cache continues a larger budget from the largest finished smaller one.
+updates, applies them, scores the records, and restores the weights (`sweep_cell`, here in order or on a
+pool's workers: the same numbers). Budgets run smallest first: the covariance cache continues a larger
+budget from the largest finished smaller one.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+from core.distributed import WorkerPool, run_items
 from core.errors import InputError
 from core.loading import LoadedModel
 from core.progress import Progress, stage
 from editor.counterfact import CounterFactRecord
-from editor.covariance import layer_covariances
+from editor.covariance import CovarianceSet, layer_covariances
 from editor.evaluate import Scores, score_records, summarize
 from editor.hparams import MemitHyperParams
 from editor.layers import layers_text
 from editor.ledger import EditLedger
 from editor.memit import compute_memit, prepare
 from editor.prefixes import context_prefixes
-from editor.targets import compute_targets
+from editor.requests import EditRequest
+from editor.targets import TargetResult, compute_targets
 
 COLUMNS = (("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("Eff.acc", "efficacy_accuracy"),
            ("Nbr.acc", "neighborhood_accuracy"), ("GE", "GE"))
@@ -87,6 +90,33 @@ def parse_numbers(text: str, kind: type, name: str) -> list:
     return values
 
 
+@dataclass
+class SweepContext:
+    """What every (budget, lambda) cell shares: the records, the prepared requests, the targets z, C per budget."""
+
+    records: list[CounterFactRecord]
+    requests: list[EditRequest]
+    hparams: MemitHyperParams
+    targets: TargetResult
+    covariances: dict[int, CovarianceSet]
+    generation: bool
+
+
+def sweep_cell(loaded: LoadedModel, context: SweepContext, cell: tuple[int, float], progress: Progress | None = None) -> SweepRow:
+    """The edited model's scores for one (covariance tokens, lambda); the weights end as they began (a worker's item)."""
+    tokens, weight = cell
+    clock = time.perf_counter()
+    setting = context.hparams.replace(cov_tokens=tokens, mom2_weight=weight)
+    with loaded.lock:
+        batch = compute_memit(loaded, context.requests, setting, stage(progress, 0.0, 0.3), covariances=context.covariances[tokens],
+                              targets=context.targets)
+        ledger = EditLedger.for_model(loaded)
+        ledger.add(batch, loaded)
+        with ledger.applied(loaded):
+            post, entropies = score_records(loaded, context.records, generation=context.generation, progress=stage(progress, 0.3, 1.0))
+    return SweepRow(tokens, weight, summarize(post, entropies), batch.final_residual_norm, time.perf_counter() - clock, batch.warnings)
+
+
 def sweep_records(
     loaded: LoadedModel,
     records: list[CounterFactRecord],
@@ -96,12 +126,15 @@ def sweep_records(
     *,
     generation: bool = False,
     progress: Progress | None = None,
+    pool: WorkerPool | None = None,
 ) -> SweepResult:
-    """Score `records` unedited, then edited in one batch with every (budget, lambda); the weights end as they began."""
+    """Score `records` unedited, then edited in one batch with every (budget, lambda) (cells on `pool` if given); the weights end as they began."""
     if hparams.method == "rome":
         raise InputError("The sweep compares MEMIT/AlphaEdit solves; ROME has no lambda to sweep.")
     requests, hparams = prepare(loaded, [record.request() for record in records], hparams)
-    count = len(budgets) * len(lambdas)
+    budgets = sorted(budgets)
+    covariances: dict[int, CovarianceSet] = {}
+    covariance_seconds: dict[int, float] = {}
     with loaded.lock:
         pre, pre_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.0, 0.05))
         clock = time.perf_counter()
@@ -109,24 +142,24 @@ def sweep_records(
         targets = compute_targets(loaded, requests, hparams, prefixes, progress=stage(progress, 0.05, 0.5))
         target_seconds = time.perf_counter() - clock
         residual_before = float((targets.targets - targets.hidden).norm(dim=-1).mean())
-        rows: list[SweepRow] = []
-        for tokens in sorted(budgets):
+        for position, tokens in enumerate(budgets):  # smallest first: a larger budget continues a smaller one
             clock = time.perf_counter()
-            report = stage(progress, 0.5 + 0.5 * len(rows) / count, 0.5 + 0.5 * (len(rows) + 0.3) / count)
-            covariances = layer_covariances(loaded, list(hparams.layers), tokens, hparams.corpus, report)
-            covariance_seconds = time.perf_counter() - clock
-            for weight in lambdas:
-                report = stage(progress, 0.5 + 0.5 * len(rows) / count, 0.5 + 0.5 * (len(rows) + 1) / count)
-                clock = time.perf_counter()
-                setting = hparams.replace(cov_tokens=tokens, mom2_weight=weight)
-                batch = compute_memit(loaded, requests, setting, stage(report, 0.3, 0.5), covariances=covariances, targets=targets)
-                ledger = EditLedger.for_model(loaded)
-                ledger.add(batch, loaded)
-                with ledger.applied(loaded):
-                    post, entropies = score_records(loaded, records, generation=generation, progress=stage(report, 0.5, 1.0))
-                rows.append(SweepRow(tokens, weight, summarize(post, entropies), batch.final_residual_norm,
-                                     covariance_seconds + time.perf_counter() - clock, batch.warnings))
-                covariance_seconds = 0.0
+            report = stage(progress, 0.5 + 0.1 * position / len(budgets), 0.5 + 0.1 * (position + 1) / len(budgets))
+            covariances[tokens] = layer_covariances(loaded, list(hparams.layers), tokens, hparams.corpus, report, pool=pool)
+            covariance_seconds[tokens] = time.perf_counter() - clock
+    context = SweepContext(records, requests, hparams, targets, covariances, generation)
+    cells = [(tokens, weight) for tokens in budgets for weight in lambdas]
+    rows: list[SweepRow | None] = [None] * len(cells)
+    if pool is None:
+        for index, cell in enumerate(cells):
+            rows[index] = sweep_cell(loaded, context, cell, stage(progress, 0.6 + 0.4 * index / len(cells), 0.6 + 0.4 * (index + 1) / len(cells)))
+    else:
+        for finished, (index, row) in enumerate(run_items(sweep_cell, cells, context, pool=pool), 1):
+            rows[index] = row
+            if progress is not None:
+                progress(0.6 + 0.4 * finished / len(cells), f"setting {finished}/{len(cells)} scored")
+    for tokens, seconds in covariance_seconds.items():  # the covariance counts on the first row of its budget
+        next(row for row in rows if row.cov_tokens == tokens).seconds += seconds
     return SweepResult(
         unedited=summarize(pre, pre_entropies),
         rows=rows,

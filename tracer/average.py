@@ -1,9 +1,12 @@
 """Averaged traces over facts the model knows (SPEC section 1): AIE and ATE by token class, 95% intervals.
 
 Each fact's trace is appended to a JSON-lines cache keyed by model and settings as soon as it
-finishes, so a restart continues where it stopped. Aggregation is a plain function of those
-records. Token classes follow ROME's averages: a class with several tokens (middle subject
-tokens, further tokens) contributes every token as one sample; a token can be in two classes.
+finishes, so a restart continues where it stopped. Facts are traced here or, given a pool, on its
+workers (`trace_fact_record` is the per-fact work); either way the records are aggregated in the
+order of the chosen facts, so the numbers do not depend on who traced what. Aggregation is a plain
+function of those records. Token classes follow ROME's averages: a class with several tokens
+(middle subject tokens, further tokens) contributes every token as one sample; a token can be in
+two classes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy
 
+from core.distributed import WorkerPool
 from core.embedded import cache_root
 from core.errors import InputError
 from core.facts import KnownFact, facts_model_knows, model_key
@@ -25,9 +29,10 @@ from core.layout import KINDS
 from core.loading import LoadedModel
 from core.progress import Progress
 from tracer.problem import TOKEN_CLASSES, TraceResult, TraceSettings, token_classes
-from tracer.trace import trace_stream
+from tracer.trace import trace, trace_stream
 
 Z_95 = 1.96
+AGGREGATE_SECONDS = 1.0  # a running average is recomputed at most this often (and after the last fact)
 
 
 @dataclass
@@ -238,6 +243,11 @@ def fact_record(fact: KnownFact, result: TraceResult) -> dict:
     }
 
 
+def trace_fact_record(loaded: LoadedModel, settings: TraceSettings, fact: KnownFact) -> dict:
+    """The cache record of one fact traced with `settings` (a worker's item; the in-process loop computes the same)."""
+    return fact_record(fact, trace(loaded, fact.prompt, fact.subject, settings))
+
+
 # --- entry points ------------------------------------------------------------------------------
 
 def average_traces_stream(
@@ -246,8 +256,9 @@ def average_traces_stream(
     settings: TraceSettings | None = None,
     facts: list[KnownFact] | None = None,
     use_cache: bool = True,
+    pool: WorkerPool | None = None,
 ) -> Iterator[AverageUpdate]:
-    """Trace the first `n` facts the model knows (skipping cached ones) and yield the running average."""
+    """Trace the first `n` facts the model knows (skipping cached ones; on `pool`'s workers if given); yield the running average."""
     settings = settings or TraceSettings()
     settings.validate()
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
@@ -260,27 +271,39 @@ def average_traces_stream(
     cached = read_records(path) if use_cache else {}
     layers = loaded.layout.num_layers
     started = time.perf_counter()
-    records = [cached[fact.known_id] for fact in chosen if fact.known_id in cached]
-    message = f"{len(records)} of {len(chosen)} facts already in the cache" if records else f"tracing {len(chosen)} facts"
-    result = aggregate(records, loaded.name, layers, settings, requested=n)
-    yield AverageUpdate(result, len(records) / len(chosen), message=message)
-    fact_settings = TraceSettings.from_dict({**settings.to_dict(), "answer": None, "occurrence": 0, "chat": False})
-    for fact in chosen:
-        if fact.known_id in cached:
-            continue
-        traced = None
-        for update in trace_stream(loaded, fact.prompt, fact.subject, fact_settings):
-            traced = update.result
-            if not update.done:  # a chance to cancel and a finer progress while one fact is traced
-                yield AverageUpdate(result, (len(records) + update.fraction) / len(chosen),
-                                    message=f"fact {len(records) + 1}/{len(chosen)} ({fact.subject}): {update.message}")
-        record = fact_record(fact, traced)
+    done = {fact.known_id: cached[fact.known_id] for fact in chosen if fact.known_id in cached}
+    todo = [fact for fact in chosen if fact.known_id not in done]
+    result = aggregate(list(done.values()), loaded.name, layers, settings, requested=n)
+    aggregated = time.perf_counter()
+
+    def finish(fact: KnownFact, record: dict) -> AverageUpdate:
+        nonlocal result, aggregated
         if use_cache:
             append_record(path, record)
-        records.append(record)
-        result = aggregate(records, loaded.name, layers, settings, requested=n)
+        done[fact.known_id] = record
+        # Re-aggregating costs O(facts done); with many fast workers, do it at most every AGGREGATE_SECONDS.
+        if len(done) == len(chosen) or time.perf_counter() - aggregated >= AGGREGATE_SECONDS:
+            ordered = [done[item.known_id] for item in chosen if item.known_id in done]  # the same order however they finished
+            result = aggregate(ordered, loaded.name, layers, settings, requested=n)
+            aggregated = time.perf_counter()
         result.elapsed = time.perf_counter() - started
-        yield AverageUpdate(result, len(records) / len(chosen), message=f"fact {len(records)}/{len(chosen)}: {fact.subject}")
+        return AverageUpdate(result, len(done) / len(chosen), message=f"fact {len(done)}/{len(chosen)}: {fact.subject}")
+
+    message = f"{len(done)} of {len(chosen)} facts already in the cache" if done else f"tracing {len(chosen)} facts"
+    yield AverageUpdate(result, len(done) / len(chosen), message=message)
+    fact_settings = TraceSettings.from_dict({**settings.to_dict(), "answer": None, "occurrence": 0, "chat": False})
+    if pool is not None:
+        for index, record in pool.run(trace_fact_record, todo, fact_settings):
+            yield finish(todo[index], record)
+    else:
+        for fact in todo:
+            traced = None
+            for update in trace_stream(loaded, fact.prompt, fact.subject, fact_settings):
+                traced = update.result
+                if not update.done:  # a chance to cancel and a finer progress while one fact is traced
+                    yield AverageUpdate(result, (len(done) + update.fraction) / len(chosen),
+                                        message=f"fact {len(done) + 1}/{len(chosen)} ({fact.subject}): {update.message}")
+            yield finish(fact, fact_record(fact, traced))
     result.elapsed = time.perf_counter() - started
     if len(chosen) < n:
         message = f"only {len(chosen)} known facts available (asked for {n})"
@@ -296,10 +319,11 @@ def average_traces(
     progress: Progress | None = None,
     facts: list[KnownFact] | None = None,
     use_cache: bool = True,
+    pool: WorkerPool | None = None,
 ) -> AverageResult:
-    """AIE/ATE by token class over the first `n` facts the model knows (resumable, cached per model)."""
+    """AIE/ATE by token class over the first `n` facts the model knows (resumable, cached per model; on `pool` if given)."""
     result = None
-    for update in average_traces_stream(loaded, n, settings, facts=facts, use_cache=use_cache):
+    for update in average_traces_stream(loaded, n, settings, facts=facts, use_cache=use_cache, pool=pool):
         result = update.result
         if progress is not None:
             progress(update.fraction, update.message)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import add_model_arguments, load_from_arguments, write_json, write_text
+from core.cli import (
+    add_model_arguments,
+    add_worker_arguments,
+    check_worker_arguments,
+    load_from_arguments,
+    worker_pool,
+    write_json,
+    write_text,
+)
 from core.errors import InputError
 from core.kinds import KINDS
 
@@ -70,17 +78,19 @@ def command_average(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     if arguments.n <= 0:
         raise InputError(f"--n must be >= 1, got {arguments.n}.")
+    check_worker_arguments(arguments)
     from core.progress import tqdm_progress  # lazy: torch (below); --help must stay instant
     from tracer.average import average_cache_path, average_traces
     from tracer.recommend import recommend_layers
 
     loaded = load_from_arguments(arguments)
     print(f"cache: {average_cache_path(loaded, settings)} (a restart continues from it)")
-    update, close = tqdm_progress("average")
-    try:
-        result = average_traces(loaded, arguments.n, settings, progress=update, use_cache=not arguments.no_cache)
-    finally:
-        close()
+    with worker_pool(arguments) as pool:
+        update, close = tqdm_progress("average")
+        try:
+            result = average_traces(loaded, arguments.n, settings, progress=update, use_cache=not arguments.no_cache, pool=pool)
+        finally:
+            close()
     print(f"{loaded.name}: {result.n_facts} facts; ATE = {result.total_effect:.4f} ± {result.total_effect_half_width:.4f}")
     for kind in result.kinds:
         token_class, layer, value = result.best(kind)
@@ -124,4 +134,5 @@ def register_commands(subparsers) -> None:
     average.add_argument("--no-cache", action="store_true", help="recompute every fact instead of resuming from the cache")
     average.add_argument("--out", default=None, help="write the averages as JSON here")
     add_model_arguments(average)
+    add_worker_arguments(average)
     average.set_defaults(handler=command_average)

@@ -1,0 +1,180 @@
+"""Ray scale-out on a local loopback cluster: 1 or 2 workers give the numbers of one process; faults lose nothing.
+
+One Ray cluster (2 CPUs) serves the whole module; pools join it instead of starting their own. A tiny
+random Llama saved to disk (workers load it by path, as they would on a cluster) covers averages,
+corpus-shard statistics and single-mode evaluation on 1 and 2 workers; the embedded model covers the
+averages and the CLI, whose driver is killed mid-run and then resumes from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.distributed import ModelSpec, in_item_order, run_items
+from core.embedded import cache_root, embedded_cache_dir
+from core.errors import InputError
+from core.facts import facts_model_knows, load_known_facts
+from core.loading import load_model
+from core.ray_pool import RayPool, ray, start_local_cluster
+from editor.counterfact import load_records
+from editor.covariance import layer_covariances
+from editor.evaluate import evaluate_records
+from editor.hparams import MemitHyperParams
+from tests.test_evaluate import DEVSET
+from tests.tiny_models import tiny_model
+from tracer.average import average_cache_path, average_traces, read_records
+from tracer.problem import TraceSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = TraceSettings(kinds=("hidden", "mlp"), samples=2, window=2)
+STATS_TOKENS = 1500  # six corpus groups of 256 tokens (the last one cut inside a text)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray cluster on loopback, shared by every test here (pools join it).
+
+    Six logical CPUs on the 2 real cores: the tiny pools hold three workers (mostly idle) while the CLI's two start.
+    """
+    yield start_local_cluster(cpus=6)
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, tokenizer):
+    """A tiny random Llama (3 blocks) saved as safetensors, so that workers load the same weights by path."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_folder):
+    return load_model(str(tiny_folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_pools(ray_address, tiny_folder):
+    """{1: a one-worker pool, 2: a two-worker pool} of the tiny model."""
+    spec = ModelSpec(str(tiny_folder), "cpu")
+    pools = {1: RayPool(spec, workers=1, threads=1), 2: RayPool(spec, workers=2, threads=1)}
+    yield pools
+    for pool in pools.values():
+        pool.close()
+
+
+def without_elapsed(result) -> dict:
+    data = result.to_dict()
+    data.pop("elapsed", None)
+    data.pop("seconds", None)
+    data.pop("edit_seconds", None)
+    return data
+
+
+def test_pool_arguments_are_checked_before_any_start():
+    with pytest.raises(InputError, match="--workers"):
+        RayPool(ModelSpec("embedded", "cpu"), workers=0)
+    with pytest.raises(InputError, match="--ray"):
+        RayPool(ModelSpec("embedded", "cpu"), address=" ")
+    with pytest.raises(InputError, match="CPU core"):
+        RayPool(ModelSpec("embedded", "cpu"), workers=(os.cpu_count() or 1) + 1)
+
+
+def test_results_come_back_reordered_by_index():
+    assert list(in_item_order([(2, "c"), (0, "a"), (1, "b"), (3, "d")])) == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+
+
+def test_tiny_average_on_one_and_two_workers_equals_one_process(tiny_loaded, tiny_pools, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
+    facts = load_known_facts()[:6]  # a random model knows none: any facts trace the same way
+    alone = average_traces(tiny_loaded, 6, SETTINGS, facts=facts, use_cache=False)
+    for workers, pool in tiny_pools.items():
+        pooled = average_traces(tiny_loaded, 6, SETTINGS, facts=facts, use_cache=False, pool=pool)
+        assert without_elapsed(pooled) == without_elapsed(alone), f"{workers} worker(s)"
+
+
+def test_tiny_statistics_on_one_and_two_workers_equal_one_process(tiny_loaded, tiny_pools):
+    alone = layer_covariances(tiny_loaded, [0, 2], STATS_TOKENS, use_cache=False)
+    for workers, pool in tiny_pools.items():
+        pooled = layer_covariances(tiny_loaded, [0, 2], STATS_TOKENS, use_cache=False, pool=pool)
+        for layer in (0, 2):
+            # group sums reduced in corpus order: bit-identical for any worker count, and (float32 products
+            # summed in float64 stay exact) to the one-process pass
+            assert torch.equal(pooled.covariances[layer], alone.covariances[layer]), f"layer {layer}, {workers} worker(s)"
+            assert pooled.diagnostics[layer] == alone.diagnostics[layer]
+
+
+def test_tiny_single_mode_evaluation_on_one_and_two_workers_equals_one_process(tiny_loaded, tiny_pools):
+    records = load_records(DEVSET)[:3]
+    hparams = MemitHyperParams(layers=(1, 2), cov_tokens=STATS_TOKENS, mom2_weight=1e-4, steps=4, prefix_starts=())
+    alone = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False)
+    for workers, pool in tiny_pools.items():
+        pooled = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False, pool=pool)
+        assert without_elapsed(pooled) == without_elapsed(alone), f"{workers} worker(s)"
+    with pytest.raises(InputError, match="single"):
+        evaluate_records(tiny_loaded, records, hparams, mode="batch", pool=tiny_pools[1])
+
+
+def square_after_a_pause(loaded, pause: float, item: int) -> tuple[int, int]:
+    """A work item slow enough that a worker can be killed while it holds one."""
+    time.sleep(pause)
+    return item * item, os.getpid()
+
+
+def test_a_killed_worker_has_its_items_retried_elsewhere(tiny_loaded, tiny_pools, tmp_path, monkeypatch):
+    pool = tiny_pools[2]
+    victim = pool.worker_pids()[0]
+    results = {}
+    for index, (square, _pid) in pool.run(square_after_a_pause, range(8), 0.5):
+        if not results:
+            os.kill(victim, signal.SIGKILL)  # both workers hold items now
+        results[index] = square
+    assert results == {index: index * index for index in range(8)} and pool.retried >= 1
+    assert victim not in pool.worker_pids()
+    # the pool goes on with the survivor and the replacement: a real job still matches one process
+    monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
+    facts = load_known_facts()[:4]
+    alone = average_traces(tiny_loaded, 4, SETTINGS, facts=facts, use_cache=False)
+    assert without_elapsed(average_traces(tiny_loaded, 4, SETTINGS, facts=facts, use_cache=False, pool=pool)) == without_elapsed(alone)
+
+
+def test_run_items_in_process_is_the_same_function():
+    assert list(run_items(square_after_a_pause, [3, 1], 0.0, loaded=object())) == [(0, (9, os.getpid())), (1, (1, os.getpid()))]
+
+
+def test_cli_average_driver_killed_mid_run_resumes_from_the_cache(embedded, ray_address, tmp_path):
+    """`python -m tracer average --ray ADDRESS` killed after its first fact, run again: the rest, same numbers."""
+    settings = TraceSettings(kinds=("hidden",), samples=1)
+    (tmp_path / "models").mkdir()  # a fresh average cache, the model cache already built
+    (tmp_path / "models" / embedded_cache_dir().name).symlink_to(embedded_cache_dir())
+    environment = dict(os.environ, LOCUS_CACHE=str(tmp_path))
+    out = tmp_path / "average.json"
+    command = [sys.executable, "-m", "tracer", "average", "--n", "3", "--kinds", "hidden", "--samples", "1",
+               "--device", "cpu", "--ray", ray_address, "--out", str(out)]  # one worker: one per node by default
+    cache = tmp_path / average_cache_path(embedded, settings).relative_to(cache_root())
+    driver = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not read_records(cache) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=60)
+    first = len(read_records(cache))
+    assert 1 <= first < 3, driver.stderr.read()[-2000:]
+    finished = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "workers: 1 worker(s)" in finished.stdout
+    assert len(cache.read_text().splitlines()) == 3  # the first run's facts were not traced again
+    pooled = json.loads(out.read_text())
+    alone = average_traces(embedded, 3, settings, facts=facts_model_knows(embedded)[:3], use_cache=False).to_dict()
+    pooled.pop("elapsed"), alone.pop("elapsed")
+    assert pooled == json.loads(json.dumps(alone))
