@@ -16,6 +16,7 @@ import heapq
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -54,14 +55,14 @@ class WorkerError(LocusError):
 
 @ray.remote(max_restarts=0, max_task_retries=0)
 class ModelWorker:
-    """One worker: the model loaded once, the current job's shared object, and items run one at a time."""
+    """One worker: the model loaded once, the shared object of each running job, and items run one at a time."""
 
     def __init__(self, model: ModelSpec, threads: int):
         if threads > 0:
             torch.set_num_threads(threads)
         self.error = ""
         self.loaded = None
-        self.shared: tuple[str, Any] = ("", None)
+        self.shared: dict[str, Any] = {}
         try:
             self.loaded = model.load()
         except LocusError as error:  # reported by describe(), so the driver shows the user's message
@@ -72,12 +73,13 @@ class ModelWorker:
                 "device": str(self.loaded.device) if self.loaded is not None else ""}
 
     def share(self, job: str, value: Any) -> None:
-        self.shared = (job, value)
+        self.shared[job] = value
+
+    def forget(self, job: str) -> None:
+        self.shared.pop(job, None)
 
     def run(self, work: Work, job: str, item: Any) -> Any:
-        if self.shared[0] != job:
-            raise RuntimeError(f"worker has the shared object of job {self.shared[0]!r}, not {job!r}")
-        return work(self.loaded, self.shared[1], item)
+        return work(self.loaded, self.shared[job], item)
 
 
 @dataclass
@@ -87,7 +89,7 @@ class _Slot:
     actor: Any
     number: int
     info: dict = field(default_factory=dict)
-    job: str = ""  # the job whose shared object it holds
+    jobs: set[str] = field(default_factory=set)  # the jobs whose shared object it holds
     in_flight: int = 0
     alive: bool = True
 
@@ -139,6 +141,7 @@ class RayPool:
         self.replaced = 0
         self._jobs = 0
         self._numbers = 0
+        self._lock = threading.RLock()  # runs in several threads (the app) share the slots
         try:
             self._connect(workers)
             self.workers, self.gpus, self.threads, cpus = self._plan(workers, threads)
@@ -231,9 +234,14 @@ class RayPool:
     # --- running ---------------------------------------------------------------------------------
 
     def run(self, work: Work, items: Iterable, shared: Any = None, *, window: int | None = None) -> Iterator[tuple[int, Any]]:
-        """Yield (index, work(model, shared, item)) for every item as workers finish them (any order)."""
-        self._jobs += 1
-        job = f"job-{self._jobs}"
+        """Yield (index, work(model, shared, item)) for every item as workers finish them (any order).
+
+        Several runs may share the pool at once (say two users of the app); the workers serve their items
+        in turn. Closing the generator early cancels the items it still has on the workers.
+        """
+        with self._lock:
+            self._jobs += 1
+            job = f"job-{self._jobs}"
         shared_reference = ray.put(shared)
         source = iter(items)
         pulled, exhausted = 0, False
@@ -258,12 +266,17 @@ class RayPool:
                 self._dispatch(job, shared_reference, work, waiting, held, in_flight)
                 if not in_flight and not waiting and exhausted:
                     return
-                if not in_flight and not self.starting:
+                with self._lock:
+                    starting = list(self.starting)
+                if not in_flight and not starting and not any(slot.alive for slot in self.slots):
                     raise WorkerError("Every worker has died; the items left were not computed.")
-                ready, _ = ray.wait(list(in_flight) + list(self.starting), num_returns=1, timeout=POLL_S)
+                if not in_flight and not starting:  # another run holds every worker for now
+                    time.sleep(POLL_S / 20)
+                    continue
+                ready, _ = ray.wait(list(in_flight) + starting, num_returns=1, timeout=POLL_S)
                 for reference in ready:
-                    if reference in self.starting:
-                        self._admit(reference)
+                    if reference not in in_flight:
+                        self._admit(reference)  # a replacement worker finished loading the model
                         continue
                     index, slot = in_flight.pop(reference)
                     slot.in_flight -= 1
@@ -283,42 +296,52 @@ class RayPool:
                         raise
                     del held[index]
                     yield index, result
-        finally:  # the caller stopped early (cancelled, or an error): drop what the workers still hold for this run
+        finally:  # done, or stopped early (cancelled, an error): drop what the workers still hold for this run
             for reference, (_, slot) in in_flight.items():
                 ray.cancel(reference)
                 slot.in_flight -= 1
+            for slot in self.slots:
+                if job in slot.jobs and slot.alive:
+                    slot.actor.forget.remote(job)  # after this run's items: actor calls keep their order
+                    slot.jobs.discard(job)
 
     def _dispatch(self, job: str, shared_reference, work: Work, waiting: list[int], held: dict, in_flight: dict) -> None:
         """Give waiting items (lowest index first) to the live workers with the fewest in flight."""
-        for slot in sorted((slot for slot in self.slots if slot.alive), key=lambda slot: slot.in_flight):
-            while waiting and slot.in_flight < DEPTH:
-                index = heapq.heappop(waiting)
-                if slot.job != job:
-                    slot.actor.share.remote(job, shared_reference)  # runs before the item: actor calls keep their order
-                    slot.job = job
-                in_flight[slot.actor.run.remote(work, job, held[index])] = (index, slot)
-                slot.in_flight += 1
+        with self._lock:
+            for slot in sorted((slot for slot in self.slots if slot.alive), key=lambda slot: slot.in_flight):
+                while waiting and slot.in_flight < DEPTH:
+                    index = heapq.heappop(waiting)
+                    if job not in slot.jobs:
+                        slot.actor.share.remote(job, shared_reference)  # runs before the item: actor calls keep their order
+                        slot.jobs.add(job)
+                    in_flight[slot.actor.run.remote(work, job, held[index])] = (index, slot)
+                    slot.in_flight += 1
 
     def _lost(self, slot: _Slot, error: Exception) -> None:
         """Mark a worker dead (its other items fail on their own) and start a replacement."""
-        if not slot.alive:
-            return
-        slot.alive = False
-        log.warning("worker %s (pid %s) died: %s", slot.number, slot.info.get("pid"), _last_line(error))
-        ray.kill(slot.actor, no_restart=True)
-        if self.replaced < self.workers:
-            self.replaced += 1
-            replacement = self._new_slot()
-            self.starting[replacement.actor.describe.remote()] = replacement
+        with self._lock:
+            if not slot.alive:
+                return
+            slot.alive = False
+            log.warning("worker %s (pid %s) died: %s", slot.number, slot.info.get("pid"), _last_line(error))
+            ray.kill(slot.actor, no_restart=True)
+            if self.replaced < self.workers:
+                self.replaced += 1
+                replacement = self._new_slot()
+                self.starting[replacement.actor.describe.remote()] = replacement
 
     def _admit(self, reference) -> None:
-        slot = self.starting.pop(reference)
+        with self._lock:
+            slot = self.starting.pop(reference, None)
+        if slot is None:  # another run admitted it
+            return
         try:
             slot.info = self._describe(reference)
         except WorkerError as error:
             log.warning("a replacement worker did not start: %s", error)
             return
-        self.slots.append(slot)
+        with self._lock:
+            self.slots.append(slot)
 
     # --- closing ---------------------------------------------------------------------------------
 

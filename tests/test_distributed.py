@@ -29,6 +29,7 @@ from editor.counterfact import load_records
 from editor.covariance import layer_covariances
 from editor.evaluate import evaluate_records
 from editor.hparams import MemitHyperParams
+from editor.sweep import sweep_records
 from tests.test_evaluate import DEVSET
 from tests.tiny_models import tiny_model
 from tracer.average import average_cache_path, average_traces, read_records
@@ -114,7 +115,8 @@ def test_tiny_statistics_on_one_and_two_workers_equal_one_process(tiny_loaded, t
             assert pooled.diagnostics[layer] == alone.diagnostics[layer]
 
 
-def test_tiny_single_mode_evaluation_on_one_and_two_workers_equals_one_process(tiny_loaded, tiny_pools):
+def test_tiny_single_mode_evaluation_on_one_and_two_workers_equals_one_process(tiny_loaded, tiny_pools, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     records = load_records(DEVSET)[:3]
     hparams = MemitHyperParams(layers=(1, 2), cov_tokens=STATS_TOKENS, mom2_weight=1e-4, steps=4, prefix_starts=())
     alone = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False)
@@ -123,6 +125,19 @@ def test_tiny_single_mode_evaluation_on_one_and_two_workers_equals_one_process(t
         assert without_elapsed(pooled) == without_elapsed(alone), f"{workers} worker(s)"
     with pytest.raises(InputError, match="single"):
         evaluate_records(tiny_loaded, records, hparams, mode="batch", pool=tiny_pools[1])
+
+
+def test_tiny_sweep_on_two_workers_equals_one_process(tiny_loaded, tiny_pools, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
+    records = load_records(DEVSET)[:2]
+    hparams = MemitHyperParams(layers=(1, 2), mom2_weight=1e-4, steps=4, prefix_starts=())
+    alone = sweep_records(tiny_loaded, records, hparams, [600, 300], [1e-4, 1e-2]).to_dict()
+    pooled = sweep_records(tiny_loaded, records, hparams, [600, 300], [1e-4, 1e-2], pool=tiny_pools[2]).to_dict()
+    for data in (alone, pooled):
+        data.pop("target_seconds")
+        for row in data["rows"]:
+            row.pop("seconds")
+    assert pooled == alone
 
 
 def square_after_a_pause(loaded, pause: float, item: int) -> tuple[int, int]:
@@ -146,6 +161,18 @@ def test_a_killed_worker_has_its_items_retried_elsewhere(tiny_loaded, tiny_pools
     facts = load_known_facts()[:4]
     alone = average_traces(tiny_loaded, 4, SETTINGS, facts=facts, use_cache=False)
     assert without_elapsed(average_traces(tiny_loaded, 4, SETTINGS, facts=facts, use_cache=False, pool=pool)) == without_elapsed(alone)
+
+
+def test_two_runs_share_a_pool_and_a_closed_run_frees_its_workers(tiny_pools):
+    pool = tiny_pools[2]
+    first, second = pool.run(square_after_a_pause, range(5), 0.01), pool.run(square_after_a_pause, range(5, 10), 0.01)
+    pairs = [(one, other) for one, other in zip(first, second)]  # consumed in turn, as two app sessions would
+    assert sorted(one[1][0] for one, _ in pairs) == [0, 1, 4, 9, 16]
+    assert sorted(other[1][0] for _, other in pairs) == [25, 36, 49, 64, 81]
+    abandoned = pool.run(square_after_a_pause, range(20), 0.2)
+    next(abandoned)
+    abandoned.close()  # its queued items are cancelled and its slots given back
+    assert sorted(square for _, (square, _pid) in pool.run(square_after_a_pause, range(3), 0.0)) == [0, 1, 4]
 
 
 def test_run_items_in_process_is_the_same_function():
