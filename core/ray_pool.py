@@ -196,20 +196,25 @@ class RayPool:
             slot = self._new_slot()
             pending[slot.actor.describe.remote()] = slot
         started = time.perf_counter()
-        while pending:
-            if progress is not None:
-                ready_count = self.workers - len(pending)
-                progress(ready_count / self.workers, f"{ready_count} of {self.workers} worker(s) ready (each loads the model)")
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-            for reference in ready:
-                slot = pending.pop(reference)
-                slot.info = self._describe(reference)
-                self.slots.append(slot)
-            if pending and time.perf_counter() - started > timeout:
-                raise WorkerError(
-                    f"Only {len(self.slots)} of {self.workers} worker(s) started within {timeout:.0f} s: the cluster "
-                    f"lacks free {'GPUs' if self.gpus else 'CPUs'} (or memory) for them."
-                )
+        try:
+            while pending:
+                if progress is not None:
+                    ready_count = self.workers - len(pending)
+                    progress(ready_count / self.workers, f"{ready_count} of {self.workers} worker(s) ready (each loads the model)")
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                for reference in ready:
+                    slot = pending.pop(reference)
+                    slot.info = self._describe(reference)
+                    self.slots.append(slot)
+                if pending and time.perf_counter() - started > timeout:
+                    raise WorkerError(
+                        f"Only {len(self.slots)} of {self.workers} worker(s) started within {timeout:.0f} s: the cluster "
+                        f"lacks free {'GPUs' if self.gpus else 'CPUs'} (or memory) for them."
+                    )
+        except BaseException:
+            for slot in pending.values():  # close() stops the started ones
+                ray.kill(slot.actor, no_restart=True)
+            raise
         self.slots.sort(key=lambda slot: slot.number)
 
     @staticmethod
