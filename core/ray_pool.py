@@ -43,6 +43,7 @@ DEPTH = 2  # items in flight per worker: one running, one waiting
 MAX_ATTEMPTS = 3  # an item whose worker died this many times stops the run
 START_TIMEOUT_S = 900.0
 POLL_S = 1.0
+RELEASE_WAIT_S = 15.0
 
 # Failures of a worker or its node (not of the work): the item is retried on another worker.
 WORKER_FAILURES = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
@@ -169,8 +170,14 @@ class RayPool:
 
     def _plan(self, workers: int | None, threads: int | None) -> tuple[int, bool, int, int]:
         """(workers, one GPU each?, torch threads per worker, CPUs each) from the cluster's free resources."""
-        free = ray.available_resources()
-        free_cpus, free_gpus = int(free.get("CPU", 0)), int(free.get("GPU", 0))
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while True:  # a pool closed just before gives its resources back within a moment
+            free = ray.available_resources()
+            free_cpus, free_gpus = int(free.get("CPU", 0)), int(free.get("GPU", 0))
+            wanted = (workers or 1) * (1 if self.model.device != "cpu" and free_gpus else (threads or 1))
+            if free_gpus >= wanted or free_cpus >= wanted or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S / 5)
         if self.model.wants_gpu and not int(ray.cluster_resources().get("GPU", 0)):
             raise InputError(f"--device {self.model.device} was asked for, but the Ray cluster has no GPU.")
         if self.model.device != "cpu" and free_gpus > 0:
