@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import add_worker_arguments, check_worker_arguments, worker_pool
+from core.errors import InputError
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -40,6 +43,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--insecure-no-auth", action="store_true",
         help="serve a non-loopback --host without a password: anyone on the network can run and edit the model",
     )
+    add_worker_arguments(parser)  # the Averages tab runs its facts on these workers
     bounds = parser.add_argument_group("what one request may ask")
     bounds.add_argument("--max-requests", type=int, default=500, help="edit requests per batch (default 500)")
     bounds.add_argument("--max-prompt-tokens", type=int, default=1024, help="tokens of a prompt to predict from (default 1024)")
@@ -78,6 +82,10 @@ def access_accounts(arguments: argparse.Namespace) -> list[tuple[str, str]] | No
     for name in ("max_requests", "max_prompt_tokens", "max_upload_mb"):
         if getattr(arguments, name) < 1:
             refuse(f"--{name.replace('_', '-')} must be at least 1.")
+    try:
+        check_worker_arguments(arguments)
+    except InputError as error:
+        refuse(str(error))
     return accounts or None
 
 
@@ -89,7 +97,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     # lazy: gradio, torch and transformers take ~6 s; `python app.py --help` must not wait for them
-    from ui.app import build_app, launch_options
     from ui.limits import Limits
     from ui.models import ModelManager
     from ui.runner import ModelRunner
@@ -102,7 +109,17 @@ def main(argv: list[str] | None = None) -> None:
         max_prompt_tokens=arguments.max_prompt_tokens,
         max_upload_bytes=arguments.max_upload_mb * 2**20,
     )
-    demo = build_app(manager, runner, limits)
+    workers = argparse.Namespace(**{**vars(arguments), "model": manager.default_spec})  # the workers load the first model
+    with worker_pool(workers) as pool:  # None unless --workers/--ray: then Averages run on the cluster
+        serve(arguments, accounts, manager, runner, limits, pool, started)
+
+
+def serve(arguments, accounts, manager, runner, limits, pool, started: float) -> None:
+    """Build the page, serve it, load the model, and block until the server stops."""
+    # lazy: gradio, torch and transformers; `python app.py --help` must not wait for them
+    from ui.app import build_app, launch_options
+
+    demo = build_app(manager, runner, limits, pool=pool)
     demo.launch(
         server_name=arguments.host,
         server_port=arguments.port,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import secrets
+from typing import Any
 
 import gradio as gr
 
@@ -37,10 +38,10 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(primary_hue="violet", text_size="lg", radius_size="sm")
 
 
-def build_app(manager: ModelManager, runner: ModelRunner, limits: Limits | None = None) -> gr.Blocks:
-    """The whole page; every model operation goes through `runner` with `manager`'s model."""
+def build_app(manager: ModelManager, runner: ModelRunner, limits: Limits | None = None, pool: Any = None) -> gr.Blocks:
+    """The whole page; every model operation goes through `runner` with `manager`'s model (averages on `pool`, if any)."""
     sessions = SessionStore(on_drop=SessionState.discard_files)
-    context = AppContext(manager=manager, runner=runner, limits=limits or Limits(), sessions=sessions)
+    context = AppContext(manager=manager, runner=runner, limits=limits or Limits(), sessions=sessions, pool=pool)
     examples = load_examples()
     with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
         context.components["demo"] = demo

@@ -26,6 +26,7 @@ class AppContext:
     runner: ModelRunner
     limits: Limits = field(default_factory=Limits)
     sessions: SessionStore = field(default_factory=SessionStore)  # visitors' sessions, found again after a reload
+    pool: Any = None  # core.distributed.WorkerPool of `app.py --workers/--ray`: the Averages tab's facts run there
     session: Any = None  # the gr.State holding a SessionState, set while building the page
     components: dict[str, Any] = field(default_factory=dict)  # shared components by name (cross-tab wiring)
 

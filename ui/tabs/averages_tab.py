@@ -66,7 +66,7 @@ def run_average(ctx: AppContext, n: float, kind_list: list[str], sample_count: f
 
     def work(job, loaded):
         final = None
-        with contextlib.closing(average_traces_stream(loaded, count, settings)) as stream:
+        with contextlib.closing(average_traces_stream(loaded, count, settings, pool=ctx.pool)) as stream:
             for update in stream:
                 final = update.result
                 job.progress(update.fraction, update.message)
