@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from editor.deltas import DeltaMap
 from editor.requests import EditRequest
 from editor.targets import RequestDiagnostics
 
@@ -36,12 +37,15 @@ class LayerDiagnostics:
 
 @dataclass
 class EditBatch:
-    """Deltas {layer: (d, m) tensor} to add to W_l, for `requests`, computed by `method` on model `model`."""
+    """Deltas {layer: (d, m) tensor} to add to W_l, for `requests`, computed by `method` on model `model`.
+
+    `deltas` reads as a dict of dense float32 tensors; each is stored compactly (editor.deltas.LayerDelta).
+    """
 
     requests: list[EditRequest]
     method: str
     layers: list[int]
-    deltas: dict[int, torch.Tensor]
+    deltas: DeltaMap
     model: str  # core.facts.model_key of the model it was computed on
     hparams: dict = field(default_factory=dict)
     request_diagnostics: list[RequestDiagnostics] = field(default_factory=list)
@@ -54,8 +58,17 @@ class EditBatch:
     batch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.deltas, DeltaMap):
+            self.deltas = DeltaMap(self.deltas)
+
     def __len__(self) -> int:
         return len(self.requests)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the batch's tensors (compact deltas and keys)."""
+        return self.deltas.nbytes + sum(keys.numel() * keys.element_size() for keys in self.keys.values())
 
     def describe(self) -> str:
         """One line for lists: id, method, facts."""
@@ -82,7 +95,7 @@ class EditBatch:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, deltas: dict[int, torch.Tensor], keys: dict[int, torch.Tensor] | None = None) -> EditBatch:
+    def from_dict(cls, data: dict, deltas: DeltaMap | dict, keys: dict[int, torch.Tensor] | None = None) -> EditBatch:
         return cls(
             requests=[EditRequest.from_dict(r) for r in data["requests"]],
             method=data["method"],

@@ -5,6 +5,14 @@ The shared model in memory always holds its original weights. A ledger's edits e
 original matrices back (bit for bit) on every exit, so sessions never see each other's edits. Undo is
 removing a batch from the list; the weights are recomputed from the originals, never by subtraction.
 Ledgers are saved as one safetensors file (deltas + keys) whose metadata holds the JSON description.
+
+Memory stays bounded as edits pile up: each batch keeps its deltas as thin factors (editor.deltas) and
+its keys, r (d + m) + m float32 numbers per edit and edited layer (73 KB per edit for SmolLM2-135M
+with 5 layers), and the ledger caches one edited copy of each touched matrix (d m per layer, whatever
+the number of edits), so entering `applied` copies matrices instead of re-adding every batch. The
+cache is rebuilt from the original weights (batch by batch, in order) after an undo, so the bits are
+the same as if the undone batch had never been added. AlphaEdit's per-ledger state (K_p K_p^T of the
+earlier edits) is computed from the batches' keys, so undo, reset and export/import keep it exactly.
 """
 
 from __future__ import annotations
@@ -24,10 +32,17 @@ from core.errors import InputError
 from core.facts import model_key
 from core.loading import LoadedModel
 from editor.batch import EditBatch
+from editor.deltas import LayerDelta
 from editor.weights import add_delta, restore, snapshot, tensor_digest, weights_hash
 
-LEDGER_FORMAT = 1
+LEDGER_FORMAT = 2  # 2: deltas as factors (".left"/".right") or dense (".delta"); 1: dense only
+READABLE_FORMATS = (1, 2)
 METADATA_KEY = "locus_ledger"
+
+
+def edits_applied(loaded: LoadedModel) -> bool:
+    """True while some ledger's edits are on `loaded`'s weights (inside `EditLedger.applied`)."""
+    return getattr(loaded, "_locus_applied_depth", 0) > 0
 
 
 class EditLedger:
@@ -37,6 +52,7 @@ class EditLedger:
         self.model = model
         self.batches: list[EditBatch] = []
         self.base_hashes: dict[int, str] = dict(base_hashes or {})  # layer -> digest of the original W_l
+        self._edited: tuple[tuple[str, ...], dict[int, torch.Tensor]] | None = None  # (batch ids, edited W_l)
 
     @classmethod
     def for_model(cls, loaded: LoadedModel) -> EditLedger:
@@ -86,13 +102,20 @@ class EditLedger:
     def reset(self) -> None:
         """Forget every edit."""
         self.batches.clear()
+        self._edited = None
 
     def with_batch(self, batch: EditBatch) -> EditLedger:
         """A new ledger: this one's batches plus `batch` (this ledger is not changed)."""
         copy = EditLedger(self.model, self.base_hashes)
         copy.batches = list(self.batches)
+        copy._edited = self._edited  # never changed in place, so sharing it is safe
         copy.add(batch)
         return copy
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held: the batches' compact deltas and keys, and the cached edited matrices."""
+        cache = sum(t.numel() * t.element_size() for t in self._edited[1].values()) if self._edited else 0
+        return {"batches": sum(batch.nbytes for batch in self.batches), "cache": cache}
 
     # --- the weights ------------------------------------------------------------------------
     def check_model(self, loaded: LoadedModel) -> None:
@@ -105,11 +128,12 @@ class EditLedger:
             )
         layout = loaded.layout
         for batch in self.batches:
-            for layer, delta in batch.deltas.items():
-                if not 0 <= layer < layout.num_layers or tuple(delta.shape) != (layout.hidden_size, layout.mlp_size):
+            for layer in batch.deltas:
+                shape = tuple(batch.deltas.shape(layer))
+                if not 0 <= layer < layout.num_layers or shape != (layout.hidden_size, layout.mlp_size):
                     raise InputError(
                         f"This ledger's edit {batch.batch_id} does not fit the loaded model (layer {layer}, "
-                        f"delta {tuple(delta.shape)} vs W {(layout.hidden_size, layout.mlp_size)})."
+                        f"delta {shape} vs W {(layout.hidden_size, layout.mlp_size)})."
                     )
         if self.base_hashes and not self._in_use(loaded):
             for layer, expected in self.base_hashes.items():
@@ -121,7 +145,7 @@ class EditLedger:
                     )
 
     def _in_use(self, loaded: LoadedModel) -> bool:
-        return getattr(loaded, "_locus_applied_depth", 0) > 0
+        return edits_applied(loaded)
 
     def _record_base(self, loaded: LoadedModel, deltas: dict[int, torch.Tensor]) -> None:
         if self._in_use(loaded):
@@ -146,13 +170,35 @@ class EditLedger:
             depth = getattr(loaded, "_locus_applied_depth", 0)
             loaded._locus_applied_depth = depth + 1
             try:
-                for batch in self.batches:
-                    for layer, delta in batch.deltas.items():
-                        add_delta(loaded.layout.output_projection_weight(loaded.model, layer), delta)
+                if depth:  # another ledger's edits are on the weights: add ours on top of them
+                    for batch in self.batches:
+                        for layer, delta in batch.deltas.items():
+                            add_delta(loaded.layout.output_projection_weight(loaded.model, layer), delta)
+                else:
+                    with torch.no_grad():
+                        for layer, weight in self._edited_weights(saved).items():
+                            loaded.layout.output_projection_weight(loaded.model, layer).copy_(weight)
                 yield loaded
             finally:
                 restore(loaded, saved)
                 loaded._locus_applied_depth = depth
+
+    def _edited_weights(self, originals: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """W_l + the batches' deltas, added in order (the cache, extended when batches were only appended)."""
+        ids = tuple(batch.batch_id for batch in self.batches)
+        start, edited = 0, {}
+        if self._edited is not None and ids[: len(self._edited[0])] == self._edited[0]:
+            start, edited = len(self._edited[0]), self._edited[1]
+            if start == len(ids):
+                return edited
+        edited = {layer: tensor.clone() for layer, tensor in edited.items()}  # the old cache may be shared
+        for batch in self.batches[start:]:
+            for layer, delta in batch.deltas.items():
+                if layer not in edited:
+                    edited[layer] = originals[layer].clone()
+                add_delta(edited[layer], delta)
+        self._edited = (ids, edited)
+        return edited
 
     def weights_hash(self, loaded: LoadedModel) -> str:
         """sha256 of the touched matrices as they are on the model now (compare before/after an undo)."""
@@ -166,6 +212,10 @@ class EditLedger:
                 if layer in layers:
                     found.setdefault(layer, []).append(keys)
         return {layer: torch.cat(parts) for layer, parts in found.items()}
+
+    def key_grams(self, layers) -> dict[int, torch.Tensor]:
+        """K_p K_p^T (m, m) float64 of every earlier edit's keys per layer: AlphaEdit's sequential term."""
+        return {layer: keys.double().T @ keys.double() for layer, keys in self.previous_keys(layers).items()}
 
     # --- files --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -181,8 +231,9 @@ class EditLedger:
         path = Path(path)
         tensors: dict[str, torch.Tensor] = {}
         for index, batch in enumerate(self.batches):
-            for layer, delta in batch.deltas.items():
-                tensors[f"batch{index}.layer{layer}.delta"] = delta.contiguous()
+            for layer in batch.deltas:
+                for part, tensor in batch.deltas.stored(layer).tensors().items():
+                    tensors[f"batch{index}.layer{layer}.{part}"] = tensor.contiguous()
             for layer, keys in batch.keys.items():
                 tensors[f"batch{index}.layer{layer}.keys"] = keys.contiguous()
         if not tensors:
@@ -213,12 +264,17 @@ class EditLedger:
         except Exception as error:  # safetensors raises its own error type for a damaged file
             raise InputError(f"Cannot read the ledger {path.name}: it is not a readable safetensors file ({error}).") from None
         data = json.loads(metadata)
-        if data.get("format") != LEDGER_FORMAT:
-            raise InputError(f"{path.name} has ledger format {data.get('format')}, this Locus reads {LEDGER_FORMAT}.")
+        if data.get("format") not in READABLE_FORMATS:
+            raise InputError(f"{path.name} has ledger format {data.get('format')}, this Locus reads "
+                             f"{', '.join(map(str, READABLE_FORMATS))}.")
         ledger = cls(data.get("model"), {int(layer): digest for layer, digest in data.get("base_hashes", {}).items()})
         for index, batch_data in enumerate(data["batches"]):
-            deltas = {int(layer): tensors[f"batch{index}.layer{layer}.delta"] for layer in batch_data["layers"]
-                      if f"batch{index}.layer{layer}.delta" in tensors}
+            deltas = {}
+            for layer in batch_data["layers"]:
+                parts = {part: tensors[f"batch{index}.layer{layer}.{part}"] for part in ("delta", "left", "right")
+                         if f"batch{index}.layer{layer}.{part}" in tensors}
+                if parts:
+                    deltas[int(layer)] = LayerDelta.from_tensors(parts)
             keys = {int(layer): tensors[f"batch{index}.layer{layer}.keys"] for layer in batch_data["layers"]
                     if f"batch{index}.layer{layer}.keys" in tensors}
             ledger.batches.append(EditBatch.from_dict(batch_data, deltas, keys))

@@ -18,12 +18,13 @@ from core.loading import LoadedModel
 from core.progress import Progress, stage
 from editor.batch import EditBatch, LayerDiagnostics
 from editor.covariance import CovarianceSet, layer_covariances
+from editor.deltas import LayerDelta
 from editor.hparams import MemitHyperParams, default_hparams
 from editor.keys import request_keys
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest, validate_requests
 from editor.targets import TargetResult, compute_targets
-from editor.updates import alphaedit_update, memit_update, nullspace_projection
+from editor.updates import alphaedit_factors, memit_factors, nullspace_projection
 from editor.weights import add_delta, projection_weight, restore, snapshot
 
 
@@ -80,7 +81,8 @@ def compute_memit(
             if not torch.isfinite(targets.targets).all():
                 raise LocusError("The target vectors contain NaN or Inf; nothing was changed. Try other targets or fewer steps.")
             clock = time.perf_counter()
-            previous = ledger.previous_keys(hparams.layers) if (ledger is not None and hparams.method == "alphaedit") else {}
+            # AlphaEdit's sequential term: K_p K_p^T of every earlier edit in the ledger, per layer
+            previous = ledger.key_grams(hparams.layers) if (ledger is not None and hparams.method == "alphaedit") else {}
             deltas, layer_diagnostics, keys, final_residual = layer_updates(
                 loaded, requests, hparams, prefixes, covariances, targets, previous, stage(progress, 0.85, 1.0)
             )
@@ -111,18 +113,19 @@ def layer_updates(
     prefixes: list[str],
     covariances: CovarianceSet,
     targets: TargetResult,
-    previous_keys: dict[int, torch.Tensor] | None = None,
+    previous_grams: dict[int, torch.Tensor] | None = None,
     progress: Progress | None = None,
-) -> tuple[dict[int, torch.Tensor], list[LayerDiagnostics], dict[int, torch.Tensor], float]:
+) -> tuple[dict[int, LayerDelta], list[LayerDiagnostics], dict[int, torch.Tensor], float]:
     """SPEC 3 step 3: for each layer in R (increasing), spread the remaining residual and update W_l.
 
     The updates stay applied while later layers' keys are computed, and are undone before returning.
-    Returns the deltas (weight dtype), per-layer diagnostics, the keys (n, m) per layer, and the final
-    mean residual ||z - h|| at l_R.
+    Returns the deltas (compact: each the product of two thin factors), per-layer diagnostics, the keys
+    (n, m) per layer, and the final mean residual ||z - h|| at l_R. AlphaEdit adds `previous_grams`
+    (K_p K_p^T of earlier edits, (m, m) per layer) to its solve.
     """
     layers = list(hparams.layers)
     saved = snapshot(loaded, layers)
-    deltas: dict[int, torch.Tensor] = {}
+    deltas: dict[int, LayerDelta] = {}
     diagnostics: list[LayerDiagnostics] = []
     all_keys: dict[int, torch.Tensor] = {}
     z = targets.targets.double()
@@ -136,19 +139,20 @@ def layer_updates(
             covariance = covariances.covariances[layer].to(keys.device)
             if hparams.method == "alphaedit":
                 projection, _ = nullspace_projection(covariance, hparams.nullspace_threshold)
-                delta = alphaedit_update(residual, keys, projection, (previous_keys or {}).get(layer), hparams.alphaedit_l2)
+                factors = alphaedit_factors(residual, keys, projection, (previous_grams or {}).get(layer), hparams.alphaedit_l2)
             else:
-                delta = memit_update(residual, keys, covariance, hparams.mom2_weight)
+                factors = memit_factors(residual, keys, covariance, hparams.mom2_weight)
+            update = LayerDelta.from_factors(*factors)
+            delta = update.dense()  # exactly what a ledger adds later
             if not torch.isfinite(delta).all():
                 raise LocusError(
                     f"The update for layer {layer} contains NaN or Inf (the covariance or keys are degenerate); "
                     "no weight was changed."
                 )
             weight = projection_weight(loaded, layer)
-            applied = delta.to(device=weight.device, dtype=torch.float32 if weight.dtype != torch.float32 else weight.dtype)
             weight_norm = float(weight.double().norm())
-            add_delta(weight, applied)
-            deltas[layer] = applied.detach().cpu().contiguous()
+            add_delta(weight, delta)
+            deltas[layer] = update
             all_keys[layer] = keyset.keys[layer].float().cpu()
             diag = covariances.diagnostics.get(layer)
             diagnostics.append(
@@ -180,10 +184,11 @@ def weak_update_warnings(layers: list[LayerDiagnostics], final_residual: float, 
     written = 1.0 - final_residual / layers[0].residual_norm
     if written >= 0.5:
         return []
+    remedy = (f"a smaller l2 (now {hparams.alphaedit_l2:g}) or a larger null-space threshold (now {hparams.nullspace_threshold:g})"
+              if hparams.method == "alphaedit" else f"a smaller lambda (now {hparams.mom2_weight:g})")
     return [
         f"The weight updates wrote only {max(written, 0.0):.0%} of the change the edit needs (mean ||z - h|| went from "
-        f"{layers[0].residual_norm:.1f} to {final_residual:.1f}); the edit may not take. Try a smaller lambda "
-        f"(now {hparams.mom2_weight:g}) or more layers."
+        f"{layers[0].residual_norm:.1f} to {final_residual:.1f}); the edit may not take. Try {remedy} or more layers."
     ]
 
 

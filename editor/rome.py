@@ -13,13 +13,14 @@ from core.loading import LoadedModel
 from core.progress import Progress, stage
 from editor.batch import EditBatch, LayerDiagnostics
 from editor.covariance import CovarianceSet, layer_covariances
+from editor.deltas import LayerDelta
 from editor.hparams import MemitHyperParams
 from editor.keys import request_keys
 from editor.memit import _out_of_memory_guard, architecture_warnings, prepare
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest
 from editor.targets import compute_targets
-from editor.updates import rome_update
+from editor.updates import rome_factors
 from editor.weights import add_delta, projection_weight, restore, snapshot
 
 
@@ -52,7 +53,7 @@ def compute_rome(
             covariances = layer_covariances(loaded, [layer], hparams.cov_tokens, hparams.corpus, stage(progress, 0.0, 0.3))
         covariance = covariances.covariances[layer]
         prefixes = context_prefixes(loaded, hparams)
-        diagnostics, total = [], None
+        diagnostics, lefts, rights, keys = [], [], [], []
         context = ledger.applied(loaded) if ledger is not None else nullcontext()
         with context:
             saved = snapshot(loaded, [layer])
@@ -64,20 +65,25 @@ def compute_rome(
                     diagnostics.extend(target.diagnostics)
                     key = request_keys(loaded, [request], prefixes, [layer]).keys[layer][0]
                     change = (target.targets[0] - target.hidden[0]).double()
-                    delta = rome_update(change, key.double(), covariance.to(key.device))
+                    left, right = rome_factors(change, key.double(), covariance.to(key.device))
+                    delta = left @ right
                     if not torch.isfinite(delta).all():
                         raise LocusError(f"The ROME update for {request.subject!r} contains NaN or Inf; no weight was changed.")
                     weight = projection_weight(loaded, layer)
                     add_delta(weight, delta.to(device=weight.device, dtype=torch.float32))
-                    total = delta if total is None else total + delta
+                    lefts.append(left)
+                    rights.append(right)
+                    keys.append(key.float().cpu())
             finally:
                 restore(loaded, saved)
+    total = LayerDelta.from_factors(torch.cat(lefts, dim=1), torch.cat(rights, dim=0))
+    update_norm = float(total.dense().double().norm())
     diag = covariances.diagnostics.get(layer)
     layer_diag = LayerDiagnostics(
         layer=layer,
-        update_norm=float(total.norm()),
+        update_norm=update_norm,
         weight_norm=weight_norm,
-        relative_update=float(total.norm()) / max(weight_norm, 1e-12),
+        relative_update=update_norm / max(weight_norm, 1e-12),
         residual_norm=sum(d.delta_norm for d in diagnostics) / len(diagnostics),
         residual_share=sum(d.delta_norm for d in diagnostics) / len(diagnostics),
         key_norm=0.0,
@@ -90,7 +96,8 @@ def compute_rome(
         requests=requests,
         method="rome",
         layers=[layer],
-        deltas={layer: total.float().cpu().contiguous()},
+        deltas={layer: total},
+        keys={layer: torch.stack(keys)},
         model=model_key(loaded),
         hparams=hparams.to_dict(),
         request_diagnostics=diagnostics,

@@ -5,19 +5,33 @@ from __future__ import annotations
 import torch
 
 
-def memit_update(residual: torch.Tensor, keys: torch.Tensor, covariance: torch.Tensor, mom2_weight: float) -> torch.Tensor:
-    """Delta (d, m) = D K^T (lambda C + K K^T)^-1 for residuals D^T (n, d), keys K^T (n, m), C (m, m); float64 solve."""
+def memit_factors(
+    residual: torch.Tensor, keys: torch.Tensor, covariance: torch.Tensor, mom2_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEMIT's Delta as D (d, n) and K^T (lambda C + K K^T)^-1 (n, m), for residuals D^T (n, d), keys K^T (n, m)."""
     residual, keys, covariance = residual.double(), keys.double(), covariance.double()
     system = mom2_weight * covariance + keys.T @ keys  # (m, m), symmetric
     adjusted = torch.linalg.solve(system, keys.T)  # (m, n) = (lambda C + K K^T)^-1 K
-    return residual.T @ adjusted.T
+    return residual.T, adjusted.T
+
+
+def memit_update(residual: torch.Tensor, keys: torch.Tensor, covariance: torch.Tensor, mom2_weight: float) -> torch.Tensor:
+    """Delta (d, m) = D K^T (lambda C + K K^T)^-1 for residuals D^T (n, d), keys K^T (n, m), C (m, m); float64 solve."""
+    left, right = memit_factors(residual, keys, covariance, mom2_weight)
+    return left @ right
+
+
+def rome_factors(value_change: torch.Tensor, key: torch.Tensor, covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ROME's rank-one Delta as (v - W k) / ((C^-1 k)^T k) (d, 1) and (C^-1 k)^T (1, m)."""
+    value_change, key, covariance = value_change.double(), key.double(), covariance.double()
+    direction = torch.linalg.solve(covariance, key)  # C^-1 k
+    return (value_change / torch.dot(direction, key)).unsqueeze(1), direction.unsqueeze(0)
 
 
 def rome_update(value_change: torch.Tensor, key: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
     """Rank-one Delta (d, m) = (v - W k)(C^-1 k)^T / ((C^-1 k)^T k) for v - W k (d,), k (m,), C (m, m)."""
-    value_change, key, covariance = value_change.double(), key.double(), covariance.double()
-    direction = torch.linalg.solve(covariance, key)  # C^-1 k
-    return torch.outer(value_change, direction) / torch.dot(direction, key)
+    left, right = rome_factors(value_change, key, covariance)
+    return left @ right
 
 
 def nullspace_projection(covariance: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
@@ -25,6 +39,29 @@ def nullspace_projection(covariance: torch.Tensor, threshold: float) -> tuple[to
     values, vectors = torch.linalg.eigh(covariance.double())
     basis = vectors[:, values < threshold]
     return basis @ basis.T, int(basis.shape[1])
+
+
+def alphaedit_factors(
+    residual: torch.Tensor,
+    keys: torch.Tensor,
+    projection: torch.Tensor,
+    previous_gram: torch.Tensor | None,
+    l2: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AlphaEdit's Delta as D (d, n) and S^T (n, m), S = (P (K K^T + K_p K_p^T) + l2 I)^-1 P K (Fang et al. 2024).
+
+    residual D^T (n, d), keys K^T (n, m), P (m, m) the projection onto C's null space, previous_gram
+    K_p K_p^T (m, m) of the earlier edits' keys (None: none). Delta = D S^T = X^T for X the solution of
+    (P (K K^T + K_p K_p^T) + l2 I) X = P K D^T; X lies in P's range, so Delta k = 0 for keys k that P removes.
+    """
+    residual, keys, projection = residual.double(), keys.double(), projection.double()
+    gram = keys.T @ keys
+    if previous_gram is not None:
+        gram = gram + previous_gram.double()
+    size = projection.shape[0]
+    system = projection @ gram + l2 * torch.eye(size, dtype=torch.float64, device=projection.device)
+    solution = torch.linalg.solve(system, projection @ keys.T)  # (m, n)
+    return residual.T, solution.T
 
 
 def alphaedit_update(
@@ -35,12 +72,8 @@ def alphaedit_update(
     l2: float,
 ) -> torch.Tensor:
     """AlphaEdit's Delta (d, m): solve (P (K K^T + K_p K_p^T) + l2 I) X = P K D^T, Delta = X^T (Fang et al. 2024)."""
-    residual, keys, projection = residual.double(), keys.double(), projection.double()
-    gram = keys.T @ keys
+    previous_gram = None
     if previous_keys is not None and previous_keys.numel():
-        previous_keys = previous_keys.double()
-        gram = gram + previous_keys.T @ previous_keys
-    size = projection.shape[0]
-    system = projection @ gram + l2 * torch.eye(size, dtype=torch.float64, device=projection.device)
-    solution = torch.linalg.solve(system, projection @ keys.T @ residual)  # (m, d)
-    return solution.T
+        previous_gram = previous_keys.double().T @ previous_keys.double()
+    left, right = alphaedit_factors(residual, keys, projection, previous_gram, l2)
+    return left @ right
