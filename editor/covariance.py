@@ -181,9 +181,10 @@ def _text_windows(loaded: LoadedModel, corpus: Corpus, state: MomentState, budge
     limit = loaded.max_length
     tokens, index, skip = state.tokens, state.next_text, state.skip
     group_size = min(GROUP_TOKENS, max(256, budget // 8))
-    while tokens < budget and index < len(corpus):
+    available = corpus.statistics_texts  # the held-out texts at the end are never read (they measure perplexity)
+    while tokens < budget and index < available:
         group, group_tokens = [], 0
-        while tokens < budget and index < len(corpus) and group_tokens < group_size:
+        while tokens < budget and index < available and group_tokens < group_size:
             ids = list(tokenizer(corpus.texts[index])["input_ids"])[:limit]
             end = min(len(ids), skip + (budget - tokens))
             if end > skip:
