@@ -1,0 +1,271 @@
+"""Model health (SPEC section 6): perplexity on held-out Wikipedia text and retention of known facts.
+
+Perplexity = exp(mean token NLL) over the last HELD_OUT_TEXTS texts of the covariance corpus's order
+(never read for C), each cut to PERPLEXITY_TOKENS tokens. Retention = the share of a fixed probe set
+of PROBE_COUNT facts the model knows, none edited, whose greedy first token is still the known
+attribute's first token. Collapse: perplexity over COLLAPSE_RATIO x the unedited's, or a non-finite
+logit. Drift warnings: perplexity over PERPLEXITY_WARNING x the unedited's, or retention below
+RETENTION_WARNING x the unedited's. `model_health` measures both for a ledger and caches the figures
+per (model, probe set, ledger state).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from core.errors import LocusError
+from core.facts import KnownFact, facts_model_knows, model_key
+from core.hooks import capture_outputs
+from core.loading import LoadedModel
+from core.progress import Progress, stage
+from core.tokens import target_token_ids
+from editor.corpus import WIKIPEDIA, Corpus, load_corpus
+from editor.forward import pad_id, pad_right, row_batches, run_until
+from editor.ledger import EditLedger, edits_applied
+
+PERPLEXITY_TOKENS = 256
+PROBE_COUNT = 100
+COLLAPSE_RATIO = 2.0  # SPEC 6: perplexity over twice the unedited's is a collapse
+PERPLEXITY_WARNING = 1.10  # warn when perplexity rises more than 10% ...
+RETENTION_WARNING = 0.90  # ... or retention falls below 90% of the unedited's
+BATCH_TOKENS = 2048  # padded tokens per forward pass
+LOGIT_CHUNK = 512  # positions per vocabulary-sized logits block
+
+
+# --- measurements on the model as it is now -------------------------------------------------------
+
+
+@torch.inference_mode()
+def perplexity(
+    loaded: LoadedModel, texts: list[str] | tuple[str, ...], max_tokens: int = PERPLEXITY_TOKENS, progress: Progress | None = None
+) -> tuple[float, int, bool]:
+    """(exp(mean token NLL), tokens scored, every logit finite) over `texts`, each cut to `max_tokens` tokens."""
+    limit = max(2, min(max_tokens, loaded.max_length))
+    rows = [ids for ids in (list(loaded.tokenizer(text)["input_ids"])[:limit] for text in texts) if len(ids) >= 2]
+    if not rows:
+        raise LocusError("The held-out texts have no tokens to score.")
+    layout = loaded.layout
+    last_block = layout.block(layout.num_layers - 1)
+    total, count, finite, done = 0.0, 0, True, 0
+    for batch in row_batches([len(row) for row in rows], max_rows=64, max_tokens=BATCH_TOKENS):
+        ids, mask = pad_right([rows[i] for i in batch], pad_id(loaded.tokenizer), loaded.device)
+        with capture_outputs(loaded.model, [last_block]) as outputs:
+            run_until(loaded, layout.num_layers - 1, input_ids=ids, attention_mask=mask, use_cache=False)
+        hidden = outputs[last_block]
+        predicted = mask[:, 1:].bool()  # position t predicts token t + 1
+        states, targets = hidden[:, :-1][predicted], ids[:, 1:][predicted]
+        for start in range(0, len(targets), LOGIT_CHUNK):
+            logits = layout.final_logits(loaded.model, states[start : start + LOGIT_CHUNK]).float()
+            finite = finite and bool(torch.isfinite(logits).all())
+            chosen = targets[start : start + LOGIT_CHUNK]
+            total += float(-torch.log_softmax(logits, dim=-1).gather(-1, chosen.unsqueeze(-1)).sum())
+            count += len(chosen)
+        done += len(batch)
+        if progress is not None:
+            progress(done / len(rows), f"perplexity: {done}/{len(rows)} held-out texts")
+    mean = total / count
+    return (math.exp(mean) if math.isfinite(mean) and mean < 700 else math.inf), count, finite and math.isfinite(mean)
+
+
+@torch.inference_mode()
+def retention(loaded: LoadedModel, facts: list[KnownFact], progress: Progress | None = None) -> tuple[float, bool]:
+    """(percent of `facts` whose greedy next token is their attribute's first token, every logit finite)."""
+    if not facts:
+        raise LocusError("There are no probe facts to measure retention with.")
+    tokenizer, layout = loaded.tokenizer, loaded.layout
+    rows = [list(tokenizer(fact.prompt)["input_ids"]) for fact in facts]
+    expected = [target_token_ids(tokenizer, fact.attribute, prompt=fact.prompt)[0] for fact in facts]
+    last_block = layout.block(layout.num_layers - 1)
+    kept, finite, done = 0, True, 0
+    for batch in row_batches([len(row) for row in rows], max_rows=64, max_tokens=BATCH_TOKENS):
+        ids, mask = pad_right([rows[i] for i in batch], pad_id(tokenizer), loaded.device)
+        with capture_outputs(loaded.model, [last_block]) as outputs:
+            run_until(loaded, layout.num_layers - 1, input_ids=ids, attention_mask=mask, use_cache=False)
+        last = torch.tensor([len(rows[i]) - 1 for i in batch], device=ids.device)
+        logits = layout.final_logits(loaded.model, outputs[last_block][torch.arange(len(batch), device=ids.device), last]).float()
+        finite = finite and bool(torch.isfinite(logits).all())
+        kept += sum(int(token) == expected[i] for token, i in zip(logits.argmax(-1).tolist(), batch))
+        done += len(batch)
+        if progress is not None:
+            progress(done / len(rows), f"retention: {done}/{len(rows)} known facts")
+    return 100.0 * kept / len(facts), finite
+
+
+def probe_facts(loaded: LoadedModel, exclude_subjects=(), count: int = PROBE_COUNT) -> list[KnownFact]:
+    """A fixed probe set: up to `count` facts the model knows, relations in turn (by known_id), none whose
+    subject equals, contains or is contained in one of `exclude_subjects`."""
+    excluded = {subject for subject in exclude_subjects if subject}
+    by_relation: dict[str, list[KnownFact]] = defaultdict(list)
+    seen = set()
+    for fact in sorted(facts_model_knows(loaded), key=lambda f: f.known_id):
+        if fact.subject in seen or any(fact.subject in other or other in fact.subject for other in excluded):
+            continue
+        seen.add(fact.subject)
+        by_relation[fact.relation_id].append(fact)
+    relations = sorted(by_relation, key=lambda relation: (-len(by_relation[relation]), relation))
+    depth = max((len(items) for items in by_relation.values()), default=0)
+    ordered = [by_relation[relation][index] for index in range(depth) for relation in relations if index < len(by_relation[relation])]
+    return ordered[:count]
+
+
+def held_out_texts(corpus: str | Corpus = WIKIPEDIA) -> tuple[str, ...]:
+    """The corpus's held-out texts (the last ones of its order, never read for covariance statistics)."""
+    corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
+    texts = corpus.held_out_texts()
+    if not texts:
+        raise LocusError(f"The corpus {corpus.name!r} is too small to hold texts out for perplexity ({len(corpus)} texts).")
+    return texts
+
+
+# --- figures and judgements ---------------------------------------------------------------------
+
+
+@dataclass
+class Health:
+    """Perplexity and retention of the model as it was measured (retention in percent of the probe facts)."""
+
+    perplexity: float
+    retention: float
+    finite: bool  # every logit of both measurements was finite
+    tokens: int  # held-out tokens scored
+    probes: int  # probe facts
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["perplexity"] = self.perplexity if math.isfinite(self.perplexity) else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Health:
+        values = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        values["perplexity"] = math.inf if values.get("perplexity") is None else values["perplexity"]
+        return cls(**values)
+
+
+def measure_health(
+    loaded: LoadedModel, probes: list[KnownFact], texts, progress: Progress | None = None, max_tokens: int = PERPLEXITY_TOKENS
+) -> Health:
+    """Perplexity on `texts` and retention of `probes` on the model as it is now."""
+    started = time.perf_counter()
+    with loaded.lock:
+        value, tokens, finite_text = perplexity(loaded, texts, max_tokens, stage(progress, 0.0, 0.9))
+        kept, finite_facts = retention(loaded, probes, stage(progress, 0.9, 1.0))
+    return Health(value, kept, finite_text and finite_facts, tokens, len(probes), time.perf_counter() - started)
+
+
+def collapse_message(unedited: Health, edited: Health, ratio: float = COLLAPSE_RATIO) -> str | None:
+    """A plain sentence when the edited model has collapsed (SPEC 6), else None."""
+    if not edited.finite:
+        return "The edited model produces non-finite logits (NaN or Inf): it has collapsed."
+    if edited.perplexity > ratio * unedited.perplexity:
+        return (f"The edited model has collapsed: its perplexity on held-out text is {edited.perplexity:.1f}, more than "
+                f"{ratio:g}x the unedited model's {unedited.perplexity:.1f}.")
+    return None
+
+
+def health_warnings(unedited: Health, edited: Health) -> list[str]:
+    """Drift warnings: perplexity more than PERPLEXITY_WARNING x, retention below RETENTION_WARNING x the unedited's."""
+    collapsed = collapse_message(unedited, edited)
+    if collapsed:
+        return [collapsed]
+    warnings = []
+    if edited.perplexity > PERPLEXITY_WARNING * unedited.perplexity:
+        warnings.append(f"Perplexity on held-out text rose from {unedited.perplexity:.2f} to {edited.perplexity:.2f} "
+                        f"(x{edited.perplexity / unedited.perplexity:.2f}, more than x{PERPLEXITY_WARNING:.2f}): "
+                        "the edits are changing how the model writes ordinary text.")
+    if edited.retention < RETENTION_WARNING * unedited.retention:
+        warnings.append(f"Only {edited.retention:.0f}% of the probe facts the model knew are still answered "
+                        f"(unedited: {unedited.retention:.0f}%, warning below {RETENTION_WARNING:.0%} of that): "
+                        "the edits are overwriting unrelated knowledge.")
+    return warnings
+
+
+@dataclass
+class HealthReport:
+    """Health before and after a ledger's edits, with the drift warnings (what the app shows)."""
+
+    unedited: Health
+    edited: Health | None  # None when the ledger is empty
+    edits: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def perplexity_ratio(self) -> float | None:
+        return None if self.edited is None else self.edited.perplexity / self.unedited.perplexity
+
+    @property
+    def collapsed(self) -> str | None:
+        return None if self.edited is None else collapse_message(self.unedited, self.edited)
+
+    def to_dict(self) -> dict:
+        return {
+            "unedited": self.unedited.to_dict(),
+            "edited": None if self.edited is None else self.edited.to_dict(),
+            "edits": self.edits,
+            "perplexity_ratio": self.perplexity_ratio,
+            "collapsed": self.collapsed,
+            "warnings": list(self.warnings),
+            "thresholds": {"perplexity_warning": PERPLEXITY_WARNING, "retention_warning": RETENTION_WARNING,
+                           "collapse_ratio": COLLAPSE_RATIO},
+        }
+
+
+_CACHE: OrderedDict[tuple, Health] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_LIMIT = 64
+
+
+def _cached(key: tuple, compute) -> Health:
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    value = compute()
+    with _CACHE_LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > _CACHE_LIMIT:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def model_health(
+    loaded: LoadedModel,
+    ledger: EditLedger | None = None,
+    progress: Progress | None = None,
+    *,
+    corpus: str | Corpus = WIKIPEDIA,
+    probes: list[KnownFact] | None = None,
+) -> HealthReport:
+    """Perplexity and retention before and after `ledger`'s edits, with drift warnings; cached per ledger state.
+
+    The probe set leaves out facts about the ledger's subjects. Call with no ledger applied.
+    """
+    if edits_applied(loaded):
+        raise LocusError("model_health measures the unedited model itself: call it outside `ledger.applied`.")
+    corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
+    texts = held_out_texts(corpus)
+    ledger = ledger if ledger is not None and len(ledger) else None
+    if probes is None:
+        probes = probe_facts(loaded, [request.subject for request in ledger.requests] if ledger else ())
+    base = (model_key(loaded), corpus.digest, tuple(fact.known_id for fact in probes))
+    unedited = _cached(base, lambda: measure_health(loaded, probes, texts, stage(progress, 0.0, 0.5 if ledger else 1.0)))
+    if ledger is None:
+        if progress is not None:
+            progress(1.0, "model health measured")
+        return HealthReport(unedited, None, 0)
+
+    def edited_health() -> Health:
+        with ledger.applied(loaded):
+            return measure_health(loaded, probes, texts, stage(progress, 0.5, 1.0))
+
+    edited = _cached(base + tuple(batch.batch_id for batch in ledger), edited_health)
+    if progress is not None:
+        progress(1.0, "model health measured")
+    return HealthReport(unedited, edited, len(ledger.requests), health_warnings(unedited, edited))
