@@ -145,11 +145,13 @@ def devset_path(model: str) -> Path:
     return ASSETS / f"devset_{model}.json"
 
 
-def write_devset(records: list[CounterFactRecord], path: Path, model_name: str) -> Path:
+def write_devset(
+    records: list[CounterFactRecord], path: Path, model_name: str, description: str | None = None, attribution: str = ATTRIBUTION
+) -> Path:
     """Write the records with their attribution (atomically)."""
     payload = {
-        "description": f"Dev set for {model_name}: {len(records)} CounterFact-format records of facts the model knows.",
-        "attribution": ATTRIBUTION,
+        "description": description or f"Dev set for {model_name}: {len(records)} CounterFact-format records of facts the model knows.",
+        "attribution": attribution,
         "records": [record.to_dict() for record in records],
     }
     temporary = path.with_suffix(".tmp")
