@@ -1,10 +1,12 @@
-"""Command line: `python -m editor {stats,evaluate,sweep,edit,devset} ...`."""
+"""Command line: `python -m editor {stats,evaluate,sweep,edit,devset,lifelong-set,sequential} ...`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
+from pathlib import Path
 
 from core.cli import (
     add_model_arguments,
@@ -14,6 +16,7 @@ from core.cli import (
     run_parsed,
     worker_pool,
     write_json,
+    write_text,
 )
 from core.errors import InputError
 from editor.hparams import METHODS, default_hparams
@@ -200,6 +203,76 @@ def command_devset(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_lifelong_set(arguments: argparse.Namespace) -> int:
+    from editor.lifelong import (
+        build_lifelong_set,  # lazy: torch and transformers (~3 s); --help must stay instant
+    )
+
+    if not 1 <= arguments.max_records <= 20_000:
+        raise InputError("--max-records must be between 1 and 20,000.")
+    path, records = build_lifelong_set(arguments.out, max_records=arguments.max_records)
+    print(f"wrote {len(records)} records to {path}")
+    return 0
+
+
+def command_sequential(arguments: argparse.Namespace) -> int:
+    from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
+    from editor.counterfact import load_records
+    from editor.figures import sequential_html
+    from editor.ledger import EditLedger
+    from editor.sequential import SequentialRun, record_chunks, run_sequential
+
+    records = load_records(arguments.data)  # malformed records are reported before the model loads
+    record_chunks(records, arguments.batch_size, arguments.batches)
+    if arguments.resume and not (arguments.out and arguments.ledger_out):
+        raise InputError("--resume needs --out and --ledger-out (the run's JSON and its ledger).")
+    if not arguments.collapse_ratio > 1:
+        raise InputError("--collapse-ratio must be above 1.")
+    compare = [json.loads(Path(path).read_text()) for path in arguments.compare or []]
+    loaded = load_from_arguments(arguments)
+    hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
+    overrides = {"nullspace_threshold": arguments.nullspace_threshold, "alphaedit_l2": arguments.l2}
+    hparams = hparams.replace(**{key: value for key, value in overrides.items() if value is not None})
+    settings = {"data": Path(arguments.data).name, "records": len(records), "batch_size": arguments.batch_size,
+                "batches": arguments.batches, "method": hparams.method, "layers": list(hparams.layers),
+                "model": loaded.name, "collapse_ratio": arguments.collapse_ratio, "hparams": hparams.to_dict(),
+                "label": arguments.label or hparams.method}
+    run, ledger = None, None
+    if arguments.resume and Path(arguments.out).is_file() and Path(arguments.ledger_out).is_file():
+        run = SequentialRun.from_dict(json.loads(Path(arguments.out).read_text()))
+        ledger = EditLedger.load(arguments.ledger_out, loaded)
+        mismatch = [key for key in ("data", "batch_size", "method", "layers") if run.settings.get(key) != settings[key]]
+        if mismatch:
+            raise InputError(f"--resume: {arguments.out} was a run with other settings ({', '.join(mismatch)}).")
+        run.batches = run.batches[: len(ledger)]  # a batch whose ledger was not written is done again
+        print(f"resuming after batch {len(ledger)}")
+
+    def save(current, kept) -> None:
+        if arguments.ledger_out:
+            kept.save(arguments.ledger_out)
+        if arguments.out:
+            write_json(arguments.out, current.to_dict())
+        row = current.batches[-1]
+        print(f"batch {row['batch']}: {row['edits']} edits, ES {row['ES']:.1f} PS {row['PS']:.1f} NS {row['NS']:.1f}, "
+              f"perplexity x{row['perplexity_ratio']:.3f}, retention {row['retention']:.0f}%, {row['seconds']:.0f} s", flush=True)
+
+    report, close = tqdm_progress(f"sequential {hparams.method}")
+    try:
+        run, ledger = run_sequential(loaded, records, hparams, arguments.batch_size, arguments.batches, run=run, ledger=ledger,
+                                     collapse_ratio=arguments.collapse_ratio, settings=settings, on_batch=save, progress=report)
+    finally:
+        close()
+    print(run.table())
+    if arguments.out:
+        write_json(arguments.out, run.to_dict())
+    if arguments.html:
+        print(f"wrote {write_text(arguments.html, sequential_html([run.to_dict()] + compare))}")
+    if run.stopped:
+        print(f"The run stopped early. The last healthy ledger ({len(ledger)} batch(es))"
+              + (f" is in {arguments.ledger_out}." if arguments.ledger_out else " was not saved (use --ledger-out)."))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m editor", description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -266,6 +339,34 @@ def build_parser() -> argparse.ArgumentParser:
     devset.add_argument("--max-records", type=int, default=130, help="at most this many records (default 130)")
     add_model_arguments(devset)
     devset.set_defaults(handler=command_devset)
+
+    lifelong = commands.add_parser("lifelong-set", help="rebuild the lifelong set of CounterFact records for sequential editing")
+    lifelong.add_argument("--out", default=None, help="default: assets/lifelong_counterfact.json")
+    lifelong.add_argument("--max-records", type=int, default=1100, help="at most this many records (default 1,100)")
+    lifelong.set_defaults(handler=command_lifelong_set)
+
+    sequential = commands.add_parser(
+        "sequential", help="edit batch after batch on top of the earlier ones, measuring quality and model health after each"
+    )
+    sequential.add_argument("--data", required=True, help="CounterFact-format JSON, e.g. assets/lifelong_counterfact.json")
+    sequential.add_argument("--batch-size", type=int, default=100, help="edits per batch (default 100)")
+    sequential.add_argument("--batches", type=int, default=10, help="number of batches (default 10)")
+    sequential.add_argument("--method", default="alphaedit", choices=["memit", "alphaedit"])
+    sequential.add_argument("--layers", default=None, help="e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
+    sequential.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help="MEMIT's lambda (default: the family's)")
+    sequential.add_argument("--nullspace-threshold", type=float, default=None, help="AlphaEdit: eigenvalues of C below this are free")
+    sequential.add_argument("--l2", type=float, default=None, help="AlphaEdit's ridge term (default 10)")
+    sequential.add_argument("--tokens", type=int, default=None, help="covariance token budget")
+    sequential.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
+    sequential.add_argument("--collapse-ratio", type=float, default=2.0, help="stop when perplexity exceeds this x the unedited's")
+    sequential.add_argument("--out", default=None, help="write the curves as JSON here (after every batch)")
+    sequential.add_argument("--ledger-out", default=None, help="save the last healthy ledger here (after every batch)")
+    sequential.add_argument("--resume", action="store_true", help="continue the run in --out / --ledger-out")
+    sequential.add_argument("--html", default=None, help="write an HTML page with the curves")
+    sequential.add_argument("--compare", action="append", help="another run's JSON to plot beside this one (repeatable)")
+    sequential.add_argument("--label", default=None, help="this run's name in the plot (default: the method)")
+    add_model_arguments(sequential)
+    sequential.set_defaults(handler=command_sequential)
     return parser
 
 

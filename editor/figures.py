@@ -1,10 +1,13 @@
-"""Figures of edits (plotly only, in the style of `tracer.figures`): how each new fact was learned."""
+"""Figures of edits (plotly only, in the style of `tracer.figures`): how each new fact was learned, and the
+curves of a sequential (lifelong) editing run."""
 
 from __future__ import annotations
 
+import html
+
 import plotly.graph_objects as go
 
-from tracer.figures import FONT, empty_figure
+from tracer.figures import FONT, empty_figure, figures_html
 
 LOSS_CAPTION = (
     "Each line is one requested edit: the loss of its new object at each optimisation step of the target "
@@ -27,3 +30,98 @@ def loss_figure(curves: dict[str, list[float]]) -> go.Figure:
         legend=dict(orientation="h", y=-0.25), meta={"caption": LOSS_CAPTION},
     )
     return figure
+
+
+# --- sequential editing ---------------------------------------------------------------------------
+
+METRIC_COLORS = {"ES": "#1e88e5", "PS": "#8e24aa", "NS": "#43a047"}
+RUN_DASHES = ("solid", "dash", "dot", "dashdot")
+SEQUENTIAL_CAPTIONS = {
+    "scores": (
+        "After each batch, over every fact edited so far: ES = share of edited prompts where the new answer now beats "
+        "the old one, PS = the same for reworded prompts, NS = share of prompts about other subjects that still give "
+        "their own answer. Flat lines near the top mean earlier edits survive the later ones."
+    ),
+    "perplexity": (
+        "How surprised the edited model is by ordinary Wikipedia text it never saw while editing, as a multiple of "
+        "the unedited model (1 = unchanged). Above the dotted line at 1.1 the edits are changing the model's "
+        "language; above 2 the model counts as broken and the run stops."
+    ),
+    "retention": (
+        "Share of 100 facts the unedited model knew, none of them edited, that the edited model still answers "
+        "with the right first word."
+    ),
+    "norms": (
+        "Size of each edited weight matrix relative to the original (1 = unchanged). A steady climb is the usual "
+        "sign that sequential edits are piling up towards a collapse."
+    ),
+}
+
+
+def _run_label(run: dict) -> str:
+    settings = run.get("settings", {})
+    return str(settings.get("label") or settings.get("method", "run")).replace("alphaedit", "AlphaEdit").replace("memit", "MEMIT")
+
+
+def _sequential_layout(figure: go.Figure, title: str, caption: str, x_title: str, y_title: str, **axis) -> go.Figure:
+    figure.update_layout(
+        title=dict(text=title, x=0.02, font=dict(size=16)),
+        xaxis=dict(title=x_title, rangemode="tozero"),
+        yaxis=dict(title=y_title, **axis),
+        height=360, margin=dict(l=10, r=10, t=56, b=50), plot_bgcolor="white", paper_bgcolor="white", font=FONT,
+        legend=dict(orientation="h", y=-0.22), meta={"caption": caption},
+    )
+    return figure
+
+
+def _curve(run: dict, value) -> tuple[list[int], list[float | None]]:
+    """Edits so far (0 = unedited) and `value(row)` for the unedited model and each batch."""
+    rows = [run["unedited"]] + list(run.get("batches", []))
+    return [row.get("edits", 0) for row in rows], [value(row) for row in rows]
+
+
+def sequential_figures(runs: list[dict]) -> list[go.Figure]:
+    """Curves of one or more sequential runs (their JSON form): scores, perplexity, retention, matrix norms."""
+    if not runs or not any(run.get("batches") for run in runs):
+        return [empty_figure("No batch finished yet.", height=300)]
+    scores, perplexity, retention, norms = go.Figure(), go.Figure(), go.Figure(), go.Figure()
+    for number, run in enumerate(runs):
+        label, dash = _run_label(run), RUN_DASHES[number % len(RUN_DASHES)]
+        for metric, color in METRIC_COLORS.items():
+            x, y = _curve(run, lambda row, metric=metric: row.get(metric))
+            scores.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{metric} ({label})", line=dict(color=color, dash=dash)))
+        x, y = _curve(run, lambda row: row.get("perplexity_ratio", 1.0))
+        perplexity.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, line=dict(color="#c62828", dash=dash)))
+        x, y = _curve(run, lambda row: row.get("retention"))
+        retention.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, line=dict(color="#6a3d9a", dash=dash)))
+        for layer in run["batches"][0]["norm_growth"] if run.get("batches") else []:
+            x, y = _curve(run, lambda row, layer=layer: row.get("norm_growth", {}).get(layer, 1.0))
+            norms.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"layer {layer} ({label})", line=dict(dash=dash)))
+    perplexity.add_hline(y=1.1, line=dict(color="#9e9e9e", dash="dot"))
+    perplexity.add_hline(y=2.0, line=dict(color="#c62828", dash="dot"))
+    return [
+        _sequential_layout(scores, "Edit success over all edits so far", SEQUENTIAL_CAPTIONS["scores"], "edits so far",
+                           "percent", range=[0, 100]),
+        _sequential_layout(perplexity, "Perplexity on held-out text (x unedited)", SEQUENTIAL_CAPTIONS["perplexity"],
+                           "edits so far", "x unedited", rangemode="tozero"),
+        _sequential_layout(retention, "Known facts kept", SEQUENTIAL_CAPTIONS["retention"], "edits so far", "percent",
+                           range=[0, 100]),
+        _sequential_layout(norms, "Norm of each edited matrix (x original)", SEQUENTIAL_CAPTIONS["norms"], "edits so far",
+                           "x original"),
+    ]
+
+
+def sequential_html(runs: list[dict]) -> str:
+    """One offline HTML page with the curves of sequential runs and what each run was."""
+    items = []
+    for run in runs:
+        settings, last = run.get("settings", {}), (run.get("batches") or [{}])[-1]
+        items.append(
+            f"<li><b>{html.escape(_run_label(run))}</b>: {len(run.get('batches', []))} batch(es) of "
+            f"{settings.get('batch_size', '?')} on {html.escape(str(settings.get('model', '')))}, layers "
+            f"{html.escape(str(settings.get('layers', '')))}; {last.get('edits', 0)} edits in "
+            f"{last.get('elapsed_seconds', 0.0) / 60:.0f} min."
+            + (f" <i>{html.escape(run['stopped'])}</i>" if run.get("stopped") else "") + "</li>"
+        )
+    intro = f"<p>Facts edited batch after batch, each batch on top of the earlier ones.</p><ul>{''.join(items)}</ul>"
+    return figures_html("Sequential editing", intro, sequential_figures(runs))
