@@ -1,0 +1,248 @@
+"""Lifelong editing: compact ledger with exact undo, AlphaEdit's sequential state, held-out text, health, collapse."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from core.errors import InputError, LocusError
+from core.facts import KnownFact, load_known_facts
+from core.loading import from_parts
+from core.tokens import target_token_ids
+from editor.cli import main
+from editor.corpus import HELD_OUT_TEXTS, load_corpus
+from editor.counterfact import load_records
+from editor.covariance import collect_second_moments, layer_covariances
+from editor.health import (
+    Health,
+    collapse_message,
+    health_warnings,
+    held_out_texts,
+    model_health,
+    perplexity,
+    probe_facts,
+    retention,
+)
+from editor.hparams import MemitHyperParams, default_hparams
+from editor.ledger import EditLedger
+from editor.lifelong import (
+    LIFELONG_FILE,
+    build_lifelong_records,
+    rewrite_cases,
+    sentence_cases,
+    split_sentence,
+)
+from editor.memit import compute_memit
+from editor.requests import EditRequest
+from editor.sequential import run_sequential
+from tests.tiny_models import tiny_model
+
+HPARAMS = MemitHyperParams(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)
+BATCHES = [
+    [EditRequest("Eiffel Tower", "The {} is in", "Rome"), EditRequest("Louvre", "The {} is in", "Berlin")],
+    [EditRequest("Colosseum", "{} is in", "London"), EditRequest("Big Ben", "{} is in", "Tokyo")],
+    [EditRequest("Danielle Darrieux", "The mother tongue of {} is", "English")],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tokenizer):
+    """A private tiny model (these tests change and restore its weights many times)."""
+    return from_parts(tiny_model("llama"), tokenizer, spec="tiny-llama-lifelong")
+
+
+@pytest.fixture(scope="module")
+def three_batches(tiny_llama):
+    """Three MEMIT batches, each computed on the model with the earlier ones applied."""
+    covariances = layer_covariances(tiny_llama, [1, 2], HPARAMS.cov_tokens)
+    ledger = EditLedger.for_model(tiny_llama)
+    for requests in BATCHES:
+        ledger.add(compute_memit(tiny_llama, requests, HPARAMS, ledger=ledger if len(ledger) else None,
+                                 covariances=covariances), tiny_llama)
+    return list(ledger)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """1,000 short texts: large enough to hold the last 200 out."""
+    path = tmp_path_factory.mktemp("corpus") / "texts.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Text number {i} is about the city of {['Paris', 'Rome', 'Oslo'][i % 3]}."}) + "\n"
+                            for i in range(1000)))
+    return path
+
+
+def weights_of(loaded, layers=(1, 2)):
+    return {layer: loaded.layout.output_projection_weight(loaded.model, layer).detach().clone() for layer in layers}
+
+
+def test_undo_of_a_middle_batch_restores_the_weights_bit_for_bit(tiny_llama, three_batches, tmp_path):
+    first, middle, last = three_batches
+    original = weights_of(tiny_llama)
+    layout = tiny_llama.layout
+    for batch in three_batches:  # stored as factors: rank = requests, (d + m) numbers per edit and layer
+        for layer in batch.deltas:
+            stored = batch.deltas.stored(layer)
+            assert stored.rank == len(batch)
+            assert stored.nbytes == 4 * len(batch) * (layout.hidden_size + layout.mlp_size)
+    ledger = EditLedger.for_model(tiny_llama)
+    for batch in three_batches:
+        ledger.add(batch, tiny_llama)
+    with ledger.applied(tiny_llama):
+        assert all(torch.equal(weights_of(tiny_llama)[layer],
+                               ((original[layer] + first.deltas[layer]) + middle.deltas[layer]) + last.deltas[layer])
+                   for layer in (1, 2))
+    ledger.undo(middle.batch_id)
+    expected = {layer: (original[layer] + first.deltas[layer]) + last.deltas[layer] for layer in (1, 2)}
+    fresh = EditLedger.for_model(tiny_llama)  # no cache: built from the originals
+    fresh.add(first)
+    fresh.add(last)
+    for candidate in (ledger, ledger, fresh):  # rebuilt after the undo, then from the cache, then from scratch
+        with candidate.applied(tiny_llama):
+            assert all(torch.equal(weights_of(tiny_llama)[layer], expected[layer]) for layer in (1, 2))
+    assert all(torch.equal(weights_of(tiny_llama)[layer], original[layer]) for layer in (1, 2))
+    loaded = EditLedger.load(ledger.save(tmp_path / "edits.safetensors"), tiny_llama)
+    assert [batch.deltas.stored(1).rank for batch in loaded] == [len(first), len(last)]
+    with loaded.applied(tiny_llama):
+        assert all(torch.equal(weights_of(tiny_llama)[layer], expected[layer]) for layer in (1, 2))
+    assert ledger.nbytes()["cache"] == sum(4 * layout.hidden_size * layout.mlp_size for _ in (1, 2))
+
+
+def test_sequential_alphaedit_keeps_earlier_edits_keys_out_of_its_update(tiny, tmp_path):
+    loaded = tiny("llama")
+    covariances = layer_covariances(loaded, [2], 300)
+    values, vectors = torch.linalg.eigh(covariances.covariances[2])
+    threshold = float(values[len(values) // 2])  # half the directions preserved, half free
+    # the tiny model's keys are small: the ridge term must be smaller still for the keys to count
+    hparams = MemitHyperParams(layers=(2,), cov_tokens=300, steps=8, prefix_starts=(), method="alphaedit",
+                               nullspace_threshold=threshold, alphaedit_l2=1e-8)
+    first = compute_memit(loaded, BATCHES[0] + BATCHES[2], hparams, covariances=covariances)
+    ledger = EditLedger.for_model(loaded)
+    ledger.add(first, loaded)
+    old_keys = first.keys[2].double()
+    assert torch.equal(ledger.key_grams([2])[2], old_keys.T @ old_keys)
+
+    def leaks(batch) -> float:
+        """How much the update moves the earlier edits' outputs, relative to what it writes for its own keys."""
+        delta = batch.deltas[2].double()
+        return float((delta @ old_keys.T).norm() / (delta @ batch.keys[2].double().T).norm())
+
+    second = compute_memit(loaded, BATCHES[1], hparams, ledger=ledger, covariances=covariances)
+    delta = second.deltas[2].double()
+    preserved = vectors[:, values >= threshold]
+    assert float((delta @ preserved).norm()) < 1e-6 * float(delta.norm())  # the update lives in C's null space
+    forgetful = EditLedger.for_model(loaded)  # the same first batch, without the keys AlphaEdit keeps
+    forgetful.add(dataclasses.replace(first, keys={}, batch_id="nokeys"), loaded)
+    unprotected = compute_memit(loaded, BATCHES[1], hparams, ledger=forgetful, covariances=covariances)
+    assert leaks(second) < 0.1 * leaks(unprotected)
+    # the per-ledger state follows the ledger exactly: add, undo, export/import, reset
+    before = ledger.key_grams([2])[2]
+    ledger.add(second, loaded)
+    both = torch.cat([old_keys, second.keys[2].double()])
+    assert torch.equal(ledger.key_grams([2])[2], both.T @ both)
+    assert torch.equal(EditLedger.load(ledger.save(tmp_path / "a.safetensors"), loaded).key_grams([2])[2], both.T @ both)
+    ledger.undo()
+    assert torch.equal(ledger.key_grams([2])[2], before)
+    ledger.reset()
+    assert ledger.key_grams([2]) == {}
+
+
+def test_held_out_texts_never_reach_the_covariance(tiny, small_corpus):
+    loaded = tiny("llama")
+    corpus = load_corpus(str(small_corpus))
+    assert corpus.held_out == HELD_OUT_TEXTS and corpus.held_out_texts() == corpus.texts[-HELD_OUT_TEXTS:]
+    state = collect_second_moments(loaded, corpus, [1], budget=10**9)  # a budget larger than the whole corpus
+    readable = corpus.texts[: len(corpus) - HELD_OUT_TEXTS]
+    assert state.next_text == len(readable)
+    assert state.tokens == sum(min(len(loaded.tokenizer(text)["input_ids"]), loaded.max_length) for text in readable)
+
+
+def test_perplexity_and_retention_are_what_they_say(embedded):
+    texts = held_out_texts()[:1]
+    total, count = 0.0, 0
+    for text in texts:
+        ids = torch.tensor([embedded.tokenizer(text)["input_ids"][:256]])
+        with torch.no_grad():
+            logits = embedded.model(ids).logits[0].float()
+        total += float(torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:], reduction="sum"))
+        count += ids.shape[1] - 1
+    value, tokens, finite = perplexity(embedded, texts)
+    assert finite and tokens == count and value == pytest.approx(math.exp(total / count), rel=1e-4)
+    probes = probe_facts(embedded, count=8)
+    assert len(probes) == 8 and len({fact.relation_id for fact in probes}) > 1
+    assert not {fact.subject for fact in probe_facts(embedded, [p.subject for p in probes[:5]], count=8)} & {p.subject for p in probes[:5]}
+    swapped = [dataclasses.replace(fact, attribute=probes[(i + 1) % 4].attribute) for i, fact in enumerate(probes[:4])]
+    kept = 0
+    for fact in probes + swapped:  # a plain greedy check of the first token
+        with torch.no_grad():
+            logits = embedded.model(torch.tensor([embedded.tokenizer(fact.prompt)["input_ids"]])).logits[0, -1]
+        kept += int(logits.argmax()) == target_token_ids(embedded.tokenizer, fact.attribute, prompt=fact.prompt)[0]
+    assert retention(embedded, probes + swapped) == (pytest.approx(100.0 * kept / 12), True)
+    assert retention(embedded, probes)[0] == 100.0  # facts the model knows keep their first token
+
+
+def test_health_thresholds_and_cache(tiny_llama, three_batches, small_corpus):
+    base = Health(perplexity=10.0, retention=100.0, finite=True, tokens=100, probes=100)
+    assert health_warnings(base, dataclasses.replace(base, perplexity=10.5, retention=95.0)) == []
+    drifted = health_warnings(base, dataclasses.replace(base, perplexity=11.5, retention=85.0))
+    assert len(drifted) == 2 and "x1.15" in drifted[0] and "85%" in drifted[1]
+    assert "collapsed" in collapse_message(base, dataclasses.replace(base, perplexity=25.0))
+    assert "non-finite" in collapse_message(base, dataclasses.replace(base, finite=False))
+    assert collapse_message(base, dataclasses.replace(base, perplexity=19.0)) is None
+    probes = [KnownFact(i, fact.subject, fact.attribute, fact.template, fact.prompt, fact.relation_id)
+              for i, fact in enumerate(load_known_facts()[:6])]
+    ledger = EditLedger.for_model(tiny_llama)
+    ledger.add(three_batches[0], tiny_llama)
+    report = model_health(tiny_llama, ledger, corpus=str(small_corpus), probes=probes)
+    assert report.edits == 2 and report.edited is not None and report.edited.perplexity != report.unedited.perplexity
+    again = model_health(tiny_llama, ledger, corpus=str(small_corpus), probes=probes)
+    assert again.edited is report.edited and again.unedited is report.unedited  # cached per ledger state
+    assert model_health(tiny_llama, None, corpus=str(small_corpus), probes=probes).edited is None
+    with ledger.applied(tiny_llama), pytest.raises(LocusError, match="outside"):
+        model_health(tiny_llama, ledger, corpus=str(small_corpus), probes=probes)
+
+
+def test_a_run_that_breaks_the_model_stops_and_keeps_the_last_healthy_ledger(embedded):
+    records = load_records(LIFELONG_FILE)[:2]
+    texts, probes = held_out_texts()[:3], probe_facts(embedded, count=8)
+    hparams = default_hparams(embedded.layout, layers=(4,), cov_tokens=2000, steps=2)
+    run, ledger = run_sequential(embedded, records, hparams, 1, 1, probes=probes, texts=texts)
+    assert run.stopped is None and len(ledger) == 1 and run.batches[0]["perplexity_ratio"] < 1.5
+    healthy = ledger.batches[0].batch_id
+    # an absurd edit: no covariance constraint (lambda ~ 0) and a target ~1,000x the hidden state's size
+    absurd = hparams.replace(mom2_weight=1e-6, clamp_norm=1e4, lr=1e3)
+    run, ledger = run_sequential(embedded, records, absurd, 1, 2, run=run, ledger=ledger, probes=probes, texts=texts)
+    assert "collapsed" in run.stopped and run.collapse["batch"] == 2
+    assert run.collapse["perplexity_ratio"] > 2 or not run.collapse["finite"]
+    assert len(run.batches) == 1 and [batch.batch_id for batch in ledger] == [healthy]
+
+
+def test_the_lifelong_set(tmp_path):
+    records = load_records(LIFELONG_FILE)
+    assert len(records) >= 1000 and len({record.case_id for record in records}) == len(records)
+    subjects = {record.subject for record in records}
+    for record in records:
+        assert record.paraphrase_prompts and record.neighborhood_prompts
+        before, after = record.prompt.split("{}")
+        neighbours = {prompt[len(before): len(prompt) - len(after)] for prompt in record.neighborhood_prompts}
+        assert not neighbours & subjects, record.case_id  # no neighbour is ever edited
+    assert split_sentence("The mother tongue of Danielle Darrieux is French", "The mother tongue of Danielle Darrieux is English",
+                          ["{} is", "The mother tongue of {} is"]) == ("The mother tongue of {} is", "Danielle Darrieux", "French", "English")
+    rewrites = rewrite_cases()[:60]
+    extra = sentence_cases(templates=sorted({case.template for case in rewrite_cases()}))[1000:1600]
+    rebuilt = build_lifelong_records(rewrites, extra, load_known_facts(), max_records=70)
+    assert len(rebuilt) == 70 and sum(int(record.case_id[3:]) < 60 for record in rebuilt) >= 40
+    assert [record.to_dict() for record in rebuilt[:10]] == [record.to_dict() for record in
+                                                            build_lifelong_records(rewrites, extra, load_known_facts(), max_records=70)[:10]]
+
+
+def test_sequential_refuses_bad_input_before_loading(capsys):
+    assert main(["sequential", "--data", str(LIFELONG_FILE), "--batch-size", "100", "--batches", "100"]) == 2
+    assert "need 10,000 records" in capsys.readouterr().err
+    assert main(["sequential", "--data", str(LIFELONG_FILE), "--batches", "0"]) == 2
+    assert main(["sequential", "--data", str(LIFELONG_FILE), "--resume"]) == 2
+    with pytest.raises(InputError):
+        run_sequential(None, load_records(LIFELONG_FILE)[:2], HPARAMS, 1, 3)
