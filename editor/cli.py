@@ -273,6 +273,23 @@ def command_sequential(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_sequential_plot(arguments: argparse.Namespace) -> int:
+    from editor.figures import sequential_html  # lazy: plotly (~1 s); --help must stay instant
+
+    runs = []
+    for path in arguments.runs:
+        if not Path(path).is_file():
+            raise InputError(f"The run file {path!r} does not exist.")
+        try:
+            runs.append(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as error:
+            raise InputError(f"{Path(path).name} is not valid JSON: {error.msg}.") from None
+        if not isinstance(runs[-1], dict) or "unedited" not in runs[-1] or "batches" not in runs[-1]:
+            raise InputError(f"{Path(path).name} is not the JSON of `python -m editor sequential --out`.")
+    print(f"wrote {write_text(arguments.html, sequential_html(runs))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m editor", description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -367,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     sequential.add_argument("--label", default=None, help="this run's name in the plot (default: the method)")
     add_model_arguments(sequential)
     sequential.set_defaults(handler=command_sequential)
+
+    plot = commands.add_parser("sequential-plot", help="one HTML page with the curves of sequential runs (their --out JSON)")
+    plot.add_argument("runs", nargs="+", help="JSON files written by `python -m editor sequential --out`")
+    plot.add_argument("--html", required=True, help="the HTML file to write")
+    plot.set_defaults(handler=command_sequential_plot)
     return parser
 
 

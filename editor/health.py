@@ -217,22 +217,57 @@ class HealthReport:
         }
 
 
-_CACHE: OrderedDict[tuple, Health] = OrderedDict()
+_CACHE: OrderedDict[tuple, tuple] = OrderedDict()  # perplexity and retention figures per (what, model, ..., ledger state)
 _CACHE_LOCK = threading.Lock()
-_CACHE_LIMIT = 64
+_CACHE_LIMIT = 256
 
 
-def _cached(key: tuple, compute) -> Health:
+def _remembered(key: tuple) -> tuple | None:
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    value = compute()
+    return None
+
+
+def _remember(key: tuple, value: tuple) -> None:
     with _CACHE_LOCK:
         _CACHE[key] = value
         while len(_CACHE) > _CACHE_LIMIT:
             _CACHE.popitem(last=False)
-    return value
+
+
+def _state_health(
+    loaded: LoadedModel, ledger: EditLedger | None, probes: list[KnownFact], corpus: Corpus, progress: Progress | None
+) -> Health:
+    """Health of the model with `ledger` applied (None: unedited); perplexity and retention cached apart.
+
+    Perplexity depends only on the ledger state; retention also on the probe set (cheap to redo).
+    """
+    state = tuple(batch.batch_id for batch in ledger) if ledger is not None else ()
+    model = model_key(loaded)
+    text_key = ("perplexity", model, corpus.digest, PERPLEXITY_TOKENS, state)
+    fact_key = ("retention", model, tuple((fact.prompt, fact.attribute) for fact in probes), state)
+    text, facts = _remembered(text_key), _remembered(fact_key)
+    if text is None or facts is None:
+        context = ledger.applied(loaded) if ledger is not None else loaded.lock
+        with context:
+            if text is None:
+                clock = time.perf_counter()
+                text = (*perplexity(loaded, held_out_texts(corpus), PERPLEXITY_TOKENS, stage(progress, 0.0, 0.9)),
+                        time.perf_counter() - clock)
+                _remember(text_key, text)
+            if facts is None:
+                clock = time.perf_counter()
+                facts = (*retention(loaded, probes, stage(progress, 0.9, 1.0)), time.perf_counter() - clock)
+                _remember(fact_key, facts)
+    value, tokens, finite_text, text_seconds = text
+    kept, finite_facts, fact_seconds = facts
+    return Health(value, kept, finite_text and finite_facts, tokens, len(probes), text_seconds + fact_seconds)
+
+
+def _ledger_subjects(ledger: EditLedger | None) -> list[str]:
+    return [request.subject for request in ledger.requests] if ledger is not None else []
 
 
 def model_health(
@@ -245,27 +280,42 @@ def model_health(
 ) -> HealthReport:
     """Perplexity and retention before and after `ledger`'s edits, with drift warnings; cached per ledger state.
 
-    The probe set leaves out facts about the ledger's subjects. Call with no ledger applied.
+    The probe set (default) leaves out facts about the ledger's subjects. Call with no ledger applied.
     """
     if edits_applied(loaded):
         raise LocusError("model_health measures the unedited model itself: call it outside `ledger.applied`.")
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
-    texts = held_out_texts(corpus)
     ledger = ledger if ledger is not None and len(ledger) else None
-    if probes is None:
-        probes = probe_facts(loaded, [request.subject for request in ledger.requests] if ledger else ())
-    base = (model_key(loaded), corpus.digest, tuple(fact.known_id for fact in probes))
-    unedited = _cached(base, lambda: measure_health(loaded, probes, texts, stage(progress, 0.0, 0.5 if ledger else 1.0)))
-    if ledger is None:
-        if progress is not None:
-            progress(1.0, "model health measured")
-        return HealthReport(unedited, None, 0)
-
-    def edited_health() -> Health:
-        with ledger.applied(loaded):
-            return measure_health(loaded, probes, texts, stage(progress, 0.5, 1.0))
-
-    edited = _cached(base + tuple(batch.batch_id for batch in ledger), edited_health)
+    probes = probes if probes is not None else probe_facts(loaded, _ledger_subjects(ledger))
+    unedited = _state_health(loaded, None, probes, corpus, stage(progress, 0.0, 0.5 if ledger else 1.0))
+    edited = _state_health(loaded, ledger, probes, corpus, stage(progress, 0.5, 1.0)) if ledger else None
     if progress is not None:
         progress(1.0, "model health measured")
+    if edited is None:
+        return HealthReport(unedited, None, 0)
     return HealthReport(unedited, edited, len(ledger.requests), health_warnings(unedited, edited))
+
+
+def health_history(
+    loaded: LoadedModel,
+    ledger: EditLedger,
+    progress: Progress | None = None,
+    *,
+    corpus: str | Corpus = WIKIPEDIA,
+    probes: list[KnownFact] | None = None,
+) -> list[HealthReport]:
+    """One HealthReport per batch of `ledger` (the model with batches 1..i applied), all with one probe set.
+
+    The probe set leaves out every subject of the ledger; perplexities already measured (by `model_health`
+    after each batch) come from the cache, so only retention is measured again.
+    """
+    if ledger is None or not len(ledger):
+        return []
+    probes = probes if probes is not None else probe_facts(loaded, _ledger_subjects(ledger))
+    reports = []
+    for count in range(1, len(ledger) + 1):
+        prefix = EditLedger(ledger.model, ledger.base_hashes)
+        prefix.batches = list(ledger.batches[:count])
+        reports.append(model_health(loaded, prefix, stage(progress, (count - 1) / len(ledger), count / len(ledger)),
+                                    corpus=corpus, probes=probes))
+    return reports

@@ -17,9 +17,11 @@ from editor.cli import main
 from editor.corpus import HELD_OUT_TEXTS, load_corpus
 from editor.counterfact import load_records
 from editor.covariance import collect_second_moments, layer_covariances
+from editor.figures import sequential_figures
 from editor.health import (
     Health,
     collapse_message,
+    health_history,
     health_warnings,
     held_out_texts,
     model_health,
@@ -40,6 +42,7 @@ from editor.memit import compute_memit
 from editor.requests import EditRequest
 from editor.sequential import run_sequential
 from tests.tiny_models import tiny_model
+from tracer.figures import figure_caption
 
 HPARAMS = MemitHyperParams(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)
 BATCHES = [
@@ -198,14 +201,20 @@ def test_health_thresholds_and_cache(tiny_llama, three_batches, small_corpus):
     ledger.add(three_batches[0], tiny_llama)
     report = model_health(tiny_llama, ledger, corpus=str(small_corpus), probes=probes)
     assert report.edits == 2 and report.edited is not None and report.edited.perplexity != report.unedited.perplexity
+    assert report.edited.tokens == report.unedited.tokens > 0 and report.edited.probes == 6
     again = model_health(tiny_llama, ledger, corpus=str(small_corpus), probes=probes)
-    assert again.edited is report.edited and again.unedited is report.unedited  # cached per ledger state
+    assert again.to_dict() == report.to_dict()  # cached per ledger state (a new measurement would take other seconds)
     assert model_health(tiny_llama, None, corpus=str(small_corpus), probes=probes).edited is None
+    ledger.add(three_batches[1], tiny_llama)
+    history = health_history(tiny_llama, ledger, corpus=str(small_corpus), probes=probes)
+    assert [item.edits for item in history] == [2, 4]
+    assert history[0].edited.perplexity == report.edited.perplexity  # the same ledger state: the cached perplexity
+    assert history[1].edited.perplexity != history[0].edited.perplexity
     with ledger.applied(tiny_llama), pytest.raises(LocusError, match="outside"):
         model_health(tiny_llama, ledger, corpus=str(small_corpus), probes=probes)
 
 
-def test_a_run_that_breaks_the_model_stops_and_keeps_the_last_healthy_ledger(embedded):
+def test_a_run_that_breaks_the_model_stops_and_keeps_the_last_healthy_ledger(embedded, tmp_path):
     records = load_records(LIFELONG_FILE)[:2]
     texts, probes = held_out_texts()[:3], probe_facts(embedded, count=8)
     hparams = default_hparams(embedded.layout, layers=(4,), cov_tokens=2000, steps=2)
@@ -218,6 +227,12 @@ def test_a_run_that_breaks_the_model_stops_and_keeps_the_last_healthy_ledger(emb
     assert "collapsed" in run.stopped and run.collapse["batch"] == 2
     assert run.collapse["perplexity_ratio"] > 2 or not run.collapse["finite"]
     assert len(run.batches) == 1 and [batch.batch_id for batch in ledger] == [healthy]
+    figures = sequential_figures([run.to_dict()])
+    assert [len(figure.data) for figure in figures] == [3, 1, 1, 1] and all(figure_caption(f) for f in figures)
+    assert figures[1].data[0].y == (1.0, run.batches[0]["perplexity_ratio"])
+    (tmp_path / "run.json").write_text(json.dumps(run.to_dict()))
+    assert main(["sequential-plot", str(tmp_path / "run.json"), "--html", str(tmp_path / "run.html")]) == 0
+    assert "Sequential editing" in (tmp_path / "run.html").read_text()
 
 
 def test_the_lifelong_set(tmp_path):
@@ -230,11 +245,12 @@ def test_the_lifelong_set(tmp_path):
         neighbours = {prompt[len(before): len(prompt) - len(after)] for prompt in record.neighborhood_prompts}
         assert not neighbours & subjects, record.case_id  # no neighbour is ever edited
     assert split_sentence("The mother tongue of Danielle Darrieux is French", "The mother tongue of Danielle Darrieux is English",
-                          ["{} is", "The mother tongue of {} is"]) == ("The mother tongue of {} is", "Danielle Darrieux", "French", "English")
+                          ["The mother tongue of {} is", "{} is"]) == ("The mother tongue of {} is", "Danielle Darrieux", "French", "English")
     rewrites = rewrite_cases()[:60]
     extra = sentence_cases(templates=sorted({case.template for case in rewrite_cases()}))[1000:1600]
     rebuilt = build_lifelong_records(rewrites, extra, load_known_facts(), max_records=70)
-    assert len(rebuilt) == 70 and sum(int(record.case_id[3:]) < 60 for record in rebuilt) >= 40
+    first = [int(record.case_id[3:]) < 60 for record in rebuilt]  # the rewrites first, then the top-up
+    assert len(rebuilt) == 70 and first == sorted(first, reverse=True) and sum(first) >= 30
     assert [record.to_dict() for record in rebuilt[:10]] == [record.to_dict() for record in
                                                             build_lifelong_records(rewrites, extra, load_known_facts(), max_records=70)[:10]]
 
@@ -244,5 +260,6 @@ def test_sequential_refuses_bad_input_before_loading(capsys):
     assert "need 10,000 records" in capsys.readouterr().err
     assert main(["sequential", "--data", str(LIFELONG_FILE), "--batches", "0"]) == 2
     assert main(["sequential", "--data", str(LIFELONG_FILE), "--resume"]) == 2
+    assert main(["sequential-plot", "missing.json", "--html", "x.html"]) == 2
     with pytest.raises(InputError):
         run_sequential(None, load_records(LIFELONG_FILE)[:2], HPARAMS, 1, 3)
