@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from core.errors import InputError, LocusError
 from core.facts import KnownFact, load_known_facts
@@ -30,7 +31,7 @@ from editor.health import (
     retention,
 )
 from editor.hparams import MemitHyperParams, default_hparams
-from editor.ledger import EditLedger
+from editor.ledger import METADATA_KEY, EditLedger
 from editor.lifelong import (
     LIFELONG_FILE,
     build_lifelong_records,
@@ -112,6 +113,12 @@ def test_undo_of_a_middle_batch_restores_the_weights_bit_for_bit(tiny_llama, thr
     with loaded.applied(tiny_llama):
         assert all(torch.equal(weights_of(tiny_llama)[layer], expected[layer]) for layer in (1, 2))
     assert ledger.nbytes()["cache"] == sum(4 * layout.hidden_size * layout.mlp_size for _ in (1, 2))
+    # a ledger file of format 1 (dense deltas) still loads and gives the same weights
+    old = {f"batch{i}.layer{layer}.{part}": tensor for i, batch in enumerate(ledger) for layer in batch.deltas
+           for part, tensor in (("delta", batch.deltas[layer]), ("keys", batch.keys[layer]))}
+    save_file(old, str(tmp_path / "old.safetensors"), metadata={METADATA_KEY: json.dumps({**ledger.to_dict(), "format": 1})})
+    with EditLedger.load(tmp_path / "old.safetensors", tiny_llama).applied(tiny_llama):
+        assert all(torch.equal(weights_of(tiny_llama)[layer], expected[layer]) for layer in (1, 2))
 
 
 def test_sequential_alphaedit_keeps_earlier_edits_keys_out_of_its_update(tiny, tmp_path):
