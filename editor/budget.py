@@ -15,21 +15,23 @@ BATCH_TEXTS = 512  # texts tokenized per call
 
 
 def corpus_tokens(loaded: LoadedModel, corpus: str | Corpus = "wikipedia", tokenizer: Any = None) -> int:
-    """Tokens the covariance pass can read from `corpus`: each text tokenized and cut to the model's context.
+    """Tokens the covariance pass can read from `corpus`: each text tokenized and cut to the model's context
+    (the held-out texts at the end of the corpus's order, kept for perplexity, are not counted).
 
     `tokenizer`: a copy of the model's tokenizer to use instead of `loaded.tokenizer` (the model itself
     is not run, so this may be called outside the thread that runs the model).
     """
     tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
-    path = cache_root() / "corpus_tokens" / f"{model_key(loaded)}-{corpus.digest}.json"
+    path = cache_root() / "corpus_tokens" / f"{model_key(loaded)}-{corpus.digest}-held{corpus.held_out}.json"
     try:
         return int(json.loads(path.read_text())["tokens"])
     except (OSError, ValueError, KeyError):
         pass
     total = 0
-    for start in range(0, len(corpus.texts), BATCH_TEXTS):
-        encoded = tokenizer(list(corpus.texts[start : start + BATCH_TEXTS]))["input_ids"]
+    readable = corpus.texts[: corpus.statistics_texts]
+    for start in range(0, len(readable), BATCH_TEXTS):
+        encoded = tokenizer(list(readable[start : start + BATCH_TEXTS]))["input_ids"]
         total += sum(min(len(ids), loaded.max_length) for ids in encoded)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from core.errors import InputError, LocusError
 from core.facts import KnownFact, load_known_facts
 from core.loading import from_parts
 from core.tokens import target_token_ids
+from editor.budget import corpus_tokens
 from editor.cli import main
 from editor.corpus import HELD_OUT_TEXTS, load_corpus
 from editor.counterfact import load_records
@@ -168,6 +169,7 @@ def test_held_out_texts_never_reach_the_covariance(tiny, small_corpus):
     readable = corpus.texts[: len(corpus) - HELD_OUT_TEXTS]
     assert state.next_text == len(readable)
     assert state.tokens == sum(min(len(loaded.tokenizer(text)["input_ids"]), loaded.max_length) for text in readable)
+    assert corpus_tokens(loaded, corpus) == state.tokens  # the budget check allows what the pass can read, no more
 
 
 def test_perplexity_and_retention_are_what_they_say(embedded):
