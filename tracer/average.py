@@ -224,8 +224,7 @@ def average_cache_path(loaded: LoadedModel, settings: TraceSettings) -> Path:
 def packaged_average_path(loaded: LoadedModel, settings: TraceSettings | None = None) -> Path | None:
     """The traces shipped in assets/ for these settings (embedded model only; None otherwise).
 
-    Rebuild: `python -m tracer average --kinds mlp --n N` (it fills the user cache, `average_cache_path`),
-    then copy that file's first N lines to this path.
+    Rebuild: `python -m tracer average --kinds mlp --n N --package` (`write_packaged`).
     """
     if loaded.spec != EMBEDDED_SPEC:
         return None
@@ -239,6 +238,21 @@ def cached_records(loaded: LoadedModel, settings: TraceSettings) -> dict[int, di
     records = read_records(packaged) if packaged is not None else {}
     records.update(read_records(average_cache_path(loaded, settings)))
     return records
+
+
+def write_packaged(loaded: LoadedModel, result: AverageResult) -> Path:
+    """Write the traces behind `result` (in its facts' order) to assets/ as the packaged averages; returns the path."""
+    path = packaged_average_path(loaded, result.settings)
+    if path is None:
+        raise InputError("Only the embedded model's averages ship in assets/.")
+    if result.settings.kinds != PACKAGED_KINDS or settings_key(result.settings) != settings_key(TraceSettings(kinds=PACKAGED_KINDS)):
+        raise InputError("The packaged averages are MLP-only traces with the default settings: run average --kinds mlp alone.")
+    records = cached_records(loaded, result.settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("".join(json.dumps(records[known_id]) + "\n" for known_id in result.known_ids))
+    temporary.replace(path)
+    return path
 
 
 def packaged_average(loaded: LoadedModel, settings: TraceSettings | None = None) -> AverageResult | None:

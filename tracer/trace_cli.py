@@ -97,6 +97,8 @@ def command_average(arguments: argparse.Namespace) -> int:
     from tracer.average import check_average_settings  # lazy: torch; --help must stay instant
 
     check_average_settings(settings)  # before the model load
+    if arguments.package and (arguments.model != "embedded" or settings.kinds != ("mlp",)):
+        raise InputError("--package writes the embedded model's MLP-only averages: use --kinds mlp without --model.")
     from core.progress import tqdm_progress  # lazy: torch (below); --help must stay instant
     from tracer.average import average_cache_path, average_traces
     from tracer.recommend import recommend_layers
@@ -118,6 +120,10 @@ def command_average(arguments: argparse.Namespace) -> int:
         print(f"  recommended R (width {recommendation.width}): layers {recommendation.layers}")
     if arguments.out:
         write_json(arguments.out, result.to_dict())
+    if arguments.package:
+        from tracer.average import write_packaged  # lazy: torch (above); --help must stay instant
+
+        print(f"wrote {result.n_facts} facts' traces to {write_packaged(loaded, result)} (the packaged averages)")
     return 0
 
 
@@ -165,6 +171,8 @@ def register_commands(subparsers) -> None:
     average.add_argument("--width", type=int, default=5, help="width of the recommended layer range R (default 5)")
     average.add_argument("--no-cache", action="store_true", help="recompute every fact instead of resuming from the cache")
     average.add_argument("--out", default=None, help="write the averages as JSON here")
+    average.add_argument("--package", action="store_true",
+                         help="embedded model, --kinds mlp: also write these traces to assets/ as the packaged averages")
     add_model_arguments(average)
     add_worker_arguments(average)
     average.set_defaults(handler=command_average)
