@@ -149,9 +149,18 @@ class WindowsResult:
         return list(max(scored, key=lambda window: (window.edit_score, -window.layers[-1], -window.layers[0])).layers)
 
     @property
+    def tied_best(self) -> list[list[int]]:
+        """Every measured window whose edit score equals the best one (the editing-best R first)."""
+        best = self.window(self.editing_best) if self.editing_best else None
+        if best is None:
+            return []
+        tied = [window.layers for window in self.windows if window.edit_score == best.edit_score and window.layers != best.layers]
+        return [list(best.layers), *tied]
+
+    @property
     def agree(self) -> bool:
-        """True when tracing recommends the window that edits best."""
-        return bool(self.editing_best) and self.editing_best == list(self.tracing_recommended)
+        """True when the window tracing recommends edits best (alone or tied with others)."""
+        return list(self.tracing_recommended) in self.tied_best
 
     def window(self, layers) -> WindowScore | None:
         return next((window for window in self.windows if window.layers == list(layers)), None)
@@ -171,11 +180,14 @@ class WindowsResult:
         top = self.window(best)
         text = f"Editing: R = {layers_text(best)} edits best (S {_number(top.S)}, ES {_number(top.ES)}, PS {_number(top.PS)}, " \
                f"NS {_number(top.NS)})."
+        if len(self.tied_best) > 1:
+            text += f" Tied with R = {', '.join(layers_text(layers) for layers in self.tied_best[1:])}."
         if not traced:
             return text + " " + (self.trace_note or "There is no tracing curve to compare with.")
         measured = self.window(self.tracing_recommended)
         if self.agree:
-            return text + f" Tracing recommends the same R = {traced}: they agree."
+            same = "the same R" if list(self.tracing_recommended) == best else f"R = {traced}, tied for the best"
+            return text + f" Tracing recommends {same}: they agree."
         if measured is None or measured.edit_score is None:
             return text + f" Tracing recommends R = {traced}, which was not edited here: compare by measuring it too."
         ranked = sorted((w for w in self.windows if w.edit_score is not None), key=lambda w: -w.edit_score)

@@ -139,3 +139,10 @@ def test_the_layers_command_refuses_bad_input_before_loading(arguments, message,
     assert main(["layers", "--data", str(DEVSET), *arguments]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1].startswith("error: ") and message in error[-1]
+
+
+def test_a_tie_for_the_best_window_counts_as_agreement():
+    windows = [WindowScore([0, 1], 90, 80, 70, 84.0), WindowScore([1, 2], 95, 85, 75, 84.0), WindowScore([2, 3], 60, 50, 90, 63.0)]
+    tied = _result(windows, [1, 2])
+    assert tied.editing_best == [0, 1] and tied.tied_best == [[0, 1], [1, 2]] and tied.agree
+    assert "Tied with R = 1-2" in tied.explanation() and "they agree" in tied.explanation()
