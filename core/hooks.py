@@ -65,6 +65,19 @@ def forward_hooks(model: nn.Module, hooks: Mapping[str, Callable[..., Any]], *, 
 
 
 @contextmanager
+def forward_pre_hooks(model: nn.Module, hooks: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
+    """Register pre-hooks {module name: hook(module, args)} that may change a module's input in place; removed on any exit."""
+    handles = []
+    try:
+        for name, hook in hooks.items():
+            handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def capture_outputs(model: nn.Module, names: list[str], *, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
     """Record the hidden-state output of each named module during the forward passes in the block."""
     recorded: dict[str, torch.Tensor] = {}

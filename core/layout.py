@@ -29,6 +29,7 @@ class FamilyLayout:
     attention: str
     mlp: str
     mlp_output_projection: str
+    attention_output_projection: str | None = None  # its input is the heads' outputs side by side (head-level traces)
     output_projection_transposed: bool = False  # GPT-2's Conv1D stores W as (m, d)
     final_projection: str | None = None  # OPT's project_out
     logit_softcap_config: str | None = None  # config attribute of a final tanh soft-cap
@@ -48,6 +49,7 @@ def _llama_like(family: str, model_types: tuple[str, ...], examples: str, **chan
         attention="self_attn",
         mlp="mlp",
         mlp_output_projection="mlp.down_proj",
+        attention_output_projection="self_attn.o_proj",
         examples=examples,
     )
     return dataclasses.replace(base, **changes)
@@ -64,6 +66,7 @@ FAMILY_LAYOUTS: tuple[FamilyLayout, ...] = (
         attention="attn",
         mlp="mlp",
         mlp_output_projection="mlp.c_proj",
+        attention_output_projection="attn.c_proj",
         output_projection_transposed=True,
         examples="GPT-2, GPT-2 XL",
     ),
@@ -77,6 +80,7 @@ FAMILY_LAYOUTS: tuple[FamilyLayout, ...] = (
         attention="attn",
         mlp="mlp",
         mlp_output_projection="mlp.fc_out",
+        attention_output_projection="attn.out_proj",
         parallel_attention_mlp=True,
         examples="GPT-J 6B",
     ),
@@ -90,6 +94,7 @@ FAMILY_LAYOUTS: tuple[FamilyLayout, ...] = (
         attention="attention",
         mlp="mlp",
         mlp_output_projection="mlp.dense_4h_to_h",
+        attention_output_projection="attention.dense",
         parallel_attention_mlp=True,
         examples="Pythia, GPT-NeoX 20B",
     ),
@@ -117,6 +122,7 @@ FAMILY_LAYOUTS: tuple[FamilyLayout, ...] = (
         attention="self_attn",
         mlp="fc2",  # OPT has no MLP module: fc2's output is the MLP output
         mlp_output_projection="fc2",
+        attention_output_projection="self_attn.out_proj",
         final_projection="model.decoder.project_out",
         examples="OPT 125M ... 66B",
     ),
@@ -148,6 +154,9 @@ class ModelLayout:
     vocab_size: int
     discovered: bool = False  # True when found by discovery rather than the family table
     mlp_output_norm: str | None = None  # set when a norm sits between the MLP output and the residual
+    attention_output_projection_path: str | None = None  # None: head-level traces are not available
+    num_heads: int = 0  # attention (query) heads per block; 0 when unknown
+    head_dim: int = 0  # width of one head's slice of the attention output projection's input
 
     def block(self, layer: int) -> str:
         """Name of decoder block `layer`; its output is the residual stream after the block."""
@@ -161,6 +170,22 @@ class ModelLayout:
 
     def mlp_output_projection(self, layer: int) -> str:
         return f"{self.block(layer)}.{self.mlp_output_projection_path}"
+
+    def attention_output_projection(self, layer: int) -> str:
+        """The module whose input holds the heads' outputs side by side: (rows, T, num_heads * head_dim)."""
+        if not self.supports_heads:
+            raise LayoutError(f"The attention output projection of {self.model_type!r} is not known: head-level traces are not available.")
+        return f"{self.block(layer)}.{self.attention_output_projection_path}"
+
+    @property
+    def supports_heads(self) -> bool:
+        return bool(self.attention_output_projection_path) and self.num_heads > 0 and self.head_dim > 0
+
+    def head_slice(self, head: int) -> slice:
+        """Columns of head `head` in the attention output projection's input (heads are side by side)."""
+        if not 0 <= head < self.num_heads:
+            raise IndexError(f"head {head} out of range: the model has {self.num_heads} heads per layer (0..{self.num_heads - 1})")
+        return slice(head * self.head_dim, (head + 1) * self.head_dim)
 
     def site(self, kind: str, layer: int) -> str:
         """Module whose output a trace of `kind` ("hidden", "mlp" or "attn") restores at `layer`."""
@@ -210,6 +235,8 @@ class ModelLayout:
             "blocks": self.blocks,
             "token_embedding": self.token_embedding,
             "mlp_output_projection": f"{self.blocks}.<l>.{self.mlp_output_projection_path}",
+            "attention_heads": self.num_heads,
+            "head_dim": self.head_dim,
             "discovered": self.discovered,
         }
 
@@ -278,6 +305,7 @@ def _build(model: nn.Module, entry: FamilyLayout, model_type: str, discovered: b
     vocab_size = head.weight.shape[0]
     config = getattr(model, "config", None)
     softcap = getattr(config, entry.logit_softcap_config, None) if entry.logit_softcap_config else None
+    heads_path, num_heads, head_dim = _heads(blocks[0], entry.attention_output_projection, config)
     return ModelLayout(
         family=entry.family,
         model_type=model_type,
@@ -298,13 +326,36 @@ def _build(model: nn.Module, entry: FamilyLayout, model_type: str, discovered: b
         vocab_size=int(vocab_size),
         discovered=discovered,
         mlp_output_norm=entry.mlp_output_norm if _find(blocks[0], entry.mlp_output_norm) is not None else None,
+        attention_output_projection_path=heads_path,
+        num_heads=num_heads,
+        head_dim=head_dim,
     )
+
+
+def _input_width(module: nn.Module) -> int | None:
+    """Input features of a projection: nn.Linear's in_features, GPT-2 Conv1D's nx (weight (in, out))."""
+    for name in ("in_features", "nx"):
+        value = getattr(module, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _heads(block: nn.Module, path: str | None, config) -> tuple[str | None, int, int]:
+    """(attention output projection path, heads, head width), or (None, 0, 0) when they cannot be told."""
+    projection = _find(block, path)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    width = _input_width(projection) if projection is not None else None
+    if projection is None or not isinstance(heads, int) or heads <= 0 or not width or width % heads:
+        return None, 0, 0
+    return path, heads, width // heads
 
 
 # --- discovery for models outside the table -----------------------------------------------------
 
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "ff")
 _NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
+_ATTENTION_OUTPUT_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "wo")
 
 
 def _name_of(model: nn.Module, target: nn.Module | None) -> str | None:
@@ -359,6 +410,10 @@ def _discover(model: nn.Module) -> FamilyLayout | str:
         return f"no output projection inside {blocks_name}.0.{mlp_name}"
     projection_name, projection = projections[-1]
     transposed = type(projection).__name__ == "Conv1D"
+    attention = block.get_submodule(attention_name)
+    attention_projections = [name for name, module in attention.named_modules() if _is_projection(module)]
+    named = [name for name in attention_projections if name.rsplit(".", 1)[-1] in _ATTENTION_OUTPUT_NAMES]
+    attention_output = (named or attention_projections[-1:] or [None])[0]
     final_norm = None
     block_prefix = blocks_name + "."
     for name, module in model.named_modules():
@@ -375,5 +430,6 @@ def _discover(model: nn.Module) -> FamilyLayout | str:
         attention=attention_name,
         mlp=mlp_name,
         mlp_output_projection=f"{mlp_name}.{projection_name}",
+        attention_output_projection=f"{attention_name}.{attention_output}" if attention_output else None,
         output_projection_transposed=transposed,
     )

@@ -1,4 +1,4 @@
-"""Command line: `python -m editor {stats,evaluate,sweep,edit,devset,lifelong-set,sequential} ...`."""
+"""Command line: `python -m editor {stats,evaluate,sweep,layers,edit,devset,lifelong-set,sequential,sequential-plot} ...`."""
 
 from __future__ import annotations
 
@@ -194,6 +194,48 @@ def command_sweep(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_layers(arguments: argparse.Namespace) -> int:
+    # lazy: torch and transformers (~3 s); --help must stay instant
+    from core.progress import tqdm_progress
+    from editor.counterfact import load_records
+    from editor.layers import layer_spans, layers_text
+    from editor.windows import measure_windows, parse_windows, windows_cache_path
+
+    records = load_records(arguments.data)  # malformed records are reported before the model loads
+    if arguments.limit is not None and arguments.limit < 1:
+        raise InputError("--limit must be at least 1.")
+    if arguments.width < 1:
+        raise InputError(f"--width must be at least 1, got {arguments.width}.")
+    if arguments.trace_facts < 1:
+        raise InputError(f"--trace-facts must be at least 1, got {arguments.trace_facts}.")
+    if arguments.windows.strip().lower() != "all":
+        layer_spans(arguments.windows)  # a typo fails before the model load
+    records = records[: arguments.limit] if arguments.limit else records
+    loaded = load_from_arguments(arguments)
+    windows = parse_windows(arguments.windows, loaded.layout.num_layers, arguments.width)
+    hparams = _hparams(arguments, loaded, windows[0])
+    print(f"{len(records)} records x {len(windows)} windows ({', '.join(layers_text(w) for w in windows[:6])}"
+          f"{', ...' if len(windows) > 6 else ''}); cache: {windows_cache_path(loaded, records, hparams)} (a restart continues)")
+    report, close = tqdm_progress("R by editing")
+    try:
+        result = measure_windows(loaded, records, windows, hparams, width=arguments.width, trace_facts=arguments.trace_facts,
+                                 use_cache=not arguments.no_cache, progress=report)
+    finally:
+        close()
+    print(result.table())
+    shown: set[str] = set()
+    for window in result.windows:  # a warning that only changes its numbers from window to window is shown once
+        for warning in window.warnings:
+            kind = re.sub(r"[-+.,\d]+", "#", warning)
+            if kind not in shown:
+                shown.add(kind)
+                print(f"warning (R = {layers_text(window.layers)}): {warning}")
+    print(f"{result.seconds:.0f} s ({result.cached_windows} window(s) from the cache; targets {result.target_seconds:.0f} s)")
+    if arguments.out:
+        write_json(arguments.out, result.to_dict())
+    return 0
+
+
 def command_devset(arguments: argparse.Namespace) -> int:
     from editor.devset import build_devset  # lazy: torch and transformers (~3 s); --help must stay instant
 
@@ -350,6 +392,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(sweep)
     add_worker_arguments(sweep)
     sweep.set_defaults(handler=command_sweep)
+
+    layers = commands.add_parser(
+        "layers", help="R measured by editing: edit the records at each window of layers, beside the tracing curve"
+    )
+    layers.add_argument("--data", required=True, help="CounterFact-format JSON (a list, or {records: [...]})")
+    layers.add_argument("--limit", type=int, default=None, help="only the first N records")
+    layers.add_argument("--width", type=int, default=5, help="layers per window for --windows all and the tracing R (default 5)")
+    layers.add_argument("--windows", default="all", help="all (every window of --width layers) or ranges, e.g. 1-5,2-6,10-14")
+    layers.add_argument("--trace-facts", type=int, default=20,
+                        help="known facts behind the averaged tracing curve (default 20; cached, packaged for the embedded model)")
+    layers.add_argument("--method", default="memit", choices=[method for method in METHODS if method != "rome"])
+    layers.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help="lambda (covariance weight)")
+    layers.add_argument("--tokens", type=int, default=None, help="covariance token budget")
+    layers.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
+    layers.add_argument("--no-cache", action="store_true", help="measure every window again (and do not write the cache)")
+    layers.add_argument("--out", default=None, help="write the windows as JSON here")
+    add_model_arguments(layers)
+    layers.set_defaults(handler=command_layers)
 
     devset = commands.add_parser("devset", help="rebuild the dev set of CounterFact records the model knows")
     devset.add_argument("--out", default=None, help="default: assets/devset_<model>.json")

@@ -89,3 +89,34 @@ def test_average_is_resumable_and_cached(embedded, tmp_path, monkeypatch):
 def test_average_rejects_bad_counts(embedded):
     with pytest.raises(InputError):
         average_traces(embedded, 0, TraceSettings(kinds=("hidden",), samples=1))
+
+
+def test_packaged_averages_serve_the_embedded_model(embedded):
+    """assets/ holds MLP traces of the first known facts under the default settings' key; they are read as a cache."""
+    from tracer.average import cached_records, packaged_average, packaged_average_path
+    from tracer.recommend import packaged_recommendation
+
+    settings = TraceSettings(kinds=("mlp",))
+    path = packaged_average_path(embedded, settings)
+    assert path is not None and path.is_file(), "the packaged averages' file name follows the settings key"
+    lines = path.read_text().splitlines()
+    average = packaged_average(embedded)
+    assert average.n_facts == len(lines) >= 20 and average.settings.kinds == ("mlp",)
+    known = [fact.known_id for fact in facts_model_knows(embedded)]
+    assert average.known_ids == known[: len(lines)]  # the first known facts, in order
+    assert set(average.known_ids) <= set(cached_records(embedded, settings))
+    recommendation = packaged_recommendation(embedded, width=5)
+    assert recommendation.source == "average" and len(recommendation.layers) == 5
+
+
+def test_settings_that_cannot_be_averaged_are_refused(embedded):
+    from tracer.average import check_average_settings
+
+    for settings, message in (
+        (TraceSettings(kinds=("heads",)), "not averaged"),
+        (TraceSettings(kinds=("mlp",), corruption="replace", replacement="Colosseum"), "replacement auto"),
+        (TraceSettings(kinds=("mlp",), metric="logit-diff", counterfactual_answer="Rome"), "leave the counterfactual"),
+    ):
+        with pytest.raises(InputError, match=message):
+            check_average_settings(settings)
+    check_average_settings(TraceSettings(kinds=("mlp",), corruption="replace", metric="logit-diff"))

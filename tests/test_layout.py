@@ -10,7 +10,7 @@ from torch import nn
 from core.errors import LayoutError
 from core.hooks import edit_outputs, hook_count, sequence_view
 from core.layout import FAMILY_LAYOUTS, resolve_layout
-from tests.tiny_models import LAYERS, MLP, WIDTH, tiny_model
+from tests.tiny_models import HEADS, LAYERS, MLP, WIDTH, tiny_model
 
 PROMPT = "The Eiffel Tower is located in the city of"
 
@@ -83,6 +83,42 @@ def test_final_logits_match_the_model(family, tiny):
     torch.testing.assert_close(recomputed, logits, rtol=1e-5, atol=1e-5)
 
 
+def test_heads_are_slices_of_the_attention_output_projection_input(family, tiny):
+    """The projection is the attention's last step (its input zeroed leaves only its bias), the input holds
+    num_heads slices of head_dim, and one head's slice changes the output on its own."""
+    from core.hooks import capture_inputs, capture_outputs, forward_pre_hooks
+
+    loaded = tiny(family)
+    model, layout = loaded.model, loaded.layout
+    assert (layout.num_heads, layout.head_dim) == (HEADS, WIDTH // HEADS) and layout.supports_heads
+    ids = _ids(loaded.tokenizer)
+    names = [layout.attention_output_projection(layer) for layer in range(LAYERS)]
+    assert all(name.startswith(layout.attention(layer) + ".") for layer, name in enumerate(names))
+
+    def zero(columns):
+        def hook(module, args):
+            sequence_view(args[0], 1, ids.shape[1])[..., columns] = 0.0
+
+        return hook
+
+    with torch.no_grad(), capture_inputs(model, names) as inputs:
+        clean = model(ids).logits
+    for name in names:
+        assert sequence_view(inputs[name], 1, ids.shape[1]).shape[-1] == layout.num_heads * layout.head_dim
+    attention = layout.attention(1)
+    with torch.no_grad(), forward_pre_hooks(model, {names[1]: zero(slice(None))}), capture_outputs(model, [attention]) as out:
+        model(ids)
+    bias = model.get_submodule(names[1]).bias
+    expected = torch.zeros(WIDTH) if bias is None else bias
+    torch.testing.assert_close(sequence_view(out[attention], 1, ids.shape[1])[0], expected.expand(ids.shape[1], WIDTH))
+    with torch.no_grad(), forward_pre_hooks(model, {names[1]: zero(layout.head_slice(2))}):
+        patched = model(ids).logits
+    assert not torch.allclose(patched, clean)
+    assert hook_count(model) == 0
+    with pytest.raises(IndexError, match="4 heads"):
+        layout.head_slice(HEADS)
+
+
 def test_layer_out_of_range_says_how_many_layers(tiny):
     with pytest.raises(IndexError, match="3 layers"):
         tiny("llama").layout.mlp(7)
@@ -98,6 +134,8 @@ def test_unknown_family_is_discovered():
     assert layout.discovered and layout.family == "discovered"
     assert layout.mlp_output_projection(1) == "model.layers.1.mlp.down_proj"
     assert layout.attention(0) == "model.layers.0.self_attn"
+    assert layout.attention_output_projection(0) == "model.layers.0.self_attn.o_proj"
+    assert (layout.num_heads, layout.head_dim) == (4, 8)
     assert layout.final_norm == "model.norm"
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad(), edit_outputs(model, {layout.mlp(0): lambda t: t * 0}):

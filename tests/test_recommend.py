@@ -97,3 +97,17 @@ def test_outlier_layers_are_flagged_against_the_median():
     flagged = flag_outliers(eigenvalues)
     assert list(flagged) == [2] and "outlier" in flagged[2]
     assert flag_outliers([1.0] * 6) == {}
+
+
+def test_a_weak_curve_is_said_to_be_weak():
+    weak = [0.0] * LAYERS
+    weak[4] = 0.05  # below 10% of high - low = 0.85
+    recommendation = recommend_layers(synthetic_trace(weak), width=3)
+    assert recommendation.warnings and recommendation.warnings[0].startswith("Weak signal")
+    assert "10%" in recommendation.warnings[0] and "Weak signal" in recommendation.explanation
+    strong = [0.0] * LAYERS
+    strong[4] = 0.09  # above 10% of 0.85
+    assert recommend_layers(synthetic_trace(strong), width=3).warnings == []
+    flat = synthetic_trace(strong)
+    flat.high = flat.low  # the corruption did not move the answer at all
+    assert "does not lower" in recommend_layers(flat, width=3).warnings[0]

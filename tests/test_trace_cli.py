@@ -22,6 +22,10 @@ EIFFEL = "The Eiffel Tower is located in the city of"
         (["trace", "--prompt", EIFFEL, "--subject", "Eiffel", "--kinds", "mlp,neurons"], "Unknown kind"),
         (["trace", "--prompt", EIFFEL, "--subject", "Eiffel", "--noise", "loud"], "Noise"),
         (["average", "--n", "0"], "--n must be"),
+        (["trace", "--prompt", EIFFEL, "--subject", "Eiffel", "--replacement", "Colosseum"], "only with the replace corruption"),
+        (["trace", "--prompt", EIFFEL, "--subject", "Eiffel", "--counterfactual-answer", "Rome"], "only by the logit-diff"),
+        (["average", "--kinds", "heads"], "not averaged"),
+        (["average", "--corruption", "replace", "--replacement", "Colosseum"], "replacement auto"),
     ],
 )
 def test_bad_input_is_one_plain_line(arguments, message, capsys):
@@ -45,3 +49,18 @@ def test_trace_command_writes_json_and_offline_html(tmp_path, capsys):
     assert result.fraction_done() == 1.0
     text = page.read_text()
     assert "Plotly.newPlot" in text and "<script src=" not in text and "Eiffel Tower" in text
+
+
+def test_trace_command_with_replacement_logit_difference_and_heads(tmp_path, capsys):
+    out = tmp_path / "heads.json"
+    code = main([
+        "trace", "--prompt", EIFFEL, "--subject", "Eiffel Tower", "--kinds", "heads", "--corruption", "replace",
+        "--replacement", "auto", "--metric", "logit-diff", "--device", "cpu", "--out", str(out),
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "logit difference logit(Paris) − logit(" in printed and "heads: strongest single head" in printed
+    data = json.loads(out.read_text())
+    assert data["metric"] == "logit-diff" and data["corruption"] == "replace" and len(data["replacements"]) == 1
+    result = TraceResult.from_dict(data)
+    assert result.head_matrix().shape == (9, 30) and result.fraction_done() == 1.0 and result.contrast_id != result.answer_id

@@ -106,3 +106,28 @@ def test_html_export_works_offline():
     assert page.startswith("<!doctype html>") and page.count("Plotly.newPlot") == 4
     assert not re.search(r"<script[^>]+src=", page)  # no CDN: plotly.js is inside the file
     assert len(page) > 1_000_000 and "Each square is one word" in page and "Eiffel Tower" in page
+
+
+def test_figures_name_the_metric_and_draw_heads():
+    result = synthetic_result()
+    result.settings = TraceSettings(kinds=("mlp", "heads"), metric="logit-diff", corruption="replace", head_positions="all")
+    result.contrast, result.replacements = " Rome", ["Colosseum"]
+    result.head_scores = [[0.1 * head + 0.01 * layer for layer in range(LAYERS)] for head in range(3)]
+    result.head_scores[1][2] = math.nan  # not computed yet
+    heatmap = trace_heatmap(result, "mlp").data[0]
+    assert heatmap.colorbar.title.text == "logit(Paris) − logit(Rome)"
+    assert "restored logit difference" in heatmap.hovertemplate and "probability" not in heatmap.hovertemplate
+    caption = figure_caption(trace_heatmap(result, "mlp"))
+    assert "replaced by 'Colosseum'" in caption and "logit difference" in caption and "noise" not in caption
+    figures = trace_figures(result)
+    assert set(figures) == {"hidden", "mlp", "attn", "heads"}
+    heads = figures["heads"].data[0]
+    assert list(heads.y) == ["head 0", "head 1", "head 2"] and len(heads.z[0]) == LAYERS and heads.z[1][2] is None
+    assert heads.colorbar.title.text == "logit(Paris) − logit(Rome)" and "restored logit difference" in heads.hovertemplate
+    assert "attention head" in figure_caption(figures["heads"]) and "at every word" in figure_caption(figures["heads"])
+    assert "every token" in figures["heads"].layout.xaxis.title.text
+    page = trace_html(result)
+    assert "logit(Paris) − logit(Rome)" in page and "Colosseum" in page and "noise samples" not in page
+    result.settings = TraceSettings(metric="logprob")
+    assert trace_heatmap(result, "hidden").data[0].colorbar.title.text == "log p(Paris)"
+    assert trace_heatmap(synthetic_result(), "hidden").data[0].colorbar.title.text == "p(Paris)"

@@ -3,10 +3,12 @@
 Each fact's trace is appended to a JSON-lines cache keyed by model and settings as soon as it
 finishes, so a restart continues where it stopped. Facts are traced here or, given a pool, on its
 workers (`trace_fact_record` is the per-fact work); either way the records are aggregated in the
-order of the chosen facts, so the numbers do not depend on who traced what. Aggregation is a plain
-function of those records. Token classes follow ROME's averages: a class with several tokens
-(middle subject tokens, further tokens) contributes every token as one sample; a token can be in
-two classes.
+order of the chosen facts, so the numbers do not depend on who traced what. For the embedded model,
+the MLP-only traces of the first known facts ship in assets/ (rebuild: see `packaged_average_path`)
+and serve as a read-only cache below the user's, so a fresh clone starts from averages. Aggregation
+is a plain function of those records. Token classes follow ROME's averages: a class with several
+tokens (middle subject tokens, further tokens) contributes every token as one sample; a token can be
+in two classes.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from pathlib import Path
 import numpy
 
 from core.distributed import WorkerPool
-from core.embedded import cache_root
+from core.embedded import EMBEDDED_SPEC, cache_root
 from core.errors import InputError
 from core.facts import KnownFact, facts_model_knows, model_key
-from core.layout import KINDS
+from core.kinds import HEADS, KINDS
 from core.loading import LoadedModel
 from core.progress import Progress
 from tracer.problem import TOKEN_CLASSES, TraceResult, TraceSettings, token_classes
@@ -33,6 +35,8 @@ from tracer.trace import trace, trace_stream
 
 Z_95 = 1.96
 AGGREGATE_SECONDS = 1.0  # a running average is recomputed at most this often (and after the last fact)
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+PACKAGED_KINDS = ("mlp",)  # the packaged averages: MLP-only traces with otherwise default settings
 
 
 @dataclass
@@ -196,14 +200,72 @@ def aggregate(records: list[dict], model: str, num_layers: int, settings: TraceS
 
 # --- the resumable cache ----------------------------------------------------------------------
 
+UNKEYED = ("engine", "answer", "occurrence", "counterfactual_answer")  # the same numbers, or not used by averages
+NEWER_DEFAULTS = {"corruption": "noise", "replacement": None, "metric": "prob", "head_positions": "last"}
+
+
 def settings_key(settings: TraceSettings) -> str:
-    """Short hash of everything that changes a fact's trace (not the engine: both give the same numbers)."""
-    relevant = {name: value for name, value in settings.to_dict().items() if name not in ("engine", "answer", "occurrence")}
+    """Short hash of everything that changes a fact's trace (not the engine: both give the same numbers).
+
+    Settings added later are left out at their defaults, so the caches of ROME's noise-and-probability
+    traces keep their names (and the averages packaged in assets/ stay valid).
+    """
+    relevant = {
+        name: value for name, value in settings.to_dict().items()
+        if name not in UNKEYED and not (name in NEWER_DEFAULTS and value == NEWER_DEFAULTS[name])
+    }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def average_cache_path(loaded: LoadedModel, settings: TraceSettings) -> Path:
     return cache_root() / "averages" / model_key(loaded) / f"traces-{settings_key(settings)}.jsonl"
+
+
+def packaged_average_path(loaded: LoadedModel, settings: TraceSettings | None = None) -> Path | None:
+    """The traces shipped in assets/ for these settings (embedded model only; None otherwise).
+
+    Rebuild: `python -m tracer average --kinds mlp --n N --package` (`write_packaged`).
+    """
+    if loaded.spec != EMBEDDED_SPEC:
+        return None
+    settings = settings or TraceSettings(kinds=PACKAGED_KINDS)
+    return ASSETS / "averages" / f"{model_key(loaded)}-traces-{settings_key(settings)}.jsonl"
+
+
+def cached_records(loaded: LoadedModel, settings: TraceSettings) -> dict[int, dict]:
+    """Finished fact records by known_id: the packaged ones (if any) under the user's cache."""
+    packaged = packaged_average_path(loaded, settings)
+    records = read_records(packaged) if packaged is not None else {}
+    records.update(read_records(average_cache_path(loaded, settings)))
+    return records
+
+
+def write_packaged(loaded: LoadedModel, result: AverageResult) -> Path:
+    """Write the traces behind `result` (in its facts' order) to assets/ as the packaged averages; returns the path."""
+    path = packaged_average_path(loaded, result.settings)
+    if path is None:
+        raise InputError("Only the embedded model's averages ship in assets/.")
+    if result.settings.kinds != PACKAGED_KINDS or settings_key(result.settings) != settings_key(TraceSettings(kinds=PACKAGED_KINDS)):
+        raise InputError("The packaged averages are MLP-only traces with the default settings: run average --kinds mlp alone.")
+    records = cached_records(loaded, result.settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("".join(json.dumps(records[known_id]) + "\n" for known_id in result.known_ids))
+    temporary.replace(path)
+    return path
+
+
+def packaged_average(loaded: LoadedModel, settings: TraceSettings | None = None) -> AverageResult | None:
+    """The averages shipped in assets/ (MLP-only traces of the first known facts of the embedded model), instantly.
+
+    None for other models or settings without packaged traces. The Choose R tab can start from this.
+    """
+    settings = settings or TraceSettings(kinds=PACKAGED_KINDS)
+    path = packaged_average_path(loaded, settings)
+    records = list(read_records(path).values()) if path is not None else []
+    if not records:
+        return None
+    return aggregate(records, loaded.name, loaded.layout.num_layers, settings, requested=len(records))
 
 
 def read_records(path: Path) -> dict[int, dict]:
@@ -250,6 +312,18 @@ def trace_fact_record(loaded: LoadedModel, settings: TraceSettings, fact: KnownF
 
 # --- entry points ------------------------------------------------------------------------------
 
+def check_average_settings(settings: TraceSettings) -> None:
+    """InputError for settings that cannot be averaged over facts (every fact has its own subject and answer)."""
+    settings.validate()
+    if HEADS in settings.kinds:
+        raise InputError("Head-level traces are not averaged over facts: trace the heads of one prompt, or average hidden, mlp, attn.")
+    if settings.corruption == "replace" and settings.replacement_text.strip().lower() != "auto":
+        raise InputError(f"Averages replace each fact's own subject, so one replacement ({settings.replacement!r}) cannot fit "
+                         "them all: use --replacement auto (the first same-length subject of the known facts, per fact).")
+    if settings.counterfactual_answer is not None:
+        raise InputError("Averages take each fact's a' from its corrupted run: leave the counterfactual answer out.")
+
+
 def average_traces_stream(
     loaded: LoadedModel,
     n: int,
@@ -260,7 +334,7 @@ def average_traces_stream(
 ) -> Iterator[AverageUpdate]:
     """Trace the first `n` facts the model knows (skipping cached ones; on `pool`'s workers if given); yield the running average."""
     settings = settings or TraceSettings()
-    settings.validate()
+    check_average_settings(settings)
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise InputError(f"The number of facts must be a whole number >= 1, got {n!r}.")
     candidates = facts if facts is not None else facts_model_knows(loaded)
@@ -268,7 +342,7 @@ def average_traces_stream(
         raise InputError("The model gets none of the known facts right, so there is nothing to average.")
     chosen = candidates[:n]
     path = average_cache_path(loaded, settings)
-    cached = read_records(path) if use_cache else {}
+    cached = cached_records(loaded, settings) if use_cache else {}
     layers = loaded.layout.num_layers
     started = time.perf_counter()
     done = {fact.known_id: cached[fact.known_id] for fact in chosen if fact.known_id in cached}

@@ -6,7 +6,12 @@ Exact savings over the reference (one forward of samples + 1 rows per cell):
   corrupted run's own block input, compute positions t..T-1 only, and attend to the corrupted
   run's keys/values of positions < t;
 - cells at tokens before the subject equal `low` exactly; the LM head runs at the last position only;
-- all cells of a token (every kind and layer) share one growing batch, chunked to bound memory.
+- all cells of a token (every kind and layer) share one growing batch, chunked to bound memory;
+- a head cell restores one head's slice of the attention output projection's input in one layer, at
+  the last token (its rows compute that position only) or at every token from the subject on.
+
+The corruption (noise, or swapped subject tokens) is the problem's (`TraceProblem.corrupt_` on the
+corrupted rows' ids), and every score is `TraceProblem.metric_values` of the final logits.
 
 The per-block call arguments (masks, rotary embeddings, position ids) are the model's own: its
 forward runs once per token on `input_ids[:, t:]` over a prefix cache with every decoder block's
@@ -21,10 +26,10 @@ from dataclasses import dataclass, field
 import torch
 
 from core.block_calls import BlockCall, PrefixKeyValues, cache_argument, new_dynamic_cache, stubbed_blocks
-from core.hooks import capture_inputs, forward_hooks, output_tensor, sequence_view
+from core.hooks import capture_inputs, forward_hooks, forward_pre_hooks, output_tensor, sequence_view
+from core.kinds import HEADS
 from core.loading import LoadedModel
-from tracer.noise import add_noise_
-from tracer.problem import TraceProblem, answer_probability, window_layers
+from tracer.problem import TraceProblem, window_layers
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +40,22 @@ CPU_TOKENS_PER_CHUNK = 6144  # rows x query positions per batched block call on 
 
 @dataclass(frozen=True)
 class Cell:
-    """One restoration: `kind` at `token`, window of layers [first, end) (hidden: first = end - 1 = layer)."""
+    """One restoration: `kind` at `token`, window of layers [first, end) (hidden: first = end - 1 = layer).
+
+    A head cell (kind "heads") restores `head` in `layer` at positions `token`.. (query position 0 on).
+    """
 
     kind: str
     token: int
     layer: int
     first: int
     end: int
+    head: int = -1
 
     @property
     def key(self) -> tuple[str, int, int]:
-        return self.kind, self.token, self.layer
+        """(kind, row, layer): the row is the token, or the head for head cells."""
+        return self.kind, self.head if self.kind == HEADS else self.token, self.layer
 
     @property
     def start(self) -> int:
@@ -70,6 +80,8 @@ class Step:
             return f"{where}: {len(self.cells)} {kinds} cells equal the corrupted run"
         if self.fill == "clean":
             return f"token {self.token}: the last layer's hidden state equals the clean run"
+        if kinds == HEADS:
+            return f"{len(self.cells)} single-head cells"
         return f"token {self.token}: {len(self.cells)} {kinds} cells"
 
 
@@ -136,8 +148,7 @@ class FastTracer:
         """Run the S corrupted rows once, keep block inputs and keys/values; returns low."""
         loaded, problem = self.loaded, self.problem
         model, layout = loaded.model, loaded.layout
-        samples = problem.samples
-        input_ids = problem.input_ids.repeat(samples, 1)
+        input_ids = problem.corruption.input_ids
         cache = new_dynamic_cache(model)
         recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         original_update = cache.update
@@ -151,7 +162,7 @@ class FastTracer:
         returns_tuple = []
 
         def corrupt(module, args, output):
-            add_noise_(output_tensor(output), problem.noise, problem.subject_range)
+            problem.corrupt_(output_tensor(output))
             return output
 
         def note_output_type(module, args, output):
@@ -162,7 +173,7 @@ class FastTracer:
             model, block_names
         ) as inputs:
             logits = model(input_ids, use_cache=True, **{cache_argument(model): cache}).logits[:, -1]
-        low = float(answer_probability(logits, problem.answer_id).mean())
+        low = float(problem.metric_values(logits).mean())
         if len(recorded) != layout.num_layers:
             raise RuntimeError(f"the fast engine saw keys for {len(recorded)} of {layout.num_layers} layers")
         self.corrupted = CorruptedStates(
@@ -180,16 +191,17 @@ class FastTracer:
             return self._steps
         problem, layers = self.problem, self.loaded.layout.num_layers
         settings = problem.settings
-        windows = {kind: settings.window_for(kind) for kind in settings.kinds}
+        kinds = settings.site_kinds
+        windows = {kind: settings.window_for(kind) for kind in kinds}
         begin = problem.subject_range[0]
         length = problem.num_tokens
         steps: list[Step] = []
-        before = [cell for token in range(begin) for cell in build_cells(settings.kinds, windows, token, layers)]
+        before = [cell for token in range(begin) for cell in build_cells(kinds, windows, token, layers)]
         if before:
             steps.append(Step(token=0, cells=before, fill="low"))
         samples = problem.samples
         for token in range(begin, length):
-            cells = build_cells(settings.kinds, windows, token, layers)
+            cells = build_cells(kinds, windows, token, layers)
             computed = [cell for cell in cells if cell.start < layers]
             for cell in cells:
                 if cell.start >= layers:  # hidden state after the last block: only the last token matters
@@ -201,8 +213,26 @@ class FastTracer:
                 chunk = computed[offset::chunks]
                 work = float(sum(layers - cell.start for cell in chunk) * query * samples)
                 steps.append(Step(token=token, cells=chunk, work=work))
+        steps += self._head_steps()
         self.work_total = sum(step.work for step in steps) or 1.0
         self._steps = steps
+        return steps
+
+    def _head_steps(self) -> list[Step]:
+        """Head cells (every layer x head), chunked: at the last token, or from the first subject token on
+        (before the subject the corrupted run equals the clean one, so restoring there changes nothing)."""
+        problem, layout = self.problem, self.loaded.layout
+        if HEADS not in problem.settings.kinds:
+            return []
+        token = max(problem.head_positions().start, problem.subject_range[0])
+        cells = [Cell(HEADS, token, layer, layer, layer + 1, head) for layer in range(layout.num_layers) for head in range(layout.num_heads)]
+        query, samples = problem.num_tokens - token, problem.samples
+        per_chunk = max(1, tokens_per_chunk(self.loaded, problem.num_tokens) // (samples * query))
+        chunks = -(-len(cells) // per_chunk)
+        steps = []
+        for offset in range(chunks):
+            chunk = cells[offset::chunks]
+            steps.append(Step(token=token, cells=chunk, work=float(sum(layout.num_layers - cell.start for cell in chunk) * query * samples)))
         return steps
 
     def fraction_done(self) -> float:
@@ -225,7 +255,7 @@ class FastTracer:
         """Restoring the last block's output at the last token: the clean final state, for every sample."""
         layout = self.loaded.layout
         clean = self.problem.clean_states[layout.block(layout.num_layers - 1)][:, -1]
-        return float(answer_probability(layout.final_logits(self.loaded.model, clean), self.problem.answer_id)[0])
+        return float(self.problem.metric_values(layout.final_logits(self.loaded.model, clean))[0])
 
     def block_calls(self, token: int) -> list[BlockCall]:
         """The model's own per-block arguments for query positions token..T-1 over a prefix of `token`."""
@@ -253,8 +283,9 @@ class FastTracer:
         calls = self.block_calls(token)
         batch = BatchState(problem.num_tokens - token)
         hooks = restoration_hooks(layout, problem.clean_states, token, restoration_rows(cells, samples, layout.num_layers), batch)
+        pre_hooks = head_restoration_hooks(layout, problem.clean_head_inputs, token, cells, samples, batch)
         cache = PrefixKeyValues()
-        with forward_hooks(model, hooks):
+        with forward_hooks(model, hooks), forward_pre_hooks(model, pre_hooks):
             for layer in range(cells[0].start, layout.num_layers):
                 joining = [cell for cell in cells[batch.cells :] if cell.start == layer]
                 if joining:
@@ -267,7 +298,7 @@ class FastTracer:
                 )
                 batch.hidden = output_tensor(calls[layer].call(self.blocks[layer], batch.hidden, cache))
         logits = layout.final_logits(model, batch.hidden[:, -1])
-        return answer_probability(logits, problem.answer_id).view(len(cells), samples).mean(dim=1)
+        return problem.metric_values(logits).view(len(cells), samples).mean(dim=1)
 
     def _joining_rows(self, token: int, layer: int, joining: list[Cell]) -> torch.Tensor:
         """Corrupted block-`layer` inputs at positions token.. for each joining cell (S rows each), (n*S, q, d).
@@ -330,6 +361,29 @@ def restoration_hooks(layout, clean_states: dict[str, torch.Tensor], token: int,
         for layer, rows in enumerate(per_layer)
         if rows is not None
     }
+
+
+def head_restoration_hooks(layout, clean_inputs: dict[int, torch.Tensor], token: int, cells: list[Cell], samples: int,
+                           batch: BatchState) -> dict:
+    """Forward pre-hooks {attention output projection: hook} that write the clean slice of each head cell's head
+    into its rows' projection input, at every query position (token..)."""
+    row_index = torch.arange(len(cells) * samples).view(len(cells), samples)
+    by_layer: dict[int, list[tuple[torch.Tensor, slice]]] = {}
+    for index, cell in enumerate(cells):
+        if cell.kind == HEADS:
+            by_layer.setdefault(cell.layer, []).append((row_index[index], layout.head_slice(cell.head)))
+
+    def make_restore(layer: int, chosen: list[tuple[torch.Tensor, slice]]):
+        clean = clean_inputs[layer][0, token:]
+
+        def restore(module, args):
+            states = sequence_view(args[0], batch.rows, batch.query)
+            for rows, columns in chosen:
+                states[rows.to(states.device), :, columns] = clean[:, columns].to(states.device)
+
+        return restore
+
+    return {layout.attention_output_projection(layer): make_restore(layer, chosen) for layer, chosen in by_layer.items()}
 
 
 def fast_scores(loaded: LoadedModel, problem: TraceProblem) -> tuple[float, dict[tuple[str, int, int], float]]:

@@ -18,10 +18,11 @@ import plotly.graph_objects as go
 import plotly.io
 import plotly.offline
 
-from core.kinds import KINDS
+from core.kinds import HEADS, KINDS
+from tracer.modes import corruption_words, metric_label, metric_name
 
-KIND_NAMES = {"hidden": "hidden state", "mlp": "MLP", "attn": "attention"}
-KIND_COLORSCALES = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+KIND_NAMES = {"hidden": "hidden state", "mlp": "MLP", "attn": "attention", HEADS: "single attention heads"}
+KIND_COLORSCALES = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds", HEADS: "Oranges"}
 KIND_LINE_COLORS = {"hidden": "#6a3d9a", "mlp": "#2e7d32", "attn": "#c62828"}
 CLASS_COLORS = {
     "first subject token": "#9e9e9e",
@@ -46,18 +47,43 @@ KIND_CHOICES = [(kind_title(kind), kind) for kind in KINDS]  # (label, value) pa
 
 # --- captions ----------------------------------------------------------------------------------
 
-def heatmap_caption(kind: str, window: int = 10, approximate: bool = False) -> str:
-    """What a trace heatmap of `kind` shows, in plain words."""
+def score_words(metric: str = "prob") -> str:
+    """What the colour measures, in plain words."""
+    return {
+        "logit-diff": "how far the answer's logit rises above the counterfactual answer's (logit difference)",
+        "logprob": "how likely the answer becomes again (log probability)",
+    }.get(metric, "how likely the answer becomes again")
+
+
+def heatmap_caption(
+    kind: str, window: int = 10, approximate: bool = False, metric: str = "prob", corruption: str = "the noise"
+) -> str:
+    """What a trace heatmap of `kind` shows, in plain words (`corruption`: how the subject was corrupted)."""
     what = {
         "hidden": "the model's whole internal state (the residual stream) after one layer",
         "mlp": f"the MLP (feed-forward) outputs of {window} neighbouring layers centred on this one",
         "attn": f"the attention outputs of {window} neighbouring layers centred on this one",
     }[kind]
+    corrupted = "blurred with noise" if corruption == "the noise" else corruption
     text = (
         f"Each square is one word of the prompt (row; * marks the subject) at one layer (column). "
-        f"The subject was blurred with noise so the model lost the answer; then {what} was copied back from the "
-        f"clean run at that word only. The colour is how likely the answer becomes again: dark = this piece "
+        f"The subject was {corrupted} so the model lost the answer; then {what} was copied back from the "
+        f"clean run at that word only. The colour is {score_words(metric)}: dark = this piece "
         f"carries the fact."
+    )
+    if approximate:
+        text += " Approximate preview: a first-order estimate (attribution patching), replaced by exact values."
+    return text
+
+
+def heads_caption(positions: str = "last", metric: str = "prob", corruption: str = "the noise", approximate: bool = False) -> str:
+    """What a heads x layers heatmap shows, in plain words."""
+    where = "at the last word only" if positions == "last" else "at every word"
+    corrupted = "blurred with noise" if corruption == "the noise" else corruption
+    text = (
+        f"Each square is one attention head (row) in one layer (column). The subject was {corrupted} so the model "
+        f"lost the answer; then that single head's output was copied back from the clean run {where}, in that layer "
+        f"only. The colour is {score_words(metric)}: dark = this head carries the fact to the answer."
     )
     if approximate:
         text += " Approximate preview: a first-order estimate (attribution patching), replaced by exact values."
@@ -164,6 +190,7 @@ def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
         zmin = min(float(result.low), float(finite.min())) if finite.size else float(result.low)
         zmax = max(float(result.high), float(finite.max())) if finite.size else float(result.high)
     estimate = "estimated " if approximate else ""
+    metric = result.settings.metric
     figure = go.Figure(
         go.Heatmap(
             z=plain(scores),
@@ -175,9 +202,9 @@ def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
             zmax=max(zmax, zmin + 1e-9),
             xgap=1,
             ygap=1,
-            colorbar=dict(title=dict(text=f"p({result.answer.strip() or result.answer})", side="right"), thickness=14),
+            colorbar=dict(title=dict(text=result_label(result), side="right"), thickness=14),
             hovertemplate=(
-                "token %{customdata[0]}<br>layer %{x}<br>" + estimate + "restored probability %{z:.4f}"
+                "token %{customdata[0]}<br>layer %{x}<br>" + estimate + f"restored {metric_name(metric)} %{{z:.4f}}"
                 "<br>" + estimate + "indirect effect %{customdata[1]:.4f}<extra></extra>"
             ),
         )
@@ -200,7 +227,7 @@ def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
     axis = "layer (one restored)" if kind == "hidden" else f"layer (centre of {window} restored)"
     return _layout(
         figure,
-        heatmap_caption(kind, window, approximate),
+        heatmap_caption(kind, window, approximate, metric, corruption_of(result)),
         title=_title(title),
         height=_heatmap_height(len(labels)),
         xaxis=dict(title=axis, dtick=5, showgrid=False, tickfont_size=13),
@@ -208,9 +235,71 @@ def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
     )
 
 
+def result_label(result) -> str:
+    """The score's formula for a result: 'p(Paris)', 'log p(Paris)', 'logit(Paris) − logit(Rome)'."""
+    return metric_label(result.settings.metric, result.answer, getattr(result, "contrast", ""))
+
+
+def corruption_of(result) -> str:
+    """How the result's subject was corrupted, in plain words ("the noise" for ROME's noise)."""
+    settings = result.settings
+    if settings.corruption == "noise":
+        return "the noise"
+    return corruption_words(settings.corruption, getattr(result, "replacements", []), settings.samples)
+
+
+def heads_heatmap(result, preview=None) -> go.Figure:
+    """Restored score of every (head, layer) cell: heads x layers; NaN cells blank, the preview's estimates faded."""
+    if not getattr(result, "head_scores", None):
+        return empty_figure("Single heads were not traced (choose heads under What to restore).", height=360)
+    scores = numpy.asarray(result.head_scores, dtype=float)
+    heads, layers = scores.shape
+    labels = [f"head {head}" for head in range(heads)]
+    metric, approximate = result.settings.metric, bool(result.approximate)
+    finite = scores[numpy.isfinite(scores)]
+    zmin = min(float(result.low), float(finite.min())) if finite.size else float(result.low)
+    zmax = max(float(result.high), float(finite.max())) if finite.size else float(result.high)
+    estimate = "estimated " if approximate else ""
+    figure = go.Figure(
+        go.Heatmap(
+            z=plain(scores), x=list(range(layers)), y=labels, customdata=plain(scores - result.low),
+            colorscale=KIND_COLORSCALES[HEADS], zmin=zmin, zmax=max(zmax, zmin + 1e-9), xgap=1, ygap=1,
+            colorbar=dict(title=dict(text=result_label(result), side="right"), thickness=14),
+            hovertemplate=(
+                "%{y}<br>layer %{x}<br>" + estimate + f"restored {metric_name(metric)} %{{z:.4f}}"
+                "<br>" + estimate + "indirect effect %{customdata:.4f}<extra></extra>"
+            ),
+        )
+    )
+    missing = ~numpy.isfinite(scores)
+    title = "Approximate preview: restoring single heads" if approximate else "Impact of restoring single attention heads"
+    if preview is not None and preview is not result and getattr(preview, "head_scores", None) and missing.any():
+        estimates = numpy.where(missing, numpy.asarray(preview.head_scores, dtype=float), numpy.nan)
+        shown = estimates[numpy.isfinite(estimates)]
+        low, high = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
+        figure.add_trace(go.Heatmap(
+            z=plain(estimates), x=list(range(layers)), y=labels, colorscale=KIND_COLORSCALES[HEADS], zmin=low,
+            zmax=max(high, low + 1e-9), opacity=PREVIEW_OPACITY, showscale=False, xgap=1, ygap=1,
+            hovertemplate="%{y}<br>layer %{x}<br>preview estimate %{z:.4f} (exact value coming)<extra></extra>",
+        ))
+        title = f"Single heads: exact {1.0 - float(missing.mean()):.0%}, faded = preview"
+    where = "last token" if result.settings.head_positions == "last" else "every token"
+    return _layout(
+        figure,
+        heads_caption(result.settings.head_positions, metric, corruption_of(result), approximate),
+        title=_title(title),
+        height=_heatmap_height(heads),
+        xaxis=dict(title=f"layer (one head restored at the {where})", dtick=5, showgrid=False, tickfont_size=13),
+        yaxis=dict(autorange="reversed", showgrid=False, tickfont_size=13),
+    )
+
+
 def trace_figures(result) -> dict[str, go.Figure]:
-    """{kind: heatmap} for every traced kind."""
-    return {kind: trace_heatmap(result, kind) for kind in result.kinds}
+    """{kind: heatmap} for every traced kind (and "heads": the heads x layers heatmap when heads were traced)."""
+    figures = {kind: trace_heatmap(result, kind) for kind in result.kinds}
+    if getattr(result, "head_scores", None):
+        figures[HEADS] = heads_heatmap(result)
+    return figures
 
 
 def difference_heatmap(before, after, kind: str) -> go.Figure:
@@ -225,7 +314,7 @@ def difference_heatmap(before, after, kind: str) -> go.Figure:
         go.Heatmap(
             z=plain(difference), x=list(range(difference.shape[1])), y=labels, colorscale="RdBu", reversescale=True,
             zmid=0.0, zmin=-limit, zmax=limit, xgap=1, ygap=1,
-            colorbar=dict(title=dict(text="Δ p(answer)", side="right"), thickness=14),
+            colorbar=dict(title=dict(text=f"Δ {metric_label(before.settings.metric, 'answer', 'a′')}", side="right"), thickness=14),
             hovertemplate="token %{y}<br>layer %{x}<br>change %{z:.3f}<extra></extra>",
         )
     )
@@ -274,7 +363,7 @@ def average_figure(average, kind: str) -> go.Figure:
         title=_title(title, size=15),
         height=420,
         xaxis=dict(title="layer", dtick=5),
-        yaxis=dict(title="average indirect effect on p(answer)"),
+        yaxis=dict(title=f"average indirect effect on {metric_label(average.settings.metric, 'answer', 'a′')}"),
         legend=dict(orientation="h", y=-0.22),
     )
 
@@ -323,7 +412,7 @@ def recommendation_figure(recommendation, chosen: tuple[int, int] | None = None)
         title=_title(f"Recommended R: layers {range_label(first, last)} (width {recommendation.width})"),
         height=400,
         xaxis=dict(title="layer", dtick=2),
-        yaxis=dict(title="indirect effect on p(answer)"),
+        yaxis=dict(title=f"indirect effect on {metric_label(getattr(recommendation, 'metric', 'prob'), 'answer', 'a′')}"),
         legend=dict(orientation="h", y=-0.22),
     )
 
@@ -351,13 +440,21 @@ def trace_html(result, recommendation=None) -> str:
     if recommendation is not None:
         figures.append(recommendation_figure(recommendation))
     begin, end = result.subject_range
+    settings = result.settings
+    label = html.escape(result_label(result))
+    if settings.corruption == "noise":
+        corruption = (f"{settings.samples} noise samples, noise level {result.noise_level:.4g} "
+                      f"({html.escape(str(settings.noise))}, {settings.noise_type})")
+    else:
+        corruption = f"the subject {html.escape(corruption_of(result))}"
+    if settings.corruption == "resample" and result.replacements:
+        corruption += f" ({html.escape(', '.join(result.replacements))})"
     facts = (
         f"<p>Prompt <b>{html.escape(result.prompt)}</b>, subject <b>{html.escape(result.subject)}</b> "
         f"(tokens {begin}-{end - 1}), answer <b>{html.escape(result.answer)}</b>.</p>"
-        f"<p>Clean p(answer) = {result.high:.4f}; with the subject corrupted = {result.low:.4f} "
-        f"(total effect {result.total_effect:.4f}). {result.settings.samples} noise samples, noise level "
-        f"{result.noise_level:.4g} ({html.escape(str(result.settings.noise))}, {result.settings.noise_type}), "
-        f"window {result.settings.window}, seed {result.settings.seed}, model {html.escape(result.model)}"
+        f"<p>Clean {label} = {result.high:.4f}; with the subject corrupted = {result.low:.4f} "
+        f"(total effect {result.total_effect:.4f}; {html.escape(metric_name(settings.metric))}). {corruption}, "
+        f"window {settings.window}, seed {settings.seed}, model {html.escape(result.model)}"
         f"{', approximate preview' if result.approximate else ''}.</p>"
     )
     return figures_html("Causal trace", facts, figures)

@@ -2,8 +2,10 @@
 
 A first-order estimate of every cell from one corrupted forward and backward pass: restoring
 module output a at token t changes the score by about (a_clean - a_corrupted) . d score / d a,
-summed over the window's layers and the noise samples. Cheap (< 1 s for the embedded model on a
-CPU), but only an estimate: the exact trace replaces it.
+summed over the window's layers and the corrupted samples. Every corruption (noise, replace,
+resample) and every metric (prob, logit-diff, logprob) is estimated the same way, and so are single
+heads (the gradient at the head's slice of the attention output projection's input). Cheap (< 1 s
+for the embedded model on a CPU), but only an estimate: the exact trace replaces it.
 """
 
 from __future__ import annotations
@@ -12,19 +14,19 @@ import time
 
 import torch
 
-from core.hooks import capture_outputs, forward_hooks, output_tensor, replace_output_tensor, sequence_view
-from core.layout import KINDS
-from core.loading import LoadedModel
-from tracer.problem import (
-    TraceProblem,
-    TraceResult,
-    TraceSettings,
-    answer_probability,
-    empty_result,
-    prepare_trace,
+from core.hooks import (
+    capture_inputs,
+    capture_outputs,
+    forward_hooks,
+    output_tensor,
+    replace_output_tensor,
+    sequence_view,
 )
+from core.kinds import HEADS, KINDS
+from core.loading import LoadedModel
+from tracer.problem import TraceProblem, TraceResult, TraceSettings, empty_result, prepare_trace
 
-PREVIEW_SAMPLES = 3  # noise samples of the preview (the first ones of the trace's noise)
+PREVIEW_SAMPLES = 3  # corrupted samples of the preview (the first ones of the trace's)
 
 
 def windowed_sum(effects: torch.Tensor, window: int) -> torch.Tensor:
@@ -40,30 +42,37 @@ def windowed_sum(effects: torch.Tensor, window: int) -> torch.Tensor:
 def attribution_effects(
     loaded: LoadedModel, problem: TraceProblem, samples: int = PREVIEW_SAMPLES
 ) -> tuple[float, dict[str, torch.Tensor]]:
-    """(corrupted score, {kind: (T, L) first-order effect of restoring one layer's output at one token})."""
+    """(corrupted score, {kind: (T, L) first-order effect of restoring one layer's output at one token}).
+
+    With heads traced, {"heads": (heads, L)} is the effect of restoring one head of one layer at the
+    settings' head positions.
+    """
     model, layout = loaded.model, loaded.layout
-    samples = max(1, min(samples, problem.samples))
-    noise = problem.noise[:samples]
+    corruption = problem.corruption.first(samples)
+    samples = corruption.samples
     length = problem.num_tokens
-    sites = {kind: [layout.site(kind, layer) for layer in range(layout.num_layers)] for kind in problem.settings.kinds}
+    site_kinds = problem.settings.site_kinds
+    sites = {kind: [layout.site(kind, layer) for layer in range(layout.num_layers)] for kind in site_kinds}
     names = sorted({name for kind in sites for name in sites[kind]} | {layout.block(layout.num_layers - 1)})
-    begin, end = problem.subject_range
+    projections = [layout.attention_output_projection(layer) for layer in range(layout.num_layers)] if problem.clean_head_inputs else []
+    begin = problem.subject_range[0]
 
     def corrupt(module, args, output):
         states = output_tensor(output).detach().clone()
-        states[:, begin:end] += noise.to(states.device)
+        corruption.apply_(states)
         return replace_output_tensor(output, states.requires_grad_(True))
 
     base = getattr(model, "base_model", model)
     with torch.inference_mode(False), torch.enable_grad():
-        with forward_hooks(model, {layout.token_embedding: corrupt}), capture_outputs(model, names, detach=False) as outputs:
-            base(problem.input_ids.repeat(samples, 1))
+        with forward_hooks(model, {layout.token_embedding: corrupt}), capture_outputs(model, names, detach=False) as outputs, \
+                capture_inputs(model, projections, detach=False) as head_inputs:
+            base(corruption.input_ids)
         final = outputs[layout.block(layout.num_layers - 1)]
         final = output_tensor(final) if not isinstance(final, torch.Tensor) else final
-        score = answer_probability(layout.final_logits(model, sequence_view(final, samples, length)[:, -1]), problem.answer_id).mean()
-        tensors = [outputs[name] for name in names]
+        score = problem.metric_values(layout.final_logits(model, sequence_view(final, samples, length)[:, -1])).mean()
+        tensors = [outputs[name] for name in names] + [head_inputs[name] for name in projections]
         gradients = torch.autograd.grad(score, tensors, allow_unused=True)
-    by_name = dict(zip(names, zip(tensors, gradients)))
+    by_name = dict(zip(names + projections, zip(tensors, gradients)))
     effects = {}
     for kind, kind_sites in sites.items():
         rows = []
@@ -80,7 +89,34 @@ def attribution_effects(
         # Before the subject the corrupted run equals the clean one (causal attention): the effect is exactly 0,
         # whatever rounding the clean (1 row) and corrupted (S rows) passes' different matmul shapes leave.
         effects[kind][:begin] = 0.0
+    if projections:
+        effects[HEADS] = head_attribution(layout, problem, [by_name[name] for name in projections], samples)
     return float(score.detach()), effects
+
+
+def head_attribution(layout, problem: TraceProblem, pairs: list[tuple[torch.Tensor, torch.Tensor | None]], samples: int) -> torch.Tensor:
+    """(heads, L) first-order effects of restoring each head's slice at the head positions (from the subject on)."""
+    length = problem.num_tokens
+    positions = [position for position in problem.head_positions() if position >= problem.subject_range[0]]
+    columns = torch.zeros(layout.num_heads, layout.num_layers)
+    for layer, (corrupted, gradient) in enumerate(pairs):
+        if gradient is None:
+            continue
+        corrupted = sequence_view(corrupted.detach(), samples, length)[:, positions]
+        gradient = sequence_view(gradient, samples, length)[:, positions]
+        clean = problem.clean_head_inputs[layer][:, positions]
+        products = ((clean - corrupted) * gradient).sum(dim=(0, 1)).float().cpu()  # (heads * head_dim,)
+        columns[:, layer] = products.view(layout.num_heads, layout.head_dim).sum(dim=1)
+    return columns
+
+
+def bounded(estimate: torch.Tensor, metric: str) -> torch.Tensor:
+    """Estimates kept in the metric's range: a probability in [0, 1], a log probability <= 0."""
+    if metric == "prob":
+        return estimate.clamp(0.0, 1.0)
+    if metric == "logprob":
+        return estimate.clamp(max=0.0)
+    return estimate
 
 
 def preview_trace(loaded: LoadedModel, prompt: str, subject: str, settings: TraceSettings | None = None) -> TraceResult:
@@ -93,7 +129,8 @@ def preview_trace(loaded: LoadedModel, prompt: str, subject: str, settings: Trac
     result = empty_result(loaded, problem, low, approximate=True, engine="attribution patching")
     for kind in KINDS:
         if kind in effects:
-            estimate = (low + windowed_sum(effects[kind], settings.window_for(kind))).clamp(0.0, 1.0)
-            result.scores[kind] = estimate.tolist()
+            result.scores[kind] = bounded(low + windowed_sum(effects[kind], settings.window_for(kind)), settings.metric).tolist()
+    if HEADS in effects:
+        result.head_scores = bounded(low + effects[HEADS], settings.metric).tolist()
     result.elapsed = time.perf_counter() - started
     return result

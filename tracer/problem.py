@@ -1,7 +1,9 @@
-"""What both trace engines share (SPEC section 1): settings, results, and a prompt prepared for tracing.
+"""What both trace engines share (SPEC sections 1 and 6): settings, results, and a prompt prepared for tracing.
 
-`prepare_trace` validates the input, finds the subject's tokens, runs the clean pass and draws the
-noise; the engines (`tracer.reference`, `tracer.fast_trace`) fill an `empty_result` from it.
+`prepare_trace` validates the input, finds the subject's tokens, runs the clean pass and builds the
+corrupted rows (noise, or the subject's tokens swapped: `tracer.corruption`); the engines
+(`tracer.reference`, `tracer.fast_trace`) fill an `empty_result` from it. A run is scored by
+`TraceProblem.metric_values` (`tracer.metrics`), the same function in every engine.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import numpy
 import torch
 
 from core.errors import InputError
-from core.hooks import capture_outputs, sequence_view
-from core.kinds import KINDS
+from core.hooks import capture_inputs, capture_outputs, forward_hooks, output_tensor, sequence_view
+from core.kinds import HEADS, KINDS, TRACE_KINDS
 from core.loading import LoadedModel
 from core.tokens import EncodedPrompt, encode_prompt, target_token_ids
+from tracer.corruption import Corruption, noise_corruption, token_replacement
+from tracer.metrics import contrast_token, metric_values
+from tracer.modes import AUTO, CORRUPTIONS, HEAD_POSITIONS, METRICS
 from tracer.noise import NOISE_TYPES, draw_noise, noise_level, parse_noise, scaled_noise
 
 MAX_TRACE_TOKENS = 256  # a trace costs ~ tokens^2 x layers forwards: longer prompts are refused
@@ -37,7 +42,8 @@ TOKEN_CLASSES = (
 
 @dataclass
 class TraceSettings:
-    """How to trace: kinds, corrupted samples, noise (\"3x\" = 3 sigma, or absolute), window, seed, answer."""
+    """How to trace: kinds, corrupted samples, noise (\"3x\" = 3 sigma, or absolute), window, seed, answer,
+    corruption (noise | replace | resample, with a replacement subject or "auto"), metric, where heads are restored."""
 
     kinds: tuple[str, ...] = KINDS
     samples: int = 10
@@ -49,6 +55,11 @@ class TraceSettings:
     occurrence: int = 0
     chat: bool = False
     engine: str = "fast"
+    corruption: str = "noise"
+    replacement: str | None = None  # replace: a subject with as many tokens, or "auto" (also when left out)
+    metric: str = "prob"
+    counterfactual_answer: str | None = None  # logit-diff: a'; default: the corrupted run's top token
+    head_positions: str = "last"  # heads: restored at the last token, or at every token
 
     def __post_init__(self) -> None:
         if isinstance(self.kinds, str):
@@ -59,10 +70,10 @@ class TraceSettings:
     def validate(self) -> None:
         """Raise InputError with a plain message for any unusable setting."""
         if not self.kinds:
-            raise InputError("Choose at least one kind to trace: hidden, mlp or attn.")
-        unknown = [kind for kind in self.kinds if kind not in KINDS]
+            raise InputError("Choose at least one kind to trace: hidden, mlp, attn or heads.")
+        unknown = [kind for kind in self.kinds if kind not in TRACE_KINDS]
         if unknown:
-            raise InputError(f"Unknown kind(s) {', '.join(map(repr, unknown))}: use hidden, mlp and/or attn.")
+            raise InputError(f"Unknown kind(s) {', '.join(map(repr, unknown))}: use hidden, mlp, attn and/or heads.")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples <= 0:
             raise InputError(f"Samples must be a whole number >= 1, got {self.samples!r}.")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window <= 0:
@@ -76,10 +87,41 @@ class TraceSettings:
         if not isinstance(self.occurrence, int) or self.occurrence < 0:
             raise InputError(f"The subject occurrence must be >= 0, got {self.occurrence!r}.")
         parse_noise(self.noise)
+        self._validate_modes()
+
+    def _validate_modes(self) -> None:
+        if self.corruption not in CORRUPTIONS:
+            raise InputError(f"Unknown corruption {self.corruption!r}: use noise, replace (one counterfactual subject) or resample.")
+        if self.replacement is not None:
+            if self.corruption != "replace":
+                raise InputError("A replacement subject is used only with the replace corruption (--corruption replace).")
+            if not str(self.replacement).strip():
+                raise InputError("The replacement subject is empty: type a subject with as many tokens as yours, or auto.")
+        if self.metric not in METRICS:
+            raise InputError(f"Unknown metric {self.metric!r}: use prob, logit-diff or logprob.")
+        if self.counterfactual_answer is not None:
+            if self.metric != "logit-diff":
+                raise InputError("A counterfactual answer is used only by the logit-diff metric (--metric logit-diff).")
+            if not str(self.counterfactual_answer).strip():
+                raise InputError("The counterfactual answer is empty: leave it out to use the corrupted run's top token.")
+        if self.head_positions not in HEAD_POSITIONS:
+            raise InputError(f"Heads are restored at the last token or at all tokens, got {self.head_positions!r}: use last or all.")
+
+    @property
+    def site_kinds(self) -> tuple[str, ...]:
+        """The kinds traced as token x layer matrices (hidden, mlp, attn; not heads)."""
+        return tuple(kind for kind in self.kinds if kind in KINDS)
+
+    @property
+    def replacement_text(self) -> str | None:
+        """The replacement subject to use (replace: the given text, else auto), None for the other corruptions."""
+        if self.corruption != "replace":
+            return None
+        return AUTO if self.replacement is None else str(self.replacement)
 
     def window_for(self, kind: str) -> int:
-        """Restoration window of `kind`: 1 for hidden states, `window` for mlp and attn."""
-        return 1 if kind == "hidden" else self.window
+        """Restoration window of `kind`: 1 for hidden states and heads, `window` for mlp and attn."""
+        return 1 if kind in ("hidden", HEADS) else self.window
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -113,10 +155,44 @@ class TraceResult:
     elapsed: float = 0.0
     engine: str = "fast"
     input_ids: list[int] = field(default_factory=list)
+    contrast: str = ""  # logit-diff: the token a' whose logit is subtracted
+    contrast_id: int = -1
+    replacements: list[str] = field(default_factory=list)  # replace/resample: the subject of each corrupted row
+    head_scores: list[list[float]] = field(default_factory=list)  # heads x layers (NaN = not computed yet)
 
     @property
     def kinds(self) -> tuple[str, ...]:
+        """The token x layer kinds in this result (heads are in `head_scores`)."""
         return tuple(kind for kind in KINDS if kind in self.scores)
+
+    @property
+    def has_heads(self) -> bool:
+        return bool(self.head_scores)
+
+    @property
+    def metric(self) -> str:
+        return self.settings.metric
+
+    def set_cell(self, kind: str, row: int, layer: int, value: float) -> None:
+        """Store one computed cell: `row` is the token (hidden/mlp/attn) or the head (heads)."""
+        if kind == HEADS:
+            self.head_scores[row][layer] = value
+        else:
+            self.scores[kind][row][layer] = value
+
+    def head_matrix(self) -> numpy.ndarray:
+        """Restored scores of single heads as a (heads, L) float array (NaN where not computed)."""
+        return numpy.asarray(self.head_scores, dtype=float).reshape(len(self.head_scores), self.num_layers)
+
+    def head_effect(self) -> numpy.ndarray:
+        """IE of single heads = restored - low, (heads, L)."""
+        return self.head_matrix() - self.low
+
+    def normalized_effect(self, kind: str) -> numpy.ndarray:
+        """(restored - low) / (high - low), (T, L) (or (heads, L) for heads); NaN when high == low."""
+        effect = self.head_effect() if kind == HEADS else self.indirect_effect(kind)
+        total = self.total_effect
+        return effect / total if total != 0 else numpy.full_like(effect, math.nan)
 
     @property
     def total_effect(self) -> float:
@@ -133,7 +209,7 @@ class TraceResult:
 
     def fraction_done(self) -> float:
         """Share of cells computed so far (0..1)."""
-        matrices = [self.score_matrix(kind) for kind in self.kinds]
+        matrices = [self.score_matrix(kind) for kind in self.kinds] + ([self.head_matrix()] if self.has_heads else [])
         total = sum(matrix.size for matrix in matrices)
         return float(sum(numpy.isfinite(matrix).sum() for matrix in matrices) / total) if total else 1.0
 
@@ -155,6 +231,12 @@ class TraceResult:
             "low": self.low,
             "total_effect": self.total_effect,
             "scores": {kind: [[_json_float(v) for v in row] for row in rows] for kind, rows in self.scores.items()},
+            "head_scores": [[_json_float(v) for v in row] for row in self.head_scores],
+            "metric": self.settings.metric,
+            "corruption": self.settings.corruption,
+            "contrast": self.contrast,
+            "contrast_id": self.contrast_id,
+            "replacements": list(self.replacements),
             "settings": self.settings.to_dict(),
             "windows": {kind: self.settings.window_for(kind) for kind in self.scores},
             "noise_level": self.noise_level,
@@ -181,6 +263,10 @@ class TraceResult:
             noise_level=float(data["noise_level"]),
             model=data.get("model", ""),
             num_layers=int(data.get("num_layers") or len(next(iter(data["scores"].values()))[0])),
+            contrast=data.get("contrast", ""),
+            contrast_id=int(data.get("contrast_id", -1)),
+            replacements=list(data.get("replacements", [])),
+            head_scores=[[math.nan if v is None else float(v) for v in row] for row in data.get("head_scores", [])],
             approximate=bool(data.get("approximate", False)),
             elapsed=float(data.get("elapsed", 0.0)),
             engine=data.get("engine", "fast"),
@@ -188,17 +274,28 @@ class TraceResult:
         )
 
     def to_csv(self) -> str:
-        """One line per cell: kind, token index, token, layer, restored probability, indirect effect."""
+        """One line per cell: kind, token index, token, layer, restored score (the metric), indirect effect, head.
+
+        Head cells have kind "heads", the head in the last column, and token index -1 when the head was
+        restored at every token (else the last token's index).
+        """
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["kind", "token_index", "token", "is_subject", "layer", "restored", "indirect_effect"])
+        writer.writerow(["kind", "token_index", "token", "is_subject", "layer", "restored", "indirect_effect", "head"])
         begin, end = self.subject_range
         for kind in self.kinds:
             for index, row in enumerate(self.scores[kind]):
                 for layer, value in enumerate(row):
                     restored = "" if math.isnan(value) else f"{value:.8g}"
                     effect = "" if math.isnan(value) else f"{value - self.low:.8g}"
-                    writer.writerow([kind, index, self.tokens[index], int(begin <= index < end), layer, restored, effect])
+                    writer.writerow([kind, index, self.tokens[index], int(begin <= index < end), layer, restored, effect, ""])
+        every = self.settings.head_positions == "all"
+        index, token = (-1, "(every token)") if every else (len(self.tokens) - 1, self.tokens[-1])
+        for head, row in enumerate(self.head_scores):
+            for layer, value in enumerate(row):
+                restored = "" if math.isnan(value) else f"{value:.8g}"
+                effect = "" if math.isnan(value) else f"{value - self.low:.8g}"
+                writer.writerow([HEADS, index, token, 0, layer, restored, effect, head])
         return buffer.getvalue()
 
 
@@ -244,16 +341,11 @@ def token_classes(num_tokens: int, subject_range: tuple[int, int]) -> list[list[
     return classes
 
 
-def answer_probability(logits: torch.Tensor, answer_id: int) -> torch.Tensor:
-    """Softmax probability of `answer_id`: (..., vocab) logits -> (...) float32."""
-    return torch.softmax(logits.float(), dim=-1)[..., answer_id]
-
-
 # --- preparing a trace -------------------------------------------------------------------------
 
 @dataclass
 class TraceProblem:
-    """A prompt ready to trace: ids (1, T), subject [b, e), answer, clean states, noise (S, e-b, d) float64."""
+    """A prompt ready to trace: ids (1, T), subject [b, e), answer, clean states, the corrupted rows (S of them)."""
 
     prompt: str
     subject: str
@@ -263,10 +355,13 @@ class TraceProblem:
     answer_id: int
     answer: str
     high: float
-    noise: torch.Tensor
+    corruption: Corruption
     noise_level: float
     settings: TraceSettings
     clean_states: dict[str, torch.Tensor]  # module name -> (1, T, d) clean output
+    contrast_id: int | None = None  # logit-diff: a'
+    contrast: str = ""
+    clean_head_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (1, T, heads * head_dim)
 
     @property
     def num_tokens(self) -> int:
@@ -274,34 +369,94 @@ class TraceProblem:
 
     @property
     def samples(self) -> int:
-        return int(self.noise.shape[0])
+        """Corrupted rows per run: the noise samples, 1 for replace, the drawn subjects for resample."""
+        return self.corruption.samples
+
+    @property
+    def noise(self) -> torch.Tensor | None:
+        """The noise (S, e-b, d) float64 of the noise corruption (None for the token corruptions)."""
+        return self.corruption.noise
+
+    def corrupt_(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Apply the corruption's noise in place to the token-embedding outputs (rows, T, d) of corrupted rows."""
+        return self.corruption.apply_(embeddings)
+
+    def metric_values(self, logits: torch.Tensor) -> torch.Tensor:
+        """The trace's metric of every row: (..., vocab) last-position logits -> (...) float32."""
+        return metric_values(logits, self.settings.metric, self.answer_id, self.contrast_id)
+
+    def head_positions(self) -> range:
+        """Positions where a head cell restores the head's output: the last token, or every token."""
+        return range(self.num_tokens - 1, self.num_tokens) if self.settings.head_positions == "last" else range(self.num_tokens)
+
+
+@torch.inference_mode()
+def corrupted_logits(loaded: LoadedModel, corruption: Corruption) -> torch.Tensor:
+    """Last-position logits (S, vocab) of the corrupted rows without any restoration."""
+    layout = loaded.layout
+
+    def corrupt(module, args, output):
+        corruption.apply_(output_tensor(output))
+        return output
+
+    with forward_hooks(loaded.model, {layout.token_embedding: corrupt}):
+        return loaded.model(corruption.input_ids).logits[:, -1]
+
+
+def build_corruption(loaded: LoadedModel, encoded: EncodedPrompt, input_ids: torch.Tensor, subject: str,
+                     subject_range: tuple[int, int], answer: str, settings: TraceSettings) -> tuple[Corruption, float]:
+    """(the corrupted rows, the noise level nu; 0 for the token corruptions)."""
+    if settings.corruption == "noise":
+        level = noise_level(loaded, settings.noise)
+        begin, end = subject_range
+        unit = draw_noise(settings.samples, end - begin, loaded.layout.hidden_size, settings.seed, settings.noise_type)
+        return noise_corruption(input_ids, subject_range, scaled_noise(level, unit)), level
+    corruption = token_replacement(
+        loaded.tokenizer, encoded, subject, settings.occurrence, subject_range, settings.corruption,
+        replacement=settings.replacement_text, samples=settings.samples, seed=settings.seed, answer=answer,
+    )
+    corruption.input_ids = corruption.input_ids.to(input_ids.device)
+    return corruption, 0.0
 
 
 @torch.inference_mode()
 def prepare_trace(loaded: LoadedModel, prompt: str, subject: str, settings: TraceSettings) -> TraceProblem:
-    """Validate the input, tokenize, find the subject, run the clean pass, pick the answer, draw the noise."""
+    """Validate the input, tokenize, find the subject, run the clean pass, pick the answer, build the corrupted rows."""
     settings.validate()
+    layout = loaded.layout
+    if HEADS in settings.kinds and not layout.supports_heads:
+        raise InputError(f"Head-level traces need the attention output projection and head count of {layout.model_type!r}, "
+                         "which Locus could not find; trace hidden, mlp or attn instead.")
     limit = min(MAX_TRACE_TOKENS, loaded.max_length)
     encoded = encode_prompt(loaded.tokenizer, prompt, chat=settings.chat, max_tokens=limit)
     if subject is None or not subject.strip():
         raise InputError("The subject is empty: type the words of the prompt that name the subject.")
     subject_range = encoded.subject_range(subject, settings.occurrence)
     input_ids = torch.tensor([encoded.input_ids], dtype=torch.long, device=loaded.device)
-    layout = loaded.layout
     sites = [layout.site(kind, layer) for kind in KINDS for layer in range(layout.num_layers)]
-    with capture_outputs(loaded.model, sites) as outputs:
+    projections = [layout.attention_output_projection(layer) for layer in range(layout.num_layers)] if HEADS in settings.kinds else []
+    with capture_outputs(loaded.model, sites) as outputs, capture_inputs(loaded.model, projections) as head_inputs:
         logits = loaded.model(input_ids).logits[0, -1]
     clean_states = {name: sequence_view(outputs[name], 1, len(encoded)) for name in sites}
+    clean_head_inputs = {layer: sequence_view(head_inputs[name], 1, len(encoded)) for layer, name in enumerate(projections)}
     if settings.answer is None or not str(settings.answer).strip():
         if settings.answer is not None:
             raise InputError("The answer is empty: leave it out to use the model's own prediction, or type a word.")
         answer_id = int(logits.argmax())
     else:
         answer_id = target_token_ids(loaded.tokenizer, str(settings.answer), prompt=encoded.text)[0]
-    high = float(answer_probability(logits, answer_id))
-    level = noise_level(loaded, settings.noise)
-    begin, end = subject_range
-    unit = draw_noise(settings.samples, end - begin, layout.hidden_size, settings.seed, settings.noise_type)
+    answer = loaded.tokenizer.decode([answer_id])
+    corruption, level = build_corruption(loaded, encoded, input_ids, subject, subject_range, answer, settings)
+    contrast_id = None
+    if settings.metric == "logit-diff":
+        if settings.counterfactual_answer is not None:
+            contrast_id = target_token_ids(loaded.tokenizer, str(settings.counterfactual_answer), prompt=encoded.text)[0]
+            if contrast_id == answer_id:
+                raise InputError(f"The counterfactual answer starts with the same token as the answer ({answer!r}): "
+                                 "name another one, or leave it out.")
+        else:
+            contrast_id = contrast_token(corrupted_logits(loaded, corruption), answer_id)
+    high = float(metric_values(logits, settings.metric, answer_id, contrast_id))
     return TraceProblem(
         prompt=prompt,
         subject=subject,
@@ -309,18 +464,22 @@ def prepare_trace(loaded: LoadedModel, prompt: str, subject: str, settings: Trac
         input_ids=input_ids,
         subject_range=subject_range,
         answer_id=answer_id,
-        answer=loaded.tokenizer.decode([answer_id]),
+        answer=answer,
         high=high,
-        noise=scaled_noise(level, unit),
+        corruption=corruption,
         noise_level=level,
         settings=settings,
         clean_states=clean_states,
+        contrast_id=contrast_id,
+        contrast=loaded.tokenizer.decode([contrast_id]) if contrast_id is not None else "",
+        clean_head_inputs=clean_head_inputs,
     )
 
 
 def empty_result(loaded: LoadedModel, problem: TraceProblem, low: float, *, approximate: bool = False, engine: str | None = None) -> TraceResult:
     """A TraceResult with every cell NaN (to be filled)."""
     tokens, layers = problem.num_tokens, loaded.layout.num_layers
+    heads = loaded.layout.num_heads if HEADS in problem.settings.kinds else 0
     return TraceResult(
         prompt=problem.prompt,
         subject=problem.subject,
@@ -338,6 +497,8 @@ def empty_result(loaded: LoadedModel, problem: TraceProblem, low: float, *, appr
         approximate=approximate,
         engine=engine or problem.settings.engine,
         input_ids=list(problem.encoded.input_ids),
+        contrast=problem.contrast,
+        contrast_id=-1 if problem.contrast_id is None else problem.contrast_id,
+        replacements=list(problem.corruption.replacements),
+        head_scores=[[math.nan] * layers for _ in range(heads)],
     )
-
-

@@ -5,6 +5,9 @@ the window of `width` contiguous layers whose summed curve is largest. Layers wh
 an outlier direction (SPEC section 5: layer 2 of SmolLM2) are flagged through `flagged_layers`:
 the editor's covariance statistics know C, so they pass `flag_outliers(top eigenvalue per layer)`
 (or their own messages). A trace alone cannot see C, so nothing is guessed here.
+
+A recommendation whose curve peaks below `WEAK_FRACTION` of high - low (the total effect) says so in
+its warnings (SPEC 6): such a curve says little about where to edit.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from dataclasses import asdict, dataclass, field
 import numpy
 
 from core.errors import InputError
-from tracer.average import AverageResult
+from core.loading import LoadedModel
+from tracer.average import AverageResult, packaged_average
 from tracer.problem import TOKEN_CLASSES, TraceResult
 
 LAST_SUBJECT = TOKEN_CLASSES[2]
 OUTLIER_RATIO = 20.0  # a layer is flagged when its top key eigenvalue exceeds this many times the median
+WEAK_FRACTION = 0.10  # SPEC 6: a curve whose maximum is below this share of high - low is a weak signal
 
 
 @dataclass
@@ -38,6 +43,7 @@ class LayerRecommendation:
     explanation: str
     flagged_layers: dict[int, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    metric: str = "prob"  # what the curve's effects are measured in (tracer.modes.METRICS)
 
     @property
     def interval(self) -> tuple[list[float], list[float]] | None:
@@ -68,7 +74,24 @@ def best_window(curve: numpy.ndarray, width: int) -> tuple[int, float]:
     return start, float(sums[start])
 
 
-def _curve_from(source) -> tuple[numpy.ndarray, numpy.ndarray | None, numpy.ndarray | None, str, list[str]]:
+def weak_signal_warning(curve: numpy.ndarray, total_effect: float, fraction: float = WEAK_FRACTION) -> str | None:
+    """The warning for a curve whose maximum is below `fraction` of the total effect high - low (None when strong)."""
+    peak = float(numpy.max(curve))
+    if not numpy.isfinite(total_effect) or total_effect <= 0:
+        return (
+            f"Weak signal: the corruption does not lower the answer's score (high - low = {total_effect:.3g}), so there is "
+            f"no effect to locate and this R is arbitrary; measure R by editing instead."
+        )
+    if peak >= fraction * total_effect:
+        return None
+    return (
+        f"Weak signal: the MLP effect at the last subject token peaks at {peak:.3g}, below {fraction:.0%} of the total "
+        f"effect high - low = {total_effect:.3g}, so this curve says little about where to edit; average more facts or "
+        f"measure R by editing."
+    )
+
+
+def _curve_from(source) -> tuple[numpy.ndarray, numpy.ndarray | None, numpy.ndarray | None, str, list[str], float]:
     notes: list[str] = []
     if isinstance(source, TraceResult):
         if "mlp" not in source.scores:
@@ -84,20 +107,20 @@ def _curve_from(source) -> tuple[numpy.ndarray, numpy.ndarray | None, numpy.ndar
                 f"The strongest MLP effect of this trace is at token {source.tokens[token]!r} (layer {layer}), "
                 f"not at the last subject token; MEMIT edits at the last subject token, so R follows that row."
             )
-        return curve, None, None, "trace", notes
+        return curve, None, None, "trace", notes, float(source.total_effect)
     if isinstance(source, AverageResult):
         if "mlp" not in source.effects:
             raise InputError("These averages have no MLP effects: average the mlp kind to get a layer recommendation.")
         mean, lower, upper = source.curve("mlp", LAST_SUBJECT)
         if not numpy.isfinite(mean).all():
             raise InputError("The averages have no last-subject-token samples yet.")
-        return mean, lower, upper, "average", notes
+        return mean, lower, upper, "average", notes, float(source.total_effect)
     raise InputError("A layer recommendation needs a trace or averaged traces.")
 
 
 def recommend_layers(source, width: int = 5, flagged_layers: Mapping[int, str] | None = None) -> LayerRecommendation:
     """R = the `width` contiguous layers with the largest summed MLP effect at the last subject token."""
-    curve, lower, upper, kind, notes = _curve_from(source)
+    curve, lower, upper, kind, notes, total_effect = _curve_from(source)
     layers = len(curve)
     if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= layers:
         raise InputError(f"The width of R must be a whole number from 1 to {layers}, got {width!r}.")
@@ -106,6 +129,9 @@ def recommend_layers(source, width: int = 5, flagged_layers: Mapping[int, str] |
     chosen = list(range(start, start + width))
     flagged = {int(layer): text for layer, text in (flagged_layers or {}).items()}
     warnings = [f"Layer {layer} is in R: {flagged[layer]}" for layer in chosen if layer in flagged]
+    weak = weak_signal_warning(curve, total_effect)
+    if weak is not None:
+        warnings.insert(0, weak)
     peak = int(numpy.argmax(curve))
     where = "averaged over facts, with 95% intervals" if kind == "average" else "in this one trace (no interval: average over facts for one)"
     explanation = (
@@ -131,6 +157,7 @@ def recommend_layers(source, width: int = 5, flagged_layers: Mapping[int, str] |
         explanation=explanation,
         flagged_layers=flagged,
         warnings=warnings,
+        metric=source.settings.metric,
     )
 
 
@@ -147,3 +174,13 @@ def flag_outliers(eigenvalues: list[float], ratio: float = OUTLIER_RATIO) -> dic
                 f"{value:.3g}, {value / median:.0f}x the median layer); edits there can be unstable"
             )
     return flagged
+
+
+# --- the packaged averages (embedded model) -----------------------------------------------------------------------
+
+def packaged_recommendation(
+    loaded: LoadedModel, width: int = 5, flagged_layers: Mapping[int, str] | None = None
+) -> LayerRecommendation | None:
+    """R from the averages shipped in assets/ (embedded model), instantly; None when there are none."""
+    average = packaged_average(loaded)
+    return None if average is None else recommend_layers(average, width, flagged_layers)

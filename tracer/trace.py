@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+from core.kinds import HEADS
 from core.loading import LoadedModel
 from core.progress import Progress
 from tracer.fast_trace import FastTracer, fast_engine_supports
@@ -58,11 +59,13 @@ def _reference_updates(loaded: LoadedModel, problem: TraceProblem, started: floa
         low = reference_score(loaded, problem, [])
     result = empty_result(loaded, problem, low, engine="reference")
     yield TraceUpdate(result, 0.0, message="corrupted run done")
-    total = problem.num_tokens * len(problem.settings.kinds)
-    for finished, (kind, token, scores) in enumerate(reference_rows(loaded, problem), start=1):
-        result.scores[kind][token] = scores
+    total = problem.num_tokens * len(problem.settings.site_kinds) + len(result.head_scores)
+    for finished, (kind, row, scores) in enumerate(reference_rows(loaded, problem), start=1):
+        for layer, score in enumerate(scores):
+            result.set_cell(kind, row, layer, score)
         result.elapsed = time.perf_counter() - started
-        yield TraceUpdate(result, finished / total, message=f"{kind} row of token {token} done")
+        where = f"head {row}" if kind == HEADS else f"{kind} row of token {row}"
+        yield TraceUpdate(result, finished / total, message=f"{where} done")
     return result
 
 
@@ -76,8 +79,8 @@ def _fast_updates(loaded: LoadedModel, problem: TraceProblem, started: float):
     for step in tracer.steps():
         with loaded.lock:
             cells = tracer.run_step(step)
-        for (kind, token, layer), score in cells.items():
-            result.scores[kind][token][layer] = score
+        for (kind, row, layer), score in cells.items():
+            result.set_cell(kind, row, layer, score)
         result.elapsed = time.perf_counter() - started
         yield TraceUpdate(result, tracer.fraction_done(), message=step.describe())
     return result

@@ -1,0 +1,148 @@
+"""R measured by editing (SPEC 6): windows, the per-window edit against a plain evaluation, resuming, the verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import InputError
+from editor.counterfact import load_records
+from editor.evaluate import Scores, evaluate_records
+from editor.hparams import MemitHyperParams
+from editor.windows import (
+    WindowScore,
+    WindowsResult,
+    measure_windows,
+    measure_windows_stream,
+    parse_windows,
+    rank_correlation,
+    windows_cache_path,
+)
+from tests.conftest import weights_fingerprint
+from tracer.problem import TraceSettings
+from tracer.recommend import recommend_layers
+from tracer.trace import trace
+
+DEVSET = Path(__file__).resolve().parents[1] / "assets" / "devset_smollm2-135m-instruct.json"
+
+
+def test_windows_are_parsed_with_bounds():
+    every = parse_windows("all", 30, 5)
+    assert len(every) == 26 and every[0] == (0, 1, 2, 3, 4) and every[-1] == (25, 26, 27, 28, 29)
+    assert parse_windows("10-14, 1-5,2-6", 30) == [(1, 2, 3, 4, 5), (2, 3, 4, 5, 6), (10, 11, 12, 13, 14)]
+    assert parse_windows("3", 30) == [(3,)]
+    for text, width, message in (("1-5", 0, "width"), ("all", 31, "width"), ("28-30", 5, "does not exist"), ("x", 5, "not understood")):
+        with pytest.raises(InputError, match=message):
+            parse_windows(text, 30, width)
+
+
+def test_rank_correlation():
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 2], [1, 2]) is None and rank_correlation([1, 1, 1], [1, 2, 3]) is None
+
+
+def _result(windows, tracing) -> WindowsResult:
+    return WindowsResult(
+        model="test", n=3, width=2, method="memit", mom2_weight=1.0, cov_tokens=10,
+        unedited=Scores(10.0, 10.0, 90.0, 14.0, None, None, None, 3), windows=windows, trace_curve=[0.1, 0.3, 0.2, 0.0],
+        trace_facts=5, tracing_recommended=tracing,
+    )
+
+
+def test_the_verdict_says_when_tracing_and_editing_disagree():
+    windows = [WindowScore([0, 1], 90, 80, 70, 79.0, trace_effect=0.4), WindowScore([1, 2], 95, 85, 75, 84.0, trace_effect=0.5),
+               WindowScore([2, 3], 60, 50, 90, 63.0, trace_effect=0.2)]
+    agreeing = _result(windows, [1, 2])
+    assert agreeing.editing_best == [1, 2] and agreeing.agree and "they agree" in agreeing.explanation()
+    disagreeing = _result(windows, [0, 1])
+    assert not disagreeing.agree and "disagree" in disagreeing.explanation() and "rank 2 of 3" in disagreeing.explanation()
+    assert disagreeing.correlation == pytest.approx(1.0)
+    unmeasured = _result(windows[1:], [0, 1])
+    assert not unmeasured.agree and "not edited here" in unmeasured.explanation()
+    data = disagreeing.to_dict()
+    assert [window["layers"] for window in data["windows"]] == [[0, 1], [1, 2], [2, 3]]
+    assert {"layers", "ES", "PS", "NS", "S", "trace_effect"} <= set(data["windows"][0])
+    assert data["tracing_recommended"] == [0, 1] and data["editing_best"] == [1, 2] and data["agree"] is False
+    no_paraphrases = _result([WindowScore([0, 1], 50, None, None, None), WindowScore([1, 2], 100, None, None, None)], [0, 1])
+    assert no_paraphrases.editing_best == [1, 2]  # ranked by ES when there is no S
+    assert "T " in disagreeing.table() or " T" in disagreeing.table()
+
+
+def test_each_window_is_a_plain_edit_and_a_rerun_reads_the_cache(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
+    loaded = tiny("llama")
+    records = load_records(DEVSET)[:2]
+    hparams = MemitHyperParams(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=())
+    traced = trace(loaded, records[0].rewrite_prompt, records[0].subject, TraceSettings(kinds=("mlp",), samples=2, noise=0.5, window=1))
+    recommendation = recommend_layers(traced, width=2)
+    before = weights_fingerprint(loaded.model)
+    updates = list(measure_windows_stream(loaded, records, [(1, 2), (0, 1), (2,)], hparams, width=2, recommendation=recommendation))
+    fractions = [update.fraction for update in updates]
+    assert fractions == sorted(fractions) and updates[-1].done and fractions[-1] == 1.0
+    result = updates[-1].result
+    assert weights_fingerprint(loaded.model) == before
+    assert [window.layers for window in result.windows] == [[0, 1], [1, 2], [2]]  # by last layer: targets shared by 1-2 and 2
+    assert result.tracing_recommended == recommendation.layers and result.cached_windows == 0
+    for window in result.windows:
+        assert window.trace_effect == pytest.approx(sum(recommendation.curve[layer] for layer in window.layers))
+    plain = evaluate_records(loaded, records, hparams.replace(layers=(1, 2)), generation=False)
+    measured = result.window([1, 2])
+    assert (measured.ES, measured.PS, measured.NS, measured.S) == pytest.approx((plain.post.ES, plain.post.PS, plain.post.NS, plain.post.S))
+    assert (result.unedited.ES, result.unedited.NS) == pytest.approx((plain.pre.ES, plain.pre.NS))
+    assert result.editing_best in ([0, 1], [1, 2], [2]) and result.agree == (result.editing_best == recommendation.layers)
+    path = windows_cache_path(loaded, records, hparams)
+    assert len(path.read_text().splitlines()) == 4  # the unedited scores and three windows
+    again = measure_windows(loaded, records, [(0, 1), (1, 2), (2,)], hparams, width=2, recommendation=recommendation)
+    assert again.cached_windows == 3 and [w.to_dict() for w in again.windows] == [w.to_dict() for w in result.windows]
+    assert weights_fingerprint(loaded.model) == before
+
+
+def test_bad_requests_fail_before_any_edit(tiny):
+    loaded = tiny("llama")
+    records = load_records(DEVSET)[:1]
+    with pytest.raises(InputError, match="No records"):
+        next(measure_windows_stream(loaded, [], "all", width=2))
+    with pytest.raises(InputError, match="ROME"):
+        next(measure_windows_stream(loaded, records, "all", MemitHyperParams(layers=(1,), method="rome"), width=2))
+    with pytest.raises(InputError, match="does not exist"):
+        next(measure_windows_stream(loaded, records, "2-4", width=2))
+
+
+def test_the_windows_figure_draws_both_curves_and_marks_both_answers():
+    from editor.figures import windows_figure
+    from tracer.figures import figure_caption
+
+    windows = [WindowScore([0, 1], 90, 80, 70, 79.0, trace_effect=0.4), WindowScore([1, 2], 95, 85, 75, 84.0, trace_effect=0.5)]
+    figure = windows_figure(_result(windows, [0, 1]))
+    names = [trace.name for trace in figure.data]
+    assert names[:4] == ["S", "ES", "PS", "NS"] and "tracing" in names[4]
+    assert list(figure.data[0].x) == ["0-1", "1-2"] and list(figure.data[0].y) == [79.0, 84.0]
+    assert list(figure.data[4].y) == [0.4, 0.5] and figure.data[4].yaxis == "y2"
+    assert len(figure.layout.shapes) == 2 and "disagree" in figure.layout.title.text
+    assert "trust the editing" in figure_caption(figure)
+    assert not windows_figure(_result([], [0, 1])).data
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--windows", "1-5x"], "not understood"),
+        (["--limit", "0"], "--limit"),
+        (["--trace-facts", "0"], "--trace-facts"),
+    ],
+)
+def test_the_layers_command_refuses_bad_input_before_loading(arguments, message, capsys):
+    from editor.cli import main
+
+    assert main(["layers", "--data", str(DEVSET), *arguments]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("error: ") and message in error[-1]
+
+
+def test_a_tie_for_the_best_window_counts_as_agreement():
+    windows = [WindowScore([0, 1], 90, 80, 70, 84.0), WindowScore([1, 2], 95, 85, 75, 84.0), WindowScore([2, 3], 60, 50, 90, 63.0)]
+    tied = _result(windows, [1, 2])
+    assert tied.editing_best == [0, 1] and tied.tied_best == [[0, 1], [1, 2]] and tied.agree
+    assert "Tied with R = 1-2" in tied.explanation() and "they agree" in tied.explanation()
