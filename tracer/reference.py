@@ -12,6 +12,7 @@ import torch
 
 from core.hooks import forward_hooks, output_tensor, sequence_view
 from core.loading import LoadedModel
+from core.memory import out_of_memory_as_error
 from tracer.noise import add_noise_
 from tracer.problem import TraceProblem, window_layers
 
@@ -42,7 +43,7 @@ def reference_score(loaded: LoadedModel, problem: TraceProblem, patches: Sequenc
 
     hooks = {layout.token_embedding: corrupt}
     hooks.update({name: make_patch(tokens) for name, tokens in tokens_by_module.items()})
-    with forward_hooks(model, hooks):
+    with forward_hooks(model, hooks), out_of_memory_as_error("running the reference engine", loaded.device):
         logits = model(input_ids).logits
     return float(torch.softmax(logits[1:, -1, :].float(), dim=1).mean(dim=0)[problem.answer_id])
 
