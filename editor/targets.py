@@ -17,7 +17,8 @@ Chunk sizes (requests per chunk, padded tokens per pass) come from `core.memory`
 hparams' values, on a GPU as many as fit (all requests in one chunk where they fit). An out-of-memory
 error halves both and restarts the chunk (chunks are independent); at the floor it is a LocusError.
 The deltas are float32 whatever the model's dtype; each is added to the block output in float32 and
-rounded to the model's dtype once.
+rounded to the model's dtype once. On a float16 model the loss is scaled before the backward pass
+(FLOAT16_LOSS_SCALE, smaller after an overflow) and the gradient unscaled in float32.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from core.block_calls import PrefixKeyValues, cache_argument, new_dynamic_cache, stubbed_blocks
+from core.errors import LocusError
 from core.hooks import forward_hooks, output_tensor, replace_output_tensor
 from core.loading import LoadedModel
 from core.memory import ChunkSize, ModelShape, plan
@@ -41,6 +43,7 @@ from editor.rows import PromptRow, target_rows
 Progress = Callable[[float, str], None]
 ENGINES = ("cached", "full")
 MEMORY_ADVICE = "Edit fewer facts at once, or use shorter prompts."
+FLOAT16_LOSS_SCALE = 2.0**16  # float16 gradients of a loss near 1 underflow; scaled, then unscaled in float32
 
 
 @dataclass
@@ -422,40 +425,51 @@ def _optimize_chunk(
     for row in rows:
         if not row.is_kl:
             nll_rows[row.request] += 1
+    scale = FLOAT16_LOSS_SCALE if loaded.dtype == torch.float16 else 1.0
     for step in range(hparams.steps):
         leaf = delta.clone().requires_grad_(True)
         will_update = step < hparams.steps - 1
-        nll, kl, probability = torch.zeros(count), torch.zeros(count), torch.zeros(count)
-        for group in runner.groups:
-            active_rows = [i for i in group.rows if active[rows[i].request]]
-            if not active_rows:
-                continue
-            log_probs, h = runner.row_log_probs(group, active_rows, leaf)
-            terms, values = [], []  # values: per row the KL, or the NLL and exp(-NLL), detached
-            for index, row_index in enumerate(active_rows):
-                row = rows[row_index]
-                if row.is_kl:
-                    if step == 0:
-                        original_kl[row.request] = log_probs[index].detach()
-                    divergence = kl_divergence(original_kl[row.request], log_probs[index]).sum()
-                    values.append(divergence.detach())
-                    terms.append(hparams.kl_factor * divergence)
-                else:
-                    row_nll = -log_probs[index].gather(-1, target_ids[row_index].unsqueeze(-1)).mean()
-                    values += [row_nll.detach(), torch.exp(-row_nll.detach())]
-                    terms.append(row_nll / nll_rows[row.request])
-                    if step == 0 and row.prefix == 0:
-                        hidden[row.request] = h[index].to(device)
-            if will_update:
-                torch.stack(terms).sum().backward()
-            on_host = iter(torch.stack(values).tolist())
-            for row_index in active_rows:
-                row = rows[row_index]
-                if row.is_kl:
-                    kl[row.request] += next(on_host)
-                else:
-                    nll[row.request] += next(on_host) / float(nll_rows[row.request])
-                    probability[row.request] += next(on_host) / float(nll_rows[row.request])
+        while True:  # once, unless a float16 backward overflows: then again with a smaller loss scale
+            nll, kl, probability = torch.zeros(count), torch.zeros(count), torch.zeros(count)
+            for group in runner.groups:
+                active_rows = [i for i in group.rows if active[rows[i].request]]
+                if not active_rows:
+                    continue
+                log_probs, h = runner.row_log_probs(group, active_rows, leaf)
+                terms, values = [], []  # values: per row the KL, or the NLL and exp(-NLL), detached
+                for index, row_index in enumerate(active_rows):
+                    row = rows[row_index]
+                    if row.is_kl:
+                        if step == 0:
+                            original_kl[row.request] = log_probs[index].detach()
+                        divergence = kl_divergence(original_kl[row.request], log_probs[index]).sum()
+                        values.append(divergence.detach())
+                        terms.append(hparams.kl_factor * divergence)
+                    else:
+                        row_nll = -log_probs[index].gather(-1, target_ids[row_index].unsqueeze(-1)).mean()
+                        values += [row_nll.detach(), torch.exp(-row_nll.detach())]
+                        terms.append(row_nll / nll_rows[row.request])
+                        if step == 0 and row.prefix == 0:
+                            hidden[row.request] = h[index].to(device)
+                if will_update:
+                    total = torch.stack(terms).sum()
+                    (total * scale if scale != 1.0 else total).backward()
+                on_host = iter(torch.stack(values).tolist())
+                for row_index in active_rows:
+                    row = rows[row_index]
+                    if row.is_kl:
+                        kl[row.request] += next(on_host)
+                    else:
+                        nll[row.request] += next(on_host) / float(nll_rows[row.request])
+                        probability[row.request] += next(on_host) / float(nll_rows[row.request])
+            if scale == 1.0 or leaf.grad is None:
+                break
+            if bool(torch.isfinite(leaf.grad).all()):
+                leaf.grad /= scale
+                break
+            leaf.grad, scale = None, scale / 16  # float16 overflow: the same step again, scaled less
+            if scale < 1.0:
+                raise LocusError("The float16 gradients of the target optimization overflow; load the model in bfloat16 or float32.")
         hidden_norms = hidden.norm(dim=-1).clamp(min=1e-12)
         decay = hparams.weight_decay * leaf.norm(dim=-1) / hidden_norms**2
         loss = nll + hparams.kl_factor * kl + decay.detach().cpu()
