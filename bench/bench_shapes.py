@@ -358,6 +358,9 @@ def run(arguments: argparse.Namespace) -> list[StageFigure]:
 
 
 def main(argv: list[str]) -> int:
+    if not argv:  # `python -m bench` runs every benchmark without arguments: this one needs a shape
+        print(f"bench shapes needs --shape ({', '.join(SHAPES)}); skipped. Example: python -m bench shapes --shape gpt2-xl --quick")
+        return 0
     arguments = parse(argv)
     if arguments.threads:
         torch.set_num_threads(arguments.threads)

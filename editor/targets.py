@@ -218,7 +218,9 @@ class _RowGroup:
                 self.prefix = list(self.prefix_cache)
             else:
                 select = self.indices(active_rows, self.prefix_cache[0][0].device)
-                self.prefix = [(keys[select], values[select]) for keys, values in self.prefix_cache]
+                self.prefix = [  # each layer's keys/values on its own device (device_map="auto")
+                    (keys[select.to(keys.device)], values[select.to(values.device)]) for keys, values in self.prefix_cache
+                ]
             self.active, self.stub_cache = tuple(active_rows), None
         return self.prefix
 
@@ -334,7 +336,7 @@ class _Runner:
             gather_rows.extend([index] * len(positions))
             gather_positions.extend(positions)
             splits.append(len(positions))
-        states = final[torch.tensor(gather_rows, device=ids.device), torch.tensor(gather_positions, device=ids.device)]
+        states = final[torch.tensor(gather_rows, device=final.device), torch.tensor(gather_positions, device=final.device)]
         log_probs = torch.log_softmax(self.loaded.layout.final_logits(self.loaded.model, states).float(), dim=-1)
         return list(log_probs.split(splits)), h.float()
 
@@ -446,7 +448,8 @@ def _optimize_chunk(
                         values.append(divergence.detach())
                         terms.append(hparams.kl_factor * divergence)
                     else:
-                        row_nll = -log_probs[index].gather(-1, target_ids[row_index].unsqueeze(-1)).mean()
+                        targets = target_ids[row_index].to(log_probs[index].device)  # the head's device (device_map="auto")
+                        row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
                         values += [row_nll.detach(), torch.exp(-row_nll.detach())]
                         terms.append(row_nll / nll_rows[row.request])
                         if step == 0 and row.prefix == 0:
