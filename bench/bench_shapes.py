@@ -14,10 +14,13 @@ memory: the process's peak resident memory on a CPU, torch's peak allocation on 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,10 +107,41 @@ def build_shape(name: str, device: torch.device, dtype: torch.dtype, tokenizer, 
             f"The {name} shape needs {weights / 2**30:.1f} GiB of weights in {str(dtype).removeprefix('torch.')}, "
             f"but {device} has {free / 2**30:.1f} GiB free. Use --dtype bfloat16, a GPU, or a smaller shape."
         )
-    torch.manual_seed(seed)
-    with torch.device(device):  # the random initialisation runs where the weights live
+    return from_parts(random_model(config, device, dtype, seed), tokenizer, spec=f"shape-{name}{'-tiny' if tiny else ''}",
+                      name=f"{name} shape (random weights)")
+
+
+def transformers_no_init_weights():
+    """transformers' context that skips its weight initialisation, where this version has one (else None)."""
+    if importlib.util.find_spec("transformers.initialization") is None:
+        return None
+    return getattr(importlib.import_module("transformers.initialization"), "no_init_weights", None)
+
+
+def random_model(config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+    """A model of `config` on `device`: matrices ~ N(0, initializer_range), norm scales 1, biases 0.
+
+    One random draw per weight, where the device is: transformers' own initialisation (when it can be
+    switched off) would draw twice, which takes most of a minute for GPT-2 XL on two CPU cores.
+    """
+    skip_init = transformers_no_init_weights()
+    with torch.device(device), (skip_init() if skip_init is not None else nullcontext()):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return from_parts(model, tokenizer, spec=f"shape-{name}{'-tiny' if tiny else ''}", name=f"{name} shape (random weights)")
+    if skip_init is None:
+        return model
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    std = float(getattr(config, "initializer_range", 0.02) or 0.02)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():  # tied weights appear once
+            if parameter.dim() >= 2:
+                parameter.normal_(0.0, std, generator=generator)
+            elif name.endswith("bias"):
+                parameter.zero_()
+            else:
+                parameter.fill_(1.0)
+    return model
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -177,7 +211,8 @@ def time_trace(loaded: LoadedModel, cells_per_token: int | None, samples: int = 
         steps, timed_cells = [], 0
         for token in range(problem.subject_range[0], problem.num_tokens):
             computed = [cell for cell in build_cells(settings.kinds, windows, token, layers) if cell.start < layers]
-            chosen = computed[:: max(1, len(computed) // cells_per_token)][:cells_per_token]
+            stride = max(1, len(computed) // cells_per_token)
+            chosen = computed[stride // 2 :: stride][:cells_per_token]  # centred strides: from shallow to deep starts
             query = problem.num_tokens - token
             work = float(sum(layers - cell.start for cell in chosen) * query * samples)
             steps.append(Step(token=token, cells=chosen, work=work))
@@ -315,7 +350,7 @@ def run(arguments: argparse.Namespace) -> list[StageFigure]:
 
     cells = arguments.cells_per_token
     if cells is None and device.type != "cuda":
-        cells = 2 if quick else 8
+        cells = 1 if quick else 8
     peak.reset()
     trace = time_trace(loaded, cells)
     how = (f"{trace.timed_cells} of {trace.cells} cells timed ({trace.timed_seconds:.1f} s), extrapolated by work"
@@ -334,7 +369,7 @@ def run(arguments: argparse.Namespace) -> list[StageFigure]:
     print(f"  targets: {seconds:.1f} s", flush=True)
 
     layers = list(default_hparams(layout).layers)
-    tokens = 512 if quick else 4096
+    tokens = 256 if quick else 4096
     peak.reset()
     seconds, rate = time_covariance(loaded, layers, tokens)
     full = default_hparams(layout).cov_tokens
