@@ -1,9 +1,11 @@
 """Real model sizes without downloads: a model built from the config of GPT-2 XL, GPT-J 6B, Llama-3-8B or
 Qwen2.5-7B with random weights, timed on a trace, the target optimisation and the covariance pass.
 
-    python -m bench shapes --shape gpt2-xl --quick           # a few minutes on a 2-core CPU
+    python -m bench shapes --shape gpt2-xl --quick           # minutes on a 2-core CPU
     python -m bench shapes --shape llama-3-8b --device cuda  # bfloat16 on a GPU: the whole trace, timed
-    python -m bench shapes --shape gpt2-xl --edits 20        # also a whole trace and 20 dev-set edits, end to end
+    python -m bench shapes --shape gpt2-xl --trace-steps 1 --edits 20 --edit-steps 2 --cov-tokens 5000
+        # the CPU memory check: the trace's largest chunks and 20 dev-set edits end to end (fewer target
+        # steps and covariance tokens than a real edit: the same batches, so the same peak memory)
 
 Random weights are fine for speed and memory (fidelity is checked on the embedded model). The tokenizer
 is the embedded model's (its ids fit every shape's vocabulary). On a CPU the trace is timed on a strided
@@ -190,8 +192,11 @@ class TraceTiming:
         return self.cells / self.seconds if self.seconds > 0 else float("nan")
 
 
-def time_trace(loaded: LoadedModel, cells_per_token: int | None, samples: int = 10, kinds=KINDS) -> TraceTiming:
-    """Time the fast engine on the 10-token prompt: every cell (None), or a strided subset of each token's cells."""
+def time_trace(
+    loaded: LoadedModel, cells_per_token: int | None, samples: int = 10, kinds=KINDS, first_steps: int | None = None
+) -> TraceTiming:
+    """Time the fast engine on the 10-token prompt: every cell, a strided subset of each token's cells
+    (`cells_per_token`), or the plan's first `first_steps` steps (the largest chunks: the peak memory of the whole)."""
     settings = TraceSettings(kinds=tuple(kinds), samples=samples, window=10, noise=TRACE_NOISE)
     device = loaded.device
     synchronize(device)
@@ -204,7 +209,10 @@ def time_trace(loaded: LoadedModel, cells_per_token: int | None, samples: int = 
     prepare_seconds = time.perf_counter() - clock
     layers = loaded.layout.num_layers
     total_cells = problem.num_tokens * len(settings.kinds) * layers
-    if cells_per_token is None:
+    if first_steps is not None:
+        steps = [step for step in plan if step.fill is None][:first_steps]
+        timed_cells = sum(len(step.cells) for step in steps)
+    elif cells_per_token is None:
         steps, timed_cells = plan, total_cells
     else:
         windows = {kind: settings.window_for(kind) for kind in settings.kinds}
@@ -226,7 +234,7 @@ def time_trace(loaded: LoadedModel, cells_per_token: int | None, samples: int = 
     synchronize(device)
     timed = time.perf_counter() - clock
     work_timed = sum(step.work for step in steps) or 1.0
-    whole = prepare_seconds + (timed if cells_per_token is None else timed * tracer.work_total / work_timed)
+    whole = prepare_seconds + (timed if timed_cells == total_cells else timed * tracer.work_total / work_timed)
     return TraceTiming(problem.num_tokens, total_cells, timed_cells, prepare_seconds, timed, whole, best)
 
 
@@ -270,13 +278,13 @@ def time_covariance(loaded: LoadedModel, layers: list[int], tokens: int) -> tupl
     return seconds, state.tokens / seconds
 
 
-def run_edits(loaded: LoadedModel, count: int, cov_tokens: int) -> tuple[float, dict, float]:
+def run_edits(loaded: LoadedModel, count: int, cov_tokens: int, steps: int | None = None) -> tuple[float, dict, float]:
     """`count` dev-set edits in one MEMIT batch, end to end (covariance over `cov_tokens`, computed fresh).
 
     Returns (seconds, timings by part, mean relative update norm); the weights are left as they were.
     """
     requests = dev_requests(count)
-    hparams = default_hparams(loaded.layout, cov_tokens=cov_tokens)
+    hparams = default_hparams(loaded.layout, cov_tokens=cov_tokens, steps=steps)
     synchronize(loaded.device)
     clock = time.perf_counter()
     covariances = layer_covariances(loaded, list(hparams.layers), cov_tokens, use_cache=False)
@@ -318,7 +326,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer timed cells, steps and tokens (gpt2-xl: minutes on a CPU)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model of the shape's family (a dry run of every stage)")
     parser.add_argument("--cells-per-token", type=int, default=None, help="trace cells timed per token (default: all on a GPU)")
-    parser.add_argument("--edits", type=int, default=0, help="also run the whole trace and this many dev-set edits end to end")
+    parser.add_argument("--trace-steps", type=int, default=None,
+                        help="time the trace's first N batched steps instead (its largest chunks: the whole trace's peak memory)")
+    parser.add_argument("--whole-trace", action="store_true", help="also run every cell of the trace (slow on a CPU)")
+    parser.add_argument("--edits", type=int, default=0, help="also run this many dev-set edits in one batch, end to end")
+    parser.add_argument("--edit-steps", type=int, default=None,
+                        help="target optimization steps of --edits (default: the editor's 25; fewer need the same memory)")
     parser.add_argument("--cov-tokens", type=int, default=None, help="covariance budget of --edits (default: the editor's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return parser.parse_args(argv)
@@ -328,8 +341,10 @@ def run(arguments: argparse.Namespace) -> list[StageFigure]:
     """Build the shape and measure every stage; returns the table's rows."""
     device = resolve_device(arguments.device)
     dtype = resolve_dtype(arguments.dtype, device)
-    if arguments.edits < 0 or (arguments.cov_tokens is not None and arguments.cov_tokens < 1):
-        raise InputError("--edits must be >= 0 and --cov-tokens positive.")
+    if arguments.edits < 0 or any(value is not None and value < 1 for value in (
+        arguments.cov_tokens, arguments.edit_steps, arguments.trace_steps, arguments.cells_per_token
+    )):
+        raise InputError("--edits must be >= 0; --cov-tokens, --edit-steps, --trace-steps and --cells-per-token positive.")
     if arguments.edits > len(load_records(str(DEVSET))):
         raise InputError(f"--edits: the dev set has {len(load_records(str(DEVSET)))} records.")
     quick = arguments.quick
@@ -352,8 +367,9 @@ def run(arguments: argparse.Namespace) -> list[StageFigure]:
     if cells is None and device.type != "cuda":
         cells = 1 if quick else 8
     peak.reset()
-    trace = time_trace(loaded, cells)
-    how = (f"{trace.timed_cells} of {trace.cells} cells timed ({trace.timed_seconds:.1f} s), extrapolated by work"
+    trace = time_trace(loaded, cells, first_steps=arguments.trace_steps)
+    timed = f"the first {arguments.trace_steps} step(s), " if arguments.trace_steps else ""
+    how = (f"{timed}{trace.timed_cells} of {trace.cells} cells timed ({trace.timed_seconds:.1f} s), extrapolated by work"
            if trace.extrapolated else f"all {trace.cells} cells")
     rows.append(StageFigure("trace: 10 tokens x 3 kinds", trace.seconds, f"{trace.cells_per_second:.1f} cells/s",
                             f"{how}; clean + corrupted runs {trace.prepare_seconds:.1f} s", peak.peak(),
@@ -377,18 +393,20 @@ def run(arguments: argparse.Namespace) -> list[StageFigure]:
                             f"layers {layers[0]}-{layers[-1]}; {full:,} tokens would take ~{full / rate:,.0f} s", peak.peak()))
     print(f"  covariance: {seconds:.1f} s", flush=True)
 
-    if arguments.edits:
+    if arguments.whole_trace and trace.extrapolated:
         peak.reset()
-        whole = time_trace(loaded, None) if trace.extrapolated else trace
+        whole = time_trace(loaded, None)
         rows.append(StageFigure("whole trace, every cell", whole.seconds, f"{whole.cells_per_second:.1f} cells/s",
                                 f"{whole.cells} cells", peak.peak()))
         print(f"  whole trace: {whole.seconds:.1f} s", flush=True)
+    if arguments.edits:
         cov_tokens = arguments.cov_tokens or full
         peak.reset()
-        seconds, timings, relative = run_edits(loaded, arguments.edits, cov_tokens)
+        seconds, timings, relative = run_edits(loaded, arguments.edits, cov_tokens, arguments.edit_steps)
         parts = ", ".join(f"{name} {value:.0f} s" for name, value in timings.items())
+        steps_text = f"{arguments.edit_steps} target steps" if arguments.edit_steps else "up to 25 target steps"
         rows.append(StageFigure(f"{arguments.edits} edits in one batch", seconds, f"{arguments.edits / seconds * 60:.2f} edits/min",
-                                f"{parts}; covariance over {cov_tokens:,} tokens", peak.peak()))
+                                f"{parts}; {steps_text}; covariance over {cov_tokens:,} tokens", peak.peak()))
     return rows
 
 

@@ -399,6 +399,58 @@ class _Runner:
         return hidden, h
 
 
+class _RowLosses:
+    """The per-request losses of a chunk's rows at a delta, group by group (losses reach the host once per group)."""
+
+    def __init__(self, runner: _Runner, rows: list[PromptRow], hparams: MemitHyperParams, target_ids: dict[int, torch.Tensor],
+                 nll_rows: torch.Tensor, original_kl: dict[int, torch.Tensor], hidden: torch.Tensor):
+        self.runner, self.rows, self.hparams, self.target_ids = runner, rows, hparams, target_ids
+        self.nll_rows, self.original_kl, self.hidden = nll_rows, original_kl, hidden
+
+    def evaluate(
+        self, leaf: torch.Tensor, active: torch.Tensor, step: int, backward_scale: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(NLL, KL, probability) per request (CPU float32); back-propagates backward_scale x loss (None: no backward).
+
+        At step 0 it records the unedited next-token distributions (KL rows) and h (the plain prompts' rows).
+        """
+        rows, hparams, count = self.rows, self.hparams, len(active)
+        nll, kl, probability = torch.zeros(count), torch.zeros(count), torch.zeros(count)
+        for group in self.runner.groups:
+            active_rows = [i for i in group.rows if active[rows[i].request]]
+            if not active_rows:
+                continue
+            log_probs, h = self.runner.row_log_probs(group, active_rows, leaf)
+            terms, values = [], []  # values: per row the KL, or the NLL and exp(-NLL), detached
+            for index, row_index in enumerate(active_rows):
+                row = rows[row_index]
+                if row.is_kl:
+                    if step == 0:
+                        self.original_kl[row.request] = log_probs[index].detach()
+                    divergence = kl_divergence(self.original_kl[row.request], log_probs[index]).sum()
+                    values.append(divergence.detach())
+                    terms.append(hparams.kl_factor * divergence)
+                else:
+                    targets = self.target_ids[row_index].to(log_probs[index].device)  # the head's device (device_map)
+                    row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
+                    values += [row_nll.detach(), torch.exp(-row_nll.detach())]
+                    terms.append(row_nll / self.nll_rows[row.request])
+                    if step == 0 and row.prefix == 0:
+                        self.hidden[row.request] = h[index].to(self.hidden.device)
+            if backward_scale is not None:
+                total = torch.stack(terms).sum()
+                (total * backward_scale if backward_scale != 1.0 else total).backward()
+            on_host = iter(torch.stack(values).tolist())
+            for row_index in active_rows:
+                row = rows[row_index]
+                if row.is_kl:
+                    kl[row.request] += next(on_host)
+                else:
+                    nll[row.request] += next(on_host) / float(self.nll_rows[row.request])
+                    probability[row.request] += next(on_host) / float(self.nll_rows[row.request])
+        return nll, kl, probability
+
+
 def _optimize_chunk(
     loaded: LoadedModel,
     requests: list[EditRequest],
@@ -428,43 +480,12 @@ def _optimize_chunk(
         if not row.is_kl:
             nll_rows[row.request] += 1
     scale = FLOAT16_LOSS_SCALE if loaded.dtype == torch.float16 else 1.0
+    losses = _RowLosses(runner, rows, hparams, target_ids, nll_rows, original_kl, hidden)
     for step in range(hparams.steps):
         leaf = delta.clone().requires_grad_(True)
         will_update = step < hparams.steps - 1
         while True:  # once, unless a float16 backward overflows: then again with a smaller loss scale
-            nll, kl, probability = torch.zeros(count), torch.zeros(count), torch.zeros(count)
-            for group in runner.groups:
-                active_rows = [i for i in group.rows if active[rows[i].request]]
-                if not active_rows:
-                    continue
-                log_probs, h = runner.row_log_probs(group, active_rows, leaf)
-                terms, values = [], []  # values: per row the KL, or the NLL and exp(-NLL), detached
-                for index, row_index in enumerate(active_rows):
-                    row = rows[row_index]
-                    if row.is_kl:
-                        if step == 0:
-                            original_kl[row.request] = log_probs[index].detach()
-                        divergence = kl_divergence(original_kl[row.request], log_probs[index]).sum()
-                        values.append(divergence.detach())
-                        terms.append(hparams.kl_factor * divergence)
-                    else:
-                        targets = target_ids[row_index].to(log_probs[index].device)  # the head's device (device_map="auto")
-                        row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
-                        values += [row_nll.detach(), torch.exp(-row_nll.detach())]
-                        terms.append(row_nll / nll_rows[row.request])
-                        if step == 0 and row.prefix == 0:
-                            hidden[row.request] = h[index].to(device)
-                if will_update:
-                    total = torch.stack(terms).sum()
-                    (total * scale if scale != 1.0 else total).backward()
-                on_host = iter(torch.stack(values).tolist())
-                for row_index in active_rows:
-                    row = rows[row_index]
-                    if row.is_kl:
-                        kl[row.request] += next(on_host)
-                    else:
-                        nll[row.request] += next(on_host) / float(nll_rows[row.request])
-                        probability[row.request] += next(on_host) / float(nll_rows[row.request])
+            nll, kl, probability = losses.evaluate(leaf, active, step, scale if will_update else None)
             if scale == 1.0 or leaf.grad is None:
                 break
             if bool(torch.isfinite(leaf.grad).all()):
