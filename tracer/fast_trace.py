@@ -319,14 +319,25 @@ class BatchState:
 def restoration_rows(
     cells: list[Cell], samples: int, layers: int, device: torch.device | None = None
 ) -> dict[str, list[torch.Tensor | None]]:
-    """{kind: per layer, the batch rows whose mlp/attn output at query position 0 is restored (or None)}, on `device`."""
-    row_index = torch.arange(len(cells) * samples, device=device).view(len(cells), samples)
+    """{kind: per layer, the batch rows whose mlp/attn output at query position 0 is restored (or None)}.
+
+    The index tensors are views of one tensor copied to `device` once (not one copy per kind and layer).
+    """
+    row_index = torch.arange(len(cells) * samples).view(len(cells), samples)
     rows: dict[str, list[torch.Tensor | None]] = {kind: [None] * layers for kind in ("mlp", "attn")}
+    pieces, spans, offset = [], {}, 0
     for kind in rows:
         for layer in range(layers):
             chosen = [index for index, cell in enumerate(cells) if cell.kind == kind and cell.first <= layer < cell.end]
             if chosen:
-                rows[kind][layer] = row_index[chosen].reshape(-1)
+                pieces.append(row_index[chosen].reshape(-1))
+                spans[(kind, layer)] = (offset, offset + pieces[-1].numel())
+                offset += pieces[-1].numel()
+    if pieces:
+        flat = torch.cat(pieces)
+        flat = flat.to(device) if device is not None else flat
+        for (kind, layer), (start, end) in spans.items():
+            rows[kind][layer] = flat[start:end]
     return rows
 
 
