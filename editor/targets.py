@@ -126,7 +126,8 @@ def chunk_plan(loaded: LoadedModel, rows: list[PromptRow], count: int, hparams: 
     longest = max(len(row.ids) for row in rows)
     blocks = shape.layers - layer - 1 if engine == "cached" else shape.layers
     token_bytes = shape.training_token_bytes(max(blocks, 1), longest)
-    tokens = plan(loaded.device, token_bytes, default=max(hparams.target_batch_tokens, longest), floor=longest)
+    passed = sum(len(row.ids) - (row.subject_last if engine == "cached" else 0) for row in rows)  # every row in one pass
+    tokens = plan(loaded.device, token_bytes, default=max(hparams.target_batch_tokens, longest), floor=longest, ceiling=passed)
     rows_per_request = -(-len(rows) // max(count, 1))
     request_bytes = rows_per_request * (longest * (shape.cache_token_bytes() + shape.hidden * shape.element) + 4 * shape.vocab)
     requests = plan(
