@@ -39,7 +39,6 @@ from editor.counterfact import load_records
 from editor.covariance import collect_second_moments, layer_covariances
 from editor.hparams import default_hparams
 from editor.memit import compute_memit
-from editor.prefixes import context_prefixes
 from editor.targets import compute_targets
 from tracer.fast_trace import FastTracer, Step, build_cells
 from tracer.problem import TraceSettings, prepare_trace
@@ -48,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVSET = ROOT / "assets" / "devset_smollm2-135m-instruct.json"
 TRACE_PROMPT, TRACE_SUBJECT = "The Eiffel Tower is located in the city of", "Eiffel Tower"  # 10 tokens
 TRACE_NOISE = 0.1  # absolute: a random model has no measured embedding sigma
+FIXED_PREFIXES = ["", "The city was quiet that night. ", "Therefore, the plan was changed. ", "Because it rained, we stayed. ",
+                  "I read the whole report today. ", "You can see the river from here. "]
 
 # The published configurations (sizes only; weights are random).
 SHAPES: dict[str, tuple[str, dict]] = {
@@ -193,10 +194,12 @@ class TraceTiming:
 
 
 def time_trace(
-    loaded: LoadedModel, cells_per_token: int | None, samples: int = 10, kinds=KINDS, first_steps: int | None = None
+    loaded: LoadedModel, cells_per_token: int | None, samples: int = 10, kinds=KINDS, first_steps: int | None = None,
+    token_stride: int = 1,
 ) -> TraceTiming:
     """Time the fast engine on the 10-token prompt: every cell, a strided subset of each token's cells
-    (`cells_per_token`), or the plan's first `first_steps` steps (the largest chunks: the peak memory of the whole)."""
+    (`cells_per_token`, of every `token_stride`-th token), or the plan's first `first_steps` steps (the largest
+    chunks: the peak memory of the whole)."""
     settings = TraceSettings(kinds=tuple(kinds), samples=samples, window=10, noise=TRACE_NOISE)
     device = loaded.device
     synchronize(device)
@@ -217,7 +220,7 @@ def time_trace(
     else:
         windows = {kind: settings.window_for(kind) for kind in settings.kinds}
         steps, timed_cells = [], 0
-        for token in range(problem.subject_range[0], problem.num_tokens):
+        for token in range(problem.num_tokens - 1, problem.subject_range[0] - 1, -token_stride):  # the last token always
             computed = [cell for cell in build_cells(settings.kinds, windows, token, layers) if cell.start < layers]
             stride = max(1, len(computed) // cells_per_token)
             chosen = computed[stride // 2 :: stride][:cells_per_token]  # centred strides: from shallow to deep starts
@@ -256,9 +259,13 @@ class StageFigure:
 
 
 def time_targets(loaded: LoadedModel, requests: list, steps: int) -> tuple[float, float]:
-    """(seconds, request-steps per second) of `steps` Adam steps of the target optimisation of `requests` in one batch."""
+    """(seconds, request-steps per second) of `steps` Adam steps of the target optimisation of `requests` in one batch.
+
+    The context prefixes are fixed texts of the editor's number and length: a random model's own would be noise, and
+    generating them token by token reads every weight ~50 times (most of a minute for GPT-2 XL on a CPU).
+    """
     hparams = default_hparams(loaded.layout).replace(steps=steps, loss_stop=0.0)
-    prefixes = context_prefixes(loaded, hparams)
+    prefixes = FIXED_PREFIXES
     synchronize(loaded.device)
     clock = time.perf_counter()
     compute_targets(loaded, requests, hparams, prefixes)
@@ -367,7 +374,7 @@ def run(arguments: argparse.Namespace) -> list[StageFigure]:
     if cells is None and device.type != "cuda":
         cells = 1 if quick else 8
     peak.reset()
-    trace = time_trace(loaded, cells, first_steps=arguments.trace_steps)
+    trace = time_trace(loaded, cells, first_steps=arguments.trace_steps, token_stride=2 if quick else 1)
     timed = f"the first {arguments.trace_steps} step(s), " if arguments.trace_steps else ""
     how = (f"{timed}{trace.timed_cells} of {trace.cells} cells timed ({trace.timed_seconds:.1f} s), extrapolated by work"
            if trace.extrapolated else f"all {trace.cells} cells")

@@ -41,3 +41,13 @@ def test_bundle_parts_join_to_the_same_bytes(tmp_path):
     (folder / "model.gguf.part2").unlink()
     with pytest.raises(SystemExit, match="parts of model.gguf"):
         join_parts(folder, "model.gguf", tmp_path / "again.gguf")
+
+
+def test_the_gpu_checks_shape_stage_runs_tiny_on_the_cpu(capsys):
+    """`python -m bench gpu --device cpu --quick --stages shape`: the llama-3-8b family at a tiny size, every step."""
+    from bench import bench_gpu
+
+    assert bench_gpu.main(["--device", "cpu", "--quick", "--stages", "shape", "--edits", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "llama-3-8b shape (random weights), float32: trace" in table and "180 cells" in table
+    assert "2 edits" in table and "covariance over 1,000 tokens" in table
