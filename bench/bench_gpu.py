@@ -237,7 +237,7 @@ def run(arguments: argparse.Namespace) -> list[Row]:
                         f"{trace.seconds:.1f} s for {trace.cells} cells (10 tokens x 3 kinds; built in {built:.0f} s); "
                         f"peak {gib(peak.peak())}", "< 60 s", trace.seconds < 60))
         peak.reset()
-        seconds, timings, _ = run_edits(loaded, len(records), cov_tokens)
+        seconds, timings, _ = run_edits(loaded, len(records), cov_tokens, steps)
         parts = ", ".join(f"{name} {value:.0f} s" for name, value in timings.items())
         rows.append(Row(f"{loaded.name}: {len(records)} edits",
                         f"{seconds:.0f} s ({parts}; covariance over {cov_tokens:,} tokens); peak {gib(peak.peak())}",
