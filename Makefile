@@ -1,7 +1,7 @@
 # Locus: two commands for a new user.
 #   make run   - create .venv, install everything (once), build the model cache, serve http://127.0.0.1:7860
 #   make test  - the whole suite (installs test tools, Chromium and Playwright where missing)
-# Other targets: make install, make bench, make lint, make clean.
+# Other targets: make install, make bench, make lint, make clean, make gpu-bundle (README: GPU check).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,7 +15,7 @@ APP_ARGS ?=
 INSTALLED      := $(VENV)/.locus-installed
 TEST_INSTALLED := $(VENV)/.locus-test-installed
 
-.PHONY: run install test lint bench cache clean help chromium
+.PHONY: run install test lint bench cache clean help chromium gpu-bundle
 
 help:
 	@sed -n '1,5p' Makefile
@@ -58,6 +58,10 @@ test: $(TEST_INSTALLED) chromium
 bench: $(INSTALLED)
 	$(PY) -m tracer cache-model
 	$(PY) -m bench
+
+# The embedded model (in parts under 64 MiB), the corpus and the gguf wheel for a GPU machine without network.
+gpu-bundle: $(INSTALLED)
+	$(PY) -m bench.gpu_bundle make
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

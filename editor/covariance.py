@@ -1,8 +1,10 @@
 """C_l = E[k k^T]: uncentred second moment of the MLP output projection's inputs over corpus tokens.
 
 One pass over the corpus collects every requested layer (the forward stops after the last of them).
-Products are formed per batch of at most a few thousand tokens and summed in float64. The sums are
-cached per model, layer, corpus hash and token budget as safetensors under
+Keys are upcast to float32, products formed per batch of at most a few thousand tokens (sized by
+`core.memory`; an out-of-memory error halves the batch and retries it) and summed in float64 on the
+device the keys are on, whatever the model's dtype. The sums are cached per model (and dtype, when
+not float32), layer, corpus hash and token budget as safetensors under
 `core.embedded.cache_root()/covariance/`, written atomically; a running pass leaves a checkpoint
 that a later call resumes, and a larger budget continues from the largest finished smaller one.
 """
@@ -28,13 +30,15 @@ from core.errors import InputError
 from core.facts import model_key
 from core.hooks import capture_inputs, sequence_view
 from core.loading import LoadedModel
+from core.memory import ChunkSize, ModelShape, out_of_memory_as_error, plan
 from core.progress import Progress
 from editor.corpus import WIKIPEDIA, Corpus, load_corpus
 from editor.forward import pad_id, pad_right, run_until
 
 FORMAT = 1
 GROUP_TOKENS = 16384  # at most this many tokens between checkpoint opportunities (at least 8 per pass)
-BATCH_TOKENS = 2048  # padded tokens per forward pass
+BATCH_TOKENS = 2048  # padded tokens per forward pass on a CPU (a GPU takes what fits, up to a group)
+MEMORY_ADVICE = "Use fewer layers at once, or a smaller corpus text length."
 CHECKPOINT_SECONDS = 30.0
 OUTLIER_RATIO = 10.0  # a layer whose largest eigenvalue is this many times the others' median is flagged
 CONDITION_WARNING = 1e4
@@ -44,9 +48,9 @@ CONDITION_WARNING = 1e4
 
 
 def add_second_moment(total: torch.Tensor, keys: torch.Tensor) -> None:
-    """total (m, m) float64 += keys^T keys for keys (N, m); the product in float32 for N <= a few thousand."""
+    """total (m, m) float64 += keys^T keys for keys (N, m) of any dtype; the product in float32 for N <= a few thousand."""
     keys = keys.float()
-    total += (keys.T @ keys).double()
+    total.add_(keys.T @ keys)  # float64 accumulation, without a float64 copy of the product
 
 
 @dataclass
@@ -137,7 +141,7 @@ def _write(path: Path, tensor: torch.Tensor, metadata: dict) -> None:
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
     os.close(handle)
     try:
-        save_file({"sum": tensor.contiguous()}, temporary, metadata={k: str(v) for k, v in metadata.items()})
+        save_file({"sum": tensor.detach().cpu().contiguous()}, temporary, metadata={k: str(v) for k, v in metadata.items()})
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -215,7 +219,7 @@ def collect_second_moments(
     """Sum of k k^T over `budget` corpus tokens for every layer in one pass (continuing `state`; groups on `pool`'s workers)."""
     layout = loaded.layout
     size = layout.mlp_size
-    state = state or MomentState({layer: torch.zeros(size, size, dtype=torch.float64) for layer in layers})
+    state = state or MomentState({layer: torch.zeros(size, size, dtype=torch.float64, device=loaded.device) for layer in layers})
     names = {layer: layout.mlp_output_projection(layer) for layer in layers}
     started, start_tokens, start_seconds = time.perf_counter(), state.tokens, state.seconds
     last_checkpoint = started
@@ -242,8 +246,9 @@ def _summed_groups(loaded: LoadedModel, corpus: Corpus, state: MomentState, budg
     which the tests check, and otherwise differs by float64 rounding (~1e-16 relative).
     """
     if pool is None:
+        chunk = _batch_chunk(loaded, len(names), budget)  # one for the pass: a halving holds for the later groups
         for group in _text_windows(loaded, corpus, state, budget):
-            add_group(loaded, group, names, state.sums)
+            add_group(loaded, group, names, state.sums, chunk)
             yield group
         return
     groups: dict[int, list] = {}
@@ -256,7 +261,7 @@ def _summed_groups(loaded: LoadedModel, corpus: Corpus, state: MomentState, budg
     window = 2 * pool.workers + 2  # group sums buffered until the earlier ones arrive: at most this many
     for index, sums in in_item_order(run_items(shard_second_moments, windows(), sorted(names), pool=pool, window=window)):
         for layer, total in sums.items():
-            state.sums[layer] += total
+            state.sums[layer] += total.to(state.sums[layer].device)
         yield groups.pop(index)
 
 
@@ -270,18 +275,30 @@ def shard_second_moments(loaded: LoadedModel, layers: list[int], group: list) ->
     return sums
 
 
-def add_group(loaded: LoadedModel, group: list, names: dict[int, str], sums: dict[int, torch.Tensor]) -> None:
-    """sums[layer] += k^T k over one group of (text, ids, first, end) windows, in batches of similar length."""
+def add_group(loaded: LoadedModel, group: list, names: dict[int, str], sums: dict[int, torch.Tensor],
+              chunk: ChunkSize | None = None) -> None:
+    """sums[layer] += k^T k over one group of (text, ids, first, end) windows, in batches of similar length.
+
+    An out-of-memory error in a batch's forward halves `chunk` and retries that batch (nothing was added yet);
+    the sums move to the device of their layer's keys.
+    """
+    chunk = chunk or _batch_chunk(loaded, len(names), GROUP_TOKENS)
     fill, last_layer = pad_id(loaded.tokenizer), max(names)
-    group = sorted(group, key=lambda item: len(item[1]))
-    batch: list = []
-    for item in group + [None]:
-        width = max([len(entry[1]) for entry in batch] + ([len(item[1])] if item else [0]))
-        if batch and (item is None or width * (len(batch) + 1) > BATCH_TOKENS):
-            _accumulate(loaded, batch, names, sums, fill, last_layer)
-            batch = []
-        if item is not None:
-            batch.append(item)
+    pending = token_batches(sorted(group, key=lambda item: len(item[1])), chunk.size)
+    while pending:
+        batch = pending.pop(0)
+        try:
+            keys = _batch_keys(loaded, batch, names, fill, last_layer)
+        except Exception as error:  # out of memory in the forward: nothing was added yet; halve and retry
+            chunk.halve(error, smallest=f"one text of {len(batch[0][1])} tokens" if len(batch) == 1 else None)
+            pending[:0] = token_batches(batch, chunk.size)
+            continue
+        with out_of_memory_as_error(chunk.what, loaded.device, MEMORY_ADVICE):
+            for layer, layer_keys in keys.items():
+                if sums[layer].device != layer_keys.device:
+                    sums[layer] = sums[layer].to(layer_keys.device)
+                add_second_moment(sums[layer], layer_keys)
+        del keys
 
 
 def _advance(state: MomentState, group: list) -> None:
@@ -292,16 +309,48 @@ def _advance(state: MomentState, group: list) -> None:
     state.tokens += sum(end - first for _, _, first, end in group)
 
 
-def _accumulate(loaded, batch, names, sums: dict[int, torch.Tensor], fill: int, last_layer: int) -> None:
+def batch_tokens(loaded: LoadedModel, layers: int, budget: int) -> int:
+    """Padded tokens per forward pass: BATCH_TOKENS on a CPU (less where RAM is short), what fits on a GPU."""
+    shape = ModelShape.of(loaded)
+    kv_length = min(loaded.max_length, 1024)
+    unit = shape.forward_token_bytes(kv_length) + layers * shape.mlp * shape.element + 4 * shape.mlp
+    sums = layers * shape.mlp**2 * 8
+    return plan(loaded.device, unit, default=BATCH_TOKENS, floor=64, ceiling=max(GROUP_TOKENS, budget), reserved=sums)
+
+
+def _batch_chunk(loaded: LoadedModel, layers: int, budget: int) -> ChunkSize:
+    """The batch size of a covariance pass, halved by out-of-memory errors."""
+    return ChunkSize(batch_tokens(loaded, layers, budget), 1, f"collecting covariance statistics of {layers} layer(s)",
+                     "tokens", loaded.device, MEMORY_ADVICE)
+
+
+def token_batches(items: list, limit: int) -> list[list]:
+    """Consecutive items (text index, ids, first, end) in batches of at most `limit` padded tokens (one item at least)."""
+    batches, batch = [], []
+    for item in items:
+        width = max([len(entry[1]) for entry in batch] + [len(item[1])])
+        if batch and width * (len(batch) + 1) > limit:
+            batches.append(batch)
+            batch = []
+        batch.append(item)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def _batch_keys(loaded: LoadedModel, batch: list, names: dict[int, str], fill: int, last_layer: int) -> dict[int, torch.Tensor]:
+    """The counted tokens' keys (N, m) per layer, on the device of that layer (one forward, no state changed)."""
     ids, attention = pad_right([entry[1] for entry in batch], fill, loaded.device)
     counted = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
     for row, (_, _, first, end) in enumerate(batch):
         counted[row, first:end] = True
     with capture_inputs(loaded.model, list(names.values())) as inputs:
         run_until(loaded, last_layer, input_ids=ids, attention_mask=attention, use_cache=False)
+    keys = {}
     for layer, name in names.items():
-        keys = sequence_view(inputs[name], ids.shape[0], ids.shape[1])[counted]
-        add_second_moment(sums[layer], keys.cpu())
+        tensor = sequence_view(inputs[name], ids.shape[0], ids.shape[1])
+        keys[layer] = tensor[counted.to(tensor.device)]
+    return keys
 
 
 # --- cached statistics --------------------------------------------------------------------------
@@ -338,7 +387,7 @@ def layer_covariances(
     """C_l for `layers` over `tokens` corpus tokens: from memory, the disk cache, or one pass (on `pool` if given) for the missing ones."""
     started = time.perf_counter()
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
-    model = model_key(loaded)
+    model = statistics_key(loaded)
     keys = {layer: CovarianceKey(model, corpus.digest, layer, int(tokens)) for layer in sorted(set(layers))}
     result: dict[int, torch.Tensor] = {}
     diagnostics: dict[int, CovarianceDiagnostics] = {}
@@ -361,7 +410,8 @@ def layer_covariances(
                     raise InputError(f"The corpus {corpus.name!r} produced no tokens.")
                 for key in group:
                     covariance = state.sums[key.layer] / state.tokens
-                    diag = spectrum_diagnostics(key.layer, state.tokens, covariance)
+                    diag = spectrum_diagnostics(key.layer, state.tokens, covariance)  # on the device of the sums
+                    covariance = covariance.cpu()  # kept in RAM; moved to a layer's device for its solve
                     if use_cache:
                         _save_final(key, state, corpus, loaded, diag)
                     _remember(key, covariance, diag)
@@ -369,6 +419,12 @@ def layer_covariances(
     if progress is not None:
         progress(1.0, "covariance statistics ready")
     return CovarianceSet(result, diagnostics, corpus.describe(), missing, time.perf_counter() - started)
+
+
+def statistics_key(loaded: LoadedModel) -> str:
+    """The cache key of a model's statistics: its model key, plus the dtype when that is not float32."""
+    key = model_key(loaded)
+    return key if loaded.dtype == torch.float32 else f"{key}-{str(loaded.dtype).removeprefix('torch.')}"
 
 
 def _lookup(key: CovarianceKey) -> tuple[torch.Tensor, CovarianceDiagnostics] | None:
@@ -458,7 +514,7 @@ def cached_diagnostics(loaded: LoadedModel, layers: list[int], tokens: int, corp
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
     found = {}
     for layer in layers:
-        item = _lookup(CovarianceKey(model_key(loaded), corpus.digest, layer, int(tokens)))
+        item = _lookup(CovarianceKey(statistics_key(loaded), corpus.digest, layer, int(tokens)))
         if item is not None:
             found[layer] = item[1]
     return found

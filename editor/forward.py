@@ -1,14 +1,22 @@
-"""Running the model on padded rows of token ids, stopping after the last block a caller needs."""
+"""Running the model on padded rows of token ids, stopping after the last block a caller needs.
+
+`row_batches_within_memory` runs a computation on batches of rows sized by `core.memory` and halves a
+batch that runs out of memory.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
 from core.hooks import forward_hooks
 from core.loading import LoadedModel
+from core.memory import ChunkSize, ModelShape, plan
+
+T = TypeVar("T")
 
 
 class StopForward(Exception):
@@ -69,3 +77,30 @@ def row_batches(lengths: list[int], max_rows: int, max_tokens: int | None = None
         batch.append(index)
     if batch:
         yield batch
+
+
+def rows_per_batch(loaded: LoadedModel, longest: int, default: int, count: int, row_extra_bytes: int = 0) -> int:
+    """Rows of up to `longest` tokens per forward pass without gradients: at most `default` on a CPU, what fits on a GPU."""
+    shape = ModelShape.of(loaded)
+    unit = longest * shape.forward_token_bytes(longest) + row_extra_bytes
+    return plan(loaded.device, unit, default=default, ceiling=max(count, 1))
+
+
+def row_batches_within_memory(
+    lengths: list[int], chunk: ChunkSize, compute: Callable[[list[int]], T]
+) -> Iterator[tuple[list[int], T]]:
+    """(batch, compute(batch)) for batches of similar-length rows of at most `chunk.size` rows.
+
+    An out-of-memory error in `compute` halves `chunk` and retries the batch's rows in smaller batches;
+    `compute` must change nothing (the caller applies each result), so a failed batch leaves no trace.
+    """
+    pending = list(row_batches(lengths, chunk.size))
+    while pending:
+        batch = pending.pop(0)
+        try:
+            result = compute(batch)
+        except Exception as error:  # ChunkSize.halve re-raises anything but an out-of-memory error
+            chunk.halve(error, smallest="one row" if len(batch) == 1 else None)
+            pending[:0] = [batch[start : start + chunk.size] for start in range(0, len(batch), chunk.size)]
+            continue
+        yield batch, result

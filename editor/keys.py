@@ -1,4 +1,8 @@
-"""MEMIT keys: inputs of the MLP output projection at the subject's last token, averaged over prefixes."""
+"""MEMIT keys: inputs of the MLP output projection at the subject's last token, averaged over prefixes.
+
+Keys are upcast to float32 whatever the model's dtype. Rows per forward pass come from `core.memory`
+(at most `batch_rows` on a CPU); an out-of-memory error halves them and retries.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import torch
 
 from core.hooks import capture_inputs, capture_outputs, sequence_view
 from core.loading import LoadedModel
-from editor.forward import pad_id, pad_right, row_batches, run_until
+from core.memory import ChunkSize
+from editor.forward import pad_id, pad_right, row_batches_within_memory, rows_per_batch, run_until
 from editor.requests import EditRequest
 from editor.rows import PromptRow, key_rows
 
@@ -39,25 +44,41 @@ def collect_keys(
     hidden = torch.zeros(count, layout.hidden_size, dtype=torch.float32) if hidden_layer is not None else None
     names = {layer: layout.mlp_output_projection(layer) for layer in layers}
     fill = pad_id(loaded.tokenizer)
-    for batch in row_batches([len(row.ids) for row in rows], batch_rows):
+    block = [layout.block(hidden_layer)] if hidden_layer is not None else []
+
+    def batch_keys(batch: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+        """Keys (rows, m) per layer and block outputs (rows, d) at each row's subject, float32 on the CPU."""
         chosen = [rows[i] for i in batch]
         ids, mask = pad_right([list(row.ids) for row in chosen], fill, loaded.device)
-        block = [layout.block(hidden_layer)] if hidden_layer is not None else []
         with capture_inputs(model, list(names.values())) as inputs, capture_outputs(model, block) as outputs:
             run_until(loaded, last_needed, input_ids=ids, attention_mask=mask, use_cache=False)
-        row_index = torch.arange(len(chosen), device=ids.device)
-        positions = torch.tensor([row.subject_last for row in chosen], device=ids.device)
+        positions = [row.subject_last for row in chosen]
+        found = {layer: _at(sequence_view(inputs[name], ids.shape[0], ids.shape[1]), positions) for layer, name in names.items()}
+        return found, (_at(outputs[block[0]], positions) if block else None)
+
+    longest = max(len(row.ids) for row in rows)
+    extra = len(layers) * longest * layout.mlp_size * 4
+    chunk = ChunkSize(
+        rows_per_batch(loaded, longest, batch_rows, len(rows), extra), 1, f"collecting the keys of {count} request(s)",
+        "rows", loaded.device, "Edit fewer facts at once.",
+    )
+    for batch, (found, outputs) in row_batches_within_memory([len(row.ids) for row in rows], chunk, batch_keys):
+        chosen = [rows[i] for i in batch]
         owners = torch.tensor([row.request for row in chosen])
-        for layer, name in names.items():
-            tensor = sequence_view(inputs[name], ids.shape[0], ids.shape[1])
-            sums[layer].index_add_(0, owners, tensor[row_index, positions].float().cpu())
+        for layer in layers:
+            sums[layer].index_add_(0, owners, found[layer])
         counts.index_add_(0, owners, torch.ones(len(chosen)))
         if hidden is not None:
-            tensor = outputs[layout.block(hidden_layer)][row_index, positions].float().cpu()
             plain = [i for i, row in enumerate(chosen) if row.prefix == 0]
-            hidden[owners[plain]] = tensor[plain]
+            hidden[owners[plain]] = outputs[plain]
     keys = {layer: sums[layer] / counts.clamp(min=1).unsqueeze(-1) for layer in layers}
     return KeySet(keys, hidden, hidden_layer)
+
+
+def _at(states: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """states (rows, T, w) at one position per row -> (rows, w) float32 on the CPU (indices on the states' device)."""
+    rows = torch.arange(len(positions), device=states.device)
+    return states[rows, torch.tensor(positions, device=states.device)].float().cpu()
 
 
 def request_keys(

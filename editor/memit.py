@@ -3,6 +3,10 @@
 `compute_memit` returns an `EditBatch` (deltas + diagnostics) and leaves the model's weights exactly as
 it found them: the layer loop needs each layer's update in place while it computes the next layer's
 keys, so the touched matrices are saved first and put back (bit for bit) on every exit.
+
+Whatever the model's dtype: keys and target vectors are float32, C is float64, and each layer's update
+is solved in float64 on that layer's own device (a GPU's, or each device of a device_map="auto" model),
+kept as float32 and rounded into the weight's dtype once (`editor.weights.add_delta`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from core.errors import LocusError
 from core.facts import model_key
 from core.loading import LoadedModel
+from core.memory import out_of_memory_as_error
 from core.progress import Progress, stage
 from editor.batch import EditBatch, LayerDiagnostics
 from editor.covariance import CovarianceSet, layer_covariances
@@ -64,7 +69,7 @@ def compute_memit(
     started = time.perf_counter()
     requests, hparams = prepare(loaded, requests, hparams, ledger)
     timings: dict[str, float] = {}
-    with loaded.lock, _out_of_memory_guard(len(requests)):
+    with loaded.lock, out_of_memory_guard(loaded, len(requests)):
         clock = time.perf_counter()
         if covariances is None:
             covariances = layer_covariances(
@@ -134,12 +139,16 @@ def layer_updates(
             if progress is not None:
                 progress(index / (len(layers) + 1), f"updating layer {layer} ({index + 1}/{len(layers)})")
             keyset = request_keys(loaded, requests, prefixes, [layer], targets.layer, hparams.key_batch_rows)
-            keys = keyset.keys[layer].double()
-            residual = (z - keyset.hidden.double()) / (len(layers) - index)
-            covariance = covariances.covariances[layer].to(keys.device)
+            weight = projection_weight(loaded, layer)
+            device = weight.device  # the solve runs where the layer lives
+            keys = keyset.keys[layer].to(device).double()
+            residual = (z.to(device) - keyset.hidden.to(device).double()) / (len(layers) - index)
+            covariance = covariances.covariances[layer].to(device)
             if hparams.method == "alphaedit":
                 projection, _ = nullspace_projection(covariance, hparams.nullspace_threshold)
-                factors = alphaedit_factors(residual, keys, projection, (previous_grams or {}).get(layer), hparams.alphaedit_l2)
+                earlier = (previous_grams or {}).get(layer)
+                earlier = earlier.to(device) if earlier is not None else None
+                factors = alphaedit_factors(residual, keys, projection, earlier, hparams.alphaedit_l2)
             else:
                 factors = memit_factors(residual, keys, covariance, hparams.mom2_weight)
             update = LayerDelta.from_factors(*factors)
@@ -149,7 +158,6 @@ def layer_updates(
                     f"The update for layer {layer} contains NaN or Inf (the covariance or keys are degenerate); "
                     "no weight was changed."
                 )
-            weight = projection_weight(loaded, layer)
             weight_norm = float(weight.double().norm())
             add_delta(weight, delta)
             deltas[layer] = update
@@ -161,7 +169,7 @@ def layer_updates(
                     update_norm=float(delta.norm()),
                     weight_norm=weight_norm,
                     relative_update=float(delta.norm()) / max(weight_norm, 1e-12),
-                    residual_norm=float((z - keyset.hidden.double()).norm(dim=-1).mean()),
+                    residual_norm=float((z.to(device) - keyset.hidden.to(device).double()).norm(dim=-1).mean()),
                     residual_share=float(residual.norm(dim=-1).mean()),
                     key_norm=float(keys.norm(dim=-1).mean()),
                     cov_largest_eigenvalue=diag.largest_eigenvalue if diag else None,
@@ -192,26 +200,9 @@ def weak_update_warnings(layers: list[LayerDiagnostics], final_residual: float, 
     ]
 
 
-class _out_of_memory_guard:
-    """Turns an out-of-memory error into a LocusError (weights are restored by the code it interrupts)."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if error is None:
-            return False
-        out_of_memory = isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
-            isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-        )
-        if out_of_memory:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise LocusError(
-                f"Out of memory while editing {self.count} fact(s); the weights were left unchanged. "
-                "Edit fewer facts at once, or lower target_batch_requests / key_batch_rows."
-            ) from error
-        return False
+def out_of_memory_guard(loaded: LoadedModel, count: int):
+    """Within the block, an out-of-memory error becomes a LocusError (weights are restored by the code it interrupts)."""
+    return out_of_memory_as_error(
+        f"editing {count} fact(s)", loaded.device,
+        "Edit fewer facts at once (or lower target_batch_requests / key_batch_rows); no weight was changed.",
+    )

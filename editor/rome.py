@@ -16,7 +16,7 @@ from editor.covariance import CovarianceSet, layer_covariances
 from editor.deltas import LayerDelta
 from editor.hparams import MemitHyperParams
 from editor.keys import request_keys
-from editor.memit import _out_of_memory_guard, architecture_warnings, prepare
+from editor.memit import architecture_warnings, out_of_memory_guard, prepare
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest
 from editor.targets import compute_targets
@@ -48,7 +48,7 @@ def compute_rome(
     requests, hparams = prepare(loaded, requests, hparams, ledger)
     layer = rome_layer(hparams)
     hparams = hparams.replace(layers=(layer,), method="rome")
-    with loaded.lock, _out_of_memory_guard(len(requests)):
+    with loaded.lock, out_of_memory_guard(loaded, len(requests)):
         if covariances is None:
             covariances = layer_covariances(loaded, [layer], hparams.cov_tokens, hparams.corpus, stage(progress, 0.0, 0.3))
         covariance = covariances.covariances[layer]
@@ -63,16 +63,17 @@ def compute_rome(
                     report = stage(progress, 0.3 + 0.7 * index / len(requests), 0.3 + 0.7 * (index + 1) / len(requests))
                     target = compute_targets(loaded, [request], hparams, prefixes, layer=layer, progress=report)
                     diagnostics.extend(target.diagnostics)
-                    key = request_keys(loaded, [request], prefixes, [layer]).keys[layer][0]
-                    change = (target.targets[0] - target.hidden[0]).double()
-                    left, right = rome_factors(change, key.double(), covariance.to(key.device))
+                    weight = projection_weight(loaded, layer)
+                    device = weight.device  # the float64 solve runs where the layer lives
+                    key = request_keys(loaded, [request], prefixes, [layer]).keys[layer][0].to(device)
+                    change = (target.targets[0] - target.hidden[0]).to(device).double()
+                    left, right = rome_factors(change, key.double(), covariance.to(device))
                     delta = left @ right
                     if not torch.isfinite(delta).all():
                         raise LocusError(f"The ROME update for {request.subject!r} contains NaN or Inf; no weight was changed.")
-                    weight = projection_weight(loaded, layer)
-                    add_delta(weight, delta.to(device=weight.device, dtype=torch.float32))
-                    lefts.append(left)
-                    rights.append(right)
+                    add_delta(weight, delta.to(dtype=torch.float32))
+                    lefts.append(left.cpu())
+                    rights.append(right.cpu())
                     keys.append(key.float().cpu())
             finally:
                 restore(loaded, saved)

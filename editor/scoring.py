@@ -1,4 +1,8 @@
-"""Teacher-forced scoring of objects after prompts, batched (logits only where a target token is predicted)."""
+"""Teacher-forced scoring of objects after prompts, batched (logits only where a target token is predicted).
+
+Rows per forward pass come from `core.memory` (at most `batch_rows` on a CPU, what fits on a GPU); an
+out-of-memory error halves them and retries. Log-probabilities are float32 whatever the model's dtype.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import torch
 
 from core.hooks import capture_outputs
 from core.loading import LoadedModel
+from core.memory import ChunkSize
 from core.progress import Progress
 from core.tokens import target_token_ids
-from editor.forward import pad_id, pad_right, row_batches, run_until
+from editor.forward import pad_id, pad_right, row_batches_within_memory, rows_per_batch, run_until
 
 
 @torch.inference_mode()
@@ -38,7 +43,9 @@ def teacher_forced(
     fill = pad_id(tokenizer)
     last_block = layout.block(layout.num_layers - 1)
     done = 0
-    for batch in row_batches([len(row) for row in rows], batch_rows):
+
+    def score_batch(batch: list[int]) -> list[tuple[int, float, bool]]:
+        """(pair, mean NLL, argmax hit) of every pair of the batch's rows (changes nothing)."""
         ids, mask = pad_right([rows[i] for i in batch], fill, loaded.device)
         with capture_outputs(loaded.model, [last_block]) as outputs:
             run_until(loaded, layout.num_layers - 1, input_ids=ids, attention_mask=mask, use_cache=False)
@@ -51,15 +58,29 @@ def teacher_forced(
                 gather_positions += list(range(start, start + len(target_ids)))
                 targets += target_ids
                 owners.append((pair, len(target_ids)))
-        states = final[torch.tensor(gather_rows, device=ids.device), torch.tensor(gather_positions, device=ids.device)]
+        states = final[torch.tensor(gather_rows, device=final.device), torch.tensor(gather_positions, device=final.device)]
         log_probs = torch.log_softmax(layout.final_logits(loaded.model, states).float(), dim=-1)
-        target_tensor = torch.tensor(targets, device=ids.device)
+        target_tensor = torch.tensor(targets, device=log_probs.device)
         token_nll = -log_probs.gather(-1, target_tensor.unsqueeze(-1)).squeeze(-1)
         hits = log_probs.argmax(-1) == target_tensor
-        offset = 0
+        scored, offset = [], 0
         for pair, count in owners:
-            results[pair] = (float(token_nll[offset : offset + count].mean()), bool(hits[offset : offset + count].all()))
+            scored.append((pair, token_nll[offset : offset + count].mean(), hits[offset : offset + count].all()))
             offset += count
+        if not scored:
+            return []
+        means = torch.stack([mean for _, mean, _ in scored]).tolist()  # one device-to-host copy per batch
+        alls = torch.stack([hit for _, _, hit in scored]).tolist()
+        return [(pair, mean, hit) for (pair, _, _), mean, hit in zip(scored, means, alls)]
+
+    longest = max((len(row) for row in rows), default=1)
+    chunk = ChunkSize(
+        rows_per_batch(loaded, longest, batch_rows, len(rows), 4 * layout.vocab_size * 4), 1,
+        f"scoring {len(pairs)} prompt/object pair(s)", "rows", loaded.device, "Score fewer records at once.",
+    )
+    for batch, scored in row_batches_within_memory([len(row) for row in rows], chunk, score_batch):
+        for pair, mean, hit in scored:
+            results[pair] = (mean, bool(hit))
         done += len(batch)
         if progress is not None:
             progress(done / len(rows), f"scoring prompts: {done}/{len(rows)} sequences")

@@ -12,6 +12,13 @@ output at the subject's last token, so no position before that token changes, an
 changes at any position. Once per chunk it keeps the keys/values of the tokens before the subject's
 last token and block l_R's output at the rest; every step then runs blocks l_R+1.. on the rest only
 (`core.block_calls` starts the forward pass there with the model's own block arguments).
+
+Chunk sizes (requests per chunk, padded tokens per pass) come from `core.memory`: on a CPU at most the
+hparams' values, on a GPU as many as fit (all requests in one chunk where they fit). An out-of-memory
+error halves both and restarts the chunk (chunks are independent); at the floor it is a LocusError.
+The deltas are float32 whatever the model's dtype; each is added to the block output in float32 and
+rounded to the model's dtype once. On a float16 model the loss is scaled before the backward pass
+(FLOAT16_LOSS_SCALE, smaller after an overflow) and the gradient unscaled in float32.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ import torch
 from transformers import DynamicCache
 
 from core.block_calls import PrefixKeyValues, cache_argument, new_dynamic_cache, stubbed_blocks
+from core.errors import LocusError
 from core.hooks import forward_hooks, output_tensor, replace_output_tensor
 from core.loading import LoadedModel
+from core.memory import ChunkSize, ModelShape, plan
 from core.progress import Progress
 from editor.forward import pad_id, pad_right, row_batches, run_until
 from editor.hparams import MemitHyperParams
@@ -32,6 +41,8 @@ from editor.requests import EditRequest
 from editor.rows import PromptRow, target_rows
 
 ENGINES = ("cached", "full")
+MEMORY_ADVICE = "Edit fewer facts at once, or use shorter prompts."
+FLOAT16_LOSS_SCALE = 2.0**16  # float16 gradients of a loss near 1 underflow; scaled, then unscaled in float32
 
 
 @dataclass
@@ -101,6 +112,30 @@ def kl_divergence(original_log_probs: torch.Tensor, edited_log_probs: torch.Tens
     return (original_log_probs.exp() * (original_log_probs - edited_log_probs)).sum(-1)
 
 
+def add_at(hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """`hidden` (rows, q, d) with float32 `delta` (n, d) added at (rows, positions), rounded to hidden's dtype once."""
+    rows, positions = rows.to(hidden.device), positions.to(hidden.device)
+    values = (hidden[rows, positions].float() + delta.to(hidden.device)).to(hidden.dtype)
+    return hidden.index_put((rows, positions), values)
+
+
+def chunk_plan(loaded: LoadedModel, rows: list[PromptRow], count: int, hparams: MemitHyperParams, layer: int, engine: str) -> tuple[int, int]:
+    """(requests per chunk, padded tokens per pass) for `count` requests: the hparams' values on a CPU, what fits on a GPU."""
+    shape = ModelShape.of(loaded)
+    longest = max(len(row.ids) for row in rows)
+    blocks = shape.layers - layer - 1 if engine == "cached" else shape.layers
+    token_bytes = shape.training_token_bytes(max(blocks, 1), longest)
+    passed = sum(len(row.ids) - (row.subject_last if engine == "cached" else 0) for row in rows)  # every row in one pass
+    tokens = plan(loaded.device, token_bytes, default=max(hparams.target_batch_tokens, longest), floor=longest, ceiling=passed)
+    rows_per_request = -(-len(rows) // max(count, 1))
+    request_bytes = rows_per_request * (longest * (shape.cache_token_bytes() + shape.hidden * shape.element) + 4 * shape.vocab)
+    requests = plan(
+        loaded.device, request_bytes, default=max(1, hparams.target_batch_requests), ceiling=count,
+        reserved=tokens * token_bytes,
+    )
+    return min(requests, count), tokens
+
+
 # --- the optimization ---------------------------------------------------------------------------
 
 
@@ -114,16 +149,20 @@ def compute_targets(
     engine: str = "cached",
     progress: Progress | None = None,
 ) -> TargetResult:
-    """z for every request at block `layer` (default l_R), in chunks of hparams.target_batch_requests."""
+    """z for every request at block `layer` (default l_R), in chunks of requests sized by `chunk_plan`."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     layer = hparams.target_layer if layer is None else layer
     rows = target_rows(loaded.tokenizer, requests, prefixes, hparams.kl_prompt)
-    chunk = max(1, hparams.target_batch_requests)
+    planned_requests, planned_tokens = chunk_plan(loaded, rows, len(requests), hparams, layer, engine)
+    what = f"optimizing the target vectors of {len(requests)} request(s)"
+    chunk = ChunkSize(planned_requests, 1, what, "requests", loaded.device, MEMORY_ADVICE)
+    passes = ChunkSize(planned_tokens, max(len(row.ids) for row in rows), what, "tokens", loaded.device, MEMORY_ADVICE)
     targets, hidden, diagnostics = [], [], []
+    start = 0
     with loaded.lock:
-        for start in range(0, len(requests), chunk):
-            indices = list(range(start, min(start + chunk, len(requests))))
+        while start < len(requests):
+            indices = list(range(start, min(start + chunk.size, len(requests))))
             chunk_rows = [row for row in rows if start <= row.request < indices[-1] + 1]
             chunk_rows = [PromptRow(row.request - start, *_rest(row)) for row in chunk_rows]
 
@@ -131,12 +170,21 @@ def compute_targets(
                 if progress is not None:
                     progress((start + fraction * size) / len(requests), message)
 
-            z, h, diag = _optimize_chunk(
-                loaded, [requests[i] for i in indices], chunk_rows, hparams, layer, engine, chunk_progress
-            )
+            try:
+                z, h, diag = _optimize_chunk(
+                    loaded, [requests[i] for i in indices], chunk_rows, hparams, layer, engine, chunk_progress, passes.size
+                )
+            except Exception as error:  # out of memory: halve the chunk and the passes, start the chunk again
+                halved = chunk.size > chunk.floor
+                if halved:
+                    chunk.halve(error)
+                if passes.size > passes.floor or not halved:
+                    passes.halve(error)  # raises at the floor (and re-raises any other error)
+                continue
             targets.append(z)
             hidden.append(h)
             diagnostics.extend(diag)
+            start += len(indices)
     return TargetResult(layer, torch.cat(targets), torch.cat(hidden), diagnostics)
 
 
@@ -170,7 +218,9 @@ class _RowGroup:
                 self.prefix = list(self.prefix_cache)
             else:
                 select = self.indices(active_rows, self.prefix_cache[0][0].device)
-                self.prefix = [(keys[select], values[select]) for keys, values in self.prefix_cache]
+                self.prefix = [  # each layer's keys/values on its own device (device_map="auto")
+                    (keys[select.to(keys.device)], values[select.to(values.device)]) for keys, values in self.prefix_cache
+                ]
             self.active, self.stub_cache = tuple(active_rows), None
         return self.prefix
 
@@ -286,7 +336,7 @@ class _Runner:
             gather_rows.extend([index] * len(positions))
             gather_positions.extend(positions)
             splits.append(len(positions))
-        states = final[torch.tensor(gather_rows, device=ids.device), torch.tensor(gather_positions, device=ids.device)]
+        states = final[torch.tensor(gather_rows, device=final.device), torch.tensor(gather_positions, device=final.device)]
         log_probs = torch.log_softmax(self.loaded.layout.final_logits(self.loaded.model, states).float(), dim=-1)
         return list(log_probs.split(splits)), h.float()
 
@@ -299,9 +349,8 @@ class _Runner:
 
         def add_delta(module, args, output):
             hidden = output_tensor(output)
-            captured["h"] = hidden[row_index, edit_positions].detach()
-            edited = hidden.index_put((row_index, edit_positions), row_delta.to(hidden.dtype), accumulate=True)
-            return replace_output_tensor(output, edited)
+            captured["h"] = hidden[row_index.to(hidden.device), edit_positions.to(hidden.device)].detach()
+            return replace_output_tensor(output, add_at(hidden, row_index, edit_positions, row_delta))
 
         def keep_last(module, args, output):
             captured["last"] = output_tensor(output)
@@ -325,9 +374,9 @@ class _Runner:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks `layer`+1.. on the kept block-`layer` output plus delta: last block's output (rows, q, d), h (rows, d)."""
         width = inputs["input_ids"].shape[1]
-        base = group.base_hidden[group.indices(active_rows, row_index.device), :width]
-        h = base[row_index, edit_positions]
-        hidden = base.index_put((row_index, edit_positions), row_delta.to(base.dtype), accumulate=True)
+        base = group.base_hidden[group.indices(active_rows, group.base_hidden.device), :width]
+        h = base[row_index.to(base.device), edit_positions.to(base.device)]
+        hidden = add_at(base, row_index, edit_positions, row_delta)
         num_layers = self.loaded.layout.num_layers
         if self.layer == num_layers - 1:
             return hidden, h
@@ -350,6 +399,58 @@ class _Runner:
         return hidden, h
 
 
+class _RowLosses:
+    """The per-request losses of a chunk's rows at a delta, group by group (losses reach the host once per group)."""
+
+    def __init__(self, runner: _Runner, rows: list[PromptRow], hparams: MemitHyperParams, target_ids: dict[int, torch.Tensor],
+                 nll_rows: torch.Tensor, original_kl: dict[int, torch.Tensor], hidden: torch.Tensor):
+        self.runner, self.rows, self.hparams, self.target_ids = runner, rows, hparams, target_ids
+        self.nll_rows, self.original_kl, self.hidden = nll_rows, original_kl, hidden
+
+    def evaluate(
+        self, leaf: torch.Tensor, active: torch.Tensor, step: int, backward_scale: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(NLL, KL, probability) per request (CPU float32); back-propagates backward_scale x loss (None: no backward).
+
+        At step 0 it records the unedited next-token distributions (KL rows) and h (the plain prompts' rows).
+        """
+        rows, hparams, count = self.rows, self.hparams, len(active)
+        nll, kl, probability = torch.zeros(count), torch.zeros(count), torch.zeros(count)
+        for group in self.runner.groups:
+            active_rows = [i for i in group.rows if active[rows[i].request]]
+            if not active_rows:
+                continue
+            log_probs, h = self.runner.row_log_probs(group, active_rows, leaf)
+            terms, values = [], []  # values: per row the KL, or the NLL and exp(-NLL), detached
+            for index, row_index in enumerate(active_rows):
+                row = rows[row_index]
+                if row.is_kl:
+                    if step == 0:
+                        self.original_kl[row.request] = log_probs[index].detach()
+                    divergence = kl_divergence(self.original_kl[row.request], log_probs[index]).sum()
+                    values.append(divergence.detach())
+                    terms.append(hparams.kl_factor * divergence)
+                else:
+                    targets = self.target_ids[row_index].to(log_probs[index].device)  # the head's device (device_map)
+                    row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
+                    values += [row_nll.detach(), torch.exp(-row_nll.detach())]
+                    terms.append(row_nll / self.nll_rows[row.request])
+                    if step == 0 and row.prefix == 0:
+                        self.hidden[row.request] = h[index].to(self.hidden.device)
+            if backward_scale is not None:
+                total = torch.stack(terms).sum()
+                (total * backward_scale if backward_scale != 1.0 else total).backward()
+            on_host = iter(torch.stack(values).tolist())
+            for row_index in active_rows:
+                row = rows[row_index]
+                if row.is_kl:
+                    kl[row.request] += next(on_host)
+                else:
+                    nll[row.request] += next(on_host) / float(self.nll_rows[row.request])
+                    probability[row.request] += next(on_host) / float(self.nll_rows[row.request])
+        return nll, kl, probability
+
+
 def _optimize_chunk(
     loaded: LoadedModel,
     requests: list[EditRequest],
@@ -358,11 +459,16 @@ def _optimize_chunk(
     layer: int,
     engine: str,
     progress: Progress,
+    max_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor, list[RequestDiagnostics]]:
-    """Optimize the deltas of one chunk of requests; each group of rows is run and back-propagated in turn."""
+    """Optimize the deltas of one chunk of requests; each group of rows is run and back-propagated in turn.
+
+    Losses go to the host once per group of rows (no synchronisation per row on a GPU).
+    """
     count = len(requests)
     device = loaded.device
-    runner = _Runner(loaded, rows, layer, engine, hparams.target_batch_tokens)
+    runner = _Runner(loaded, rows, layer, engine, max_tokens)
+    target_ids = {index: torch.tensor(row.target_ids, device=device) for index, row in enumerate(rows) if not row.is_kl}
     delta = torch.zeros(count, loaded.layout.hidden_size, device=device)
     hidden = torch.zeros(count, loaded.layout.hidden_size, device=device)
     original_kl: dict[int, torch.Tensor] = {}
@@ -373,34 +479,21 @@ def _optimize_chunk(
     for row in rows:
         if not row.is_kl:
             nll_rows[row.request] += 1
+    scale = FLOAT16_LOSS_SCALE if loaded.dtype == torch.float16 else 1.0
+    losses = _RowLosses(runner, rows, hparams, target_ids, nll_rows, original_kl, hidden)
     for step in range(hparams.steps):
         leaf = delta.clone().requires_grad_(True)
         will_update = step < hparams.steps - 1
-        nll, kl, probability = torch.zeros(count), torch.zeros(count), torch.zeros(count)
-        for group in runner.groups:
-            active_rows = [i for i in group.rows if active[rows[i].request]]
-            if not active_rows:
-                continue
-            log_probs, h = runner.row_log_probs(group, active_rows, leaf)
-            terms = []
-            for index, row_index in enumerate(active_rows):
-                row = rows[row_index]
-                if row.is_kl:
-                    if step == 0:
-                        original_kl[row.request] = log_probs[index].detach()
-                    divergence = kl_divergence(original_kl[row.request], log_probs[index]).sum()
-                    kl[row.request] += float(divergence.detach())
-                    terms.append(hparams.kl_factor * divergence)
-                else:
-                    targets = torch.tensor(row.target_ids, device=device)
-                    row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
-                    nll[row.request] += float(row_nll.detach()) / float(nll_rows[row.request])
-                    probability[row.request] += float(torch.exp(-row_nll.detach())) / float(nll_rows[row.request])
-                    terms.append(row_nll / nll_rows[row.request])
-                    if step == 0 and row.prefix == 0:
-                        hidden[row.request] = h[index].to(device)
-            if will_update:
-                torch.stack(terms).sum().backward()
+        while True:  # once, unless a float16 backward overflows: then again with a smaller loss scale
+            nll, kl, probability = losses.evaluate(leaf, active, step, scale if will_update else None)
+            if scale == 1.0 or leaf.grad is None:
+                break
+            if bool(torch.isfinite(leaf.grad).all()):
+                leaf.grad /= scale
+                break
+            leaf.grad, scale = None, scale / 16  # float16 overflow: the same step again, scaled less
+            if scale < 1.0:
+                raise LocusError("The float16 gradients of the target optimization overflow; load the model in bfloat16 or float32.")
         hidden_norms = hidden.norm(dim=-1).clamp(min=1e-12)
         decay = hparams.weight_decay * leaf.norm(dim=-1) / hidden_norms**2
         loss = nll + hparams.kl_factor * kl + decay.detach().cpu()

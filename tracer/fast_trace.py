@@ -6,7 +6,9 @@ Exact savings over the reference (one forward of samples + 1 rows per cell):
   corrupted run's own block input, compute positions t..T-1 only, and attend to the corrupted
   run's keys/values of positions < t;
 - cells at tokens before the subject equal `low` exactly; the LM head runs at the last position only;
-- all cells of a token (every kind and layer) share one growing batch, chunked to bound memory;
+- all cells of a token (every kind and layer) share one growing batch, chunked to bound memory
+  (`core.memory` sizes the chunks from free memory; an out-of-memory error halves them and retries);
+- scores leave the device once per chunk (no host synchronisation per cell);
 - a head cell restores one head's slice of the attention output projection's input in one layer, at
   the last token (its rows compute that position only) or at every token from the subject on.
 
@@ -29,11 +31,14 @@ from core.block_calls import BlockCall, PrefixKeyValues, cache_argument, new_dyn
 from core.hooks import capture_inputs, forward_hooks, forward_pre_hooks, output_tensor, sequence_view
 from core.kinds import HEADS
 from core.loading import LoadedModel
+from core.memory import ChunkSize, ModelShape, out_of_memory_as_error, plan
 from tracer.problem import TraceProblem, window_layers
 
 log = logging.getLogger(__name__)
 
-CPU_TOKENS_PER_CHUNK = 6144  # rows x query positions per batched block call on CPU
+CPU_TOKENS_PER_CHUNK = 6144  # rows x query positions per batched block call on CPU (larger runs no faster)
+MIN_TOKENS_PER_CHUNK = 256
+MEMORY_ADVICE = "Trace with fewer samples, fewer kinds at once, or a shorter prompt."
 
 
 # --- cells -------------------------------------------------------------------------------------
@@ -102,15 +107,9 @@ def fast_engine_supports(loaded: LoadedModel, length: int) -> bool:
 
 
 def tokens_per_chunk(loaded: LoadedModel, kv_length: int) -> int:
-    """Rows x query positions per batched block call: fixed on CPU, from free memory on a GPU."""
-    if loaded.device.type != "cuda":
-        return CPU_TOKENS_PER_CHUNK
-    free, _ = torch.cuda.mem_get_info(loaded.device)
-    layout, config = loaded.layout, loaded.model.config
-    heads = getattr(config, "num_attention_heads", 16) or 16
-    element = torch.finfo(loaded.dtype).bits // 8
-    per_token = (8 * layout.hidden_size + 4 * layout.mlp_size + 4 * heads * kv_length) * element
-    return max(256, int(0.35 * free / per_token))
+    """Rows x query positions per batched block call, from free memory (on a CPU at most CPU_TOKENS_PER_CHUNK)."""
+    unit = ModelShape.of(loaded).forward_token_bytes(kv_length)
+    return plan(loaded.device, unit, default=CPU_TOKENS_PER_CHUNK, floor=MIN_TOKENS_PER_CHUNK)
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -138,6 +137,7 @@ class FastTracer:
     _steps: list[Step] = field(default_factory=list)
     _calls_token: int = -1
     _calls: list[BlockCall] = field(default_factory=list)
+    _cell_limit: int | None = None  # at most this many cells per block call after an out-of-memory error
 
     @property
     def blocks(self) -> torch.nn.ModuleList:
@@ -171,7 +171,7 @@ class FastTracer:
         block_names = [layout.block(layer) for layer in range(layout.num_layers)]
         with forward_hooks(model, {layout.token_embedding: corrupt, block_names[0]: note_output_type}), capture_inputs(
             model, block_names
-        ) as inputs:
+        ) as inputs, out_of_memory_as_error("running the corrupted prompt", loaded.device, MEMORY_ADVICE):
             logits = model(input_ids, use_cache=True, **{cache_argument(model): cache}).logits[:, -1]
         low = float(problem.metric_values(logits).mean())
         if len(recorded) != layout.num_layers:
@@ -247,9 +247,25 @@ class FastTracer:
             return {cell.key: self.corrupted.low for cell in step.cells}
         if step.fill == "clean":
             return {cell.key: self._last_hidden_score() for cell in step.cells}
-        scores = self._run_chunk(step.token, step.cells)
+        scores = self._scores(step.token, step.cells)
         self.work_done += step.work
-        return {cell.key: float(score) for cell, score in zip(step.cells, scores.tolist())}
+        return {cell.key: score for cell, score in zip(step.cells, scores)}
+
+    def _scores(self, token: int, cells: list[Cell]) -> list[float]:
+        """Scores of `cells` in order, one device-to-host copy per block call; halved on out-of-memory errors."""
+        limit = self._cell_limit or len(cells)
+        pending = [cells[start : start + limit] for start in range(0, len(cells), limit)]
+        scores: list[float] = []
+        while pending:
+            piece = pending.pop(0)
+            try:
+                scores.extend(self._run_chunk(token, piece).tolist())
+            except Exception as error:  # an out-of-memory error halves the piece; ChunkSize re-raises the rest
+                chunk = ChunkSize(len(piece), 1, f"tracing token {token}", "cells", self.loaded.device, MEMORY_ADVICE)
+                chunk.halve(error)
+                self._cell_limit = chunk.size
+                pending[:0] = [piece[start : start + chunk.size] for start in range(0, len(piece), chunk.size)]
+        return scores
 
     def _last_hidden_score(self) -> float:
         """Restoring the last block's output at the last token: the clean final state, for every sample."""
@@ -282,7 +298,8 @@ class FastTracer:
         samples = problem.samples
         calls = self.block_calls(token)
         batch = BatchState(problem.num_tokens - token)
-        hooks = restoration_hooks(layout, problem.clean_states, token, restoration_rows(cells, samples, layout.num_layers), batch)
+        rows = restoration_rows(cells, samples, layout.num_layers, loaded.device)
+        hooks = restoration_hooks(layout, problem.clean_states, token, rows, batch)
         pre_hooks = head_restoration_hooks(layout, problem.clean_head_inputs, token, cells, samples, batch)
         cache = PrefixKeyValues()
         with forward_hooks(model, hooks), forward_pre_hooks(model, pre_hooks):
@@ -330,15 +347,28 @@ class BatchState:
         self.hidden = rows if self.hidden is None else torch.cat([self.hidden.to(rows.device), rows])
 
 
-def restoration_rows(cells: list[Cell], samples: int, layers: int) -> dict[str, list[torch.Tensor | None]]:
-    """{kind: per layer, the batch rows whose mlp/attn output at query position 0 is restored (or None)}."""
+def restoration_rows(
+    cells: list[Cell], samples: int, layers: int, device: torch.device | None = None
+) -> dict[str, list[torch.Tensor | None]]:
+    """{kind: per layer, the batch rows whose mlp/attn output at query position 0 is restored (or None)}.
+
+    The index tensors are views of one tensor copied to `device` once (not one copy per kind and layer).
+    """
     row_index = torch.arange(len(cells) * samples).view(len(cells), samples)
     rows: dict[str, list[torch.Tensor | None]] = {kind: [None] * layers for kind in ("mlp", "attn")}
+    pieces, spans, offset = [], {}, 0
     for kind in rows:
         for layer in range(layers):
             chosen = [index for index, cell in enumerate(cells) if cell.kind == kind and cell.first <= layer < cell.end]
             if chosen:
-                rows[kind][layer] = row_index[chosen].reshape(-1)
+                pieces.append(row_index[chosen].reshape(-1))
+                spans[(kind, layer)] = (offset, offset + pieces[-1].numel())
+                offset += pieces[-1].numel()
+    if pieces:
+        flat = torch.cat(pieces)
+        flat = flat.to(device) if device is not None else flat
+        for (kind, layer), (start, end) in spans.items():
+            rows[kind][layer] = flat[start:end]
     return rows
 
 

@@ -15,6 +15,7 @@ import torch
 from core.hooks import forward_hooks, forward_pre_hooks, output_tensor, sequence_view
 from core.kinds import HEADS
 from core.loading import LoadedModel
+from core.memory import out_of_memory_as_error
 from tracer.problem import TraceProblem, window_layers
 
 
@@ -67,7 +68,7 @@ def reference_score(
     hooks = {layout.token_embedding: corrupt}
     hooks.update({name: make_patch(tokens) for name, tokens in tokens_by_module.items()})
     pre_hooks = {layout.attention_output_projection(layer): make_head_patch(chosen) for layer, chosen in heads_by_layer.items()}
-    with forward_hooks(model, hooks), forward_pre_hooks(model, pre_hooks):
+    with forward_hooks(model, hooks), forward_pre_hooks(model, pre_hooks), out_of_memory_as_error("running the reference engine", loaded.device):
         logits = model(input_ids).logits
     if problem.settings.metric == "prob":  # exactly the published expression (mean of the probability vectors)
         return float(torch.softmax(logits[1:, -1, :].float(), dim=1).mean(dim=0)[problem.answer_id])

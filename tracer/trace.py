@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from core.kinds import HEADS
 from core.loading import LoadedModel
+from core.memory import out_of_memory_as_error
 from core.progress import Progress
 from tracer.fast_trace import FastTracer, fast_engine_supports
 from tracer.problem import (
@@ -42,7 +43,7 @@ def trace_stream(loaded: LoadedModel, prompt: str, subject: str, settings: Trace
     """
     settings = settings or TraceSettings()
     started = time.perf_counter()
-    with loaded.lock:
+    with loaded.lock, out_of_memory_as_error("running the clean prompt", loaded.device):
         problem = prepare_trace(loaded, prompt, subject, settings)
     engine = settings.engine
     if engine == "fast" and not fast_engine_supports(loaded, problem.num_tokens):
