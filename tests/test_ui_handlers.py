@@ -93,3 +93,26 @@ def test_a_session_keeps_only_its_last_downloads_and_removes_them_when_it_ends()
     store.restore(None, "embedded")  # a second visitor: the first session is dropped (max_sessions=1)
     assert ended == [session] and not scratch.exists()
     assert store.restore(key, "embedded")[1] is not session  # its key no longer finds it
+
+
+def embedded_heads(context) -> int:
+    return context.manager.current().layout.num_heads
+
+
+def test_preview_in_each_corruption_and_metric_with_heads(context):
+    """The Trace tab's new settings reach the trace: a replaced subject, logit difference, the heads heatmap."""
+    session = SessionState(model_spec="embedded")
+    status, hidden, mlp, attn, data, *downloads, heads, session = trace_tab.run_preview(
+        context, EIFFEL, "Eiffel Tower", "", ["mlp", "heads"], 2, "3x", 10, 1, "gaussian",
+        "replace", "auto", "logit-diff", "last", session, quiet,
+    )
+    settings = data["settings"]
+    assert settings["corruption"] == "replace" and settings["metric"] == "logit-diff" and "heads" in settings["kinds"]
+    assert "replaced by" in status and "logit" in status
+    assert heads.data[0].y[0] == "head 0" and len(heads.data[0].y) == embedded_heads(context)
+    with pytest.raises(gr.Error, match="Corruption must be one of"):
+        trace_tab.run_preview(context, EIFFEL, "Eiffel Tower", "", ["mlp"], 2, "3x", 10, 1, "gaussian",
+                              "scramble", "auto", "prob", "last", session, quiet)
+    with pytest.raises(gr.Error, match="Metric must be one of"):
+        trace_tab.run_preview(context, EIFFEL, "Eiffel Tower", "", ["mlp"], 2, "3x", 10, 1, "gaussian",
+                              "noise", "auto", "entropy", "last", session, quiet)

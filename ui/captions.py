@@ -24,6 +24,19 @@ HEATMAP = {
     ),
 }
 
+HEADS_HEATMAP = (
+    "**Single attention heads** (orange; choose *single attention heads* under Advanced). Each square is one "
+    "head (row) at one layer (column), restored on its own at the last word (or at every word from the subject "
+    "on). A dark square is a head that alone carries enough of the fact to bring the answer back."
+)
+
+TRACE_MODES = (
+    "*How the subject is corrupted*: ROME blurs its words with noise; *replace* swaps in another subject with "
+    "as many tokens (e.g. Colosseum for Eiffel Tower), which keeps the input natural; *resample* draws a different "
+    "known subject per sample. *Score*: probability of the answer (ROME), or the answer's logit minus the "
+    "logit of what the corrupted model says instead (logit difference), which shows small effects better."
+)
+
 PREVIEW_NOTE = (
     "*Approximate preview* (attribution patching: a one-step estimate from a single backward pass). "
     "The exact values replace it cell by cell as they are computed."

@@ -13,10 +13,11 @@ from typing import Any
 import gradio as gr
 
 from core.errors import InputError, LocusError
-from core.kinds import KINDS
+from core.kinds import HEADS, KINDS, TRACE_KINDS
 from core.predict import next_token_probabilities, top_tokens
 from core.tokens import encode_prompt, target_token_ids
 from tracer import figures
+from tracer.modes import AUTO, CORRUPTIONS, HEAD_POSITIONS, METRICS, corruption_words
 from tracer.noise import NOISE_TYPES
 from tracer.preview import preview_trace
 from tracer.problem import MAX_TRACE_TOKENS
@@ -46,6 +47,10 @@ class TraceTab:
     window: gr.Slider
     seed: gr.Number
     noise_type: gr.Radio
+    corruption: gr.Radio
+    replacement: gr.Textbox
+    metric: gr.Radio
+    head_positions: gr.Radio
     status: gr.Markdown
     plots: dict[str, gr.Plot]
     result_json: gr.JSON
@@ -81,13 +86,40 @@ def highlighted_tokens(tokenizer: Any, prompt: str, subject: str) -> tuple[list[
     ], hint
 
 
+CORRUPTION_CHOICES = [
+    ("noise on the subject's words (ROME)", "noise"),
+    ("replace the subject (one counterfactual subject)", "replace"),
+    ("resample (another known subject per sample)", "resample"),
+]
+METRIC_CHOICES = [("probability (ROME)", "prob"), ("logit difference", "logit-diff"), ("log probability", "logprob")]
+HEAD_POSITION_CHOICES = [("the last token", "last"), ("every token from the subject on", "all")]
+TRACE_KIND_CHOICES = [*figures.KIND_CHOICES, (figures.kind_title(HEADS), HEADS)]
+
+
 def settings_from_inputs(
-    answer: str, kinds: list[str], samples: Any, noise: str, window: Any, seed: Any, noise_type: str, num_layers: int | None = None
+    answer: str,
+    kinds: list[str],
+    samples: Any,
+    noise: str,
+    window: Any,
+    seed: Any,
+    noise_type: str,
+    num_layers: int | None = None,
+    corruption: str | None = "noise",
+    replacement: str | None = AUTO,
+    metric: str | None = "prob",
+    head_positions: str | None = "last",
 ) -> TraceSettings:
     """A TraceSettings from the form, every value within its bounds (InputError with a plain message)."""
     kinds = kinds if isinstance(kinds, (list, tuple)) else [kinds]
+    corruption = limits.choice(corruption or "noise", "Corruption", CORRUPTIONS)
+    replacement = limits.text(replacement if replacement is not None else AUTO, "Replacement subject", limit=200).strip() or AUTO
     settings = TraceSettings(
-        kinds=tuple(limits.choice(kind, "What to restore", KINDS) for kind in kinds or ()),
+        kinds=tuple(limits.choice(kind, "What to restore", TRACE_KINDS) for kind in kinds or ()),
+        corruption=corruption,
+        replacement=replacement if corruption == "replace" else None,
+        metric=limits.choice(metric or "prob", "Metric", METRICS),
+        head_positions=limits.choice(head_positions or "last", "Heads restored at", HEAD_POSITIONS),
         samples=limits.whole(samples, "Noise samples", limits.SAMPLES),
         noise=limits.text(noise, "Noise", limit=40).strip() or "3x",
         noise_type=limits.choice(noise_type or "gaussian", "Noise type", NOISE_TYPES),
@@ -116,9 +148,15 @@ def checked_prompt(ctx: AppContext, session: SessionState, prompt_text: Any, sub
 def status_markdown(result: Any, *, stage: str, edited: bool) -> str:
     """What the status line says about a (partial) trace."""
     model_state = " on **your edited model**" if edited else ""
+    settings = result.settings
+    if settings.metric == "prob":
+        clean, corrupted = percent(result.high), percent(result.low)
+    else:
+        clean, corrupted = f"{result.high:.3f}", f"{result.low:.3f}"
+    corruption = corruption_words(settings.corruption, getattr(result, "replacements", []), settings.samples)
     head = (
-        f"Answer followed: **{html.escape(display_token(result.answer))}** · clean run {percent(result.high)} · "
-        f"with the subject blurred {percent(result.low)}{model_state}"
+        f"Answer followed: **{html.escape(display_token(result.answer))}** · score: {html.escape(figures.result_label(result))} · "
+        f"clean run {clean} · with the subject {html.escape(corruption)} {corrupted}{model_state}"
     )
     if stage == "preview":
         return f"{head}  \nApproximate preview shown; computing the exact trace…"
@@ -173,7 +211,7 @@ def show_prediction(ctx: AppContext, prompt_text: str, answer_text: str, session
     return text, session
 
 
-TRACE_OUTPUTS = 9  # status, three heatmaps, JSON, three downloads, session
+TRACE_OUTPUTS = 10  # status, three heatmaps, JSON, three downloads, the heads heatmap, session
 
 
 @friendly
@@ -188,14 +226,19 @@ def run_trace(
     window_size: float,
     seed_value: float,
     noise_kind: str,
-    session: SessionState | None,
+    corruption: str = "noise",
+    replacement: str = AUTO,
+    metric: str = "prob",
+    head_positions: str = "last",
+    session: SessionState | None = None,
     progress=gr.Progress(),
 ):
     """Preview first, then the exact trace's cells as they finish (at most every STREAM_INTERVAL_S), then downloads."""
     session = ctx.session_of(session)
     prompt_text, subject_text = checked_prompt(ctx, session, prompt_text, subject_text)
     settings = settings_from_inputs(
-        answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind, ctx.num_layers(session)
+        answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind, ctx.num_layers(session),
+        corruption, replacement, metric, head_positions,
     )
     edited = session.has_edits()
     skip = tuple(gr.skip() for _ in range(TRACE_OUTPUTS))
@@ -231,6 +274,7 @@ def run_trace(
             status_markdown(result, stage=stage, edited=edited),
             *(figures.trace_heatmap(result, kind, preview=preview) for kind in KINDS),
             *skip[:4],
+            figures.heads_heatmap(result, preview=preview),
             session,
         )
     preview, result = job.result
@@ -245,6 +289,7 @@ def run_trace(
         gr.DownloadButton(value=paths["json"], interactive=True),
         gr.DownloadButton(value=paths["csv"], interactive=True),
         gr.DownloadButton(value=paths["html"], interactive=True),
+        figures.heads_heatmap(result),
         session,
     )
 
@@ -261,14 +306,19 @@ def run_preview(
     window_size: float,
     seed_value: float,
     noise_kind: str,
-    session: SessionState | None,
+    corruption: str = "noise",
+    replacement: str = AUTO,
+    metric: str = "prob",
+    head_positions: str = "last",
+    session: SessionState | None = None,
     progress=gr.Progress(),
 ):
     """Only the approximate preview (well under a second on the embedded model): for slow machines and lectures."""
     session = ctx.session_of(session)
     prompt_text, subject_text = checked_prompt(ctx, session, prompt_text, subject_text)
     settings = settings_from_inputs(
-        answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind, ctx.num_layers(session)
+        answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind, ctx.num_layers(session),
+        corruption, replacement, metric, head_positions,
     )
     edited = session.has_edits()
     preview = ctx.run(
@@ -279,6 +329,7 @@ def run_preview(
         *(figures.trace_heatmap(preview, kind) for kind in KINDS),
         preview.to_dict(),
         *(gr.skip() for _ in range(3)),
+        figures.heads_heatmap(preview),
         session,
     )
 
@@ -332,7 +383,7 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
                 prediction = gr.Markdown(elem_id="trace-prediction")
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                kinds = gr.CheckboxGroup(figures.KIND_CHOICES, value=list(KINDS), label="What to restore", elem_id="trace-kinds")
+                kinds = gr.CheckboxGroup(TRACE_KIND_CHOICES, value=list(KINDS), label="What to restore", elem_id="trace-kinds")
                 samples = gr.Slider(1, 50, value=10, step=1, label="Noise samples", elem_id="trace-samples")
                 window = gr.Slider(1, 30, value=10, step=1, label="Window (layers, MLP and attention)", elem_id="trace-window")
             with gr.Row():
@@ -341,6 +392,18 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
                 )
                 noise_type = gr.Radio(["gaussian", "uniform"], value="gaussian", label="Noise type")
                 seed = gr.Number(value=1, precision=0, label="Seed")
+            with gr.Row():
+                corruption = gr.Radio(CORRUPTION_CHOICES, value="noise", label="How the subject is corrupted", elem_id="trace-corruption")
+                replacement = gr.Textbox(
+                    value=AUTO, label="Replacement subject (replace: as many tokens as yours; auto = one from the known facts)",
+                    elem_id="trace-replacement",
+                )
+            with gr.Row():
+                metric = gr.Radio(METRIC_CHOICES, value="prob", label="Score of the answer", elem_id="trace-metric")
+                head_positions = gr.Radio(
+                    HEAD_POSITION_CHOICES, value="last", label="Single heads restored at", elem_id="trace-head-positions"
+                )
+            gr.Markdown(captions.TRACE_MODES, elem_classes=["caption"])
         with gr.Row():
             run = gr.Button("Trace", variant="primary", elem_id="trace-run", scale=3)
             preview_only = gr.Button("Preview (instant)", elem_id="trace-preview", scale=2)
@@ -361,6 +424,8 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
                 with gr.Column(min_width=320):
                     plots[kind] = gr.Plot(label=figures.kind_title(kind), elem_id=f"trace-plot-{kind}", show_label=False)
                     gr.Markdown(captions.HEATMAP[kind], elem_classes=["caption"])
+        heads_plot = gr.Plot(label=figures.kind_title(HEADS), elem_id="trace-plot-heads", show_label=False)
+        gr.Markdown(captions.HEADS_HEATMAP, elem_classes=["caption"])
         with gr.Row():
             download_json = gr.DownloadButton("Download JSON", interactive=False, elem_id="trace-download-json", size="sm")
             download_csv = gr.DownloadButton("Download CSV", interactive=False, elem_id="trace-download-csv", size="sm")
@@ -390,8 +455,10 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
     ]
 
     # --- the trace --------------------------------------------------------------------------------
-    inputs = [prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, ctx.session]
-    outputs = [status, plots["hidden"], plots["mlp"], plots["attn"], result_json, download_json, download_csv, download_html, ctx.session]
+    inputs = [prompt, subject, answer, kinds, samples, noise, window, seed, noise_type, corruption, replacement, metric,
+              head_positions, ctx.session]
+    outputs = [status, plots["hidden"], plots["mlp"], plots["attn"], result_json, download_json, download_csv, download_html,
+               heads_plot, ctx.session]
     trace = ctx.bind(run_trace)
     shown = dict(show_progress_on=[progress_line], **MODEL_EVENTS)  # progress and errors under the buttons
     trace_event = run.click(trace, inputs, outputs, api_name="trace", **shown)
@@ -403,7 +470,8 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
     stop.click(ctx.bind(stop_jobs), [ctx.session], [status], queue=False, api_visibility="private")
     return TraceTab(
         prompt=prompt, subject=subject, answer=answer, kinds=kinds, samples=samples, noise=noise, window=window, seed=seed,
-        noise_type=noise_type, status=status, plots=plots, result_json=result_json,
+        noise_type=noise_type, corruption=corruption, replacement=replacement, metric=metric, head_positions=head_positions,
+        status=status, plots=plots, result_json=result_json,
         downloads=[download_json, download_csv, download_html], run=run, trace_event=trace_event,
         example_event=example_event, example_fill=example_set.load_input_event, submit_event=submit_event,
         refresh_typing=refresh_typing,
