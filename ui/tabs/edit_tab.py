@@ -11,11 +11,12 @@ import gradio as gr
 from core.errors import InputError
 from editor.budget import check_budget, corpus_tokens
 from editor.figures import loss_figure
+from editor.health import PROBE_COUNT, health_history, probe_facts
 from editor.hparams import METHODS
 from editor.layers import parse_layers
 from editor.ledger_file import check_ledger_file
 from editor.methods import METHOD_LABELS
-from ui import captions, editing, limits
+from ui import captions, editing, health_view, limits
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.errors import friendly, warn
 from ui.runner import HEARTBEAT
@@ -305,6 +306,43 @@ def run_import(ctx: AppContext, path: str | None, session: SessionState | None):
     return history_outputs(session, f"Imported {count} batch(es) of edits.", {"imported": count})
 
 
+@friendly
+def run_health_history(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
+    """Perplexity on held-out text and known-fact retention after each batch of the history, with drift warnings."""
+    session = ctx.session_of(session)
+    ledger = session.ledgers.get(session.model_spec)
+    batch_ids = [str(batch.batch_id) for batch in editing.ledger_batches(ledger)]
+    if not batch_ids:
+        raise InputError("There are no edits yet: apply a batch first, then measure its health.")
+    corpus, probe_count = ctx.health_corpus, ctx.health_probes or PROBE_COUNT
+    skip = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
+
+    def work(job, loaded):
+        count = len(batch_ids)
+
+        def report(fraction: float, message: str) -> None:
+            job.progress(fraction, f"batch {min(count, int(fraction * count) + 1)} of {count}: {message}")
+
+        # The Test tab's probe set (none about an edited subject): figures it measured come from the cache.
+        probes = probe_facts(loaded, [request.subject for request in ledger.requests], probe_count)
+        # Not inside session.applied: health_history measures the original weights and applies each prefix itself.
+        return health_history(loaded, ledger, report, corpus=corpus, probes=probes)
+
+    job = ctx.submit(session, work, name="health per batch", edited=False)
+    for item in ctx.follow(job, progress):
+        if item is HEARTBEAT:
+            yield skip
+    reports = job.result
+    rows = health_view.history_rows(batch_ids, reports)
+    data = {"batches": [dict(report.to_dict(), batch=batch_id) for batch_id, report in zip(batch_ids, reports)]}
+    yield (
+        health_view.history_summary(batch_ids, reports),
+        gr.Dataframe(value=rows, headers=health_view.HEALTH_HISTORY_COLUMNS, visible=True),
+        data,
+        session,
+    )
+
+
 def refresh_history(ctx: AppContext, session: SessionState | None):
     """The history as this session has it (after a page reload brings the session back)."""
     session = ctx.session_of(session)
@@ -391,6 +429,16 @@ def build(ctx: AppContext) -> EditTab:
             undo = gr.Button("Undo this batch", elem_id="edit-undo", scale=1)
             reset = gr.Button("Reset (undo all)", variant="stop", elem_id="edit-reset", scale=1)
         history_line = gr.Markdown(elem_id="edit-history-progress", elem_classes=["progress-line"])
+        gr.Markdown(health_view.HEALTH_HISTORY_CAPTION, elem_classes=["caption"])
+        with gr.Row():
+            health = gr.Button("Health per batch", elem_id="edit-health", scale=3)
+            health_stop = gr.Button("Stop", variant="stop", elem_id="edit-health-stop", scale=1)
+        health_line = gr.Markdown(elem_id="edit-health-progress", elem_classes=["progress-line"])
+        health_status = gr.Markdown(elem_id="edit-health-status")
+        health_table = gr.Dataframe(
+            headers=health_view.HEALTH_HISTORY_COLUMNS, label="Health after each batch (⚠ = past a warning threshold)",
+            interactive=False, wrap=True, elem_id="edit-health-table", visible=False,
+        )
         with gr.Row():
             export_ledger = gr.Button("Export my edits", elem_id="edit-export", size="sm")
             import_ledger = gr.UploadButton("Import edits", file_types=[".safetensors"], size="sm", elem_id="edit-import-ledger")
@@ -431,6 +479,12 @@ def build(ctx: AppContext) -> EditTab:
     reset_event = reset.click(ctx.bind(run_reset), [ctx.session], changed, api_name="reset", **shown)
     export_ledger.click(ctx.bind(run_export), [ctx.session], [exported], api_visibility="private", **shown)
     import_event = import_ledger.upload(ctx.bind(run_import), [import_ledger, ctx.session], changed, api_name="import_ledger", **shown)
+    # --- health per batch ---------------------------------------------------------------------------
+    health.click(
+        ctx.bind(run_health_history), [ctx.session], [health_status, health_table, result_json, ctx.session],
+        api_name="health_history", show_progress_on=[health_line], **MODEL_EVENTS,
+    )
+    health_stop.click(ctx.bind(stop_jobs), [ctx.session], [health_status], queue=False, api_visibility="private")
     return EditTab(
         form=form, edit_events=[edit_event, undo_event, reset_event, import_event],
         refresh=(ctx.bind(refresh_history), [ctx.session], [history, batch_choice]),

@@ -12,12 +12,15 @@ import gradio as gr
 from core.errors import InputError
 from core.kinds import KINDS
 from core.predict import generate_greedy, predict_next_tokens
+from core.progress import stage
+from editor.health import PROBE_COUNT, model_health, probe_facts
 from tracer import figures
 from tracer.trace import trace
-from ui import captions, editing, limits
+from ui import captions, editing, health_view, limits
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.display import display_token, label_value, percent
 from ui.errors import friendly
+from ui.runner import HEARTBEAT
 from ui.session import SessionState
 
 
@@ -149,6 +152,57 @@ def run_retrace(ctx: AppContext, session: SessionState | None, progress=gr.Progr
     return (status, *plots, session)
 
 
+def session_ledger(session: SessionState) -> Any:
+    """The session's ledger for its model when it holds edits, else None."""
+    ledger = session.ledgers.get(session.model_spec)
+    return ledger if editing.ledger_batches(ledger) else None
+
+
+def labelled(progress: Any, label: str) -> Any:
+    """A progress callback that puts `label` before each message."""
+    return lambda fraction, message: progress(fraction, f"{label}: {message}")
+
+
+@friendly
+def run_health(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
+    """Perplexity on held-out text and known-fact retention, original vs with the session's edits, with drift warnings.
+
+    Streams the original model's figures first (cached afterwards), then the edited model's.
+    """
+    session = ctx.session_of(session)
+    ledger = session_ledger(session)
+    corpus, count = ctx.health_corpus, ctx.health_probes or PROBE_COUNT
+    skip = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
+
+    def work(job, loaded):
+        # Not inside session.applied: model_health measures the original weights and applies the ledger itself.
+        subjects = [request.subject for request in ledger.requests] if ledger is not None else []
+        probes = probe_facts(loaded, subjects, count)  # one probe set for both, none about an edited subject
+        share = 0.5 if ledger is not None else 1.0
+        original = model_health(loaded, None, stage(labelled(job.progress, "Original model"), 0.0, share),
+                                corpus=corpus, probes=probes)
+        if ledger is None:
+            return original
+        job.emit(original)
+        return model_health(loaded, ledger, labelled(job.progress, "With your edits"), corpus=corpus, probes=probes)
+
+    job = ctx.submit(session, work, name="model health", edited=False)
+    for item in ctx.follow(job, progress):
+        if item is HEARTBEAT:
+            yield skip
+            continue
+        rows = health_view.health_rows(item)
+        status = f"{health_view.original_text(item.unedited)}  \nNow measuring the model with your edits…"
+        yield status, gr.Dataframe(value=rows, headers=health_view.HEALTH_COLUMNS, visible=True), item.to_dict(), session
+    report = job.result
+    yield (
+        health_view.health_summary(report),
+        gr.Dataframe(value=health_view.health_rows(report), headers=health_view.HEALTH_COLUMNS, visible=True),
+        report.to_dict(),
+        session,
+    )
+
+
 # --- the tab -----------------------------------------------------------------------------------
 
 @dataclass
@@ -209,6 +263,20 @@ def build(ctx: AppContext) -> TestTab:
             for kind in KINDS:
                 retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", min_width=320, visible=False)
 
+        gr.Markdown("---")
+        gr.Markdown(health_view.HEALTH_CAPTION)
+        with gr.Row():
+            health = gr.Button("Measure model health", variant="primary", elem_id="test-health", scale=3)
+            health_stop = gr.Button("Stop", variant="stop", elem_id="test-health-stop", scale=1)
+        health_line = gr.Markdown(elem_id="test-health-progress", elem_classes=["progress-line"])
+        health_status = gr.Markdown(elem_id="test-health-status")
+        health_table = gr.Dataframe(
+            headers=health_view.HEALTH_COLUMNS, label="Model health (⚠ = past a warning threshold)", interactive=False,
+            elem_id="test-health-table", visible=False,
+        )
+        with gr.Accordion("Raw result (JSON)", open=False):
+            health_json = gr.JSON(elem_id="test-health-json")
+
     compare_outputs = [before_label, after_label, before_text, after_text, summary, compare_json, ctx.session]
     compare_event = compare.click(
         ctx.bind(run_compare), [prompt, top_k, length, ctx.session], compare_outputs, api_name="predict",
@@ -230,6 +298,12 @@ def build(ctx: AppContext) -> TestTab:
         api_name="retrace", show_progress_on=[retrace_line], **MODEL_EVENTS,
     )
     retrace_stop.click(ctx.bind(stop_jobs), [ctx.session], [retrace_status], queue=False, api_visibility="private")
+    # --- model health: perplexity and retention, original vs edited -------------------------------------
+    health.click(
+        ctx.bind(run_health), [ctx.session], [health_status, health_table, health_json, ctx.session],
+        api_name="health", show_progress_on=[health_line], **MODEL_EVENTS,
+    )
+    health_stop.click(ctx.bind(stop_jobs), [ctx.session], [health_status], queue=False, api_visibility="private")
     return TestTab(compare_event=compare_event)
 
 
