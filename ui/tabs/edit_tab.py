@@ -1,4 +1,4 @@
-"""Edit tab: a table of requests, MEMIT or ROME over R, diagnostics, and the history with undo."""
+"""Edit tab: a table of requests, MEMIT or ROME over R, diagnostics, and the history with undo and health per batch."""
 
 from __future__ import annotations
 

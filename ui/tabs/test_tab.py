@@ -1,4 +1,4 @@
-"""Test tab: before vs after for any prompt; checks of every edit; CounterFact metrics; re-trace."""
+"""Test tab: before vs after for any prompt; checks of every edit; CounterFact metrics; re-trace; model health."""
 
 from __future__ import annotations
 
