@@ -104,7 +104,7 @@ def test_health_with_an_edit_compares_and_the_history_has_the_same_figures(conte
 
 
 def test_drift_past_the_thresholds_is_highlighted(context, embedded, corpus):
-    measured = model_health(embedded, None, corpus=corpus, probes=probe_facts(embedded, count=PROBES)).unedited  # cached
+    measured = model_health(embedded, None, corpus=corpus, probes=probe_facts(embedded, count=PROBES)).unedited  # cached by then
 
     def report(perplexity_factor: float, retention_factor: float) -> HealthReport:
         edited = dataclasses.replace(measured, perplexity=measured.perplexity * perplexity_factor,
