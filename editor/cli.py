@@ -109,7 +109,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         try:
             result = evaluate_records(
                 loaded, records, hparams, mode=arguments.mode, limit=arguments.limit,
-                generation=not arguments.no_generation, progress=report, pool=pool,
+                generation=not arguments.no_generation, progress=report, pool=pool, use_cache=not arguments.no_cache,
             )
         finally:
             close()
@@ -178,7 +178,7 @@ def command_sweep(arguments: argparse.Namespace) -> int:
         report, close = tqdm_progress("sweep")
         try:
             result = sweep_records(loaded, records, hparams, budgets, lambdas, generation=arguments.generation, progress=report,
-                                   pool=pool)
+                                   pool=pool, use_cache=not arguments.no_cache)
         finally:
             close()
     print(result.table())
@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
     evaluate.add_argument("--no-generation", action="store_true", help="skip the fluency (GE) generations")
     evaluate.add_argument("--out", default=None, help="write the metrics JSON here")
+    evaluate.add_argument("--no-cache", action="store_true",
+                          help="single mode: evaluate every record again (finished records are cached, so a rerun resumes)")
     add_model_arguments(evaluate)
     add_worker_arguments(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
@@ -389,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
     sweep.add_argument("--generation", action="store_true", help="also generate texts for fluency (GE); slow")
     sweep.add_argument("--out", default=None, help="write the table as JSON here")
+    sweep.add_argument("--no-cache", action="store_true",
+                       help="compute every setting again (finished settings are cached, so a rerun resumes)")
     add_model_arguments(sweep)
     add_worker_arguments(sweep)
     sweep.set_defaults(handler=command_sweep)

@@ -1,7 +1,9 @@
 """CounterFact evaluation (SPEC section 4): the same records scored before and after editing.
 
 Single mode treats every record on its own (scored, edited alone, scored again, weights restored:
-`evaluate_one_record`), here in order or on a pool's workers; both give the same numbers.
+`evaluate_one_record`), here in order or on a pool's workers; both give the same numbers. Each
+finished record is cached as it arrives (`editor.result_cache`), so a rerun of a killed run
+computes only the records that were not finished.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from core.distributed import WorkerPool, run_items
 from core.errors import InputError
+from core.facts import model_key
 from core.loading import LoadedModel
 from core.progress import Progress, stage
 from editor.counterfact import CounterFactRecord, load_records
@@ -22,6 +25,7 @@ from editor.ledger import EditLedger
 from editor.memit import prepare
 from editor.methods import compute_edit
 from editor.metrics import PairScore, RecordScores, harmonic_mean, mean, ngram_entropy, percent, record_scores
+from editor.result_cache import ResultCache, digest
 from editor.scoring import teacher_forced
 
 MODES = ("batch", "single")
@@ -121,6 +125,15 @@ class RecordOutcome:
     edit_seconds: float
     warnings: list[str]
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RecordOutcome:
+        values = dict(data)
+        values["pre"], values["post"] = RecordScores(**data["pre"]), RecordScores(**data["post"])
+        return cls(**values)
+
 
 def evaluate_one_record(
     loaded: LoadedModel, context: SingleModeContext, record: CounterFactRecord, progress: Progress | None = None
@@ -137,6 +150,56 @@ def evaluate_one_record(
         with base.with_batch(batch).applied(loaded):
             post, post_entropies = score_records(loaded, [record], generation=context.generation, progress=stage(progress, 0.8, 1.0))
     return RecordOutcome(pre[0], pre_entropies, post[0], post_entropies, edit_seconds, batch.warnings)
+
+
+def single_mode_cache(loaded: LoadedModel, hparams: MemitHyperParams, ledger: EditLedger | None, generation: bool,
+                      enabled: bool = True) -> ResultCache:
+    """The finished records of single-mode runs with these settings (from the same starting ledger)."""
+    state = [batch.batch_id for batch in ledger] if ledger is not None else []
+    settings = {"hparams": hparams.to_dict(), "ledger": state, "generation": generation}
+    return ResultCache.for_run("evaluate-single", model_key(loaded), settings, enabled)
+
+
+def single_mode_outcomes(
+    loaded: LoadedModel,
+    records: list[CounterFactRecord],
+    hparams: MemitHyperParams,
+    ledger: EditLedger | None,
+    generation: bool,
+    progress: Progress | None,
+    pool: WorkerPool | None,
+    use_cache: bool,
+) -> list[RecordOutcome]:
+    """Every record's outcome in record order: cached ones read back, the rest computed (here or on `pool`) and cached."""
+    cache = single_mode_cache(loaded, hparams, ledger, generation, use_cache)
+    keys = [digest(record.to_dict()) for record in records]
+    outcomes: list[RecordOutcome | None] = [
+        RecordOutcome.from_dict(cache.get(key)) if key in cache else None for key in keys
+    ]
+    todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    if not todo:
+        return outcomes
+    # C once for every record (on the workers, if it is not cached yet)
+    covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus,
+                                    stage(progress, 0.0, 0.1), pool=pool)
+    context = SingleModeContext(hparams, covariances, ledger, generation)
+    done = len(records) - len(todo)
+    if pool is None:
+        results = (
+            (position, evaluate_one_record(loaded, context, records[index],
+                                           stage(progress, 0.1 + 0.9 * (done + position) / len(records),
+                                                 0.1 + 0.9 * (done + position + 1) / len(records))))
+            for position, index in enumerate(todo)
+        )
+    else:
+        results = run_items(evaluate_one_record, [records[index] for index in todo], context, pool=pool)
+    for finished, (position, outcome) in enumerate(results, done + 1):
+        index = todo[position]
+        outcomes[index] = outcome
+        cache.put(keys[index], outcome.to_dict())
+        if progress is not None:
+            progress(0.1 + 0.9 * finished / len(records), f"record {finished}/{len(records)} evaluated")
+    return outcomes
 
 
 @dataclass
@@ -198,8 +261,12 @@ def evaluate_records(
     limit: int | None = None,
     progress: Progress | None = None,
     pool: WorkerPool | None = None,
+    use_cache: bool = True,
 ) -> EvaluationResult:
-    """Score `records`, edit them (all at once, or one at a time restoring in between, then on `pool` if given), score again."""
+    """Score `records`, edit them (all at once, or one at a time restoring in between, then on `pool` if given), score again.
+
+    Single mode caches each finished record (unless `use_cache` is False): a rerun computes only the rest.
+    """
     started = time.perf_counter()
     if mode not in MODES:
         raise InputError(f"Unknown mode {mode!r}: use batch or single.")
@@ -225,20 +292,7 @@ def evaluate_records(
             with base.with_batch(batch).applied(loaded):
                 post_records, post_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.8, 1.0))
     else:
-        # C once for every record (on the workers, if it is not cached yet)
-        covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus,
-                                        stage(progress, 0.0, 0.1), pool=pool)
-        context = SingleModeContext(hparams, covariances, ledger, generation)
-        outcomes: list[RecordOutcome | None] = [None] * len(records)
-        if pool is None:
-            for index, record in enumerate(records):
-                report = stage(progress, 0.1 + 0.9 * index / len(records), 0.1 + 0.9 * (index + 1) / len(records))
-                outcomes[index] = evaluate_one_record(loaded, context, record, report)
-        else:
-            for finished, (index, outcome) in enumerate(run_items(evaluate_one_record, records, context, pool=pool), 1):
-                outcomes[index] = outcome
-                if progress is not None:
-                    progress(0.1 + 0.9 * finished / len(records), f"record {finished}/{len(records)} evaluated")
+        outcomes = single_mode_outcomes(loaded, records, hparams, ledger, generation, progress, pool, use_cache)
         pre_records = [outcome.pre for outcome in outcomes]
         post_records = [outcome.post for outcome in outcomes]
         pre_entropies = [value for outcome in outcomes for value in outcome.pre_entropies]

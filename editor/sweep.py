@@ -4,7 +4,8 @@ The target vectors z (SPEC 3 step 2) depend on the model, the requests and R onl
 so a sweep optimizes them once and then, for every (token budget, lambda), computes the layer
 updates, applies them, scores the records, and restores the weights (`sweep_cell`, here in order or on a
 pool's workers: the same numbers). Budgets run smallest first: the covariance cache continues a larger
-budget from the largest finished smaller one.
+budget from the largest finished smaller one. Each finished cell is cached as it arrives
+(`editor.result_cache`): a rerun computes only the cells that were not finished.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from core.distributed import WorkerPool, run_items
 from core.errors import InputError
+from core.facts import model_key
 from core.loading import LoadedModel
 from core.progress import Progress, stage
 from editor.counterfact import CounterFactRecord
@@ -25,6 +27,7 @@ from editor.ledger import EditLedger
 from editor.memit import compute_memit, prepare
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest
+from editor.result_cache import ResultCache, digest
 from editor.targets import TargetResult, compute_targets
 
 COLUMNS = (("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("Eff.acc", "efficacy_accuracy"),
@@ -41,6 +44,17 @@ class SweepRow:
     residual_left: float  # mean ||z - h|| at l_R after all layers (0 = the whole change was written)
     seconds: float  # layer updates + scoring (+ the covariance, on the first row of a budget)
     warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["scores"] = self.scores.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SweepRow:
+        values = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        values["scores"] = Scores.from_dict(data["scores"])
+        return cls(**values)
 
 
 @dataclass
@@ -90,6 +104,19 @@ def parse_numbers(text: str, kind: type, name: str) -> list:
     return values
 
 
+def sweep_cache(loaded: LoadedModel, records: list[CounterFactRecord], hparams: MemitHyperParams, generation: bool,
+                enabled: bool = True) -> ResultCache:
+    """The finished cells of sweeps of these records with these settings (every setting but budget and lambda)."""
+    settings = {key: value for key, value in hparams.to_dict().items() if key not in ("cov_tokens", "mom2_weight")}
+    payload = {"hparams": settings, "records": [digest(record.to_dict()) for record in records], "generation": generation}
+    return ResultCache.for_run("sweep", model_key(loaded), payload, enabled)
+
+
+def cell_key(cell: tuple[int, float]) -> str:
+    """The cache key of one (covariance tokens, lambda) cell."""
+    return f"{int(cell[0])}:{float(cell[1])!r}"
+
+
 @dataclass
 class SweepContext:
     """What every (budget, lambda) cell shares: the records, the prepared requests, the targets z, C per budget."""
@@ -127,12 +154,26 @@ def sweep_records(
     generation: bool = False,
     progress: Progress | None = None,
     pool: WorkerPool | None = None,
+    use_cache: bool = True,
 ) -> SweepResult:
-    """Score `records` unedited, then edited in one batch with every (budget, lambda) (cells on `pool` if given); the weights end as they began."""
+    """Score `records` unedited, then edited in one batch with every (budget, lambda) (cells on `pool` if given); the weights end as they began.
+
+    Finished cells are cached (unless `use_cache` is False); a rerun computes only the rest.
+    """
     if hparams.method == "rome":
         raise InputError("The sweep compares MEMIT/AlphaEdit solves; ROME has no lambda to sweep.")
     requests, hparams = prepare(loaded, [record.request() for record in records], hparams)
     budgets = sorted(budgets)
+    cells = [(tokens, weight) for tokens in budgets for weight in lambdas]
+    cache = sweep_cache(loaded, records, hparams, generation, use_cache)
+    cached = [cache.get(cell_key(cell)) for cell in cells]
+    start = cache.get("start")  # unedited scores and the targets' figures
+    if start is not None and all(row is not None for row in cached):
+        return SweepResult(
+            unedited=Scores.from_dict(start["unedited"]), rows=[SweepRow.from_dict(row) for row in cached], n=len(records),
+            layers=list(hparams.layers), method=hparams.method, residual_before=start["residual_before"],
+            target_seconds=start["target_seconds"],
+        )
     covariances: dict[int, CovarianceSet] = {}
     covariance_seconds: dict[int, float] = {}
     with loaded.lock:
@@ -147,19 +188,32 @@ def sweep_records(
             report = stage(progress, 0.5 + 0.1 * position / len(budgets), 0.5 + 0.1 * (position + 1) / len(budgets))
             covariances[tokens] = layer_covariances(loaded, list(hparams.layers), tokens, hparams.corpus, report, pool=pool)
             covariance_seconds[tokens] = time.perf_counter() - clock
+    if start is None:
+        cache.put("start", {"unedited": summarize(pre, pre_entropies).to_dict(), "residual_before": residual_before,
+                            "target_seconds": target_seconds})
     context = SweepContext(records, requests, hparams, targets, covariances, generation)
-    cells = [(tokens, weight) for tokens in budgets for weight in lambdas]
-    rows: list[SweepRow | None] = [None] * len(cells)
-    if pool is None:
-        for index, cell in enumerate(cells):
-            rows[index] = sweep_cell(loaded, context, cell, stage(progress, 0.6 + 0.4 * index / len(cells), 0.6 + 0.4 * (index + 1) / len(cells)))
-    else:
-        for finished, (index, row) in enumerate(run_items(sweep_cell, cells, context, pool=pool), 1):
-            rows[index] = row
-            if progress is not None:
-                progress(0.6 + 0.4 * finished / len(cells), f"setting {finished}/{len(cells)} scored")
+    rows: list[SweepRow | None] = [None if row is None else SweepRow.from_dict(row) for row in cached]
+    todo = [index for index, row in enumerate(rows) if row is None]
     for tokens, seconds in covariance_seconds.items():  # the covariance counts on the first row of its budget
-        next(row for row in rows if row.cov_tokens == tokens).seconds += seconds
+        covariance_seconds[tokens] = seconds if any(cells[index][0] == tokens for index in todo) else 0.0
+    done = len(cells) - len(todo)
+    if pool is None:
+        results = (
+            (position, sweep_cell(loaded, context, cells[index], stage(progress, 0.6 + 0.4 * (done + position) / len(cells),
+                                                                       0.6 + 0.4 * (done + position + 1) / len(cells))))
+            for position, index in enumerate(todo)
+        )
+    else:
+        results = run_items(sweep_cell, [cells[index] for index in todo], context, pool=pool)
+    for finished, (position, row) in enumerate(results, done + 1):
+        index = todo[position]
+        first_of_budget = next(other for other in todo if cells[other][0] == row.cov_tokens) == index
+        if first_of_budget:  # the covariance counts on the first computed row of its budget
+            row.seconds += covariance_seconds.get(row.cov_tokens, 0.0)
+        rows[index] = row
+        cache.put(cell_key(cells[index]), row.to_dict())
+        if progress is not None:
+            progress(0.6 + 0.4 * finished / len(cells), f"setting {finished}/{len(cells)} scored")
     return SweepResult(
         unedited=summarize(pre, pre_entropies),
         rows=rows,

@@ -205,3 +205,26 @@ def test_cli_average_driver_killed_mid_run_resumes_from_the_cache(embedded, ray_
     alone = average_traces(embedded, 2, settings, facts=facts_model_knows(embedded)[:2], use_cache=False).to_dict()
     pooled.pop("elapsed"), alone.pop("elapsed")
     assert pooled == json.loads(json.dumps(alone))
+
+
+def test_single_mode_evaluation_and_sweep_resume_from_their_caches(tiny_loaded, tmp_path, monkeypatch):
+    """A rerun reads the finished records / settings back: a half-finished cache is completed to the same result."""
+    monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
+    records = load_records(DEVSET)[:2]
+    hparams = MemitHyperParams(layers=(1, 2), cov_tokens=STATS_TOKENS, mom2_weight=1e-4, steps=4, prefix_starts=())
+    fresh = without_elapsed(evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False, use_cache=False))
+    assert not list(tmp_path.glob("runs/*/evaluate-single-*.jsonl"))
+    evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False)
+    (path,) = tmp_path.glob("runs/*/evaluate-single-*.jsonl")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    path.write_text(lines[1] + "\n" + '{"key": "torn')  # as if killed after the second record, mid-write of another
+    resumed = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False)
+    assert without_elapsed(resumed) == fresh
+    assert len(path.read_text().splitlines()) == 3  # the torn line stays, one record computed again, the other read back
+    sweep_hparams = hparams
+    first = sweep_records(tiny_loaded, records, sweep_hparams, [300], [1e-4, 1e-2]).to_dict()
+    (sweep_path,) = tmp_path.glob("runs/*/sweep-*.jsonl")
+    assert len(sweep_path.read_text().splitlines()) == 3  # the start, then one line per setting
+    again = sweep_records(tiny_loaded, records, sweep_hparams, [300], [1e-4, 1e-2]).to_dict()
+    assert again == first and len(sweep_path.read_text().splitlines()) == 3
