@@ -119,9 +119,9 @@ def test_tiny_single_mode_evaluation_on_one_and_two_workers_equals_one_process(t
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     records = load_records(DEVSET)[:3]
     hparams = MemitHyperParams(layers=(1, 2), cov_tokens=STATS_TOKENS, mom2_weight=1e-4, steps=4, prefix_starts=())
-    alone = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False)
+    alone = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False, use_cache=False)
     for workers, pool in tiny_pools.items():
-        pooled = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False, pool=pool)
+        pooled = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False, pool=pool, use_cache=False)
         assert without_elapsed(pooled) == without_elapsed(alone), f"{workers} worker(s)"
     with pytest.raises(InputError, match="single"):
         evaluate_records(tiny_loaded, records, hparams, mode="batch", pool=tiny_pools[1])
@@ -131,8 +131,8 @@ def test_tiny_sweep_on_two_workers_equals_one_process(tiny_loaded, tiny_pools, t
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     records = load_records(DEVSET)[:2]
     hparams = MemitHyperParams(layers=(1, 2), mom2_weight=1e-4, steps=4, prefix_starts=())
-    alone = sweep_records(tiny_loaded, records, hparams, [600, 300], [1e-4, 1e-2]).to_dict()
-    pooled = sweep_records(tiny_loaded, records, hparams, [600, 300], [1e-4, 1e-2], pool=tiny_pools[2]).to_dict()
+    alone = sweep_records(tiny_loaded, records, hparams, [600, 300], [1e-4, 1e-2], use_cache=False).to_dict()
+    pooled = sweep_records(tiny_loaded, records, hparams, [600, 300], [1e-4, 1e-2], pool=tiny_pools[2], use_cache=False).to_dict()
     for data in (alone, pooled):
         data.pop("target_seconds")
         for row in data["rows"]:

@@ -17,7 +17,7 @@ def test_sweep_scores_every_setting_and_restores_the_weights(embedded):
     hparams = editing_hparams(embedded, steps=10)
     shared_covariances(embedded)
     before = weights_hash(embedded, list(hparams.layers))
-    result = sweep_records(embedded, records, hparams, [TEST_TOKENS, 2000], [15000.0, 1500.0])
+    result = sweep_records(embedded, records, hparams, [TEST_TOKENS, 2000], [15000.0, 1500.0], use_cache=False)
     assert weights_hash(embedded, list(hparams.layers)) == before
     assert [(row.cov_tokens, row.mom2_weight) for row in result.rows] == [
         (2000, 15000.0), (2000, 1500.0), (TEST_TOKENS, 15000.0), (TEST_TOKENS, 1500.0)
