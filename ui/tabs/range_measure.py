@@ -117,7 +117,7 @@ def verdict_text(result: Any, records_note: str, done: bool) -> str:
     lines = [f"{'Done' if done else 'So far'}: {len(result.windows)} range(s) edited, {records_note}."]
     if best:
         top = result.window(best)
-        lines.append(f"**Editing's best R: layers {layers_text(best)}** (S {top.S if top.S is not None else '-'}).")
+        lines.append(f"**Editing's best R: layers {layers_text(best)}** (S {'-' if top.S is None else f'{top.S:.1f}'}).")
     if traced:
         lines.append(f"**Tracing's R: layers {layers_text(traced)}.**")
     measured = result.window(traced) if traced else None
