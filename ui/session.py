@@ -33,6 +33,7 @@ class SessionState:
     original_trace: Any = None  # the last trace of the unedited model (for the Test tab's difference)
     average: Any = None  # tracer.average.AverageResult
     recommendation: Any = None  # tracer.recommend.LayerRecommendation
+    windows: Any = None  # editor.windows.WindowsResult of the last 'Measure by editing' (Choose R tab)
     layers: tuple[int, int] | None = None  # chosen R, first and last layer (inclusive)
     cov_tokens: int | None = None  # covariance budget of the last edit (its cached spectra flag outlier layers)
     records: list[Any] = field(default_factory=list)  # imported CounterFact records (editor.counterfact)
