@@ -50,7 +50,7 @@ def switch_model(ctx: AppContext, spec: str, session: SessionState | None, progr
     session = ctx.session_of(session)
     ctx.manager.check_allowed(spec)
     session.model_spec = spec
-    session.trace = session.original_trace = session.recommendation = session.average = None
+    session.trace = session.original_trace = session.recommendation = session.average = session.windows = None
     session.layers = None
     ctx.run(session, lambda job, loaded: None, name="switch model", edited=False, lane="long", progress=progress)
     status = ctx.manager.status()
