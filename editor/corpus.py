@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.embedded import file_from_environment
 from core.errors import InputError
 
 WIKIPEDIA = "wikipedia"
@@ -54,12 +54,9 @@ def wikipedia_path() -> Path:
 
     $LOCUS_WIKIPEDIA names the file instead, on a machine without the package (the GPU check carries it).
     """
-    override = os.environ.get("LOCUS_WIKIPEDIA")
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_file():
-            raise InputError(f"LOCUS_WIKIPEDIA names {path}, which is not a file.")
-        return path
+    override = file_from_environment("LOCUS_WIKIPEDIA", InputError)
+    if override is not None:
+        return override
     try:
         distribution = importlib.metadata.distribution(WIKI_PACKAGE)
     except importlib.metadata.PackageNotFoundError as error:

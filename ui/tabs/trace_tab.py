@@ -145,6 +145,17 @@ def checked_prompt(ctx: AppContext, session: SessionState, prompt_text: Any, sub
     return prompt_text, subject_text
 
 
+def checked_request(ctx: AppContext, session: SessionState, prompt_text: Any, subject_text: Any, *form: Any) -> tuple[str, str, TraceSettings]:
+    """(prompt, subject, settings) of a trace or preview request, every input checked before any job is queued.
+
+    `form`: answer, kinds, samples, noise, window, seed, noise type, corruption, replacement, metric, head positions.
+    """
+    prompt_text, subject_text = checked_prompt(ctx, session, prompt_text, subject_text)
+    answer, kinds, samples, noise, window, seed, noise_type, *modes = form
+    settings = settings_from_inputs(answer, kinds, samples, noise, window, seed, noise_type, ctx.num_layers(session), *modes)
+    return prompt_text, subject_text, settings
+
+
 def status_markdown(result: Any, *, stage: str, edited: bool) -> str:
     """What the status line says about a (partial) trace."""
     model_state = " on **your edited model**" if edited else ""
@@ -235,10 +246,9 @@ def run_trace(
 ):
     """Preview first, then the exact trace's cells as they finish (at most every STREAM_INTERVAL_S), then downloads."""
     session = ctx.session_of(session)
-    prompt_text, subject_text = checked_prompt(ctx, session, prompt_text, subject_text)
-    settings = settings_from_inputs(
-        answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind, ctx.num_layers(session),
-        corruption, replacement, metric, head_positions,
+    prompt_text, subject_text, settings = checked_request(
+        ctx, session, prompt_text, subject_text, answer_text, kind_list, sample_count, noise_text, window_size, seed_value,
+        noise_kind, corruption, replacement, metric, head_positions,
     )
     edited = session.has_edits()
     skip = tuple(gr.skip() for _ in range(TRACE_OUTPUTS))
@@ -315,10 +325,9 @@ def run_preview(
 ):
     """Only the approximate preview (well under a second on the embedded model): for slow machines and lectures."""
     session = ctx.session_of(session)
-    prompt_text, subject_text = checked_prompt(ctx, session, prompt_text, subject_text)
-    settings = settings_from_inputs(
-        answer_text, kind_list, sample_count, noise_text, window_size, seed_value, noise_kind, ctx.num_layers(session),
-        corruption, replacement, metric, head_positions,
+    prompt_text, subject_text, settings = checked_request(
+        ctx, session, prompt_text, subject_text, answer_text, kind_list, sample_count, noise_text, window_size, seed_value,
+        noise_kind, corruption, replacement, metric, head_positions,
     )
     edited = session.has_edits()
     preview = ctx.run(
