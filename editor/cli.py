@@ -90,6 +90,17 @@ def command_stats(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def print_distinct_warnings(labelled) -> None:
+    """Print `warning (label): text` for (label, warnings) pairs; one that differs only in its numbers is shown once."""
+    shown: set[str] = set()
+    for label, warnings in labelled:
+        for warning in warnings:
+            kind = re.sub(r"[-+.,\d]+", "#", warning)
+            if kind not in shown:
+                shown.add(kind)
+                print(f"warning ({label}): {warning}")
+
+
 def command_evaluate(arguments: argparse.Namespace) -> int:
     from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
     from editor.counterfact import load_records
@@ -182,13 +193,7 @@ def command_sweep(arguments: argparse.Namespace) -> int:
         finally:
             close()
     print(result.table())
-    shown: set[str] = set()
-    for row in result.rows:  # a warning that only changes its numbers from row to row is shown once
-        for warning in row.warnings:
-            kind = re.sub(r"[-+.,\d]+", "#", warning)
-            if kind not in shown:
-                shown.add(kind)
-                print(f"warning ({row.cov_tokens:,} tokens, lambda {row.mom2_weight:g}): {warning}")
+    print_distinct_warnings((f"{row.cov_tokens:,} tokens, lambda {row.mom2_weight:g}", row.warnings) for row in result.rows)
     if arguments.out:
         write_json(arguments.out, result.to_dict())
     return 0
@@ -223,13 +228,7 @@ def command_layers(arguments: argparse.Namespace) -> int:
     finally:
         close()
     print(result.table())
-    shown: set[str] = set()
-    for window in result.windows:  # a warning that only changes its numbers from window to window is shown once
-        for warning in window.warnings:
-            kind = re.sub(r"[-+.,\d]+", "#", warning)
-            if kind not in shown:
-                shown.add(kind)
-                print(f"warning (R = {layers_text(window.layers)}): {warning}")
+    print_distinct_warnings((f"R = {layers_text(window.layers)}", window.warnings) for window in result.windows)
     print(f"{result.seconds:.0f} s ({result.cached_windows} window(s) from the cache; targets {result.target_seconds:.0f} s)")
     if arguments.out:
         write_json(arguments.out, result.to_dict())
