@@ -11,11 +11,17 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import subprocess
 import sys
 from pathlib import Path
 
+from core import REPRODUCIBLE_ARITHMETIC
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+REPRODUCIBLE_BENCHES = ("scale",)  # they compare one process with Ray workers bit for bit (core/__init__.py)
 
 
 def main(argv: list[str]) -> int:
@@ -31,13 +37,19 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] not in names:
         print(f"no benchmark named {argv[0]!r}; available: {', '.join(names)}")
         return 2
-    chosen, passed = ([argv[0]], argv[1:]) if argv else (names, [])
-    status = 0
-    for name in chosen:
-        print(f"\n=== bench {name} ===", flush=True)
-        module = importlib.import_module(f"bench.bench_{name}")
-        status |= module.main(passed)
-    return status
+    if not argv:  # every benchmark, each in a fresh process: its own threads, caches and arithmetic settings
+        status = 0
+        for name in names:
+            status |= subprocess.run([sys.executable, "-m", "bench", name], check=False).returncode
+        return status
+    name, passed = argv[0], argv[1:]
+    if name in REPRODUCIBLE_BENCHES:
+        os.environ.setdefault("LOCUS_REPRODUCIBLE", "1")
+        os.environ.setdefault("MKL_CBWR", REPRODUCIBLE_ARITHMETIC)
+    print(f"\n=== bench {name} ===", flush=True)
+    module = importlib.import_module(f"bench.bench_{name}")
+    return module.main(passed)
 
 
-raise SystemExit(main(sys.argv[1:]))
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
