@@ -133,6 +133,8 @@ def test_trace_choose_r_edit_test_undo_in_the_browser(page, chromium, app):
     expect(page.locator("#range-explanation")).to_contain_text("R = layers")
     recommended = re.search(r"R = layers (\d+)-(\d+)", page.locator("#range-explanation").inner_text())
     assert recommended and int(recommended.group(2)) - int(recommended.group(1)) == 4  # default width 5
+    # The explanation is drawn when the tab opens (packaged averages); Recommend has answered once R is the recommended one.
+    expect(page.locator("#range-chosen")).to_contain_text(f"R = layers {recommended.group(1)}-{recommended.group(2)}")
     set_number(page, "range-first", 2)
     set_number(page, "range-last", 6)
     page.locator("#range-last input[type=range]").dispatch_event("pointerup")
