@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from core.distributed import WorkerPool, run_items
+from core.distributed import WorkerPool
 from core.errors import InputError
 from core.facts import model_key
 from core.loading import LoadedModel
@@ -25,7 +25,7 @@ from editor.ledger import EditLedger
 from editor.memit import prepare
 from editor.methods import compute_edit
 from editor.metrics import PairScore, RecordScores, harmonic_mean, mean, ngram_entropy, percent, record_scores
-from editor.result_cache import ResultCache, digest
+from editor.result_cache import ResultCache, compute_missing, digest
 from editor.scoring import teacher_forced
 
 MODES = ("batch", "single")
@@ -183,22 +183,10 @@ def single_mode_outcomes(
     covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus,
                                     stage(progress, 0.0, 0.1), pool=pool)
     context = SingleModeContext(hparams, covariances, ledger, generation)
-    done = len(records) - len(todo)
-    if pool is None:
-        results = (
-            (position, evaluate_one_record(loaded, context, records[index],
-                                           stage(progress, 0.1 + 0.9 * (done + position) / len(records),
-                                                 0.1 + 0.9 * (done + position + 1) / len(records))))
-            for position, index in enumerate(todo)
-        )
-    else:
-        results = run_items(evaluate_one_record, [records[index] for index in todo], context, pool=pool)
-    for finished, (position, outcome) in enumerate(results, done + 1):
-        index = todo[position]
+    for index, outcome in compute_missing(evaluate_one_record, loaded, records, todo, context, pool=pool,
+                                          progress=progress, span=(0.1, 1.0), message="record {finished}/{total} evaluated"):
         outcomes[index] = outcome
         cache.put(keys[index], outcome.to_dict())
-        if progress is not None:
-            progress(0.1 + 0.9 * finished / len(records), f"record {finished}/{len(records)} evaluated")
     return outcomes
 
 

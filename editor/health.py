@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -296,6 +297,29 @@ def model_health(
     return HealthReport(unedited, edited, len(ledger.requests), health_warnings(unedited, edited))
 
 
+def health_history_stream(
+    loaded: LoadedModel,
+    ledger: EditLedger,
+    progress: Progress | None = None,
+    *,
+    corpus: str | Corpus = WIKIPEDIA,
+    probes: list[KnownFact] | None = None,
+) -> Iterator[HealthReport]:
+    """One HealthReport per batch of `ledger` (the model with batches 1..i applied), yielded as each is measured.
+
+    All reports use one probe set, which leaves out every subject of the ledger; perplexities already
+    measured (by `model_health` after each batch) come from the cache, so only retention is measured again.
+    """
+    if ledger is None or not len(ledger):
+        return
+    probes = probes if probes is not None else probe_facts(loaded, _ledger_subjects(ledger))
+    for count in range(1, len(ledger) + 1):
+        prefix = EditLedger(ledger.model, ledger.base_hashes)
+        prefix.batches = list(ledger.batches[:count])
+        yield model_health(loaded, prefix, stage(progress, (count - 1) / len(ledger), count / len(ledger)),
+                           corpus=corpus, probes=probes)
+
+
 def health_history(
     loaded: LoadedModel,
     ledger: EditLedger,
@@ -304,18 +328,5 @@ def health_history(
     corpus: str | Corpus = WIKIPEDIA,
     probes: list[KnownFact] | None = None,
 ) -> list[HealthReport]:
-    """One HealthReport per batch of `ledger` (the model with batches 1..i applied), all with one probe set.
-
-    The probe set leaves out every subject of the ledger; perplexities already measured (by `model_health`
-    after each batch) come from the cache, so only retention is measured again.
-    """
-    if ledger is None or not len(ledger):
-        return []
-    probes = probes if probes is not None else probe_facts(loaded, _ledger_subjects(ledger))
-    reports = []
-    for count in range(1, len(ledger) + 1):
-        prefix = EditLedger(ledger.model, ledger.base_hashes)
-        prefix.batches = list(ledger.batches[:count])
-        reports.append(model_health(loaded, prefix, stage(progress, (count - 1) / len(ledger), count / len(ledger)),
-                                    corpus=corpus, probes=probes))
-    return reports
+    """Every report of `health_history_stream`, in batch order."""
+    return list(health_history_stream(loaded, ledger, progress, corpus=corpus, probes=probes))

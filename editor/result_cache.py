@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from core.distributed import WorkerPool, run_items
 from core.embedded import cache_root
+from core.progress import Progress, stage
 
 
 def digest(payload: Any, length: int = 16) -> str:
@@ -62,3 +65,38 @@ class ResultCache:
             line = json.dumps({"key": key, "result": result}) + "\n"
             handle.write((("\n" if torn else "") + line).encode())
             handle.flush()
+
+
+def compute_missing(
+    work: Callable[[Any, Any, Any, Progress | None], Any],
+    loaded: Any,
+    items: list,
+    todo: list[int],
+    shared: Any,
+    *,
+    pool: WorkerPool | None,
+    progress: Progress | None,
+    span: tuple[float, float],
+    message: str,
+) -> Iterator[tuple[int, Any]]:
+    """(index, work(loaded, shared, items[index], report)) for each index in `todo`: here, in order, or on `pool`, as
+    they finish. Progress runs over `span`, counting the items not in `todo` as done; `message` is formatted with
+    `finished` and `total` after each item (once the caller has handled it, e.g. cached it)."""
+    low, high = span
+    total = len(items)
+    done = total - len(todo)
+
+    def at(count: int) -> float:
+        return low + (high - low) * count / total
+
+    if pool is None:
+        results = (
+            (position, work(loaded, shared, items[index], stage(progress, at(done + position), at(done + position + 1))))
+            for position, index in enumerate(todo)
+        )
+    else:
+        results = run_items(work, [items[index] for index in todo], shared, pool=pool)
+    for finished, (position, result) in enumerate(results, done + 1):
+        yield todo[position], result
+        if progress is not None:
+            progress(at(finished), message.format(finished=finished, total=total))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from core.distributed import WorkerPool, run_items
+from core.distributed import WorkerPool
 from core.errors import InputError
 from core.facts import model_key
 from core.loading import LoadedModel
@@ -27,7 +27,7 @@ from editor.ledger import EditLedger
 from editor.memit import compute_memit, prepare
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest
-from editor.result_cache import ResultCache, digest
+from editor.result_cache import ResultCache, compute_missing, digest
 from editor.targets import TargetResult, compute_targets
 
 COLUMNS = (("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("Eff.acc", "efficacy_accuracy"),
@@ -196,24 +196,13 @@ def sweep_records(
     todo = [index for index, row in enumerate(rows) if row is None]
     for tokens, seconds in covariance_seconds.items():  # the covariance counts on the first row of its budget
         covariance_seconds[tokens] = seconds if any(cells[index][0] == tokens for index in todo) else 0.0
-    done = len(cells) - len(todo)
-    if pool is None:
-        results = (
-            (position, sweep_cell(loaded, context, cells[index], stage(progress, 0.6 + 0.4 * (done + position) / len(cells),
-                                                                       0.6 + 0.4 * (done + position + 1) / len(cells))))
-            for position, index in enumerate(todo)
-        )
-    else:
-        results = run_items(sweep_cell, [cells[index] for index in todo], context, pool=pool)
-    for finished, (position, row) in enumerate(results, done + 1):
-        index = todo[position]
+    for index, row in compute_missing(sweep_cell, loaded, cells, todo, context, pool=pool,
+                                      progress=progress, span=(0.6, 1.0), message="setting {finished}/{total} scored"):
         first_of_budget = next(other for other in todo if cells[other][0] == row.cov_tokens) == index
         if first_of_budget:  # the covariance counts on the first computed row of its budget
             row.seconds += covariance_seconds.get(row.cov_tokens, 0.0)
         rows[index] = row
         cache.put(cell_key(cells[index]), row.to_dict())
-        if progress is not None:
-            progress(0.6 + 0.4 * finished / len(cells), f"setting {finished}/{len(cells)} scored")
     return SweepResult(
         unedited=summarize(pre, pre_entropies),
         rows=rows,

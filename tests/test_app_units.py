@@ -23,6 +23,8 @@ def test_user_errors_keep_their_message_and_bugs_get_a_generic_one(caplog):
     assert user_message(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")) == OUT_OF_MEMORY_MESSAGE
     error = as_gradio_error(InputError("<b>subject</b> missing"))
     assert error.message == "&lt;b&gt;subject&lt;/b&gt; missing"  # shown as text, never as HTML
+    quoted = as_gradio_error(InputError("Ranges R to try: 'x' is not a range (or write 'all')."))
+    assert quoted.message == "Ranges R to try: 'x' is not a range (or write 'all')."  # API callers read quotes plain
 
 
 def test_friendly_handlers_turn_failures_into_gradio_errors_and_keep_generators_streaming():

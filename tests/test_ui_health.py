@@ -95,7 +95,10 @@ def test_health_with_an_edit_compares_and_the_history_has_the_same_figures(conte
     assert data["edited"]["perplexity"] != data["unedited"]["perplexity"]
     assert [row[0] for row in table.value["data"]] == ["original", "with your 1 edit"]
     assert "With your 1 edit" in status and ("Within the thresholds" in status or "Drift warning" in status)
-    status, table, history, _ = finished(list(edit_tab.run_health_history(context, edited, quiet)))[-1]
+    streamed = finished(list(edit_tab.run_health_history(context, edited, quiet)))
+    assert streamed[0][0].startswith("So far 1 of 1 batches.")  # each batch's row is shown as soon as it is measured
+    status, table, history, _ = streamed[-1]
+    assert not status.startswith("So far")
     rows = table.value["data"]
     batch_id = editing.ledger_batches(edited.ledger())[0].batch_id
     assert [row[0] for row in rows] == ["(original)", batch_id] and rows[1][1] == 1

@@ -58,15 +58,16 @@ def user_message(error: BaseException) -> str:
 
 
 def as_gradio_error(error: BaseException):
-    """A gr.Error carrying the user message of `error` (HTML-escaped: messages may quote user input)."""
+    """A gr.Error carrying the user message of `error`, with <, > and & escaped (messages may quote user input; quotes
+    stay as they are, since the message is text, never an attribute, and API callers read it plain)."""
     if isinstance(error, gr.Error):
         return error
-    return gr.Error(html.escape(user_message(error)), print_exception=False)
+    return gr.Error(html.escape(user_message(error), quote=False), print_exception=False)
 
 
 def warn(message: str) -> None:
     """Show a non-fatal message in the page (yellow toast)."""
-    gr.Warning(html.escape(message))
+    gr.Warning(html.escape(message, quote=False))
 
 
 def friendly(handler: Callable) -> Callable:

@@ -22,6 +22,7 @@ the job runs to the end, so the page shows the change as made.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -81,6 +82,17 @@ class Job:
         """Hand a partial result to the follower; raises OperationCancelled when the job was cancelled."""
         self.check_cancelled()
         self.events.put(JobEvent("item", item))
+
+    def relay(self, stream: Iterator[Any]) -> Any:
+        """Emit every update of a streaming computation (`.fraction`, `.message`, `.result`), closing it at the end or on
+        a stop; returns the last update's result (None for an empty stream)."""
+        final = None
+        with contextlib.closing(stream):
+            for update in stream:
+                final = update.result
+                self.progress(update.fraction, update.message)
+                self.emit(update)
+        return final
 
     def check_cancelled(self) -> None:
         if self._cancel.is_set() and not self._committed:

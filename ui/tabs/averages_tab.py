@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import html
 from dataclasses import dataclass
 from typing import Any
@@ -65,13 +64,7 @@ def run_average(ctx: AppContext, n: float, kind_list: list[str], sample_count: f
     skip = tuple(gr.skip() for _ in range(len(KINDS) + 2))
 
     def work(job, loaded):
-        final = None
-        with contextlib.closing(average_traces_stream(loaded, count, settings, pool=ctx.pool)) as stream:
-            for update in stream:
-                final = update.result
-                job.progress(update.fraction, update.message)
-                job.emit(update)
-        return final
+        return job.relay(average_traces_stream(loaded, count, settings, pool=ctx.pool))
 
     job = ctx.submit(session, work, name="averages", edited=False)
     drawn = None  # (facts, done) of the curves on screen: redraw only when a fact was added

@@ -11,7 +11,7 @@ import gradio as gr
 from core.errors import InputError
 from editor.budget import check_budget, corpus_tokens
 from editor.figures import loss_figure
-from editor.health import PROBE_COUNT, health_history, probe_facts
+from editor.health import PROBE_COUNT, health_history_stream, probe_facts
 from editor.hparams import METHODS
 from editor.layers import parse_layers
 from editor.ledger_file import check_ledger_file
@@ -325,22 +325,26 @@ def run_health_history(ctx: AppContext, session: SessionState | None, progress=g
 
         # The Test tab's probe set (none about an edited subject): figures it measured come from the cache.
         probes = probe_facts(loaded, [request.subject for request in ledger.requests], probe_count)
-        # Not inside session.applied: health_history measures the original weights and applies each prefix itself.
-        return health_history(loaded, ledger, report, corpus=corpus, probes=probes)
+        # Not inside session.applied: the stream measures the original weights and applies each prefix itself.
+        reports = []
+        for health in health_history_stream(loaded, ledger, report, corpus=corpus, probes=probes):
+            reports.append(health)
+            job.emit(list(reports))  # the table grows a row per batch
+        return reports
+
+    def outputs(reports: list, done: bool) -> tuple:
+        rows = health_view.history_rows(batch_ids, reports)
+        data = {"batches": [dict(report.to_dict(), batch=batch_id) for batch_id, report in zip(batch_ids, reports)]}
+        summary = health_view.history_summary(batch_ids[:len(reports)], reports)
+        if not done:
+            summary = f"So far {len(reports)} of {len(batch_ids)} batches. " + summary
+        table = gr.Dataframe(value=rows, headers=health_view.HEALTH_HISTORY_COLUMNS, visible=True)
+        return summary, table, data, session
 
     job = ctx.submit(session, work, name="health per batch", edited=False)
     for item in ctx.follow(job, progress):
-        if item is HEARTBEAT:
-            yield skip
-    reports = job.result
-    rows = health_view.history_rows(batch_ids, reports)
-    data = {"batches": [dict(report.to_dict(), batch=batch_id) for batch_id, report in zip(batch_ids, reports)]}
-    yield (
-        health_view.history_summary(batch_ids, reports),
-        gr.Dataframe(value=rows, headers=health_view.HEALTH_HISTORY_COLUMNS, visible=True),
-        data,
-        session,
-    )
+        yield skip if item is HEARTBEAT else outputs(item, done=False)
+    yield outputs(job.result, done=True)
 
 
 def refresh_history(ctx: AppContext, session: SessionState | None):

@@ -8,7 +8,6 @@ recommends R by edit score and says plainly when the two disagree.
 
 from __future__ import annotations
 
-import contextlib
 import html
 from dataclasses import dataclass
 from typing import Any
@@ -166,15 +165,8 @@ def run_measure(ctx: AppContext, source_value: str, count_value: float, windows_
             tracing, _ = tracing_recommendation(loaded, width, AUTO_FACTS, progress=job.progress)
         windows = typed if typed is not None else around(tracing.layers, loaded.layout.num_layers)
         edited = with_true_objects(loaded, records) if source == "mine" else records
-        final = None
-        stream = measure_windows_stream(loaded, edited, windows, hparams.replace(layers=windows[0]), width=width,
-                                        progress=job.progress, recommendation=tracing)
-        with contextlib.closing(stream):
-            for update in stream:
-                final = update.result
-                job.progress(update.fraction, update.message)
-                job.emit(update)
-        return final
+        return job.relay(measure_windows_stream(loaded, edited, windows, hparams.replace(layers=windows[0]), width=width,
+                                                progress=job.progress, recommendation=tracing))
 
     job = ctx.submit(session, work, name="measurement of R by editing", edited=False)
     for item in ctx.follow(job, progress):
