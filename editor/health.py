@@ -319,14 +319,3 @@ def health_history_stream(
         yield model_health(loaded, prefix, stage(progress, (count - 1) / len(ledger), count / len(ledger)),
                            corpus=corpus, probes=probes)
 
-
-def health_history(
-    loaded: LoadedModel,
-    ledger: EditLedger,
-    progress: Progress | None = None,
-    *,
-    corpus: str | Corpus = WIKIPEDIA,
-    probes: list[KnownFact] | None = None,
-) -> list[HealthReport]:
-    """Every report of `health_history_stream`, in batch order."""
-    return list(health_history_stream(loaded, ledger, progress, corpus=corpus, probes=probes))

@@ -23,7 +23,7 @@ from editor.figures import sequential_figures
 from editor.health import (
     Health,
     collapse_message,
-    health_history,
+    health_history_stream,
     health_warnings,
     held_out_texts,
     model_health,
@@ -215,7 +215,7 @@ def test_health_thresholds_and_cache(tiny_llama, three_batches, small_corpus):
     assert again.to_dict() == report.to_dict()  # cached per ledger state (a new measurement would take other seconds)
     assert model_health(tiny_llama, None, corpus=str(small_corpus), probes=probes).edited is None
     ledger.add(three_batches[1], tiny_llama)
-    history = health_history(tiny_llama, ledger, corpus=str(small_corpus), probes=probes)
+    history = list(health_history_stream(tiny_llama, ledger, corpus=str(small_corpus), probes=probes))
     assert [item.edits for item in history] == [2, 4]
     assert history[0].edited.perplexity == report.edited.perplexity  # the same ledger state: the cached perplexity
     assert history[1].edited.perplexity != history[0].edited.perplexity
