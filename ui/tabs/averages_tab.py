@@ -15,6 +15,7 @@ from tracer.average import average_traces_stream
 from tracer.trace import TraceSettings
 from ui import captions, limits
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
+from ui.controls import job_controls
 from ui.display import percent
 from ui.errors import friendly
 from ui.runner import HEARTBEAT
@@ -91,10 +92,7 @@ def build(ctx: AppContext) -> AveragesTab:
             count = gr.Slider(2, 279, value=20, step=1, label="Facts to average (N)", elem_id="avg-count", scale=3)
             kinds = gr.CheckboxGroup(figures.KIND_CHOICES, value=list(KINDS), label="What to restore", scale=2)
             samples = gr.Slider(1, 50, value=10, step=1, label="Noise samples", scale=2)
-        with gr.Row():
-            run = gr.Button("Compute averages", variant="primary", elem_id="avg-run", scale=3)
-            stop = gr.Button("Stop", variant="stop", elem_id="avg-stop", scale=1)
-        progress_line = gr.Markdown(elem_id="avg-progress", elem_classes=["progress-line"])
+        run, stop, progress_line = job_controls("Compute averages", "avg-run", "avg")
         status = gr.Markdown(
             "Averages are cached: a second run (or a restart) continues where the last one stopped.", elem_id="avg-status"
         )

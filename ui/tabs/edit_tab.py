@@ -18,6 +18,7 @@ from editor.ledger_file import check_ledger_file
 from editor.methods import METHOD_LABELS
 from ui import captions, editing, health_view, limits
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
+from ui.controls import job_controls
 from ui.errors import friendly, warn
 from ui.runner import HEARTBEAT
 from ui.session import SessionState
@@ -416,10 +417,7 @@ def build(ctx: AppContext) -> EditTab:
                 lr = gr.Number(value=0.5, label="Learning rate")
                 kl_factor = gr.Number(value=0.0625, label="KL weight (keep the subject's essence)")
                 clamp_norm = gr.Number(value=0.75, label="Clamp ‖δ‖ ≤ this × ‖h‖")
-        with gr.Row():
-            apply = gr.Button("Apply edits", variant="primary", elem_id="edit-apply", scale=3)
-            stop = gr.Button("Stop", variant="stop", elem_id="edit-stop", scale=1)
-        apply_line = gr.Markdown(elem_id="edit-progress", elem_classes=["progress-line"])
+        apply, stop, apply_line = job_controls("Apply edits", "edit-apply", "edit")
         status = gr.Markdown(elem_id="edit-status")
         gr.Markdown(captions.DIAGNOSTICS, elem_classes=["caption"])
         with gr.Row(equal_height=True):
@@ -434,10 +432,7 @@ def build(ctx: AppContext) -> EditTab:
             reset = gr.Button("Reset (undo all)", variant="stop", elem_id="edit-reset", scale=1)
         history_line = gr.Markdown(elem_id="edit-history-progress", elem_classes=["progress-line"])
         gr.Markdown(health_view.HEALTH_HISTORY_CAPTION, elem_classes=["caption"])
-        with gr.Row():
-            health = gr.Button("Health per batch", elem_id="edit-health", scale=3)
-            health_stop = gr.Button("Stop", variant="stop", elem_id="edit-health-stop", scale=1)
-        health_line = gr.Markdown(elem_id="edit-health-progress", elem_classes=["progress-line"])
+        health, health_stop, health_line = job_controls("Health per batch", "edit-health", "edit-health", variant="secondary")
         health_status = gr.Markdown(elem_id="edit-health-status")
         health_table = gr.Dataframe(
             headers=health_view.HEALTH_HISTORY_COLUMNS, label="Health after each batch (⚠ = past a warning threshold)",

@@ -27,6 +27,7 @@ from tracer.figures import empty_figure, range_label
 from tracer.recommend import packaged_recommendation
 from ui import limits
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
+from ui.controls import job_controls
 from ui.editing import applied_records, with_true_objects
 from ui.errors import friendly
 from ui.runner import HEARTBEAT
@@ -199,10 +200,7 @@ def build(ctx: AppContext, width: gr.Slider, first: gr.Slider, last: gr.Slider) 
                 label="Ranges R to try", placeholder="empty: tracing's R and R moved up to 2 layers; or 'all', or 1-5,2-6",
                 max_length=limits.MAX_LAYER_TEXT, elem_id="measure-windows", scale=2,
             )
-        with gr.Row():
-            run = gr.Button("Measure by editing", variant="primary", elem_id="measure-run", scale=3)
-            stop = gr.Button("Stop", variant="stop", elem_id="measure-stop", scale=1)
-        progress_line = gr.Markdown(elem_id="measure-progress", elem_classes=["progress-line"])
+        run, stop, progress_line = job_controls("Measure by editing", "measure-run", "measure")
         plot = gr.Plot(empty_figure("Press 'Measure by editing' to edit at a few ranges R.", height=380),
                        elem_id="measure-plot", show_label=False)
         gr.Markdown(MEASURE_CAPTION, elem_id="measure-caption")

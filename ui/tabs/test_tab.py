@@ -18,6 +18,7 @@ from tracer import figures
 from tracer.trace import trace
 from ui import captions, editing, health_view, limits
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
+from ui.controls import job_controls
 from ui.display import display_token, label_value, percent
 from ui.errors import friendly
 from ui.runner import HEARTBEAT
@@ -238,10 +239,7 @@ def build(ctx: AppContext) -> TestTab:
 
         gr.Markdown("---")
         gr.Markdown(captions.TEST_CHECKS)
-        with gr.Row():
-            check = gr.Button("Check my edits", variant="primary", elem_id="test-check", scale=3)
-            check_stop = gr.Button("Stop", variant="stop", elem_id="test-check-stop", scale=1)
-        check_line = gr.Markdown(elem_id="test-check-progress", elem_classes=["progress-line"])
+        check, check_stop, check_line = job_controls("Check my edits", "test-check", "test-check")
         check_summary = gr.Markdown(elem_id="test-check-summary")
         checks_table = gr.Dataframe(label="Each edit", interactive=False, wrap=True, elem_id="test-checks", visible=False)
         metrics_table = gr.Dataframe(
@@ -253,10 +251,9 @@ def build(ctx: AppContext) -> TestTab:
 
         gr.Markdown("---")
         gr.Markdown(captions.TEST_RETRACE)
-        with gr.Row():
-            retrace = gr.Button("Re-trace the last trace with my edits", elem_id="test-retrace", scale=3)
-            retrace_stop = gr.Button("Stop", variant="stop", elem_id="test-retrace-stop", scale=1)
-        retrace_line = gr.Markdown(elem_id="test-retrace-progress", elem_classes=["progress-line"])
+        retrace, retrace_stop, retrace_line = job_controls(
+            "Re-trace the last trace with my edits", "test-retrace", "test-retrace", variant="secondary"
+        )
         retrace_status = gr.Markdown(elem_id="test-retrace-status")
         retrace_plots = {}
         with gr.Row(equal_height=True):
@@ -265,10 +262,7 @@ def build(ctx: AppContext) -> TestTab:
 
         gr.Markdown("---")
         gr.Markdown(health_view.HEALTH_CAPTION)
-        with gr.Row():
-            health = gr.Button("Measure model health", variant="primary", elem_id="test-health", scale=3)
-            health_stop = gr.Button("Stop", variant="stop", elem_id="test-health-stop", scale=1)
-        health_line = gr.Markdown(elem_id="test-health-progress", elem_classes=["progress-line"])
+        health, health_stop, health_line = job_controls("Measure model health", "test-health", "test-health")
         health_status = gr.Markdown(elem_id="test-health-status")
         health_table = gr.Dataframe(
             headers=health_view.HEALTH_COLUMNS, label="Model health (⚠ = past a warning threshold)", interactive=False,
