@@ -331,6 +331,18 @@ def command_sequential_plot(arguments: argparse.Namespace) -> int:
     return 0
 
 
+
+RECORDS_HELP = "CounterFact-format JSON (a list, or {records: [...]})"
+LAYERS_HELP = "e.g. 2-6, or auto (the tracer's recommendation); default: the family's"
+
+
+def add_covariance_arguments(parser: argparse.ArgumentParser, lambda_help: str = "lambda (covariance weight; default: the family's)") -> None:
+    """--lambda, --tokens and --corpus: how C is built and weighted."""
+    parser.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help=lambda_help)
+    parser.add_argument("--tokens", type=int, default=None, help="covariance token budget")
+    parser.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m editor", description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -346,14 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(handler=command_stats)
 
     evaluate = commands.add_parser("evaluate", help="edit CounterFact records and report ES/PS/NS/S before and after")
-    evaluate.add_argument("--data", required=True, help="CounterFact-format JSON (a list, or {records: [...]})")
-    evaluate.add_argument("--layers", default=None, help="e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
+    evaluate.add_argument("--data", required=True, help=RECORDS_HELP)
+    evaluate.add_argument("--layers", default=None, help=LAYERS_HELP)
     evaluate.add_argument("--method", default="memit", choices=METHODS)
     evaluate.add_argument("--mode", default="batch", choices=["batch", "single"])
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N records")
-    evaluate.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help="lambda (covariance weight)")
-    evaluate.add_argument("--tokens", type=int, default=None, help="covariance token budget")
-    evaluate.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
+    add_covariance_arguments(evaluate)
     evaluate.add_argument("--no-generation", action="store_true", help="skip the fluency (GE) generations")
     evaluate.add_argument("--out", default=None, help="write the metrics JSON here")
     evaluate.add_argument("--no-cache", action="store_true",
@@ -370,9 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--check", action="append", help="another prompt to show before/after (repeatable)")
     edit.add_argument("--layers", default=None, help="R, e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
     edit.add_argument("--method", default="memit", choices=METHODS)
-    edit.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help="lambda (covariance weight; default: the family's)")
-    edit.add_argument("--tokens", type=int, default=None, help="covariance token budget")
-    edit.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
+    add_covariance_arguments(edit)
     edit.add_argument("--ledger", default=None, help="start from the edits saved in this ledger file")
     edit.add_argument("--save", default=None, help="save the ledger with this edit (.safetensors)")
     add_model_arguments(edit)
@@ -381,10 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep", help="edit quality against the covariance token budget and lambda (targets optimized once)"
     )
-    sweep.add_argument("--data", required=True, help="CounterFact-format JSON (a list, or {records: [...]})")
+    sweep.add_argument("--data", required=True, help=RECORDS_HELP)
     sweep.add_argument("--tokens", dest="budgets", required=True, help="covariance token budgets, e.g. 10000,25000,50000,100000")
     sweep.add_argument("--lambda", dest="lambdas", default=None, help="lambdas, e.g. 500,1500,15000 (default: the family's)")
-    sweep.add_argument("--layers", default=None, help="e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
+    sweep.add_argument("--layers", default=None, help=LAYERS_HELP)
     sweep.add_argument("--method", default="memit", choices=[method for method in METHODS if method != "rome"])
     sweep.add_argument("--limit", type=int, default=None, help="only the first N records")
     sweep.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
@@ -399,16 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     layers = commands.add_parser(
         "layers", help="R measured by editing: edit the records at each window of layers, beside the tracing curve"
     )
-    layers.add_argument("--data", required=True, help="CounterFact-format JSON (a list, or {records: [...]})")
+    layers.add_argument("--data", required=True, help=RECORDS_HELP)
     layers.add_argument("--limit", type=int, default=None, help="only the first N records")
     layers.add_argument("--width", type=int, default=5, help="layers per window for --windows all and the tracing R (default 5)")
     layers.add_argument("--windows", default="all", help="all (every window of --width layers) or ranges, e.g. 1-5,2-6,10-14")
     layers.add_argument("--trace-facts", type=int, default=20,
                         help="known facts behind the averaged tracing curve (default 20; cached, packaged for the embedded model)")
     layers.add_argument("--method", default="memit", choices=[method for method in METHODS if method != "rome"])
-    layers.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help="lambda (covariance weight)")
-    layers.add_argument("--tokens", type=int, default=None, help="covariance token budget")
-    layers.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
+    add_covariance_arguments(layers)
     layers.add_argument("--no-cache", action="store_true", help="measure every window again (and do not write the cache)")
     layers.add_argument("--out", default=None, help="write the windows as JSON here")
     add_model_arguments(layers)
@@ -432,12 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     sequential.add_argument("--batch-size", type=int, default=100, help="edits per batch (default 100)")
     sequential.add_argument("--batches", type=int, default=10, help="number of batches (default 10)")
     sequential.add_argument("--method", default="alphaedit", choices=["memit", "alphaedit"])
-    sequential.add_argument("--layers", default=None, help="e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
-    sequential.add_argument("--lambda", dest="mom2_weight", type=float, default=None, help="MEMIT's lambda (default: the family's)")
+    sequential.add_argument("--layers", default=None, help=LAYERS_HELP)
+    add_covariance_arguments(sequential, lambda_help="MEMIT's lambda (default: the family's)")
     sequential.add_argument("--nullspace-threshold", type=float, default=None, help="AlphaEdit: eigenvalues of C below this are free")
     sequential.add_argument("--l2", type=float, default=None, help="AlphaEdit's ridge term (default 10)")
-    sequential.add_argument("--tokens", type=int, default=None, help="covariance token budget")
-    sequential.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
     sequential.add_argument("--collapse-ratio", type=float, default=2.0, help="stop when perplexity exceeds this x the unedited's")
     sequential.add_argument("--out", default=None, help="write the curves as JSON here (after every batch)")
     sequential.add_argument("--ledger-out", default=None, help="save the last healthy ledger here (after every batch)")
