@@ -48,6 +48,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     bounds.add_argument("--max-requests", type=int, default=500, help="edit requests per batch (default 500)")
     bounds.add_argument("--max-prompt-tokens", type=int, default=1024, help="tokens of a prompt to predict from (default 1024)")
     bounds.add_argument("--max-upload-mb", type=int, default=64, help="size of an uploaded file, in MB (default 64)")
+    bounds.add_argument("--max-session-edits-mb", type=int, default=256,
+                        help="memory one visitor's edits may hold, in MiB (default 256: about 3,500 edits of the embedded model)")
     return parser.parse_args(argv)
 
 
@@ -79,7 +81,7 @@ def access_accounts(arguments: argparse.Namespace) -> list[tuple[str, str]] | No
             f"--host {arguments.host} would let anyone who can reach this machine run and edit the model. "
             "Give --auth USER:PASSWORD (or --auth-file FILE), or --insecure-no-auth if that is really what you want."
         )
-    for name in ("max_requests", "max_prompt_tokens", "max_upload_mb"):
+    for name in ("max_requests", "max_prompt_tokens", "max_upload_mb", "max_session_edits_mb"):
         if getattr(arguments, name) < 1:
             refuse(f"--{name.replace('_', '-')} must be at least 1.")
     try:
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         max_requests=arguments.max_requests,
         max_prompt_tokens=arguments.max_prompt_tokens,
         max_upload_bytes=arguments.max_upload_mb * 2**20,
+        max_session_edit_bytes=arguments.max_session_edits_mb * 2**20,
     )
     workers = argparse.Namespace(**{**vars(arguments), "model": manager.default_spec})  # the workers load the first model
     with worker_pool(workers) as pool:  # None unless --workers/--ray: then Averages run on the cluster

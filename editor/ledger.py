@@ -45,6 +45,13 @@ def edits_applied(loaded: LoadedModel) -> bool:
     return getattr(loaded, "_locus_applied_depth", 0) > 0
 
 
+def batch_bytes_bound(layout, layers, requests: int) -> int:
+    """At most the bytes a batch of `requests` edits at `layers` adds to a ledger: float32 thin factors (d + m)
+    and keys (m) per request and layer, plus a cached edited copy (d x m) of each matrix, counted in full."""
+    per_layer = requests * (layout.hidden_size + 2 * layout.mlp_size) + layout.hidden_size * layout.mlp_size
+    return 4 * len(layers) * per_layer
+
+
 class EditLedger:
     """Ordered edit batches for one model; see the module docstring for how they reach the weights."""
 

@@ -77,6 +77,30 @@ def test_a_filled_form_is_edited_when_the_table_is_empty(context):
         list(edit_tab.run_edit(context, [], *settings, *form, session=session, progress=quiet))
 
 
+
+def test_a_visitors_edits_are_bounded_in_memory_before_any_work(context):
+    """--max-session-edits-mb: a batch that would take the visitor's ledger past it is refused before a job is queued."""
+    from editor.ledger import batch_bytes_bound
+    from ui.limits import Limits
+
+    loaded = context.manager.current()
+    one_edit = batch_bytes_bound(loaded.layout, (4,), 1)  # thin factors and keys, plus the cached matrix copy
+    limited = AppContext(manager=context.manager, runner=context.runner,
+                         limits=Limits(max_session_edit_bytes=one_edit + 1000))  # one edit fits, two do not
+    session = SessionState(model_spec="embedded")
+    rows = [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]
+    settings = ("memit", "4", None, 2000, 2, 0.5, 0.0625, 0.75)
+    before = context.runner.submitted
+    with pytest.raises(gr.Error, match=r"would add up to .* MiB, past the limit of \d+ MiB per visitor"):
+        list(edit_tab.run_edit(limited, rows * 2, *settings, session=session, progress=quiet))
+    assert context.runner.submitted == before and not session.has_edits()
+    list(edit_tab.run_edit(limited, rows, *settings, session=session, progress=quiet))  # one edit fits
+    held = sum(session.ledger().nbytes().values())
+    assert session.has_edits() and 0 < held <= one_edit
+    with pytest.raises(gr.Error, match="Your edits hold .* MiB on this server"):  # a second one would not
+        list(edit_tab.run_edit(limited, rows, *settings, session=session, progress=quiet))
+    assert len(session.ledger()) == 1 and sum(session.ledger().nbytes().values()) == held
+
 def test_a_session_keeps_only_its_last_downloads_and_removes_them_when_it_ends():
     from ui.sessions import SessionStore
 

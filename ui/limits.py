@@ -3,7 +3,7 @@
 Every handler turns its raw component values into checked values here first: a number outside its
 range, a text too long, too many requests or a file too large is refused at once with a plain
 message (core.errors.InputError), before a job is queued. The server's own limits (`--max-requests`,
-`--max-prompt-tokens`, `--max-upload-mb`) live in `Limits`.
+`--max-prompt-tokens`, `--max-upload-mb`, `--max-session-edits-mb`) live in `Limits`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ class Limits:
     max_prompt_tokens: int = 1_024  # tokens of a prompt to predict from or generate after
     max_upload_bytes: int = 64 * 2**20  # any uploaded file
     max_records_bytes: int = 8 * 2**20  # an uploaded CounterFact JSON file
+    max_session_edit_bytes: int = 256 * 2**20  # one visitor's ledger (about 3,500 edits of the embedded model at 5 layers)
 
     def __post_init__(self) -> None:
-        for name in ("max_requests", "max_prompt_tokens", "max_upload_bytes", "max_records_bytes"):
+        for name in ("max_requests", "max_prompt_tokens", "max_upload_bytes", "max_records_bytes", "max_session_edit_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
 
@@ -51,6 +52,15 @@ class Limits:
         count = len(tokenizer(prompt)["input_ids"])
         if count > self.max_prompt_tokens:
             raise InputError(f"The prompt is {count:,} tokens long; this server takes at most {self.max_prompt_tokens:,}.")
+
+    def check_edit_room(self, held: int, adding: int) -> None:
+        """Refuse a batch that would take one visitor's edits past `max_session_edit_bytes` (held + adding bytes)."""
+        if held + adding > self.max_session_edit_bytes:
+            raise InputError(
+                f"Your edits hold {held / 2**20:,.1f} MiB on this server and this batch would add up to "
+                f"{adding / 2**20:,.1f} MiB, past the limit of {self.max_session_edit_bytes / 2**20:,.0f} MiB per visitor. "
+                "Undo or reset some batches (export them first to keep a copy), or edit fewer facts at once."
+            )
 
     def check_upload(self, path: str | None, what: str, limit: int | None = None) -> str:
         """The uploaded file's path, refused when missing or larger than the limit (by its size on disk)."""

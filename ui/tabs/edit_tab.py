@@ -14,6 +14,7 @@ from editor.figures import loss_figure
 from editor.health import PROBE_COUNT, health_history_stream, probe_facts
 from editor.hparams import METHODS
 from editor.layers import parse_layers
+from editor.ledger import batch_bytes_bound
 from editor.ledger_file import check_ledger_file
 from editor.methods import METHOD_LABELS
 from ui import captions, editing, health_view, limits
@@ -224,11 +225,16 @@ def run_edit(
         check_budget(settings.overrides["cov_tokens"], available, "the Wikipedia corpus")
     skip = tuple(gr.skip() for _ in range(EDIT_OUTPUTS))
     ledger = session.ledger()
+    held = sum(ledger.nbytes().values())
+    loaded = ctx.manager.current()
+    if loaded is not None and loaded.spec == session.model_spec:  # else the exact check at the commit still holds
+        ctx.limits.check_edit_room(held, batch_bytes_bound(loaded.layout, settings.layers, len(requests)))
 
     def work(job, loaded):
         # Not inside session.applied: the editor applies the ledger itself, after computing the
         # covariance statistics on the original weights.
         batch = editing.compute_batch(loaded, ledger, requests, settings.method, settings.layers, settings.overrides, job.progress)
+        ctx.limits.check_edit_room(sum(ledger.nbytes().values()), batch.nbytes)  # the batch as computed, before it joins
         job.commit(lambda: editing.add_batch(ledger, batch, loaded))
         return batch
 
