@@ -49,7 +49,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     bounds.add_argument("--max-prompt-tokens", type=int, default=1024, help="tokens of a prompt to predict from (default 1024)")
     bounds.add_argument("--max-upload-mb", type=int, default=64, help="size of an uploaded file, in MB (default 64)")
     bounds.add_argument("--max-session-edits-mb", type=int, default=256,
-                        help="memory one visitor's edits may hold, in MiB (default 256: about 3,500 edits of the embedded model)")
+                        help="memory one visitor's edits may hold, in MiB (default 256: about 3,400 edits of the embedded model)")
     return parser.parse_args(argv)
 
 

@@ -37,7 +37,7 @@ class Limits:
     max_prompt_tokens: int = 1_024  # tokens of a prompt to predict from or generate after
     max_upload_bytes: int = 64 * 2**20  # any uploaded file
     max_records_bytes: int = 8 * 2**20  # an uploaded CounterFact JSON file
-    max_session_edit_bytes: int = 256 * 2**20  # one visitor's ledger (about 3,500 edits of the embedded model at 5 layers)
+    max_session_edit_bytes: int = 256 * 2**20  # one visitor's ledger (about 3,400 edits of the embedded model at 5 layers)
 
     def __post_init__(self) -> None:
         for name in ("max_requests", "max_prompt_tokens", "max_upload_bytes", "max_records_bytes", "max_session_edit_bytes"):
