@@ -331,7 +331,6 @@ def command_sequential_plot(arguments: argparse.Namespace) -> int:
     return 0
 
 
-
 RECORDS_HELP = "CounterFact-format JSON (a list, or {records: [...]})"
 LAYERS_HELP = "e.g. 2-6, or auto (the tracer's recommendation); default: the family's"
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 from core.errors import InputError
 from core.facts import model_key
+from core.layout import ModelLayout
 from core.loading import LoadedModel
 from editor.batch import EditBatch
 from editor.deltas import LayerDelta
@@ -45,7 +46,7 @@ def edits_applied(loaded: LoadedModel) -> bool:
     return getattr(loaded, "_locus_applied_depth", 0) > 0
 
 
-def batch_bytes_bound(layout, layers, requests: int) -> int:
+def batch_bytes_bound(layout: ModelLayout, layers: Sequence[int], requests: int) -> int:
     """At most the bytes a batch of `requests` edits at `layers` adds to a ledger: float32 thin factors (d + m)
     and keys (m) per request and layer, plus a cached edited copy (d x m) of each matrix, counted in full."""
     per_layer = requests * (layout.hidden_size + 2 * layout.mlp_size) + layout.hidden_size * layout.mlp_size
@@ -123,6 +124,10 @@ class EditLedger:
         """Bytes held: the batches' compact deltas and keys, and the cached edited matrices."""
         cache = sum(t.numel() * t.element_size() for t in self._edited[1].values()) if self._edited else 0
         return {"batches": sum(batch.nbytes for batch in self.batches), "cache": cache}
+
+    def held_bytes(self) -> int:
+        """All the bytes `nbytes` counts."""
+        return sum(self.nbytes().values())
 
     # --- the weights ------------------------------------------------------------------------
     def check_model(self, loaded: LoadedModel) -> None:

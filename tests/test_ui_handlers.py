@@ -77,7 +77,6 @@ def test_a_filled_form_is_edited_when_the_table_is_empty(context):
         list(edit_tab.run_edit(context, [], *settings, *form, session=session, progress=quiet))
 
 
-
 def test_a_visitors_edits_are_bounded_in_memory_before_any_work(context):
     """--max-session-edits-mb: a batch that would take the visitor's ledger past it is refused before a job is queued."""
     from editor.ledger import batch_bytes_bound
@@ -95,11 +94,12 @@ def test_a_visitors_edits_are_bounded_in_memory_before_any_work(context):
         list(edit_tab.run_edit(limited, rows * 2, *settings, session=session, progress=quiet))
     assert context.runner.submitted == before and not session.has_edits()
     list(edit_tab.run_edit(limited, rows, *settings, session=session, progress=quiet))  # one edit fits
-    held = sum(session.ledger().nbytes().values())
+    held = session.ledger().held_bytes()
     assert session.has_edits() and 0 < held <= one_edit
     with pytest.raises(gr.Error, match="Your edits hold .* MiB on this server"):  # a second one would not
         list(edit_tab.run_edit(limited, rows, *settings, session=session, progress=quiet))
-    assert len(session.ledger()) == 1 and sum(session.ledger().nbytes().values()) == held
+    assert len(session.ledger()) == 1 and session.ledger().held_bytes() == held
+
 
 def test_a_session_keeps_only_its_last_downloads_and_removes_them_when_it_ends():
     from ui.sessions import SessionStore

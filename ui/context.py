@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.errors import InputError
 from ui.limits import Limits
 from ui.models import ModelManager
 from ui.runner import Job, ModelRunner, follow
@@ -61,10 +62,22 @@ class AppContext:
 
         return self.runner.submit(run, name, lane=lane, owner=session.number)
 
-    def num_layers(self, session: SessionState) -> int | None:
-        """Blocks of the session's model, when it is loaded (for bounds checked before a job is queued)."""
+    def model_of(self, session: SessionState) -> Any:
+        """The session's model when it is loaded, else None (for bounds checked before a job is queued)."""
         loaded = self.manager.current()
-        return loaded.layout.num_layers if loaded is not None and loaded.spec == session.model_spec else None
+        return loaded if loaded is not None and loaded.spec == session.model_spec else None
+
+    def loaded_model(self, session: SessionState) -> Any:
+        """The session's model (InputError while it is still loading)."""
+        loaded = self.model_of(session)
+        if loaded is None:
+            raise InputError("The model is still loading; try again in a moment.")
+        return loaded
+
+    def num_layers(self, session: SessionState) -> int | None:
+        """Blocks of the session's model, when it is loaded."""
+        loaded = self.model_of(session)
+        return loaded.layout.num_layers if loaded is not None else None
 
     def bind(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """`handler(ctx, ...)` as an event function of the page: `ctx` bound, the component values after it."""

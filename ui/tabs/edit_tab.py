@@ -225,16 +225,15 @@ def run_edit(
         check_budget(settings.overrides["cov_tokens"], available, "the Wikipedia corpus")
     skip = tuple(gr.skip() for _ in range(EDIT_OUTPUTS))
     ledger = session.ledger()
-    held = sum(ledger.nbytes().values())
-    loaded = ctx.manager.current()
-    if loaded is not None and loaded.spec == session.model_spec:  # else the exact check at the commit still holds
-        ctx.limits.check_edit_room(held, batch_bytes_bound(loaded.layout, settings.layers, len(requests)))
+    loaded = ctx.model_of(session)
+    if loaded is not None:  # else (still loading) the exact check before the commit still holds
+        ctx.limits.check_edit_room(ledger.held_bytes(), batch_bytes_bound(loaded.layout, settings.layers, len(requests)))
 
     def work(job, loaded):
         # Not inside session.applied: the editor applies the ledger itself, after computing the
         # covariance statistics on the original weights.
         batch = editing.compute_batch(loaded, ledger, requests, settings.method, settings.layers, settings.overrides, job.progress)
-        ctx.limits.check_edit_room(sum(ledger.nbytes().values()), batch.nbytes)  # the batch as computed, before it joins
+        ctx.limits.check_edit_room(ledger.held_bytes(), batch.nbytes)  # the batch as computed, before it joins
         job.commit(lambda: editing.add_batch(ledger, batch, loaded))
         return batch
 
@@ -300,8 +299,8 @@ def run_import(ctx: AppContext, path: str | None, session: SessionState | None):
     """Replace the session's edits by a ledger exported from Locus (refused for another model, checked before reading)."""
     session = ctx.session_of(session)
     ctx.limits.check_upload(path, "file of edits")
-    loaded = ctx.manager.current()
-    if ctx.num_layers(session) is not None:  # the header is checked before queueing (and again in the job)
+    loaded = ctx.model_of(session)
+    if loaded is not None:  # the header is checked before queueing (and again in the job)
         check_ledger_file(path, loaded, ctx.limits.max_upload_bytes)
 
     def work(job, loaded):

@@ -147,9 +147,7 @@ def run_measure(ctx: AppContext, source_value: str, count_value: float, windows_
     source = limits.choice(source_value, "Records", [value for _, value in RECORD_SOURCES])
     count = limits.whole(count_value, "Records to edit", RECORDS)
     width = limits.whole(width_value, "Width of R", limits.WIDTH)
-    loaded = ctx.manager.current()
-    if loaded is None or loaded.spec != session.model_spec:
-        raise InputError("The model is still loading; try again in a moment.")
+    loaded = ctx.loaded_model(session)
     num_layers = loaded.layout.num_layers
     if width > num_layers:
         raise InputError(f"Width of R must be from 1 to {num_layers} for this model, got {width}.")

@@ -47,14 +47,6 @@ def default_source(model_spec: str) -> str:
     return "packaged" if model_spec == EMBEDDED_SPEC else "trace"
 
 
-def loaded_model(ctx: AppContext, session: SessionState) -> Any:
-    """The session's model when it is loaded (InputError while it is still loading)."""
-    loaded = ctx.manager.current()
-    if loaded is None or loaded.spec != session.model_spec:
-        raise InputError("The model is still loading; try again in a moment.")
-    return loaded
-
-
 def recommendation_for(
     session: SessionState, source: str, width: int, flagged: dict[int, str] | None = None, loaded: Any = None
 ) -> Any:
@@ -90,7 +82,7 @@ def chosen_text(low: int, high: int) -> str:
 def current_curve(ctx: AppContext, session: SessionState, source_value: str, width_value: int) -> Any:
     """The recommendation to draw under the user's R, or None when there is nothing to draw from yet."""
     try:
-        loaded = loaded_model(ctx, session) if source_value == "packaged" else None
+        loaded = ctx.loaded_model(session) if source_value == "packaged" else None
         return recommendation_for(session, source_value, width_value, loaded=loaded)
     except InputError:
         return None
@@ -141,7 +133,7 @@ def run_recommend(ctx: AppContext, source_value: str, width_value: float, sessio
     session = ctx.session_of(session)
     source_value = limits.choice(source_value, "Curve from", SOURCE_VALUES)
     width = limits.whole(width_value, "Width of R", limits.WIDTH)
-    loaded = loaded_model(ctx, session) if source_value == "packaged" else None
+    loaded = ctx.loaded_model(session) if source_value == "packaged" else None
     recommendation_for(session, source_value, width, loaded=loaded)  # nothing to recommend from: say so before queueing
     flagged = ctx.run(session, lambda job, loaded: outlier_flags(loaded, session.cov_tokens), name="outliers", edited=False)
     recommendation = recommendation_for(session, source_value, width, flagged, loaded=loaded)
