@@ -269,10 +269,11 @@ def command_sequential(arguments: argparse.Namespace) -> int:
         raise InputError("--resume needs --out and --ledger-out (the run's JSON and its ledger).")
     if not arguments.collapse_ratio > 1:
         raise InputError("--collapse-ratio must be above 1.")
-    compare = [json.loads(Path(path).read_text()) for path in arguments.compare or []]
+    compare = [_run_file(path) for path in arguments.compare or []]
     loaded = load_from_arguments(arguments)
     hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
-    overrides = {"nullspace_threshold": arguments.nullspace_threshold, "alphaedit_l2": arguments.l2}
+    overrides = {"nullspace_threshold": arguments.nullspace_threshold, "alphaedit_l2": arguments.l2,
+                 "early_stop_steps": arguments.early_stop, "norm_lambda": arguments.norm_lambda}
     hparams = hparams.replace(**{key: value for key, value in overrides.items() if value is not None})
     settings = {"data": Path(arguments.data).name, "records": len(records), "batch_size": arguments.batch_size,
                 "batches": arguments.batches, "method": hparams.method, "layers": list(hparams.layers),
@@ -287,6 +288,8 @@ def command_sequential(arguments: argparse.Namespace) -> int:
             raise InputError(f"--resume: {arguments.out} was a run with other settings ({', '.join(mismatch)}).")
         run.batches = run.batches[: len(ledger)]  # a batch whose ledger was not written is done again
         print(f"resuming after batch {len(ledger)}")
+    elif arguments.unedited_from:
+        run = _unedited_run(arguments.unedited_from, settings)
 
     def save(current, kept) -> None:
         if arguments.ledger_out:
@@ -314,19 +317,38 @@ def command_sequential(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _unedited_run(path: str, settings: dict):
+    """A new run that starts from the unedited figures of the earlier run in `path` (same data, batches and model)."""
+    from editor.sequential import SequentialRun
+
+    earlier = _run_file(path)
+    mismatch = [key for key in ("data", "records", "batch_size", "batches", "model") if earlier.get("settings", {}).get(key) != settings[key]]
+    if mismatch or not earlier.get("unedited_records"):
+        raise InputError(f"--unedited-from: {Path(path).name} was a run on other records or another model ({', '.join(mismatch) or 'no records'}).")
+    import torch
+
+    print(f"the unedited figures come from {Path(path).name}")
+    return SequentialRun(settings={**settings, "torch_threads": torch.get_num_threads(), "unedited_from": Path(path).name},
+                         unedited=earlier["unedited"], unedited_records=earlier["unedited_records"])
+
+
+def _run_file(path: str) -> dict:
+    """The JSON of `python -m editor sequential --out` in `path`, or an InputError saying what is wrong with it."""
+    if not Path(path).is_file():
+        raise InputError(f"The run file {path!r} does not exist.")
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{Path(path).name} is not valid JSON: {error.msg}.") from None
+    if not isinstance(data, dict) or "unedited" not in data or "batches" not in data:
+        raise InputError(f"{Path(path).name} is not the JSON of `python -m editor sequential --out`.")
+    return data
+
+
 def command_sequential_plot(arguments: argparse.Namespace) -> int:
     from editor.figures import sequential_html  # lazy: plotly (~1 s); --help must stay instant
 
-    runs = []
-    for path in arguments.runs:
-        if not Path(path).is_file():
-            raise InputError(f"The run file {path!r} does not exist.")
-        try:
-            runs.append(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as error:
-            raise InputError(f"{Path(path).name} is not valid JSON: {error.msg}.") from None
-        if not isinstance(runs[-1], dict) or "unedited" not in runs[-1] or "batches" not in runs[-1]:
-            raise InputError(f"{Path(path).name} is not the JSON of `python -m editor sequential --out`.")
+    runs = [_run_file(path) for path in arguments.runs]
     print(f"wrote {write_text(arguments.html, sequential_html(runs))}")
     return 0
 
@@ -436,15 +458,23 @@ def build_parser() -> argparse.ArgumentParser:
     sequential.add_argument("--data", required=True, help="CounterFact-format JSON, e.g. assets/lifelong_counterfact.json")
     sequential.add_argument("--batch-size", type=int, default=100, help="edits per batch (default 100)")
     sequential.add_argument("--batches", type=int, default=10, help="number of batches (default 10)")
-    sequential.add_argument("--method", default="alphaedit", choices=["memit", "alphaedit"])
+    sequential.add_argument("--method", default="alphaedit", choices=["memit", "alphaedit", "encore"],
+                            help="alphaedit (default), memit, or encore (MEMIT with earlier keys kept, a norm constraint and early stopping)")
     sequential.add_argument("--layers", default=None, help=LAYERS_HELP)
     add_covariance_arguments(sequential, lambda_help="MEMIT's lambda (default: the family's)")
     sequential.add_argument("--nullspace-threshold", type=float, default=None, help="AlphaEdit: eigenvalues of C below this are free")
     sequential.add_argument("--l2", type=float, default=None, help="AlphaEdit's ridge term (default 10)")
+    sequential.add_argument("--early-stop", type=int, default=None, metavar="STEPS",
+                            help="stop each target's optimization STEPS steps after the new object is the top token on all "
+                                 "its prompts (ENCORE's MPES; default 2 for encore, 0 = off for the others)")
+    sequential.add_argument("--norm-lambda", type=float, default=None, help="ENCORE's norm constraint on ||Delta|| (default 20)")
     sequential.add_argument("--collapse-ratio", type=float, default=2.0, help="stop when perplexity exceeds this x the unedited's")
     sequential.add_argument("--out", default=None, help="write the curves as JSON here (after every batch)")
     sequential.add_argument("--ledger-out", default=None, help="save the last healthy ledger here (after every batch)")
     sequential.add_argument("--resume", action="store_true", help="continue the run in --out / --ledger-out")
+    sequential.add_argument("--unedited-from", default=None, metavar="RUN.json",
+                            help="take the unedited model's figures from an earlier run on the same data and model "
+                                 "(saves measuring them again, about 12 minutes on a CPU)")
     sequential.add_argument("--html", default=None, help="write an HTML page with the curves")
     sequential.add_argument("--compare", action="append", help="another run's JSON to plot beside this one (repeatable)")
     sequential.add_argument("--label", default=None, help="this run's name in the plot (default: the method)")

@@ -11,7 +11,8 @@ from core.errors import InputError
 if TYPE_CHECKING:  # type hints only: this module stays torch-free, so the editor's --help is instant
     from core.layout import ModelLayout
 
-METHODS = ("memit", "rome", "alphaedit")
+METHODS = ("memit", "rome", "alphaedit", "encore")
+SEQUENTIAL_METHODS = ("alphaedit", "encore")  # their solve keeps earlier edits' keys (K_p K_p^T from the ledger)
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 
 
@@ -27,6 +28,8 @@ class MemitHyperParams:
     lr: float = 0.5
     steps: int = 25
     loss_stop: float = 0.05
+    early_stop_steps: int = 0  # ENCORE's most-probable early stopping: stop once the new object has been the
+    # top token at every target position of every prompt for this many steps (0: off, only loss_stop)
     kl_factor: float = 0.0625
     kl_prompt: str = "{} is a"
     weight_decay: float = 0.5
@@ -44,6 +47,7 @@ class MemitHyperParams:
     method: str = "memit"  # "memit" | "rome" | "alphaedit"
     nullspace_threshold: float = 1e-2  # AlphaEdit: eigenvalues of C below this span the preserved null space
     alphaedit_l2: float = 10.0  # AlphaEdit: ridge term added to the projected system
+    norm_lambda: float = 20.0  # ENCORE: weight of ||Delta||_F^2 (the norm constraint) in the MEMIT solve
     extra: dict = field(default_factory=dict)
 
     @property
@@ -74,6 +78,8 @@ class MemitHyperParams:
             raise InputError(f"The essence (KL) prompt {self.kl_prompt!r} needs a '{{}}' for the subject.")
         if self.prefix_sampling not in ("greedy", "sample"):
             raise InputError(f"prefix_sampling must be 'greedy' or 'sample', got {self.prefix_sampling!r}.")
+        if self.early_stop_steps < 0 or self.norm_lambda < 0:
+            raise InputError("The early-stop steps and the norm constraint must be >= 0.")
         if self.method not in METHODS:
             raise InputError(f"Unknown method {self.method!r}: use {', '.join(METHODS)}.")
         return self
@@ -115,6 +121,9 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "gptj": dict(mom2_weight=15000.0),
     "gpt2": dict(mom2_weight=20000.0),
 }
+# ENCORE (Gupta et al. 2025) is MEMIT with earlier edits' keys kept, a norm constraint and
+# most-probable early stopping; its published settings stop 2 steps after the new object is on top.
+METHOD_DEFAULTS: dict[str, dict] = {"encore": dict(early_stop_steps=2)}
 RELATIVE_START = {"llama": 2 / 30, "gptj": 3 / 28, "gpt2": 13 / 48}
 DEFAULT_RELATIVE_START = 3 / 28
 DEFAULT_WIDTH = 5
@@ -132,6 +141,7 @@ def default_layers(layout: ModelLayout, width: int = DEFAULT_WIDTH) -> tuple[int
 def default_hparams(layout: ModelLayout, **overrides) -> MemitHyperParams:
     """The defaults for a model's family, with `overrides` applied (None values are ignored)."""
     values = dict(FAMILY_DEFAULTS.get(layout.family, {}))
+    values.update(METHOD_DEFAULTS.get(overrides.get("method") or "", {}))
     if "layers" not in values:
         values["layers"] = default_layers(layout)
     values.update({key: value for key, value in overrides.items() if value is not None})

@@ -24,7 +24,7 @@ from core.progress import Progress, stage
 from editor.batch import EditBatch, LayerDiagnostics
 from editor.covariance import CovarianceSet, layer_covariances
 from editor.deltas import LayerDelta
-from editor.hparams import MemitHyperParams, default_hparams
+from editor.hparams import SEQUENTIAL_METHODS, MemitHyperParams, default_hparams
 from editor.keys import request_keys
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest, validate_requests
@@ -86,8 +86,8 @@ def compute_memit(
             if not torch.isfinite(targets.targets).all():
                 raise LocusError("The target vectors contain NaN or Inf; nothing was changed. Try other targets or fewer steps.")
             clock = time.perf_counter()
-            # AlphaEdit's sequential term: K_p K_p^T of every earlier edit in the ledger, per layer
-            previous = ledger.key_grams(hparams.layers) if (ledger is not None and hparams.method == "alphaedit") else {}
+            # AlphaEdit's and ENCORE's sequential term: K_p K_p^T of every earlier edit in the ledger, per layer
+            previous = ledger.key_grams(hparams.layers) if (ledger is not None and hparams.method in SEQUENTIAL_METHODS) else {}
             deltas, layer_diagnostics, keys, final_residual = layer_updates(
                 loaded, requests, hparams, prefixes, covariances, targets, previous, stage(progress, 0.85, 1.0)
             )
@@ -126,7 +126,7 @@ def layer_updates(
     The updates stay applied while later layers' keys are computed, and are undone before returning.
     Returns the deltas (compact: each the product of two thin factors), per-layer diagnostics, the keys
     (n, m) per layer, and the final mean residual ||z - h|| at l_R. AlphaEdit adds `previous_grams`
-    (K_p K_p^T of earlier edits, (m, m) per layer) to its solve.
+    (K_p K_p^T of earlier edits, (m, m) per layer) to its solve; so does ENCORE, with its norm constraint.
     """
     layers = list(hparams.layers)
     saved = snapshot(loaded, layers)
@@ -144,11 +144,13 @@ def layer_updates(
             keys = keyset.keys[layer].to(device).double()
             residual = (z.to(device) - keyset.hidden.to(device).double()) / (len(layers) - index)
             covariance = covariances.covariances[layer].to(device)
+            earlier = (previous_grams or {}).get(layer)
+            earlier = earlier.to(device) if earlier is not None else None
             if hparams.method == "alphaedit":
                 projection, _ = nullspace_projection(covariance, hparams.nullspace_threshold)
-                earlier = (previous_grams or {}).get(layer)
-                earlier = earlier.to(device) if earlier is not None else None
                 factors = alphaedit_factors(residual, keys, projection, earlier, hparams.alphaedit_l2)
+            elif hparams.method == "encore":
+                factors = memit_factors(residual, keys, covariance, hparams.mom2_weight, earlier, hparams.norm_lambda)
             else:
                 factors = memit_factors(residual, keys, covariance, hparams.mom2_weight)
             update = LayerDelta.from_factors(*factors)
@@ -193,7 +195,8 @@ def weak_update_warnings(layers: list[LayerDiagnostics], final_residual: float, 
     if written >= 0.5:
         return []
     remedy = (f"a smaller l2 (now {hparams.alphaedit_l2:g}) or a larger null-space threshold (now {hparams.nullspace_threshold:g})"
-              if hparams.method == "alphaedit" else f"a smaller lambda (now {hparams.mom2_weight:g})")
+              if hparams.method == "alphaedit" else f"a smaller lambda (now {hparams.mom2_weight:g})"
+              + (f" or a smaller norm constraint (now {hparams.norm_lambda:g})" if hparams.method == "encore" else ""))
     return [
         f"The weight updates wrote only {max(written, 0.0):.0%} of the change the edit needs (mean ||z - h|| went from "
         f"{layers[0].residual_norm:.1f} to {final_residual:.1f}); the edit may not take. Try {remedy} or more layers."

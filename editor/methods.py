@@ -1,4 +1,4 @@
-"""One entry point for the three editing methods: MEMIT, ROME (rank one, one layer, requests in turn) and AlphaEdit."""
+"""One entry point for the editing methods: MEMIT, ROME (rank one, one layer, requests in turn), AlphaEdit and ENCORE."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ METHOD_LABELS = {
     "memit": "MEMIT (many facts, layers R)",
     "rome": "ROME (the last layer of R; facts one after another)",
     "alphaedit": "AlphaEdit (MEMIT kept off what C preserves)",
+    "encore": "ENCORE (MEMIT for long edit sequences: early stop, norm constraint)",
 }
 
 

@@ -137,7 +137,7 @@ def run_sequential(
     """
     chunks = record_chunks(records, batch_size, batches)
     if hparams.method == "rome":
-        raise InputError("Sequential runs use MEMIT or AlphaEdit (ROME edits one fact at a time).")
+        raise InputError("Sequential runs use MEMIT, AlphaEdit or ENCORE (ROME edits one fact at a time).")
     if collapse_ratio <= 1:
         raise InputError(f"The collapse ratio must be above 1, got {collapse_ratio:g}.")
     ledger = ledger if ledger is not None else EditLedger.for_model(loaded)

@@ -55,7 +55,7 @@ class RequestDiagnostics:
     nll: list[float] = field(default_factory=list)
     kl: list[float] = field(default_factory=list)
     steps: int = 0  # gradient steps taken
-    converged: bool = False  # the loss went below hparams.loss_stop
+    converged: bool = False  # the loss went below hparams.loss_stop, or the early stop (MPES) ended it
     final_probability: float = 0.0  # mean over prefixes of exp(-mean NLL of the new object), at z
     delta_norm: float = 0.0
     hidden_norm: float = 0.0
@@ -410,12 +410,14 @@ class _RowLosses:
     def evaluate(
         self, leaf: torch.Tensor, active: torch.Tensor, step: int, backward_scale: float | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(NLL, KL, probability) per request (CPU float32); back-propagates backward_scale x loss (None: no backward).
+        """(NLL, KL, probability, prompts with the new object on top) per request (CPU float32).
+
+        Back-propagates backward_scale x loss (None: no backward).
 
         At step 0 it records the unedited next-token distributions (KL rows) and h (the plain prompts' rows).
         """
         rows, hparams, count = self.rows, self.hparams, len(active)
-        nll, kl, probability = torch.zeros(count), torch.zeros(count), torch.zeros(count)
+        nll, kl, probability, on_top = torch.zeros(count), torch.zeros(count), torch.zeros(count), torch.zeros(count)
         for group in self.runner.groups:
             active_rows = [i for i in group.rows if active[rows[i].request]]
             if not active_rows:
@@ -433,7 +435,8 @@ class _RowLosses:
                 else:
                     targets = self.target_ids[row_index].to(log_probs[index].device)  # the head's device (device_map)
                     row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
-                    values += [row_nll.detach(), torch.exp(-row_nll.detach())]
+                    leads = (log_probs[index].detach().argmax(-1) == targets).all().float()
+                    values += [row_nll.detach(), torch.exp(-row_nll.detach()), leads]
                     terms.append(row_nll / self.nll_rows[row.request])
                     if step == 0 and row.prefix == 0:
                         self.hidden[row.request] = h[index].to(self.hidden.device)
@@ -448,7 +451,8 @@ class _RowLosses:
                 else:
                     nll[row.request] += next(on_host) / float(self.nll_rows[row.request])
                     probability[row.request] += next(on_host) / float(self.nll_rows[row.request])
-        return nll, kl, probability
+                    on_top[row.request] += next(on_host)
+        return nll, kl, probability, on_top
 
 
 def _optimize_chunk(
@@ -476,6 +480,7 @@ def _optimize_chunk(
     state: dict = {}
     diagnostics = [RequestDiagnostics(r.subject, r.target_new) for r in requests]
     nll_rows = torch.zeros(count)
+    steps_on_top = [0] * count
     for row in rows:
         if not row.is_kl:
             nll_rows[row.request] += 1
@@ -485,7 +490,7 @@ def _optimize_chunk(
         leaf = delta.clone().requires_grad_(True)
         will_update = step < hparams.steps - 1
         while True:  # once, unless a float16 backward overflows: then again with a smaller loss scale
-            nll, kl, probability = losses.evaluate(leaf, active, step, scale if will_update else None)
+            nll, kl, probability, on_top = losses.evaluate(leaf, active, step, scale if will_update else None)
             if scale == 1.0 or leaf.grad is None:
                 break
             if bool(torch.isfinite(leaf.grad).all()):
@@ -504,7 +509,9 @@ def _optimize_chunk(
             diag.nll.append(float(nll[request]))
             diag.kl.append(float(kl[request]))
             diag.final_probability = float(probability[request])
-            if float(loss[request]) < hparams.loss_stop:
+            if hparams.early_stop_steps and float(on_top[request]) >= float(nll_rows[request]):
+                steps_on_top[request] += 1  # ENCORE's MPES: the new object leads on every prompt
+            if float(loss[request]) < hparams.loss_stop or (hparams.early_stop_steps and steps_on_top[request] >= hparams.early_stop_steps):
                 diag.converged = True
                 finished.append(request)
             elif not will_update:

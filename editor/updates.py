@@ -6,11 +6,24 @@ import torch
 
 
 def memit_factors(
-    residual: torch.Tensor, keys: torch.Tensor, covariance: torch.Tensor, mom2_weight: float
+    residual: torch.Tensor,
+    keys: torch.Tensor,
+    covariance: torch.Tensor,
+    mom2_weight: float,
+    previous_gram: torch.Tensor | None = None,
+    norm_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MEMIT's Delta as D (d, n) and K^T (lambda C + K K^T)^-1 (n, m), for residuals D^T (n, d), keys K^T (n, m)."""
+    """MEMIT's Delta as D (d, n) and K^T (lambda C + K K^T)^-1 (n, m), for residuals D^T (n, d), keys K^T (n, m).
+
+    ENCORE's form adds the earlier edits' K_p K_p^T (m, m) and norm_weight I (the ||Delta||_F^2 constraint)
+    inside the inverse: both are zero for plain MEMIT.
+    """
     residual, keys, covariance = residual.double(), keys.double(), covariance.double()
     system = mom2_weight * covariance + keys.T @ keys  # (m, m), symmetric
+    if previous_gram is not None:
+        system = system + previous_gram.double()
+    if norm_weight:
+        system = system + norm_weight * torch.eye(system.shape[0], dtype=torch.float64, device=system.device)
     adjusted = torch.linalg.solve(system, keys.T)  # (m, n) = (lambda C + K K^T)^-1 K
     return residual.T, adjusted.T
 

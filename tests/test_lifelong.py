@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 
 from core.errors import InputError, LocusError
 from core.facts import KnownFact, load_known_facts
+from core.hooks import edit_outputs
 from core.loading import from_parts
-from core.tokens import target_token_ids
+from core.tokens import encode_prompt, target_token_ids
 from editor.budget import corpus_tokens
 from editor.cli import main
 from editor.corpus import HELD_OUT_TEXTS, load_corpus
@@ -41,6 +42,9 @@ from editor.lifelong import (
     split_sentence,
 )
 from editor.memit import compute_memit
+from editor.prefixes import context_prefixes
+from editor.targets import compute_targets
+from editor.updates import memit_factors, memit_update
 from editor.requests import EditRequest
 from editor.sequential import run_sequential
 from tests.tiny_models import tiny_model
@@ -159,6 +163,70 @@ def test_sequential_alphaedit_keeps_earlier_edits_keys_out_of_its_update(tiny, t
     assert torch.equal(ledger.key_grams([2])[2], before)
     ledger.reset()
     assert ledger.key_grams([2]) == {}
+
+
+def test_most_probable_early_stop_ends_each_request_soon_after_its_target_leads(embedded):
+    """ENCORE's MPES: a request stops once its new object has led on every prompt for N steps, on Adam's same path."""
+    requests = [record.request() for record in load_records(LIFELONG_FILE)[:2]]
+    hparams = default_hparams(embedded.layout, layers=(4,), steps=12, loss_stop=0.0, prefix_starts=("The", "I"))
+    prefixes = context_prefixes(embedded, hparams)
+    loss_only = compute_targets(embedded, requests, hparams, prefixes)
+    assert all(d.steps == 11 and not d.converged for d in loss_only.diagnostics)  # nothing else stops it early
+    once = compute_targets(embedded, requests, hparams.replace(early_stop_steps=1), prefixes)
+    twice = compute_targets(embedded, requests, hparams.replace(early_stop_steps=2), prefixes)
+    full = compute_targets(embedded, requests, hparams.replace(early_stop_steps=2), prefixes, engine="full")
+    assert [d.steps for d in twice.diagnostics] == [d.steps for d in full.diagnostics]
+    for first, second, plain in zip(once.diagnostics, twice.diagnostics, loss_only.diagnostics):
+        assert first.converged and first.steps < second.steps < 11
+        assert first.losses == pytest.approx(plain.losses[: len(first.losses)], rel=1e-3)  # the same path, cut short
+        assert first.final_probability < plain.final_probability
+    # where it stopped, the new object leads on the plain prompt (the edit-success criterion, at z)
+    for request, z in zip(requests, once.targets):
+        prompt = request.prompt.format(request.subject)
+        encoded = encode_prompt(embedded.tokenizer, prompt)
+        subject_last = encoded.subject_range(request.subject)[1] - 1
+        new = target_token_ids(embedded.tokenizer, request.target_new, prompt)[0]
+
+        def write_z(hidden: torch.Tensor, z=z, position=subject_last) -> torch.Tensor:
+            hidden = hidden.clone()
+            hidden[0, position] = z.to(hidden.dtype)
+            return hidden
+
+        with torch.no_grad(), edit_outputs(embedded.model, {embedded.layout.block(4): write_z}):
+            logits = embedded.model(torch.tensor([encoded.input_ids])).logits[0, -1]
+        assert int(logits.argmax()) == new
+
+
+def test_encore_keeps_earlier_edits_keys_and_bounds_the_update_norm(tiny):
+    """ENCORE's solve: (lambda C + K_p K_p^T + K K^T + norm_lambda I); the kept keys protect earlier edits."""
+    generator = torch.Generator().manual_seed(0)
+    residual, keys = torch.randn(3, 6, generator=generator), torch.randn(3, 8, generator=generator)
+    covariance, previous = torch.eye(8) * 0.5, torch.randn(4, 8, generator=generator)
+    left, right = memit_factors(residual, keys, covariance, 2.0, previous.T @ previous, 3.0)
+    system = 2.0 * covariance + previous.T @ previous + keys.T @ keys + 3.0 * torch.eye(8)
+    assert torch.allclose(left @ right, (residual.T @ keys @ torch.linalg.inv(system.double()).float()).double(), atol=1e-5)
+    norms = [float(memit_update(residual, keys, covariance, 2.0) .norm())] + [
+        float(torch.linalg.matrix_norm(torch.matmul(*memit_factors(residual, keys, covariance, 2.0, None, weight)))) for weight in (1.0, 10.0)]
+    assert norms[0] > norms[1] > norms[2]  # the norm constraint shrinks the update
+    loaded = tiny("llama")
+    covariances = layer_covariances(loaded, [2], 300)
+    hparams = MemitHyperParams(layers=(2,), cov_tokens=300, steps=8, prefix_starts=(), method="encore", mom2_weight=1e-4,
+                               norm_lambda=1e-8, early_stop_steps=0)
+    first = compute_memit(loaded, BATCHES[0] + BATCHES[2], hparams, covariances=covariances)
+    ledger = EditLedger.for_model(loaded)
+    ledger.add(first, loaded)
+    old_keys = first.keys[2].double()
+
+    def leaks(batch) -> float:
+        delta = batch.deltas[2].double()
+        return float((delta @ old_keys.T).norm() / (delta @ batch.keys[2].double().T).norm())
+
+    kept = compute_memit(loaded, BATCHES[1], hparams, ledger=ledger, covariances=covariances)
+    forgetful = EditLedger.for_model(loaded)
+    forgetful.add(dataclasses.replace(first, keys={}, batch_id="nokeys"), loaded)
+    assert leaks(kept) < 0.5 * leaks(compute_memit(loaded, BATCHES[1], hparams, ledger=forgetful, covariances=covariances))
+    assert default_hparams(loaded.layout, method="encore").early_stop_steps == 2
+    assert default_hparams(loaded.layout, method="memit").early_stop_steps == 0
 
 
 def test_held_out_texts_never_reach_the_covariance(tiny, small_corpus):

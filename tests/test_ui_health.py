@@ -96,9 +96,9 @@ def test_health_with_an_edit_compares_and_the_history_has_the_same_figures(conte
     assert [row[0] for row in table.value["data"]] == ["original", "with your 1 edit"]
     assert "With your 1 edit" in status and ("Within the thresholds" in status or "Drift warning" in status)
     streamed = finished(list(edit_tab.run_health_history(context, edited, quiet)))
-    assert streamed[0][0].startswith("So far 1 of 1 batches.")  # each batch's row is shown as soon as it is measured
+    assert len(streamed) >= 2 and len(streamed[0][1].value["data"]) == 2  # the batch's row is shown as soon as it is measured
     status, table, history, _ = streamed[-1]
-    assert not status.startswith("So far")
+    assert status.startswith("Measured after each of your 1 batch.")
     rows = table.value["data"]
     batch_id = editing.ledger_batches(edited.ledger())[0].batch_id
     assert [row[0] for row in rows] == ["(original)", batch_id] and rows[1][1] == 1
@@ -125,6 +125,8 @@ def test_drift_past_the_thresholds_is_highlighted(context, embedded, corpus):
     rows = health_view.history_rows(["b1", "b2"], [calm, drifted])
     assert [row[0] for row in rows] == ["(original)", "b1", "b2"] and rows[1][5] == "none" and "x1.25" in rows[2][5]
     assert "first drifted past the thresholds after batch b2" in health_view.history_summary(["b1", "b2"], [calm, drifted])
+    assert health_view.history_summary(["b1", "b2"], [calm]) == (
+        "Measuring batch by batch: 1 of your 2 batches so far. None has drifted past the thresholds yet.")
     for words in ("perplexity", "retention", "×1.10", "90%", "×2"):
         assert words in health_view.HEALTH_CAPTION
 

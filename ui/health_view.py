@@ -134,11 +134,20 @@ def history_rows(batch_ids: list[str], reports: list[HealthReport]) -> list[list
 
 
 def history_summary(batch_ids: list[str], reports: list[HealthReport]) -> str:
-    """One line about the history's health: the first batch that drifted, or that none did."""
-    if not reports:
+    """One line about the history's health: the first batch that drifted, or that none did.
+
+    `batch_ids` are all the history's batches; `reports` the ones measured so far (fewer while it streams).
+    """
+    if not batch_ids:
         return "There are no edits yet: the history is empty."
     drifted = [index for index, report in enumerate(reports) if report.warnings]
-    measured = f"Measured after each of your {len(reports)} batch{'es' if len(reports) != 1 else ''}."
+    total = len(batch_ids)
+    if len(reports) < total:
+        measured = f"Measuring batch by batch: {len(reports)} of your {total} batches so far."
+        if not drifted:
+            return f"{measured} None has drifted past the thresholds yet."
+    else:
+        measured = f"Measured after each of your {total} batch{'es' if total != 1 else ''}."
     if not drifted:
         return f"{measured} No batch drifted past the thresholds."
     first = drifted[0]

@@ -341,9 +341,7 @@ def run_health_history(ctx: AppContext, session: SessionState | None, progress=g
     def outputs(reports: list, done: bool) -> tuple:
         rows = health_view.history_rows(batch_ids, reports)
         data = {"batches": [dict(report.to_dict(), batch=batch_id) for batch_id, report in zip(batch_ids, reports)]}
-        summary = health_view.history_summary(batch_ids[:len(reports)], reports)
-        if not done:
-            summary = f"So far {len(reports)} of {len(batch_ids)} batches. " + summary
+        summary = health_view.history_summary(batch_ids, reports)
         table = gr.Dataframe(value=rows, headers=health_view.HEALTH_HISTORY_COLUMNS, visible=True)
         return summary, table, data, session
 
