@@ -74,16 +74,24 @@ def perplexity(
     return (math.exp(mean) if math.isfinite(mean) and mean < 700 else math.inf), count, finite and math.isfinite(mean)
 
 
-@torch.inference_mode()
 def retention(loaded: LoadedModel, facts: list[KnownFact], progress: Progress | None = None) -> tuple[float, bool]:
     """(percent of `facts` whose greedy next token is their attribute's first token, every logit finite)."""
+    kept, finite, _ = retention_with_forgotten(loaded, facts, progress)
+    return kept, finite
+
+
+@torch.inference_mode()
+def retention_with_forgotten(
+    loaded: LoadedModel, facts: list[KnownFact], progress: Progress | None = None
+) -> tuple[float, bool, list[dict]]:
+    """Retention as `retention` gives it, and the facts not kept: [{prompt, expected, answer}] (answer: the greedy token)."""
     if not facts:
         raise LocusError("There are no probe facts to measure retention with.")
     tokenizer, layout = loaded.tokenizer, loaded.layout
     rows = [list(tokenizer(fact.prompt)["input_ids"]) for fact in facts]
     expected = [target_token_ids(tokenizer, fact.attribute, prompt=fact.prompt)[0] for fact in facts]
     last_block = layout.block(layout.num_layers - 1)
-    kept, finite, done = 0, True, 0
+    kept, finite, done, forgotten = 0, True, 0, []
     for batch in row_batches([len(row) for row in rows], max_rows=64, max_tokens=BATCH_TOKENS):
         ids, mask = pad_right([rows[i] for i in batch], pad_id(tokenizer), loaded.device)
         with capture_outputs(loaded.model, [last_block]) as outputs:
@@ -91,11 +99,15 @@ def retention(loaded: LoadedModel, facts: list[KnownFact], progress: Progress | 
         last = torch.tensor([len(rows[i]) - 1 for i in batch], device=ids.device)
         logits = layout.final_logits(loaded.model, outputs[last_block][torch.arange(len(batch), device=ids.device), last]).float()
         finite = finite and bool(torch.isfinite(logits).all())
-        kept += sum(int(token) == expected[i] for token, i in zip(logits.argmax(-1).tolist(), batch))
+        for token, i in zip(logits.argmax(-1).tolist(), batch):
+            if int(token) == expected[i]:
+                kept += 1
+            else:
+                forgotten.append({"prompt": facts[i].prompt, "expected": facts[i].attribute, "answer": tokenizer.decode([int(token)])})
         done += len(batch)
         if progress is not None:
             progress(done / len(rows), f"retention: {done}/{len(rows)} known facts")
-    return 100.0 * kept / len(facts), finite
+    return 100.0 * kept / len(facts), finite, forgotten
 
 
 def probe_facts(loaded: LoadedModel, exclude_subjects=(), count: int = PROBE_COUNT) -> list[KnownFact]:
@@ -137,6 +149,7 @@ class Health:
     tokens: int  # held-out tokens scored
     probes: int  # probe facts
     seconds: float = 0.0
+    forgotten: list[dict] = field(default_factory=list)  # probe facts not kept: {prompt, expected, answer}
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -157,8 +170,8 @@ def measure_health(
     started = time.perf_counter()
     with loaded.lock:
         value, tokens, finite_text = perplexity(loaded, texts, max_tokens, stage(progress, 0.0, 0.9))
-        kept, finite_facts = retention(loaded, probes, stage(progress, 0.9, 1.0))
-    return Health(value, kept, finite_text and finite_facts, tokens, len(probes), time.perf_counter() - started)
+        kept, finite_facts, forgotten = retention_with_forgotten(loaded, probes, stage(progress, 0.9, 1.0))
+    return Health(value, kept, finite_text and finite_facts, tokens, len(probes), time.perf_counter() - started, forgotten)
 
 
 def collapse_message(unedited: Health, edited: Health, ratio: float = COLLAPSE_RATIO) -> str | None:
@@ -260,11 +273,11 @@ def _state_health(
                 _remember(text_key, text)
             if facts is None:
                 clock = time.perf_counter()
-                facts = (*retention(loaded, probes, stage(progress, 0.9, 1.0)), time.perf_counter() - clock)
+                facts = (*retention_with_forgotten(loaded, probes, stage(progress, 0.9, 1.0)), time.perf_counter() - clock)
                 _remember(fact_key, facts)
     value, tokens, finite_text, text_seconds = text
-    kept, finite_facts, fact_seconds = facts
-    return Health(value, kept, finite_text and finite_facts, tokens, len(probes), text_seconds + fact_seconds)
+    kept, finite_facts, forgotten, fact_seconds = facts
+    return Health(value, kept, finite_text and finite_facts, tokens, len(probes), text_seconds + fact_seconds, forgotten)
 
 
 def _ledger_subjects(ledger: EditLedger | None) -> list[str]:

@@ -191,6 +191,7 @@ def run_sequential(
             "perplexity": health.to_dict()["perplexity"],
             "perplexity_ratio": health.perplexity / unedited_health.perplexity,
             "retention": health.retention,
+            "forgotten": health.forgotten,  # the probe facts not kept: {prompt, expected, answer}
             "finite": health.finite,
             "norm_growth": {str(layer): norms[layer] / unedited_norms[layer] for layer in layers},
             "relative_change": {str(layer): changes[layer] / unedited_norms[layer] for layer in layers},

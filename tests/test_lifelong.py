@@ -31,6 +31,7 @@ from editor.health import (
     perplexity,
     probe_facts,
     retention,
+    retention_with_forgotten,
 )
 from editor.hparams import MemitHyperParams, default_hparams
 from editor.ledger import METADATA_KEY, EditLedger
@@ -262,6 +263,11 @@ def test_perplexity_and_retention_are_what_they_say(embedded):
         kept += int(logits.argmax()) == target_token_ids(embedded.tokenizer, fact.attribute, prompt=fact.prompt)[0]
     assert retention(embedded, probes + swapped) == (pytest.approx(100.0 * kept / 12), True)
     assert retention(embedded, probes)[0] == 100.0  # facts the model knows keep their first token
+    _, _, forgotten = retention_with_forgotten(embedded, probes + swapped)
+    assert len(forgotten) == 12 - kept and {fact["prompt"] for fact in forgotten} <= {fact.prompt for fact in swapped}
+    for fact in forgotten:  # the answer is the model's own greedy answer: the fact's real attribute begins it
+        real = next(p for p in probes if p.prompt == fact["prompt"])
+        assert real.attribute.startswith(fact["answer"].strip()) and fact["expected"] != real.attribute
 
 
 def test_health_thresholds_and_cache(tiny_llama, three_batches, small_corpus):

@@ -88,7 +88,7 @@ def test_a_visitors_edits_are_bounded_in_memory_before_any_work(context):
                          limits=Limits(max_session_edit_bytes=one_edit + 1000))  # one edit fits, two do not
     session = SessionState(model_spec="embedded")
     rows = [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]
-    settings = ("memit", "4", None, 2000, 2, 0.5, 0.0625, 0.75)
+    settings = ("encore", "4", None, 2000, 2, 0.5, 0.0625, 0.75)  # the lifelong method through the UI
     before = context.runner.submitted
     with pytest.raises(gr.Error, match=r"would add up to .* MiB, past the limit of \d+ MiB per visitor"):
         list(edit_tab.run_edit(limited, rows * 2, *settings, session=session, progress=quiet))

@@ -122,6 +122,10 @@ def test_drift_past_the_thresholds_is_highlighted(context, embedded, corpus):
     row = health_view.health_rows(drifted)[1]
     assert row[2] == f"×1.250 {health_view.WARNING_MARK}" and row[3].endswith(health_view.WARNING_MARK)
     assert "collapsed" in health_view.health_summary(collapsed) and "Drift warning" not in health_view.health_summary(collapsed)
+    lost = [{"prompt": f"<b>Place {i}</b> is in", "expected": "Paris", "answer": " Rome"} for i in range(10)]
+    text = health_view.health_summary(HealthReport(measured, dataclasses.replace(drifted.edited, forgotten=lost), 3, drifted.warnings))
+    assert f"Known facts it now answers differently (10 of {measured.probes}" in text and "... and 2 more" in text
+    assert "&lt;b&gt;Place 0&lt;/b&gt; is in* → now **Rome** (knew: Paris)" in text and "<b>" not in text
     rows = health_view.history_rows(["b1", "b2"], [calm, drifted])
     assert [row[0] for row in rows] == ["(original)", "b1", "b2"] and rows[1][5] == "none" and "x1.25" in rows[2][5]
     assert "first drifted past the thresholds after batch b2" in health_view.history_summary(["b1", "b2"], [calm, drifted])

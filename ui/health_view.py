@@ -107,13 +107,26 @@ def health_summary(report: HealthReport) -> str:
     )
     if report.collapsed:
         return f"{original}  \n{figures}\n\n> ⛔ **The model has collapsed.** {html.escape(report.collapsed)} Undo the last batch."
+    forgotten = forgotten_text(edited)
     if report.warnings:
         listed = "\n".join(f"> - {html.escape(warning)}" for warning in report.warnings)
-        return f"{original}  \n{figures}\n\n> {WARNING_MARK} **Drift warning**\n{listed}"
+        return f"{original}  \n{figures}\n\n> {WARNING_MARK} **Drift warning**\n{listed}{forgotten}"
     return (
         f"{original}  \n{figures}  \nWithin the thresholds: perplexity at most ×{PERPLEXITY_WARNING:.2f} the original's "
-        f"and retention at least {RETENTION_WARNING:.0%} of it."
+        f"and retention at least {RETENTION_WARNING:.0%} of it.{forgotten}"
     )
+
+
+def forgotten_text(edited: Health, shown: int = 8) -> str:
+    """The known facts the edited model now answers differently, the first `shown` of them ('' when none)."""
+    if not edited.forgotten:
+        return ""
+    lines = [f"- *{html.escape(fact['prompt'])}* → now **{html.escape(fact['answer'].strip() or repr(fact['answer']))}** "
+             f"(knew: {html.escape(fact['expected'])})" for fact in edited.forgotten[:shown]]
+    more = len(edited.forgotten) - shown
+    tail = f"\n- ... and {more} more" if more > 0 else ""
+    return (f"\n\nKnown facts it now answers differently ({len(edited.forgotten)} of {edited.probes}; none of them was "
+            "edited):\n" + "\n".join(lines) + tail)
 
 
 def history_rows(batch_ids: list[str], reports: list[HealthReport]) -> list[list[str | int]]:
