@@ -317,6 +317,40 @@ def command_sequential(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_damage(arguments: argparse.Namespace) -> int:
+    from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
+    from editor.counterfact import load_records
+    from editor.damage import check_control, damage_report
+    from editor.health import probe_facts
+    from editor.ledger import EditLedger
+    from editor.sweep import parse_numbers
+
+    scales = parse_numbers(arguments.scales, float, "--scales") if arguments.scales else []
+    check_control(scales, arguments.seeds)
+    if not Path(arguments.ledger).is_file():
+        raise InputError(f"The ledger file {arguments.ledger!r} does not exist.")
+    if arguments.batches is not None and arguments.batches < 1:
+        raise InputError("--batches must be at least 1.")
+    records = load_records(arguments.data)[: arguments.limit] if arguments.data else []
+    loaded = load_from_arguments(arguments)
+    ledger = EditLedger.load(arguments.ledger, loaded)
+    if arguments.batches is not None:
+        if arguments.batches > len(ledger):
+            raise InputError(f"The ledger holds {len(ledger)} batches, fewer than --batches {arguments.batches}.")
+        ledger.batches = ledger.batches[: arguments.batches]
+    subjects = {request.subject for request in ledger.requests} | {record.subject for record in records}
+    probes = probe_facts(loaded, subjects)
+    report, close = tqdm_progress("damage")
+    try:
+        result = damage_report(loaded, ledger, probes, scales, arguments.seeds if scales else 0, progress=report)
+    finally:
+        close()
+    print(result.text())
+    if arguments.out:
+        write_json(arguments.out, result.to_dict())
+    return 0
+
+
 def _unedited_run(path: str, settings: dict):
     """A new run that starts from the unedited figures of the earlier run in `path` (same data, batches and model)."""
     from editor.sequential import SequentialRun
@@ -480,6 +514,21 @@ def build_parser() -> argparse.ArgumentParser:
     sequential.add_argument("--label", default=None, help="this run's name in the plot (default: the method)")
     add_model_arguments(sequential)
     sequential.set_defaults(handler=command_sequential)
+
+    damage = commands.add_parser(
+        "damage", help="which known facts a ledger's edits break, and whether random updates of the same size break as many"
+    )
+    damage.add_argument("--ledger", required=True, help="an edit ledger (.safetensors), e.g. a sequential run's --ledger-out")
+    damage.add_argument("--batches", type=int, default=None, help="only the ledger's first N batches")
+    damage.add_argument("--data", default=None, help="also leave these records' subjects out of the probe set "
+                        "(a sequential run's probe set: its --data with --limit batch-size x batches)")
+    damage.add_argument("--limit", type=int, default=None, help="the first N records of --data")
+    damage.add_argument("--scales", default="0.5,1,2", help="random-update sizes, x the edits' change per matrix "
+                        "(default 0.5,1,2; '' for none)")
+    damage.add_argument("--seeds", type=int, default=3, help="random updates per scale (default 3)")
+    damage.add_argument("--out", default=None, help="write the report as JSON here")
+    add_model_arguments(damage)
+    damage.set_defaults(handler=command_damage)
 
     plot = commands.add_parser("sequential-plot", help="one HTML page with the curves of sequential runs (their --out JSON)")
     plot.add_argument("runs", nargs="+", help="JSON files written by `python -m editor sequential --out`")

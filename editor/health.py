@@ -80,18 +80,36 @@ def retention(loaded: LoadedModel, facts: list[KnownFact], progress: Progress | 
     return kept, finite
 
 
-@torch.inference_mode()
 def retention_with_forgotten(
     loaded: LoadedModel, facts: list[KnownFact], progress: Progress | None = None
 ) -> tuple[float, bool, list[dict]]:
     """Retention as `retention` gives it, and the facts not kept: [{prompt, expected, answer}] (answer: the greedy token)."""
+    answers = probe_answers(loaded, facts, progress)
+    forgotten = [{"prompt": fact.prompt, "expected": fact.attribute, "answer": loaded.tokenizer.decode([answer])}
+                 for fact, answer, margin in zip(facts, answers.answers, answers.margins) if margin <= 0]
+    return 100.0 * (len(facts) - len(forgotten)) / len(facts), answers.finite, forgotten
+
+
+@dataclass
+class ProbeAnswers:
+    """The model's greedy first token for each probe fact, and how far the known attribute leads."""
+
+    answers: list[int]  # the greedy next token per fact
+    margins: list[float]  # log p(attribute's first token) - the largest other log p; > 0 exactly when kept
+    finite: bool  # every logit was finite
+
+
+@torch.inference_mode()
+def probe_answers(loaded: LoadedModel, facts: list[KnownFact], progress: Progress | None = None) -> ProbeAnswers:
+    """Greedy answers and margins of `facts` (their prompts, batched) on the model as it is now."""
     if not facts:
         raise LocusError("There are no probe facts to measure retention with.")
     tokenizer, layout = loaded.tokenizer, loaded.layout
     rows = [list(tokenizer(fact.prompt)["input_ids"]) for fact in facts]
     expected = [target_token_ids(tokenizer, fact.attribute, prompt=fact.prompt)[0] for fact in facts]
     last_block = layout.block(layout.num_layers - 1)
-    kept, finite, done, forgotten = 0, True, 0, []
+    answers, margins = [0] * len(facts), [0.0] * len(facts)
+    finite, done = True, 0
     for batch in row_batches([len(row) for row in rows], max_rows=64, max_tokens=BATCH_TOKENS):
         ids, mask = pad_right([rows[i] for i in batch], pad_id(tokenizer), loaded.device)
         with capture_outputs(loaded.model, [last_block]) as outputs:
@@ -99,15 +117,18 @@ def retention_with_forgotten(
         last = torch.tensor([len(rows[i]) - 1 for i in batch], device=ids.device)
         logits = layout.final_logits(loaded.model, outputs[last_block][torch.arange(len(batch), device=ids.device), last]).float()
         finite = finite and bool(torch.isfinite(logits).all())
-        for token, i in zip(logits.argmax(-1).tolist(), batch):
-            if int(token) == expected[i]:
-                kept += 1
-            else:
-                forgotten.append({"prompt": facts[i].prompt, "expected": facts[i].attribute, "answer": tokenizer.decode([int(token)])})
+        chosen = torch.tensor([expected[i] for i in batch], device=logits.device)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        known = log_probs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+        others = log_probs.scatter(-1, chosen.unsqueeze(-1), -math.inf).max(-1).values
+        for row, i in enumerate(batch):
+            answers[i] = int(logits[row].argmax())
+            # ties and NaN count as lost, as the greedy check would have them unless the attribute wins
+            margins[i] = float(known[row] - others[row]) if answers[i] != expected[i] else max(float(known[row] - others[row]), 1e-30)
         done += len(batch)
         if progress is not None:
             progress(done / len(rows), f"retention: {done}/{len(rows)} known facts")
-    return 100.0 * kept / len(facts), finite, forgotten
+    return ProbeAnswers(answers, margins, finite)
 
 
 def probe_facts(loaded: LoadedModel, exclude_subjects=(), count: int = PROBE_COUNT) -> list[KnownFact]:

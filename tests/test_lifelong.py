@@ -19,6 +19,7 @@ from editor.budget import corpus_tokens
 from editor.cli import main
 from editor.corpus import HELD_OUT_TEXTS, load_corpus
 from editor.counterfact import load_records
+from editor.damage import damage_report, random_update_like
 from editor.covariance import collect_second_moments, layer_covariances
 from editor.figures import sequential_figures
 from editor.health import (
@@ -46,6 +47,7 @@ from editor.memit import compute_memit
 from editor.prefixes import context_prefixes
 from editor.targets import compute_targets
 from editor.updates import memit_factors, memit_update
+from editor.weights import weights_hash
 from editor.requests import EditRequest
 from editor.sequential import run_sequential
 from tests.tiny_models import tiny_model
@@ -316,6 +318,31 @@ def test_a_run_that_breaks_the_model_stops_and_keeps_the_last_healthy_ledger(emb
     (tmp_path / "run.json").write_text(json.dumps(run.to_dict()))
     assert main(["sequential-plot", str(tmp_path / "run.json"), "--html", str(tmp_path / "run.html")]) == 0
     assert "Sequential editing" in (tmp_path / "run.html").read_text()
+
+
+def test_damage_report_names_the_lost_facts_and_leaves_the_weights_alone(embedded, tmp_path):
+    records = load_records(LIFELONG_FILE)[:2]
+    # an edit far too strong (no covariance constraint, a huge target): it certainly breaks known facts
+    hparams = default_hparams(embedded.layout, layers=(4,), cov_tokens=2000, steps=2).replace(mom2_weight=1e-6, clamp_norm=30.0, lr=20.0)
+    ledger = EditLedger.for_model(embedded)
+    ledger.add(compute_memit(embedded, [record.request() for record in records], hparams), embedded)
+    probes = probe_facts(embedded, [record.subject for record in records], count=12)
+    before = weights_hash(embedded, [4])
+    report = damage_report(embedded, ledger, probes, scales=[1e-6, 1.0], seeds=2)
+    assert weights_hash(embedded, [4]) == before
+    with ledger.applied(embedded):
+        kept, _, forgotten = retention_with_forgotten(embedded, probes)
+    assert report.retention == kept < 100 and [fact["prompt"] for fact in report.forgotten] == [fact["prompt"] for fact in forgotten]
+    assert all(fact["unedited_margin"] > 0 for fact in report.forgotten) and len(report.unedited_margins) == 12
+    assert report.random_retention[1e-6] == [100.0, 100.0] and len(report.random_retention[1.0]) == 2  # a tiny change keeps all
+    assert report.change_norms[4] == pytest.approx(float(ledger.batches[0].deltas[4].double().norm()), rel=1e-5)
+    assert "Facts lost (unedited margin, now answered)" in report.text() and json.dumps(report.to_dict())
+    delta = torch.randn(6, 4, dtype=torch.float64)
+    assert float(random_update_like(delta, 2.5, torch.Generator().manual_seed(0)).norm()) == pytest.approx(2.5 * float(delta.norm()))
+    with pytest.raises(InputError):
+        damage_report(embedded, ledger, probes, scales=[1.0], seeds=11)
+    assert main(["damage", "--ledger", str(tmp_path / "missing.safetensors")]) == 2
+    assert main(["damage", "--ledger", "x.safetensors", "--scales", "1,2,3,4,5,6,7,8,9"]) == 2
 
 
 def test_the_lifelong_set(tmp_path):
