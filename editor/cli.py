@@ -284,6 +284,8 @@ def command_sequential(arguments: argparse.Namespace) -> int:
         run = SequentialRun.from_dict(json.loads(Path(arguments.out).read_text()))
         ledger = EditLedger.load(arguments.ledger_out, loaded)
         mismatch = [key for key in ("data", "batch_size", "method", "layers") if run.settings.get(key) != settings[key]]
+        earlier = run.settings.get("hparams", {})  # settings a run of an older version did not record are not compared
+        mismatch += [key for key, value in settings["hparams"].items() if key in earlier and earlier[key] != value]
         if mismatch:
             raise InputError(f"--resume: {arguments.out} was a run with other settings ({', '.join(mismatch)}).")
         run.batches = run.batches[: len(ledger)]  # a batch whose ledger was not written is done again

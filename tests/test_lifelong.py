@@ -365,11 +365,16 @@ def test_the_lifelong_set(tmp_path):
                                                             build_lifelong_records(rewrites, extra, load_known_facts(), max_records=70)[:10]]
 
 
-def test_sequential_refuses_bad_input_before_loading(capsys):
+def test_sequential_refuses_bad_input_before_loading(capsys, tmp_path):
     assert main(["sequential", "--data", str(LIFELONG_FILE), "--batch-size", "100", "--batches", "100"]) == 2
     assert "need 10,000 records" in capsys.readouterr().err
     assert main(["sequential", "--data", str(LIFELONG_FILE), "--batches", "0"]) == 2
     assert main(["sequential", "--data", str(LIFELONG_FILE), "--resume"]) == 2
     assert main(["sequential-plot", "missing.json", "--html", "x.html"]) == 2
+    other = tmp_path / "other.json"  # a run on other records: its unedited figures do not belong to this one
+    other.write_text(json.dumps({"settings": {"data": "devset.json", "records": 124, "batch_size": 100, "batches": 1},
+                                 "unedited": {}, "batches": [], "unedited_records": [[0, 0, 0, 0, 0]]}))
+    assert main(["sequential", "--data", str(LIFELONG_FILE), "--unedited-from", str(other)]) == 2
+    assert "was a run on other records or another model (data, records, batches, model)" in capsys.readouterr().err
     with pytest.raises(InputError):
         run_sequential(None, load_records(LIFELONG_FILE)[:2], HPARAMS, 1, 3)
