@@ -44,7 +44,7 @@ class MemitHyperParams:
     target_batch_tokens: int = 2048  # padded tokens per forward/backward pass in the target optimization
     key_batch_rows: int = 256  # rows per forward pass when collecting keys
     max_prompt_tokens: int = 96  # prompt + new object, per request
-    method: str = "memit"  # "memit" | "rome" | "alphaedit"
+    method: str = "memit"  # "memit" | "rome" | "alphaedit" | "encore"
     nullspace_threshold: float = 1e-2  # AlphaEdit: eigenvalues of C below this span the preserved null space
     alphaedit_l2: float = 10.0  # AlphaEdit: ridge term added to the projected system
     norm_lambda: float = 20.0  # ENCORE: weight of ||Delta||_F^2 (the norm constraint) in the MEMIT solve

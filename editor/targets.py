@@ -409,7 +409,7 @@ class _RowLosses:
 
     def evaluate(
         self, leaf: torch.Tensor, active: torch.Tensor, step: int, backward_scale: float | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(NLL, KL, probability, prompts with the new object on top) per request (CPU float32).
 
         Back-propagates backward_scale x loss (None: no backward).
