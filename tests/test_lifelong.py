@@ -19,8 +19,8 @@ from editor.budget import corpus_tokens
 from editor.cli import main
 from editor.corpus import HELD_OUT_TEXTS, load_corpus
 from editor.counterfact import load_records
-from editor.damage import damage_report, random_update_like
 from editor.covariance import collect_second_moments, layer_covariances
+from editor.damage import damage_report, random_update_like
 from editor.figures import sequential_figures
 from editor.health import (
     Health,
@@ -45,11 +45,11 @@ from editor.lifelong import (
 )
 from editor.memit import compute_memit
 from editor.prefixes import context_prefixes
+from editor.requests import EditRequest
+from editor.sequential import run_sequential
 from editor.targets import compute_targets
 from editor.updates import memit_factors, memit_update
 from editor.weights import weights_hash
-from editor.requests import EditRequest
-from editor.sequential import run_sequential
 from tests.tiny_models import tiny_model
 from tracer.figures import figure_caption
 
