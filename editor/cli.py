@@ -355,14 +355,14 @@ def command_damage(arguments: argparse.Namespace) -> int:
 
 def _unedited_run(path: str, settings: dict):
     """A new run that starts from the unedited figures of the earlier run in `path` (same data, batches and model)."""
-    from editor.sequential import SequentialRun
+    import torch  # lazy: torch and transformers (~3 s); --help must stay instant
+
+    from editor.sequential import SequentialRun  # lazy: it imports torch
 
     earlier = _run_file(path)
     mismatch = [key for key in ("data", "records", "batch_size", "batches", "model") if earlier.get("settings", {}).get(key) != settings[key]]
     if mismatch or not earlier.get("unedited_records"):
         raise InputError(f"--unedited-from: {Path(path).name} was a run on other records or another model ({', '.join(mismatch) or 'no records'}).")
-    import torch
-
     print(f"the unedited figures come from {Path(path).name}")
     return SequentialRun(settings={**settings, "torch_threads": torch.get_num_threads(), "unedited_from": Path(path).name},
                          unedited=earlier["unedited"], unedited_records=earlier["unedited_records"])
