@@ -35,7 +35,8 @@ def loss_figure(curves: dict[str, list[float]]) -> go.Figure:
 # --- sequential editing ---------------------------------------------------------------------------
 
 METRIC_COLORS = {"ES": "#1e88e5", "PS": "#8e24aa", "NS": "#43a047"}
-RUN_DASHES = ("solid", "dash", "dot", "dashdot")
+RUN_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # one per run, up to six apart
+RUN_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star")
 SEQUENTIAL_CAPTIONS = {
     "scores": (
         "After each batch, over every fact edited so far: ES = share of edited prompts where the new answer now beats "
@@ -60,7 +61,10 @@ SEQUENTIAL_CAPTIONS = {
 
 def _run_label(run: dict) -> str:
     settings = run.get("settings", {})
-    return str(settings.get("label") or settings.get("method", "run")).replace("alphaedit", "AlphaEdit").replace("memit", "MEMIT")
+    label = str(settings.get("label") or settings.get("method", "run"))
+    for name, shown in (("alphaedit", "AlphaEdit"), ("memit", "MEMIT"), ("encore", "ENCORE"), ("mpes", "MPES")):
+        label = label.replace(name, shown)
+    return label
 
 
 def _sequential_layout(figure: go.Figure, title: str, caption: str, x_title: str, y_title: str, **axis) -> go.Figure:
@@ -87,16 +91,17 @@ def sequential_figures(runs: list[dict]) -> list[go.Figure]:
     scores, perplexity, retention, norms = go.Figure(), go.Figure(), go.Figure(), go.Figure()
     for number, run in enumerate(runs):
         label, dash = _run_label(run), RUN_DASHES[number % len(RUN_DASHES)]
+        marker = dict(symbol=RUN_SYMBOLS[number % len(RUN_SYMBOLS)])
         for metric, color in METRIC_COLORS.items():
             x, y = _curve(run, lambda row, metric=metric: row.get(metric))
-            scores.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{metric} ({label})", line=dict(color=color, dash=dash)))
+            scores.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{metric} ({label})", line=dict(color=color, dash=dash), marker=marker))
         x, y = _curve(run, lambda row: row.get("perplexity_ratio", 1.0))
-        perplexity.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, line=dict(color="#c62828", dash=dash)))
+        perplexity.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, line=dict(color="#c62828", dash=dash), marker=marker))
         x, y = _curve(run, lambda row: row.get("retention"))
-        retention.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, line=dict(color="#6a3d9a", dash=dash)))
+        retention.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, line=dict(color="#6a3d9a", dash=dash), marker=marker))
         for layer in run["batches"][0]["norm_growth"] if run.get("batches") else []:
             x, y = _curve(run, lambda row, layer=layer: row.get("norm_growth", {}).get(layer, 1.0))
-            norms.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"layer {layer} ({label})", line=dict(dash=dash)))
+            norms.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"layer {layer} ({label})", line=dict(dash=dash), marker=marker))
     perplexity.add_hline(y=1.1, line=dict(color="#9e9e9e", dash="dot"))
     perplexity.add_hline(y=2.0, line=dict(color="#c62828", dash="dot"))
     return [

@@ -315,6 +315,9 @@ def test_a_run_that_breaks_the_model_stops_and_keeps_the_last_healthy_ledger(emb
     figures = sequential_figures([run.to_dict()])
     assert [len(figure.data) for figure in figures] == [3, 1, 1, 1] and all(figure_caption(f) for f in figures)
     assert figures[1].data[0].y == (1.0, run.batches[0]["perplexity_ratio"])
+    six = [dict(run.to_dict(), settings={**run.settings, "label": f"encore+mpes {i}"}) for i in range(6)]
+    lines = sequential_figures(six)[1].data  # six runs on one plot stay apart
+    assert len({(line.line.dash, line.marker.symbol) for line in lines}) == 6 and lines[0].name == "ENCORE+MPES 0"
     (tmp_path / "run.json").write_text(json.dumps(run.to_dict()))
     assert main(["sequential-plot", str(tmp_path / "run.json"), "--html", str(tmp_path / "run.html")]) == 0
     assert "Sequential editing" in (tmp_path / "run.html").read_text()
