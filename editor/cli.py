@@ -281,11 +281,11 @@ def command_sequential(arguments: argparse.Namespace) -> int:
                 "label": arguments.label or hparams.method}
     run, ledger = None, None
     if arguments.resume and Path(arguments.out).is_file() and Path(arguments.ledger_out).is_file():
-        run = SequentialRun.from_dict(json.loads(Path(arguments.out).read_text()))
+        run = SequentialRun.from_dict(_run_file(arguments.out))
         ledger = EditLedger.load(arguments.ledger_out, loaded)
-        mismatch = [key for key in ("data", "batch_size", "method", "layers") if run.settings.get(key) != settings[key]]
+        mismatch = _differing(run.settings, settings, ("data", "batch_size", "method", "layers"))
         earlier = run.settings.get("hparams", {})  # settings a run of an older version did not record are not compared
-        mismatch += [key for key, value in settings["hparams"].items() if key in earlier and earlier[key] != value]
+        mismatch += _differing(earlier, settings["hparams"], [key for key in settings["hparams"] if key in earlier])
         if mismatch:
             raise InputError(f"--resume: {arguments.out} was a run with other settings ({', '.join(mismatch)}).")
         run.batches = run.batches[: len(ledger)]  # a batch whose ledger was not written is done again
@@ -360,12 +360,17 @@ def _unedited_run(path: str, settings: dict):
     from editor.sequential import SequentialRun  # lazy: it imports torch
 
     earlier = _run_file(path)
-    mismatch = [key for key in ("data", "records", "batch_size", "batches", "model") if earlier.get("settings", {}).get(key) != settings[key]]
+    mismatch = _differing(earlier.get("settings", {}), settings, ("data", "records", "batch_size", "batches", "model"))
     if mismatch or not earlier.get("unedited_records"):
         raise InputError(f"--unedited-from: {Path(path).name} was a run on other records or another model ({', '.join(mismatch) or 'no records'}).")
     print(f"the unedited figures come from {Path(path).name}")
     return SequentialRun(settings={**settings, "torch_threads": torch.get_num_threads(), "unedited_from": Path(path).name},
                          unedited=earlier["unedited"], unedited_records=earlier["unedited_records"])
+
+
+def _differing(earlier: dict, settings: dict, keys) -> list[str]:
+    """The `keys` whose value in an earlier run's `earlier` settings is not the one in `settings`."""
+    return [key for key in keys if earlier.get(key) != settings[key]]
 
 
 def _run_file(path: str) -> dict:

@@ -106,11 +106,11 @@ def damage_report(
             deltas = {layer: projection_weight(loaded, layer).detach().double() - originals[layer].double() for layer in layers}
         forgotten = [
             {"prompt": fact.prompt, "expected": fact.attribute, "answer": loaded.tokenizer.decode([answer]), "unedited_margin": margin}
-            for fact, answer, now, margin in zip(probes, edited.answers, edited.margins, unedited.margins)
-            if now <= 0 < margin
+            for fact, answer, now, before, margin in zip(probes, edited.answers, edited.kept, unedited.kept, unedited.margins)
+            if before and not now
         ]
         report = DamageReport(
-            edits=len(ledger.requests), probes=len(probes), retention=100.0 * sum(margin > 0 for margin in edited.margins) / len(probes),
+            edits=len(ledger.requests), probes=len(probes), retention=edited.retention,
             forgotten=forgotten, change_norms={layer: float(delta.norm()) for layer, delta in deltas.items()},
             unedited_margins=list(unedited.margins),
         )
@@ -122,10 +122,9 @@ def damage_report(
                 try:
                     for layer in layers:
                         add_delta(projection_weight(loaded, layer), random_update_like(deltas[layer], scale, generator).float())
-                    answers = probe_answers(loaded, probes)
+                    values.append(probe_answers(loaded, probes).retention)
                 finally:
                     restore(loaded, originals)
-                values.append(100.0 * sum(margin > 0 for margin in answers.margins) / len(probes))
                 done += 1
                 if progress is not None:
                     progress(0.2 + 0.8 * done / trials, f"random control: scale {scale:g}, seed {seed + 1} of {seeds}")

@@ -86,8 +86,8 @@ def retention_with_forgotten(
     """Retention as `retention` gives it, and the facts not kept: [{prompt, expected, answer}] (answer: the greedy token)."""
     answers = probe_answers(loaded, facts, progress)
     forgotten = [{"prompt": fact.prompt, "expected": fact.attribute, "answer": loaded.tokenizer.decode([answer])}
-                 for fact, answer, margin in zip(facts, answers.answers, answers.margins) if margin <= 0]
-    return 100.0 * (len(facts) - len(forgotten)) / len(facts), answers.finite, forgotten
+                 for fact, answer, kept in zip(facts, answers.answers, answers.kept) if not kept]
+    return answers.retention, answers.finite, forgotten
 
 
 @dataclass
@@ -95,8 +95,19 @@ class ProbeAnswers:
     """The model's greedy first token for each probe fact, and how far the known attribute leads."""
 
     answers: list[int]  # the greedy next token per fact
-    margins: list[float]  # log p(attribute's first token) - the largest other log p; > 0 exactly when kept
+    expected: list[int]  # the first token of each fact's known attribute
+    margins: list[float]  # log p(expected) - the largest other log p (< 0: another token leads)
     finite: bool  # every logit was finite
+
+    @property
+    def kept(self) -> list[bool]:
+        """Per fact: the greedy answer is the known attribute's first token."""
+        return [answer == expected for answer, expected in zip(self.answers, self.expected)]
+
+    @property
+    def retention(self) -> float:
+        """Percent of the facts kept."""
+        return 100.0 * sum(self.kept) / len(self.answers)
 
 
 @torch.inference_mode()
@@ -121,14 +132,12 @@ def probe_answers(loaded: LoadedModel, facts: list[KnownFact], progress: Progres
         log_probs = torch.log_softmax(logits, dim=-1)
         known = log_probs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
         others = log_probs.scatter(-1, chosen.unsqueeze(-1), -math.inf).max(-1).values
-        for row, i in enumerate(batch):
-            answers[i] = int(logits[row].argmax())
-            # ties and NaN count as lost, as the greedy check would have them unless the attribute wins
-            margins[i] = float(known[row] - others[row]) if answers[i] != expected[i] else max(float(known[row] - others[row]), 1e-30)
+        for i, answer, margin in zip(batch, logits.argmax(-1).tolist(), (known - others).tolist()):
+            answers[i], margins[i] = int(answer), float(margin)
         done += len(batch)
         if progress is not None:
             progress(done / len(rows), f"retention: {done}/{len(rows)} known facts")
-    return ProbeAnswers(answers, margins, finite)
+    return ProbeAnswers(answers, expected, margins, finite)
 
 
 def probe_facts(loaded: LoadedModel, exclude_subjects=(), count: int = PROBE_COUNT) -> list[KnownFact]:
