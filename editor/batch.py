@@ -26,6 +26,9 @@ class LayerDiagnostics:
     key_norm: float  # mean ||k_i||
     cov_largest_eigenvalue: float | None = None
     cov_condition_number: float | None = None
+    nullspace_size: int | None = None  # AlphaEdit: directions of C's null space (of m)
+    nullspace_energy: float | None = None  # AlphaEdit: share of the text keys' energy trace(C) in that "null" space
+    nullspace_key_share: float | None = None  # AlphaEdit: mean ||P k|| / ||k|| of this batch's keys
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from editor.hparams import METHODS, default_hparams
 
 
 def _hparams(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | None):
-    return default_hparams(
+    hparams = default_hparams(
         loaded.layout,
         layers=layers,
         mom2_weight=getattr(arguments, "mom2_weight", None),
@@ -34,6 +35,11 @@ def _hparams(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | No
         corpus=getattr(arguments, "corpus", None),
         method=getattr(arguments, "method", None),
     )
+    overrides = {"nullspace_threshold": getattr(arguments, "nullspace_threshold", None),
+                 "alphaedit_l2": getattr(arguments, "l2", None),
+                 "early_stop_steps": getattr(arguments, "early_stop", None),
+                 "norm_lambda": getattr(arguments, "norm_lambda", None)}
+    return hparams.replace(**{key: value for key, value in overrides.items() if value is not None}).check(loaded.layout)
 
 
 def _layers(arguments: argparse.Namespace, loaded) -> tuple[int, ...] | None:
@@ -64,6 +70,7 @@ def command_stats(arguments: argparse.Namespace) -> int:
     layers = parse_layers(arguments.layers)  # fail before the model load
     if arguments.tokens is not None and arguments.tokens < 1:
         raise InputError("--tokens must be positive.")
+    thresholds = parse_thresholds(arguments.nullspace) if arguments.nullspace else []
     check_worker_arguments(arguments)
     loaded = load_from_arguments(arguments)
     parse_layers(arguments.layers, loaded.layout.num_layers)
@@ -83,11 +90,43 @@ def command_stats(arguments: argparse.Namespace) -> int:
         d = result.diagnostics[layer]
         print(f"{layer:>5} {d.tokens:>10,} {d.largest_eigenvalue:>12.4g} {d.smallest_eigenvalue:>13.4g} "
               f"{d.condition_number:>10.3g} {d.trace:>9.4g}")
+    if thresholds:
+        print_null_spaces(result.covariances, layers, thresholds)
     computed = ", ".join(map(str, result.computed_layers)) or "none (all cached)"
     print(f"computed now: {computed}; {time.perf_counter() - started:.1f} s")
     for warning in result.warnings():
         print(f"warning: {warning}")
     return 0
+
+
+MAX_THRESHOLDS = 8
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """'0.005,0.01' -> [0.005, 0.01]: at most MAX_THRESHOLDS positive, finite numbers."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or len(parts) > MAX_THRESHOLDS:
+        raise InputError(f"--nullspace takes 1 to {MAX_THRESHOLDS} thresholds, e.g. 0.005,0.01,0.02.")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        raise InputError(f"--nullspace takes numbers, e.g. 0.005,0.01,0.02; got {text!r}.") from None
+    if not all(math.isfinite(value) and value > 0 for value in values):
+        raise InputError(f"--nullspace thresholds must be positive, finite numbers; got {text!r}.")
+    return values
+
+
+def print_null_spaces(covariances: dict, layers, thresholds: list[float]) -> None:
+    """Per layer and threshold: AlphaEdit's null space (eigenvalues of C below it) and its share of the text keys' energy."""
+    from editor.updates import null_space_profile  # lazy: torch (~2 s); --help must stay instant
+
+    print("AlphaEdit's null space at each threshold: the directions of C with a smaller eigenvalue, and the share of "
+          "ordinary text's key energy (trace C) that lies in them (0% for a true null space, which no update can disturb)")
+    print(f"{'layer':>5} " + " ".join(f"{f'< {threshold:g}':>18}" for threshold in thresholds))
+    for layer in layers:
+        covariance = covariances[layer]
+        cells = [f"{size:>6}/{covariance.shape[0]} {share:>6.1%}" for size, share in null_space_profile(covariance, thresholds)]
+        print(f"{layer:>5} " + " ".join(f"{cell:>18}" for cell in cells))
 
 
 def print_distinct_warnings(labelled) -> None:
@@ -272,9 +311,6 @@ def command_sequential(arguments: argparse.Namespace) -> int:
     compare = [_run_file(path) for path in arguments.compare or []]
     loaded = load_from_arguments(arguments)
     hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
-    overrides = {"nullspace_threshold": arguments.nullspace_threshold, "alphaedit_l2": arguments.l2,
-                 "early_stop_steps": arguments.early_stop, "norm_lambda": arguments.norm_lambda}
-    hparams = hparams.replace(**{key: value for key, value in overrides.items() if value is not None})
     settings = {"data": Path(arguments.data).name, "records": len(records), "batch_size": arguments.batch_size,
                 "batches": arguments.batches, "method": hparams.method, "layers": list(hparams.layers),
                 "model": loaded.name, "collapse_ratio": arguments.collapse_ratio, "hparams": hparams.to_dict(),
@@ -405,6 +441,31 @@ def add_covariance_arguments(parser: argparse.ArgumentParser, lambda_help: str =
     parser.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
 
 
+def number_at_least(low: float, kind=float, strict: bool = False):
+    """An argparse type: a finite `kind` >= low (> low when strict), refused at parse time with a plain message."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'above' if strict else 'at least'} {low:g}")
+        return value
+    return parse
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """AlphaEdit's and ENCORE's own settings (--nullspace-threshold, --l2, --early-stop, --norm-lambda)."""
+    parser.add_argument("--nullspace-threshold", type=number_at_least(0, strict=True), default=None,
+                        help="AlphaEdit: eigenvalues of C below this span the null space the update may use (default "
+                             "0.01; see `stats --nullspace`)")
+    parser.add_argument("--l2", type=number_at_least(0), default=None, help="AlphaEdit's ridge term (default 10)")
+    parser.add_argument("--early-stop", type=number_at_least(0, int), default=None, metavar="STEPS",
+                        help="stop each target's optimization STEPS steps after the new object is the top token on all "
+                             "its prompts (ENCORE's MPES; default 2 for encore, 0 = off for the others)")
+    parser.add_argument("--norm-lambda", type=number_at_least(0), default=None, help="ENCORE's norm constraint on ||Delta|| (default 20)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m editor", description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -415,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--tokens", type=int, default=None, help="corpus tokens (default: the model family's default budget)")
     stats.add_argument("--corpus", default="wikipedia", help="'wikipedia' or a .txt / .jsonl file")
     stats.add_argument("--no-cache", action="store_true", help="compute even if cached, and do not write the cache")
+    stats.add_argument("--nullspace", default=None, metavar="THRESHOLDS",
+                       help="also show AlphaEdit's null space at these thresholds (e.g. 0.005,0.01,0.02): its size and "
+                            "the share of the text keys' energy in it")
     add_model_arguments(stats)
     add_worker_arguments(stats)
     stats.set_defaults(handler=command_stats)
@@ -426,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mode", default="batch", choices=["batch", "single"])
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N records")
     add_covariance_arguments(evaluate)
+    add_method_arguments(evaluate)
     evaluate.add_argument("--no-generation", action="store_true", help="skip the fluency (GE) generations")
     evaluate.add_argument("--out", default=None, help="write the metrics JSON here")
     evaluate.add_argument("--no-cache", action="store_true",
@@ -443,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--layers", default=None, help="R, e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
     edit.add_argument("--method", default="memit", choices=METHODS)
     add_covariance_arguments(edit)
+    add_method_arguments(edit)
     edit.add_argument("--ledger", default=None, help="start from the edits saved in this ledger file")
     edit.add_argument("--save", default=None, help="save the ledger with this edit (.safetensors)")
     add_model_arguments(edit)
@@ -458,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--method", default="memit", choices=[method for method in METHODS if method != "rome"])
     sweep.add_argument("--limit", type=int, default=None, help="only the first N records")
     sweep.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
+    add_method_arguments(sweep)
     sweep.add_argument("--generation", action="store_true", help="also generate texts for fluency (GE); slow")
     sweep.add_argument("--out", default=None, help="write the table as JSON here")
     sweep.add_argument("--no-cache", action="store_true",
@@ -477,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="known facts behind the averaged tracing curve (default 20; cached, packaged for the embedded model)")
     layers.add_argument("--method", default="memit", choices=[method for method in METHODS if method != "rome"])
     add_covariance_arguments(layers)
+    add_method_arguments(layers)
     layers.add_argument("--no-cache", action="store_true", help="measure every window again (and do not write the cache)")
     layers.add_argument("--out", default=None, help="write the windows as JSON here")
     add_model_arguments(layers)
@@ -503,12 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="alphaedit (default), memit, or encore (MEMIT with earlier keys kept, a norm constraint and early stopping)")
     sequential.add_argument("--layers", default=None, help=LAYERS_HELP)
     add_covariance_arguments(sequential, lambda_help="MEMIT's lambda (default: the family's)")
-    sequential.add_argument("--nullspace-threshold", type=float, default=None, help="AlphaEdit: eigenvalues of C below this are free")
-    sequential.add_argument("--l2", type=float, default=None, help="AlphaEdit's ridge term (default 10)")
-    sequential.add_argument("--early-stop", type=int, default=None, metavar="STEPS",
-                            help="stop each target's optimization STEPS steps after the new object is the top token on all "
-                                 "its prompts (ENCORE's MPES; default 2 for encore, 0 = off for the others)")
-    sequential.add_argument("--norm-lambda", type=float, default=None, help="ENCORE's norm constraint on ||Delta|| (default 20)")
+    add_method_arguments(sequential)
     sequential.add_argument("--collapse-ratio", type=float, default=2.0, help="stop when perplexity exceeds this x the unedited's")
     sequential.add_argument("--out", default=None, help="write the curves as JSON here (after every batch)")
     sequential.add_argument("--ledger-out", default=None, help="save the last healthy ledger here (after every batch)")

@@ -78,8 +78,10 @@ class MemitHyperParams:
             raise InputError(f"The essence (KL) prompt {self.kl_prompt!r} needs a '{{}}' for the subject.")
         if self.prefix_sampling not in ("greedy", "sample"):
             raise InputError(f"prefix_sampling must be 'greedy' or 'sample', got {self.prefix_sampling!r}.")
-        if self.early_stop_steps < 0 or self.norm_lambda < 0:
-            raise InputError("The early-stop steps and the norm constraint must be >= 0.")
+        if self.early_stop_steps < 0 or not 0 <= self.norm_lambda < float("inf") or not 0 <= self.alphaedit_l2 < float("inf"):
+            raise InputError("The early-stop steps, the norm constraint and AlphaEdit's l2 must be >= 0.")
+        if not 0 < self.nullspace_threshold < float("inf"):
+            raise InputError(f"The null-space threshold must be a positive number, got {self.nullspace_threshold}.")
         if self.method not in METHODS:
             raise InputError(f"Unknown method {self.method!r}: use {', '.join(METHODS)}.")
         return self

@@ -29,7 +29,7 @@ from editor.keys import request_keys
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest, validate_requests
 from editor.targets import TargetResult, compute_targets
-from editor.updates import alphaedit_factors, memit_factors, nullspace_projection
+from editor.updates import NullSpace, alphaedit_factors, memit_factors, null_space, projected_key_share
 from editor.weights import add_delta, projection_weight, restore, snapshot
 
 
@@ -103,7 +103,8 @@ def compute_memit(
         hparams=hparams.to_dict(),
         request_diagnostics=targets.diagnostics,
         layer_diagnostics=layer_diagnostics,
-        warnings=architecture_warnings(loaded) + covariances.warnings() + weak_update_warnings(layer_diagnostics, final_residual, hparams),
+        warnings=architecture_warnings(loaded) + covariances.warnings() + weak_update_warnings(layer_diagnostics, final_residual, hparams)
+        + nullspace_warnings(layer_diagnostics, hparams),
         final_residual_norm=final_residual,
         keys=keys,
         seconds=time.perf_counter() - started,
@@ -146,9 +147,10 @@ def layer_updates(
             covariance = covariances.covariances[layer].to(device)
             earlier = (previous_grams or {}).get(layer)
             earlier = earlier.to(device) if earlier is not None else None
+            space: NullSpace | None = None
             if hparams.method == "alphaedit":
-                projection, _ = nullspace_projection(covariance, hparams.nullspace_threshold)
-                factors = alphaedit_factors(residual, keys, projection, earlier, hparams.alphaedit_l2)
+                space = null_space(covariance, hparams.nullspace_threshold)
+                factors = alphaedit_factors(residual, keys, space.projection, earlier, hparams.alphaedit_l2)
             elif hparams.method == "encore":
                 factors = memit_factors(residual, keys, covariance, hparams.mom2_weight, earlier, hparams.norm_lambda)
             else:
@@ -176,6 +178,9 @@ def layer_updates(
                     key_norm=float(keys.norm(dim=-1).mean()),
                     cov_largest_eigenvalue=diag.largest_eigenvalue if diag else None,
                     cov_condition_number=diag.condition_number if diag else None,
+                    nullspace_size=space.size if space else None,
+                    nullspace_energy=space.energy_share if space else None,
+                    nullspace_key_share=projected_key_share(keys, space.projection) if space else None,
                 )
             )
         final = request_keys(loaded, requests, prefixes, [], targets.layer, hparams.key_batch_rows)
@@ -200,6 +205,25 @@ def weak_update_warnings(layers: list[LayerDiagnostics], final_residual: float, 
     return [
         f"The weight updates wrote only {max(written, 0.0):.0%} of the change the edit needs (mean ||z - h|| went from "
         f"{layers[0].residual_norm:.1f} to {final_residual:.1f}); the edit may not take. Try {remedy} or more layers."
+    ]
+
+
+NULLSPACE_LEAK = 0.05  # a "null" space holding more of the text keys' energy than this protects little
+
+
+def nullspace_warnings(layers: list[LayerDiagnostics], hparams: MemitHyperParams) -> list[str]:
+    """A warning when AlphaEdit's null space holds much of ordinary text's key energy (its threshold is scale-dependent)."""
+    leaky = [layer for layer in layers if (layer.nullspace_energy or 0.0) > NULLSPACE_LEAK]
+    if not leaky:
+        return []
+    where = ", ".join(f"layer {layer.layer} ({layer.nullspace_energy:.0%})" for layer in leaky)
+    return [
+        f"AlphaEdit's null space is not null here: at {where} it holds that share of ordinary text's key energy "
+        f"(eigenvalues of C below {hparams.nullspace_threshold:g}), so the update also changes what the model does on "
+        "such text, and earlier knowledge is less protected than the method assumes. A smaller null-space threshold "
+        "protects more but writes less; `python -m editor stats --layers "
+        f"{min(layer.layer for layer in layers)}-{max(layer.layer for layer in layers)} --nullspace 0.005,0.01,0.02` "
+        "shows the trade-off per layer."
     ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -47,11 +49,41 @@ def rome_update(value_change: torch.Tensor, key: torch.Tensor, covariance: torch
     return left @ right
 
 
-def nullspace_projection(covariance: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
-    """P (m, m) projecting onto the span of C's eigenvectors with eigenvalue < threshold, and that span's size."""
+@dataclass(frozen=True)
+class NullSpace:
+    """AlphaEdit's preserved null space of C: the projection P (m, m) onto it and how null it really is."""
+
+    projection: torch.Tensor  # (m, m), float64
+    size: int  # directions in it, of m
+    energy_share: float  # share of trace(C) = E||k||^2 of the preserved keys that lies in it (0 for a true null space)
+
+
+def null_space(covariance: torch.Tensor, threshold: float) -> NullSpace:
+    """The span of C's (m, m) eigenvectors with eigenvalue < threshold: P, its size, and its share of trace(C)."""
     values, vectors = torch.linalg.eigh(covariance.double())
-    basis = vectors[:, values < threshold]
-    return basis @ basis.T, int(basis.shape[1])
+    free = values < threshold
+    basis = vectors[:, free]
+    total = float(values.clamp_min(0).sum())
+    share = float(values[free].clamp_min(0).sum()) / total if total > 0 else 0.0
+    return NullSpace(basis @ basis.T, int(basis.shape[1]), share)
+
+
+def null_space_profile(covariance: torch.Tensor, thresholds: list[float]) -> list[tuple[int, float]]:
+    """(size, share of trace(C)) of the null space at each threshold, from one eigendecomposition of C (m, m)."""
+    values = torch.linalg.eigvalsh(covariance.double()).clamp_min(0)
+    total = float(values.sum())
+    profile = []
+    for threshold in thresholds:
+        free = values < threshold
+        profile.append((int(free.sum()), float(values[free].sum()) / total if total > 0 else 0.0))
+    return profile
+
+
+def projected_key_share(keys: torch.Tensor, projection: torch.Tensor) -> float:
+    """Mean ||P k|| / ||k|| over keys K^T (n, m): how much of the edited keys AlphaEdit's update can act on."""
+    keys = keys.double()
+    norms = keys.norm(dim=-1).clamp_min(1e-12)
+    return float(((keys @ projection.double()).norm(dim=-1) / norms).mean())
 
 
 def alphaedit_factors(

@@ -14,7 +14,9 @@ from editor.memit import compute_memit
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest
 from editor.targets import compute_targets
+from editor.updates import null_space_profile
 from editor.weights import projection_weight, weights_hash
+from ui.editing import NULLSPACE_COLUMNS, diagnostics_tables
 
 REQUESTS = [
     EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome"),
@@ -158,9 +160,21 @@ def test_alphaedit_leaves_the_preserved_key_space_alone(model_type, tiny):
     covariances = layer_covariances(loaded, [2], hparams.cov_tokens)
     covariance = covariances.covariances[2]
     values, vectors = torch.linalg.eigh(covariance)
-    threshold = float(values[len(values) // 2])  # half the directions preserved, half free
+    half = len(values) // 2
+    threshold = float(values[half - 1] + values[half]) / 2  # half the directions preserved, half free (no tie)
     batch = compute_memit(loaded, REQUESTS, hparams.replace(nullspace_threshold=threshold), covariances=covariances)
     delta = batch.deltas[2].double()
     preserved = vectors[:, values >= threshold]
     assert float((delta @ preserved).norm()) < 1e-6 * float(delta.norm())
     assert float(delta.norm()) > 0
+    # the diagnostics say how null the null space is, counted here from C's spectrum directly
+    (diagnostics,) = batch.layer_diagnostics
+    free = values < threshold
+    assert diagnostics.nullspace_size == int(free.sum()) == null_space_profile(covariance, [threshold])[0][0]
+    assert diagnostics.nullspace_energy == pytest.approx(float(values[free].clamp_min(0).sum() / values.clamp_min(0).sum()))
+    assert 0 < diagnostics.nullspace_key_share < 1
+    assert null_space_profile(covariance, [float(values[0]), float(values[-1]) * 2]) == [(0, 0.0), (len(values), 1.0)]
+    per_layer = diagnostics_tables(batch)[1].value  # the Edit tab shows them beside the other per-layer figures
+    assert per_layer["headers"][-3:] == NULLSPACE_COLUMNS
+    assert per_layer["data"][0][-3:] == [diagnostics.nullspace_size, round(diagnostics.nullspace_energy, 3),
+                                         round(diagnostics.nullspace_key_share, 3)]

@@ -1,10 +1,15 @@
-"""The warning that tells a user the weight updates did not carry the edit (lambda too large)."""
+"""The warnings that tell a user the weight updates did not carry the edit, or that AlphaEdit's null space is not null."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from editor.batch import LayerDiagnostics
+from editor.cli import build_parser
 from editor.hparams import MemitHyperParams
-from editor.memit import weak_update_warnings
+from editor.memit import nullspace_warnings, weak_update_warnings
 
 
 def layer(residual_norm: float) -> LayerDiagnostics:
@@ -20,3 +25,28 @@ def test_weak_updates_are_reported_with_the_fraction_written_and_lambda():
     assert "only 0%" in weak_update_warnings([layer(10.0)], 12.0, hparams)[0]  # worse than before: 0%, not negative
     assert weak_update_warnings([layer(72.0)], 60.0, hparams.replace(method="rome")) == []
     assert weak_update_warnings([], 1.0, hparams) == []
+
+
+def test_a_leaky_null_space_is_named_per_layer_with_its_share():
+    hparams = MemitHyperParams(method="alphaedit", nullspace_threshold=0.01)
+    leaky = [dataclasses.replace(layer(10.0), layer=index, nullspace_size=900, nullspace_energy=share)
+             for index, share in ((1, 0.23), (2, 0.035), (3, 0.284))]
+    (warning,) = nullspace_warnings(leaky, hparams)
+    assert "layer 1 (23%), layer 3 (28%)" in warning and "layer 2" not in warning and "below 0.01" in warning
+    assert nullspace_warnings(leaky[1:2], hparams) == []  # 3.5%: close enough to null
+    assert nullspace_warnings([layer(10.0)], MemitHyperParams()) == []  # MEMIT has no null space
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--l2", "-1", "at least 0"), ("--nullspace-threshold", "0", "above 0"), ("--nullspace-threshold", "inf", "above 0"),
+    ("--early-stop", "1.5", "not a whole number"), ("--norm-lambda", "nan", "at least 0"), ("--l2", "ten", "not a number"),
+])
+def test_method_settings_are_refused_while_parsing(flag, value, message, capsys):
+    """Before any model loads, for every command that edits."""
+    for command in (["edit", "--subject", "a", "--prompt", "{} is", "--target-new", "b"], ["evaluate", "--data", "x.json"],
+                    ["sequential", "--data", "x.json"], ["sweep", "--data", "x.json", "--tokens", "100"],
+                    ["layers", "--data", "x.json"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, flag, value])
+        assert message in capsys.readouterr().err
+    assert build_parser().parse_args(["sequential", "--data", "x", "--nullspace-threshold", "0.005"]).nullspace_threshold == 0.005

@@ -63,7 +63,9 @@ EDIT = (
 
 DIAGNOSTICS = (
     "**Diagnostics.** Per request: the probability of the new object after optimisation and how the loss fell. "
-    "Per layer: how large the change is compared with the weights."
+    "Per layer: how large the change is compared with the weights. With AlphaEdit, also how null its \"null space\" "
+    "is: the share of ordinary text's key energy lying in it (near 0: text is left alone) and of the edited keys "
+    "(near 0: the edit cannot be written)."
 )
 
 TEST_COMPARE = (

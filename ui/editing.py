@@ -151,6 +151,9 @@ REQUEST_COLUMNS = ["edit", "p(new) at target (0-1)", "steps", "converged", "‖�
 LAYER_COLUMNS = [
     "layer", "‖ΔW‖/‖W‖ (ratio)", "‖z−h‖ left (norm)", "written here (share 0-1)", "top eigenvalue of C", "condition of C",
 ]
+# AlphaEdit: how null its null space is (text-key energy in it; 0 would leave ordinary text untouched), and how much
+# of the edited keys it reaches (0 would write nothing)
+NULLSPACE_COLUMNS = ["null-space directions", "text-key energy in it (share 0-1)", "edited keys in it (share 0-1)"]
 
 
 def diagnostics_tables(batch: Any) -> tuple[Any, Any]:
@@ -166,10 +169,15 @@ def diagnostics_tables(batch: Any) -> tuple[Any, Any]:
          "" if d.cov_condition_number is None else f"{d.cov_condition_number:.3g}"]
         for d in batch.layer_diagnostics
     ]
+    layer_columns = LAYER_COLUMNS
+    if any(getattr(d, "nullspace_size", None) is not None for d in batch.layer_diagnostics):  # AlphaEdit
+        layer_columns = LAYER_COLUMNS + NULLSPACE_COLUMNS
+        for row, d in zip(per_layer, batch.layer_diagnostics):
+            row += [d.nullspace_size, round(d.nullspace_energy, 3), round(d.nullspace_key_share, 3)]
     return (
         gr.Dataframe(value=per_request, headers=REQUEST_COLUMNS, visible=bool(per_request), wrap=True,
                      column_widths=["40%", "18%", "12%", "14%", "16%"]),
-        gr.Dataframe(value=per_layer, headers=LAYER_COLUMNS, visible=bool(per_layer), wrap=True),
+        gr.Dataframe(value=per_layer, headers=layer_columns, visible=bool(per_layer), wrap=True),
     )
 
 
