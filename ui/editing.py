@@ -149,7 +149,7 @@ def batch_dict(batch: Any) -> dict:
 
 REQUEST_COLUMNS = ["edit", "p(new) at target (0-1)", "steps", "converged", "‖δ‖/‖h‖ (ratio)"]
 LAYER_COLUMNS = [
-    "layer", "‖ΔW‖/‖W‖ (ratio)", "‖z−h‖ left (norm)", "written here (share 0-1)", "top eigenvalue of C", "condition of C",
+    "layer", "‖ΔW‖/‖W‖ (ratio)", "‖z−h‖ left (norm)", "‖z−h‖ asked of this layer (norm)", "top eigenvalue of C", "condition of C",
 ]
 # AlphaEdit: how null its null space is (text-key energy in it; 0 would leave ordinary text untouched), and how much
 # of the edited keys it reaches (0 would write nothing)

@@ -409,11 +409,11 @@ def build(ctx: AppContext) -> EditTab:
         with gr.Accordion("Advanced (hyperparameters)", open=False):
             with gr.Row():
                 mom2_weight = gr.Number(
-                    value=None, label="λ (weight of the covariance: higher = safer, weaker; empty = the model's default)",
+                    value=None, label="λ (weight of the covariance: higher = safer, weaker; 0 or empty = the model's default)",
                     elem_id="edit-lambda",
                 )
                 cov_tokens = gr.Number(
-                    value=None, precision=0, label="Covariance corpus tokens (empty = default)", elem_id="edit-cov-tokens"
+                    value=None, precision=0, label="Covariance corpus tokens (0 or empty = default)", elem_id="edit-cov-tokens"
                 )
                 steps = gr.Slider(1, 100, value=25, step=1, label="Optimisation steps")
             with gr.Row():
