@@ -118,3 +118,14 @@ def run_parsed(parser: argparse.ArgumentParser, argv: list[str] | None, interrup
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+
+
+def parse_numbers(text: str, kind: type, name: str) -> list:
+    """'10000,25000' -> [10000, 25000] (positive, de-duplicated, sorted); a clear error otherwise."""
+    try:
+        values = sorted({kind(float(part)) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise InputError(f"{name} must be a comma-separated list of numbers, got {text!r}.") from None
+    if not values or values[0] <= 0:
+        raise InputError(f"{name} needs at least one value, all positive, got {text!r}.")
+    return values

@@ -14,6 +14,7 @@ from core.cli import (
     add_worker_arguments,
     check_worker_arguments,
     load_from_arguments,
+    parse_numbers,
     run_parsed,
     worker_pool,
     write_json,
@@ -63,14 +64,14 @@ def _layers(arguments: argparse.Namespace, loaded) -> tuple[int, ...] | None:
 
 
 def command_stats(arguments: argparse.Namespace) -> int:
+    if arguments.tokens is not None and arguments.tokens < 1:  # checks that need no torch come before its import
+        raise InputError("--tokens must be positive.")
+    thresholds = parse_thresholds(arguments.nullspace) if arguments.nullspace else []
     from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
     from editor.covariance import layer_covariances
     from editor.layers import parse_layers
 
     layers = parse_layers(arguments.layers)  # fail before the model load
-    if arguments.tokens is not None and arguments.tokens < 1:
-        raise InputError("--tokens must be positive.")
-    thresholds = parse_thresholds(arguments.nullspace) if arguments.nullspace else []
     check_worker_arguments(arguments)
     loaded = load_from_arguments(arguments)
     parse_layers(arguments.layers, loaded.layout.num_layers)
@@ -103,16 +104,10 @@ MAX_THRESHOLDS = 8
 
 
 def parse_thresholds(text: str) -> list[float]:
-    """'0.005,0.01' -> [0.005, 0.01]: at most MAX_THRESHOLDS positive, finite numbers."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or len(parts) > MAX_THRESHOLDS:
-        raise InputError(f"--nullspace takes 1 to {MAX_THRESHOLDS} thresholds, e.g. 0.005,0.01,0.02.")
-    try:
-        values = [float(part) for part in parts]
-    except ValueError:
-        raise InputError(f"--nullspace takes numbers, e.g. 0.005,0.01,0.02; got {text!r}.") from None
-    if not all(math.isfinite(value) and value > 0 for value in values):
-        raise InputError(f"--nullspace thresholds must be positive, finite numbers; got {text!r}.")
+    """'0.005,0.01' -> [0.005, 0.01]: 1 to MAX_THRESHOLDS positive, finite numbers (sorted, as parse_numbers gives them)."""
+    values = parse_numbers(text, float, "--nullspace")
+    if len(values) > MAX_THRESHOLDS or not all(math.isfinite(value) for value in values):
+        raise InputError(f"--nullspace takes 1 to {MAX_THRESHOLDS} positive, finite thresholds, e.g. 0.005,0.01,0.02; got {text!r}.")
     return values
 
 
@@ -213,7 +208,7 @@ def command_edit(arguments: argparse.Namespace) -> int:
 def command_sweep(arguments: argparse.Namespace) -> int:
     from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
     from editor.counterfact import load_records
-    from editor.sweep import parse_numbers, sweep_records
+    from editor.sweep import sweep_records
 
     records = load_records(arguments.data)  # malformed records are reported before the model loads
     budgets = parse_numbers(arguments.budgets, int, "--tokens")
@@ -361,7 +356,6 @@ def command_damage(arguments: argparse.Namespace) -> int:
     from editor.damage import check_control, damage_report
     from editor.health import probe_facts
     from editor.ledger import EditLedger
-    from editor.sweep import parse_numbers
 
     scales = parse_numbers(arguments.scales, float, "--scales") if arguments.scales else []
     check_control(scales, arguments.seeds)

@@ -17,7 +17,7 @@ from core.errors import InputError
 from core.facts import KnownFact
 from core.loading import LoadedModel
 from core.progress import Progress, stage
-from editor.health import probe_answers
+from editor.health import lost_fact, probe_answers
 from editor.ledger import EditLedger
 from editor.weights import add_delta, projection_weight, restore, snapshot
 
@@ -105,7 +105,7 @@ def damage_report(
             edited = probe_answers(loaded, probes, stage(progress, 0.1, 0.2))
             deltas = {layer: projection_weight(loaded, layer).detach().double() - originals[layer].double() for layer in layers}
         forgotten = [
-            {"prompt": fact.prompt, "expected": fact.attribute, "answer": loaded.tokenizer.decode([answer]), "unedited_margin": margin}
+            {**lost_fact(fact, answer, loaded.tokenizer), "unedited_margin": margin}
             for fact, answer, now, before, margin in zip(probes, edited.answers, edited.kept, unedited.kept, unedited.margins)
             if before and not now
         ]

@@ -85,9 +85,13 @@ def retention_with_forgotten(
 ) -> tuple[float, bool, list[dict]]:
     """Retention as `retention` gives it, and the facts not kept: [{prompt, expected, answer}] (answer: the greedy token)."""
     answers = probe_answers(loaded, facts, progress)
-    forgotten = [{"prompt": fact.prompt, "expected": fact.attribute, "answer": loaded.tokenizer.decode([answer])}
-                 for fact, answer, kept in zip(facts, answers.answers, answers.kept) if not kept]
+    forgotten = [lost_fact(fact, answer, loaded.tokenizer) for fact, answer, kept in zip(facts, answers.answers, answers.kept) if not kept]
     return answers.retention, answers.finite, forgotten
+
+
+def lost_fact(fact: KnownFact, answer: int, tokenizer) -> dict:
+    """{prompt, expected, answer} of a probe fact whose greedy first token is now `answer` instead of its attribute's."""
+    return {"prompt": fact.prompt, "expected": fact.attribute, "answer": tokenizer.decode([answer])}
 
 
 @dataclass

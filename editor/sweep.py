@@ -93,17 +93,6 @@ def _cells(scores: Scores) -> str:
     return "".join(f"{'-':>9}" if value is None else f"{value:9.1f}" for value in values)
 
 
-def parse_numbers(text: str, kind: type, name: str) -> list:
-    """'10000,25000' -> [10000, 25000] (positive, de-duplicated, sorted); a clear error otherwise."""
-    try:
-        values = sorted({kind(float(part)) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise InputError(f"{name} must be a comma-separated list of numbers, got {text!r}.") from None
-    if not values or values[0] <= 0:
-        raise InputError(f"{name} needs at least one value, all positive, got {text!r}.")
-    return values
-
-
 def sweep_cache(loaded: LoadedModel, records: list[CounterFactRecord], hparams: MemitHyperParams, generation: bool,
                 enabled: bool = True) -> ResultCache:
     """The finished cells of sweeps of these records with these settings (every setting but budget and lambda)."""

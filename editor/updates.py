@@ -58,25 +58,26 @@ class NullSpace:
     energy_share: float  # share of trace(C) = E||k||^2 of the preserved keys that lies in it (0 for a true null space)
 
 
+def _free_directions(values: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int, float]:
+    """For C's eigenvalues (m,): which lie below threshold, how many, and their share of trace(C) (negatives as 0)."""
+    energies = values.clamp_min(0)
+    free = values < threshold
+    total = float(energies.sum())
+    return free, int(free.sum()), float(energies[free].sum()) / total if total > 0 else 0.0
+
+
 def null_space(covariance: torch.Tensor, threshold: float) -> NullSpace:
     """The span of C's (m, m) eigenvectors with eigenvalue < threshold: P, its size, and its share of trace(C)."""
     values, vectors = torch.linalg.eigh(covariance.double())
-    free = values < threshold
+    free, size, share = _free_directions(values, threshold)
     basis = vectors[:, free]
-    total = float(values.clamp_min(0).sum())
-    share = float(values[free].clamp_min(0).sum()) / total if total > 0 else 0.0
-    return NullSpace(basis @ basis.T, int(basis.shape[1]), share)
+    return NullSpace(basis @ basis.T, size, share)
 
 
 def null_space_profile(covariance: torch.Tensor, thresholds: list[float]) -> list[tuple[int, float]]:
     """(size, share of trace(C)) of the null space at each threshold, from one eigendecomposition of C (m, m)."""
-    values = torch.linalg.eigvalsh(covariance.double()).clamp_min(0)
-    total = float(values.sum())
-    profile = []
-    for threshold in thresholds:
-        free = values < threshold
-        profile.append((int(free.sum()), float(values[free].sum()) / total if total > 0 else 0.0))
-    return profile
+    values = torch.linalg.eigvalsh(covariance.double())
+    return [_free_directions(values, threshold)[1:] for threshold in thresholds]
 
 
 def projected_key_share(keys: torch.Tensor, projection: torch.Tensor) -> float:

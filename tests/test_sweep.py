@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from core.cli import parse_numbers
 from core.errors import InputError
 from editor.counterfact import load_records
-from editor.sweep import parse_numbers, sweep_records
+from editor.sweep import sweep_records
 from editor.weights import weights_hash
 from tests.test_editor_support import TEST_TOKENS, editing_hparams, shared_covariances
 from tests.test_evaluate import DEVSET, _cli

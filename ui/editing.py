@@ -170,7 +170,7 @@ def diagnostics_tables(batch: Any) -> tuple[Any, Any]:
         for d in batch.layer_diagnostics
     ]
     layer_columns = LAYER_COLUMNS
-    if any(getattr(d, "nullspace_size", None) is not None for d in batch.layer_diagnostics):  # AlphaEdit
+    if any(d.nullspace_size is not None for d in batch.layer_diagnostics):  # AlphaEdit
         layer_columns = LAYER_COLUMNS + NULLSPACE_COLUMNS
         for row, d in zip(per_layer, batch.layer_diagnostics):
             row += [d.nullspace_size, round(d.nullspace_energy, 3), round(d.nullspace_key_share, 3)]
