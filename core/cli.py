@@ -121,11 +121,11 @@ def run_parsed(parser: argparse.ArgumentParser, argv: list[str] | None, interrup
 
 
 def parse_numbers(text: str, kind: type, name: str) -> list:
-    """'10000,25000' -> [10000, 25000] (positive, de-duplicated, sorted); a clear error otherwise."""
+    """'10000,25000' -> [10000, 25000] (positive, finite, de-duplicated, sorted); a clear error otherwise."""
     try:
         values = sorted({kind(float(part)) for part in text.split(",") if part.strip()})
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: int('inf')
         raise InputError(f"{name} must be a comma-separated list of numbers, got {text!r}.") from None
-    if not values or values[0] <= 0:
-        raise InputError(f"{name} needs at least one value, all positive, got {text!r}.")
+    if not values or not all(0 < value < float("inf") for value in values):  # also refuses nan
+        raise InputError(f"{name} needs at least one value, all positive and finite, got {text!r}.")
     return values

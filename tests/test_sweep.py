@@ -37,9 +37,12 @@ def test_sweep_refuses_rome_and_bad_lists(embedded):
     with pytest.raises(InputError, match="ROME"):
         sweep_records(embedded, load_records(DEVSET)[:1], editing_hparams(embedded, method="rome"), [2000], [1.0])
     assert parse_numbers("25000, 10000,10000", int, "--tokens") == [10000, 25000]
-    for text in ("", "ten", "0,100", "-5"):
+    for text in ("", "ten", "0,100", "-5", "inf", "1e400"):
         with pytest.raises(InputError, match="--tokens"):
             parse_numbers(text, int, "--tokens")
+    for text in ("nan", "1,inf"):  # a float list: no infinite or undefined lambda, scale or threshold either
+        with pytest.raises(InputError, match="--lambda"):
+            parse_numbers(text, float, "--lambda")
 
 
 def test_cli_sweep_rejects_a_bad_budget_before_loading():
