@@ -15,13 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core import REPRODUCIBLE_ARITHMETIC
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-REPRODUCIBLE_BENCHES = ("scale",)  # they compare one process with Ray workers bit for bit (core/__init__.py)
 
 
 def main(argv: list[str]) -> int:
@@ -43,9 +38,6 @@ def main(argv: list[str]) -> int:
             status |= subprocess.run([sys.executable, "-m", "bench", name], check=False).returncode
         return status
     name, passed = argv[0], argv[1:]
-    if name in REPRODUCIBLE_BENCHES:
-        os.environ.setdefault("LOCUS_REPRODUCIBLE", "1")
-        os.environ.setdefault("MKL_CBWR", REPRODUCIBLE_ARITHMETIC)
     print(f"\n=== bench {name} ===", flush=True)
     module = importlib.import_module(f"bench.bench_{name}")
     return module.main(passed)

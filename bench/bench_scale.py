@@ -3,7 +3,7 @@
 `python -m bench scale` traces the first --n facts the embedded model knows (CPU, --kinds, 10 samples) five
 ways: one process with 1 thread and with every core, then on a local Ray cluster with 1 worker (every core)
 and 2 workers (a core each). It prints each run's time, the ratio against the 1-thread process, and the max
-abs difference of the averages against it (0: the same numbers whatever the worker count). It then measures
+abs difference of the averages against it (float32 rounding: runs with other thread counts reduce in another order). It then measures
 the driver's cost per fact (a pool round trip of a fact-sized record, the cache append and the running
 aggregate) and estimates 8 workers (say 8 GPUs) from the measured per-fact time and that overhead. Timings
 on a shared machine: the load average is printed; compare ratios, not seconds.
@@ -36,6 +36,8 @@ from tracer.average import (
 from tracer.problem import TraceSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+AGREEMENT = 1e-5  # max abs difference of averaged probabilities between runs with other thread counts or processes
 
 
 def _load() -> str:
@@ -158,6 +160,8 @@ def main(argv: list[str]) -> int:
               f"workers faster than {8 * driver * 1e3:.1f} ms per fact would leave 8 of them waiting for it.")
     print(f"machine load average at the end: {_load()}")
     worst = max(row[5] for row in rows)
-    print(f"same numbers on every run: {'yes' if worst == 0 else f'NO (max abs diff {worst:.3g})'}")
-    return 0 if worst == 0 else 1
+    # probabilities averaged over facts: float32 rounding of reductions split by thread count (core/__init__.py)
+    print(f"largest difference from the 1-thread process: {worst:.3g} (bound {AGREEMENT:g}; "
+          f"{'agree' if worst <= AGREEMENT else 'DISAGREE'}; bit-identical only for the same machine and threads)")
+    return 0 if worst <= AGREEMENT else 1
 

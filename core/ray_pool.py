@@ -31,7 +31,6 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from core import REPRODUCIBLE_ARITHMETIC  # noqa: E402
 from core.distributed import ModelSpec, Work  # noqa: E402
 from core.errors import InputError, LocusError  # noqa: E402
 from core.progress import Progress  # noqa: E402
@@ -162,8 +161,7 @@ class RayPool:
             start_local_cluster(gpus=torch.cuda.device_count() if self.model.device != "cpu" else 0)
         else:
             runtime = {"py_modules": [str(ROOT / name) for name in CODE_PACKAGES],
-                       "env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-                                    "LOCUS_REPRODUCIBLE": "1", "MKL_CBWR": os.environ.get("MKL_CBWR", REPRODUCIBLE_ARITHMETIC)}}
+                       "env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
             try:
                 ray.init(address=self.address, runtime_env=runtime, log_to_driver=False, configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError) as error:

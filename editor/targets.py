@@ -17,8 +17,10 @@ Chunk sizes (requests per chunk, padded tokens per pass) come from `core.memory`
 hparams' values, on a GPU as many as fit (all requests in one chunk where they fit). An out-of-memory
 error halves both and restarts the chunk (chunks are independent); at the floor it is a LocusError.
 The deltas are float32 whatever the model's dtype; each is added to the block output in float32 and
-rounded to the model's dtype once. On a float16 model the loss is scaled before the backward pass
-(FLOAT16_LOSS_SCALE, smaller after an overflow) and the gradient unscaled in float32.
+rounded to the model's dtype once. On a float16 model the loss is scaled before the backward pass and
+the gradient unscaled in float32 (`LossScale`: smaller after an overflow, larger when a request's gradient
+underflows to zero, and a plain error naming the request when no scale works). A request whose delta is
+still exactly zero after gradient steps is an error too, never a no-op edit.
 """
 
 from __future__ import annotations
@@ -43,6 +45,55 @@ from editor.rows import PromptRow, target_rows
 ENGINES = ("cached", "full")
 MEMORY_ADVICE = "Edit fewer facts at once, or use shorter prompts."
 FLOAT16_LOSS_SCALE = 2.0**16  # float16 gradients of a loss near 1 underflow; scaled, then unscaled in float32
+LOSS_SCALE_FACTOR = 16.0  # the loss scale moves by this factor after an overflow or an underflow
+LARGEST_LOSS_SCALE = 2.0**32  # beyond this a float16 gradient that is still zero is not coming back
+HALF_PRECISION_ADVICE = "load the model in bfloat16 or float32 (--dtype bfloat16)"
+
+
+def request_name(request: EditRequest) -> str:
+    """'Eiffel Tower -> Rome': how messages name a request."""
+    return f"{request.subject!r} -> {request.target_new!r}"
+
+
+@dataclass
+class LossScale:
+    """Dynamic loss scaling of a float16 backward pass: `value` multiplies the loss, `unscale` checks the gradient.
+
+    value 1.0 means no scaling (float32 and bfloat16 models). After an overflow (a non-finite gradient) the
+    step is redone with value / 16; after an underflow (an active request's gradient row exactly zero) with
+    value x 16, unless that scale overflowed before or exceeds LARGEST_LOSS_SCALE: then a LocusError says
+    which request cannot be optimized in float16.
+    """
+
+    value: float
+    overflowed_at: float = math.inf  # the smallest scale that overflowed so far
+
+    @classmethod
+    def for_dtype(cls, dtype: torch.dtype) -> LossScale:
+        return cls(FLOAT16_LOSS_SCALE if dtype == torch.float16 else 1.0)
+
+    def unscale(self, grad: torch.Tensor, active: torch.Tensor, requests: list[EditRequest]) -> torch.Tensor | None:
+        """grad (n, d) / value, or None to redo the step at the new `value`; LocusError when no scale works."""
+        if self.value == 1.0:
+            return grad
+        if not bool(torch.isfinite(grad).all()):
+            self.overflowed_at = min(self.overflowed_at, self.value)
+            self.value /= LOSS_SCALE_FACTOR
+            if self.value < 1.0:
+                raise LocusError(f"The float16 gradients of the target optimization overflow; {HALF_PRECISION_ADVICE}.")
+            return None
+        silent = [index for index in active.nonzero().squeeze(-1).tolist() if not bool(grad[index].any())]
+        if silent:
+            larger = self.value * LOSS_SCALE_FACTOR
+            if larger < self.overflowed_at and larger <= LARGEST_LOSS_SCALE:
+                self.value = larger
+                return None
+            names = ", ".join(request_name(requests[index]) for index in silent)
+            raise LocusError(
+                f"The float16 gradient of the target optimization underflows to zero for {names} (loss scale "
+                f"{self.value:g}), so its change would stay zero; nothing was changed. To edit it, {HALF_PRECISION_ADVICE}."
+            )
+        return grad / self.value
 
 
 @dataclass
@@ -484,21 +535,20 @@ def _optimize_chunk(
     for row in rows:
         if not row.is_kl:
             nll_rows[row.request] += 1
-    scale = FLOAT16_LOSS_SCALE if loaded.dtype == torch.float16 else 1.0
+    scale = LossScale.for_dtype(loaded.dtype)
     losses = _RowLosses(runner, rows, hparams, target_ids, nll_rows, original_kl, hidden)
     for step in range(hparams.steps):
         leaf = delta.clone().requires_grad_(True)
         will_update = step < hparams.steps - 1
-        while True:  # once, unless a float16 backward overflows: then again with a smaller loss scale
-            nll, kl, probability, on_top = losses.evaluate(leaf, active, step, scale if will_update else None)
-            if scale == 1.0 or leaf.grad is None:
+        while True:  # once, unless a float16 backward overflows or underflows: then again at another loss scale
+            nll, kl, probability, on_top = losses.evaluate(leaf, active, step, scale.value if will_update else None)
+            if leaf.grad is None:
                 break
-            if bool(torch.isfinite(leaf.grad).all()):
-                leaf.grad /= scale
+            unscaled = scale.unscale(leaf.grad, active, requests)
+            if unscaled is not None:
+                leaf.grad = unscaled
                 break
-            leaf.grad, scale = None, scale / 16  # float16 overflow: the same step again, scaled less
-            if scale < 1.0:
-                raise LocusError("The float16 gradients of the target optimization overflow; load the model in bfloat16 or float32.")
+            leaf.grad = None
         hidden_norms = hidden.norm(dim=-1).clamp(min=1e-12)
         decay = hparams.weight_decay * leaf.norm(dim=-1) / hidden_norms**2
         loss = nll + hparams.kl_factor * kl + decay.detach().cpu()
@@ -530,4 +580,8 @@ def _optimize_chunk(
     for request, diag in enumerate(diagnostics):
         diag.delta_norm = float(delta[request].norm())
         diag.hidden_norm = float(hidden[request].norm())
+        if diag.steps and diag.delta_norm == 0.0:
+            advice = f"; {HALF_PRECISION_ADVICE}" if loaded.dtype in (torch.float16, torch.bfloat16) else ""
+            raise LocusError(f"The target optimization for {request_name(requests[request])} took {diag.steps} steps "
+                             f"and its change is still zero (its gradient vanished); nothing was changed{advice}.")
     return (hidden + delta).detach().cpu().float(), hidden.detach().cpu().float(), diagnostics

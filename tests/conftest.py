@@ -10,7 +10,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-os.environ.setdefault("LOCUS_REPRODUCIBLE", "1")  # one process equals its workers bit for bit (core/__init__.py)
 
 import pytest  # noqa: E402
 

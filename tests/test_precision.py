@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.errors import LocusError
 from core.loading import from_parts, load_model
 from editor.covariance import layer_covariances
 from editor.hparams import MemitHyperParams
@@ -22,7 +23,7 @@ from editor.ledger import EditLedger
 from editor.memit import compute_memit
 from editor.prefixes import context_prefixes
 from editor.requests import EditRequest
-from editor.targets import compute_targets
+from editor.targets import FLOAT16_LOSS_SCALE, LARGEST_LOSS_SCALE, LossScale, compute_targets
 from editor.weights import projection_weight, weights_hash
 from tests.test_covariance import direct_second_moments
 from tests.tiny_models import tiny_model
@@ -102,7 +103,10 @@ def test_memit_on_a_half_precision_model(model_type, dtype, tokenizer, tmp_path,
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     monkeypatch.setattr(covariance, "_MEMORY", {})
     loaded = half_tiny(model_type, dtype, tokenizer)
-    hparams = MemitHyperParams(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=())
+    # R = 0-1, so that block 2's attention carries each delta to the target positions: a gradient path of
+    # real size in every dtype (with l_R the last block, the NLL's gradient is rounding noise of ~1e-9,
+    # which float16 flushes to zero on some CPUs and not on others)
+    hparams = MemitHyperParams(layers=(0, 1), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=())
     layers = list(hparams.layers)
     covariances = layer_covariances(loaded, layers, hparams.cov_tokens)
     expected = direct_second_moments(loaded, layers, hparams.cov_tokens)  # float64 products of the upcast keys
@@ -112,9 +116,7 @@ def test_memit_on_a_half_precision_model(model_type, dtype, tokenizer, tmp_path,
         assert torch.allclose(got, expected[layer], rtol=1e-5, atol=1e-6 * float(expected[layer].abs().max()))
     cached = list(tmp_path.rglob("*.safetensors"))
     assert cached and all(path.parent.parent.name.endswith(f"-{dtype}") for path in cached)  # cached per dtype
-    # float16: this random 3-layer model's gradient for "Danielle Darrieux" (~1e-9, through attention only)
-    # underflows even loss-scaled by 2**16; real models' gradients are orders of magnitude larger
-    requests = REQUESTS if dtype == "bfloat16" else [REQUESTS[0], REQUESTS[2]]
+    requests = REQUESTS
     targets = compute_targets(loaded, requests, hparams, context_prefixes(loaded, hparams))
     assert targets.targets.dtype == torch.float32 and all(d.delta_norm > 0 for d in targets.diagnostics)
     before = weights_hash(loaded, layers)
@@ -132,3 +134,50 @@ def test_memit_on_a_half_precision_model(model_type, dtype, tokenizer, tmp_path,
             rounded = (saved[layer].float() + batch.deltas[layer]).to(HALF[dtype])
             assert torch.equal(projection_weight(loaded, layer), rounded)
     assert weights_hash(loaded, layers) == before
+
+
+# --- the float16 loss scale, on gradients made here (no model: the same on every CPU) --------------------
+
+SCALE_REQUESTS = [REQUESTS[0], REQUESTS[1]]
+
+
+def test_loss_scale_passes_float32_and_bfloat16_gradients_through():
+    scale = LossScale.for_dtype(torch.bfloat16)
+    grad = torch.zeros(2, 4)  # even a zero gradient: only float16 is checked
+    assert scale.value == 1.0 and scale.unscale(grad, torch.ones(2, dtype=torch.bool), SCALE_REQUESTS) is grad
+
+
+def test_loss_scale_retries_smaller_after_an_overflow_and_larger_after_an_underflow():
+    scale = LossScale.for_dtype(torch.float16)
+    active = torch.ones(2, dtype=torch.bool)
+    assert scale.value == FLOAT16_LOSS_SCALE
+    underflow = torch.tensor([[1.0, 2.0], [0.0, 0.0]])  # the second request's gradient flushed to zero
+    assert scale.unscale(underflow, active, SCALE_REQUESTS) is None and scale.value == FLOAT16_LOSS_SCALE * 16
+    fine = torch.tensor([[64.0, 0.0], [128.0, 4096.0]])
+    assert torch.equal(scale.unscale(fine, active, SCALE_REQUESTS), fine / (FLOAT16_LOSS_SCALE * 16))
+    overflow = torch.tensor([[1.0, float("inf")], [2.0, 3.0]])
+    assert scale.unscale(overflow, active, SCALE_REQUESTS) is None and scale.value == FLOAT16_LOSS_SCALE
+    # a finished request's zero row is no underflow
+    assert torch.equal(scale.unscale(underflow, torch.tensor([True, False]), SCALE_REQUESTS), underflow / FLOAT16_LOSS_SCALE)
+
+
+def test_loss_scale_names_the_request_whose_gradient_stays_zero():
+    scale = LossScale.for_dtype(torch.float16)
+    active = torch.ones(2, dtype=torch.bool)
+    assert scale.unscale(torch.tensor([[float("nan"), 1.0], [1.0, 1.0]]), active, SCALE_REQUESTS) is None
+    underflow = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    # x16 would reach the scale that overflowed: no larger scale is left to try
+    with pytest.raises(LocusError, match="underflows to zero for 'Danielle Darrieux' -> 'English'.*bfloat16 or float32"):
+        scale.unscale(underflow, active, SCALE_REQUESTS)
+    growing = LossScale.for_dtype(torch.float16)
+    tries = 0
+    with pytest.raises(LocusError, match="Danielle Darrieux.*bfloat16 or float32"):
+        while growing.unscale(underflow, active, SCALE_REQUESTS) is None:
+            tries += 1
+    assert growing.value == LARGEST_LOSS_SCALE and tries == 4  # 2^16 -> 2^32 in steps of 16
+
+
+def test_loss_scale_gives_up_on_overflow_below_one():
+    scale = LossScale(2.0)  # the retry at 2 / 16 would be below 1
+    with pytest.raises(LocusError, match="overflow.*bfloat16 or float32"):
+        scale.unscale(torch.tensor([[float("inf")]]), torch.ones(1, dtype=torch.bool), SCALE_REQUESTS[:1])
