@@ -55,10 +55,12 @@ def start_app(loaded: Any) -> RunningApp:
             from ui.app import build_app, launch_options
             from ui.models import ModelManager
             from ui.runner import ModelRunner
+            from ui.sessions import SessionStore
 
             manager = ModelManager(["embedded"], preloaded=loaded)
             runner = ModelRunner()
-            demo = build_app(manager, runner)
+            sessions = SessionStore()
+            demo = build_app(manager, runner, sessions=sessions)
             demo.launch(
                 prevent_thread_lock=True,
                 server_name="127.0.0.1",
@@ -68,6 +70,7 @@ def start_app(loaded: Any) -> RunningApp:
                 **launch_options(),
             )
             _app = RunningApp(url=demo.local_url.rstrip("/"), demo=demo, manager=manager, runner=runner)
+            atexit.register(sessions.close)  # (atexit runs these last first: the server stops, then the sessions end)
             atexit.register(demo.close)
         return _app
 

@@ -104,8 +104,7 @@ def test_a_visitors_edits_are_bounded_in_memory_before_any_work(context):
 def test_a_session_keeps_only_its_last_downloads_and_removes_them_when_it_ends():
     from ui.sessions import SessionStore
 
-    ended = []
-    store = SessionStore(max_sessions=1, on_drop=lambda session: (ended.append(session), session.discard_files()))
+    store = SessionStore(max_sessions=1)
     key, session = store.restore(None, "embedded")
     assert store.restore(key, "embedded")[1] is session  # a reload finds the same session
     first = session.files_folder("trace")
@@ -115,7 +114,7 @@ def test_a_session_keeps_only_its_last_downloads_and_removes_them_when_it_ends()
     (second / "trace-b.html").write_text("y")
     scratch = session.scratch
     store.restore(None, "embedded")  # a second visitor: the first session is dropped (max_sessions=1)
-    assert ended == [session] and not scratch.exists()
+    assert session.ended and not scratch.exists()
     assert store.restore(key, "embedded")[1] is not session  # its key no longer finds it
 
 

@@ -38,10 +38,11 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(primary_hue="violet", text_size="lg", radius_size="sm")
 
 
-def build_app(manager: ModelManager, runner: ModelRunner, limits: Limits | None = None, pool: Any = None) -> gr.Blocks:
-    """The whole page; every model operation goes through `runner` with `manager`'s model (averages on `pool`, if any)."""
-    sessions = SessionStore(on_drop=SessionState.discard_files)
-    context = AppContext(manager=manager, runner=runner, limits=limits or Limits(), sessions=sessions, pool=pool)
+def build_app(manager: ModelManager, runner: ModelRunner, limits: Limits | None = None, pool: Any = None,
+              sessions: SessionStore | None = None) -> gr.Blocks:
+    """The whole page: model work on `runner` with `manager`'s model (averages on `pool`); `sessions` closed by its giver."""
+    context = AppContext(manager=manager, runner=runner, limits=limits or Limits(), sessions=sessions or SessionStore(),
+                         pool=pool)
     examples = load_examples()
     with gr.Blocks(title=TITLE, delete_cache=(3600, 24 * 3600)) as demo:
         context.components["demo"] = demo
@@ -135,7 +136,9 @@ def wire_model_ready(
 def restore_session(ctx: AppContext, key: str | None, session: SessionState | None):
     """The visitor's session: the one this page already has, or the one the browser's key names (after a reload)."""
     if isinstance(session, SessionState):
-        return session, gr.skip()
+        ctx.sessions.touch(session)
+        if not session.ended:
+            return session, gr.skip()
     key, session = ctx.sessions.restore(key, ctx.manager.default_spec)
     return session, key
 

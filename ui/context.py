@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import InputError
+from ui.errors import as_gradio_error
 from ui.limits import Limits
 from ui.models import ModelManager
 from ui.runner import Job, ModelRunner, follow
 from ui.session import SessionState, ensure_session
-from ui.sessions import SessionStore
+from ui.sessions import SESSION_ENDED, SessionStore
 
 # Every event that uses the model joins this Gradio concurrency group. Its handlers start at once and
 # wait in the runner's queue (ui/runner.py), which runs one job at a time, short ones first, and tells
@@ -34,7 +35,12 @@ class AppContext:
     components: dict[str, Any] = field(default_factory=dict)  # shared components by name (cross-tab wiring)
 
     def session_of(self, value: SessionState | None) -> SessionState:
-        return ensure_session(value, self.manager.default_spec)
+        """The visitor's session for a request (every handler starts here), its idle time restarted; gr.Error if it ended."""
+        session = ensure_session(value, self.manager.default_spec)
+        self.sessions.touch(session)
+        if session.ended:
+            raise as_gradio_error(InputError(SESSION_ENDED))
+        return session
 
     def submit(
         self,

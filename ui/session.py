@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,21 +41,30 @@ class SessionState:
     # (subject, prompt template, new object) -> (paraphrases, neighborhood prompts) to check that edit with
     checks: dict[tuple[str, str, str], tuple[list[str], list[str]]] = field(default_factory=dict)
     scratch: Path | None = None  # this session's temporary files (downloads), removed when the session ends
+    ended: bool = False  # the server forgot this session (ui.sessions.SessionStore): its page must reload
+    _remove_scratch: Any = field(default=None, init=False, repr=False, compare=False)  # weakref.finalize removing `scratch`
 
     def files_folder(self, name: str) -> Path:
         """An emptied folder `name` inside this session's temporary folder (a new download replaces the last)."""
         if self.scratch is None:
             self.scratch = Path(tempfile.mkdtemp(prefix=f"locus-session-{self.number}-"))
+            # also removed when this state is garbage collected or the process exits, whichever comes first
+            self._remove_scratch = weakref.finalize(self, shutil.rmtree, self.scratch, ignore_errors=True)
         folder = self.scratch / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         return folder
 
     def discard_files(self) -> None:
-        """Remove this session's temporary files (the session ended)."""
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-            self.scratch = None
+        """Remove this session's temporary files."""
+        if self._remove_scratch is not None:
+            self._remove_scratch()
+            self._remove_scratch = self.scratch = None
+
+    def end(self) -> None:
+        """The server forgot this session (idle too long, least recently used, or stopping): remove its files."""
+        self.ended = True
+        self.discard_files()
 
     def ledger(self) -> Any:
         """This session's ledger for its current model (created on first use)."""
