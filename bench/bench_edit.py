@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 
 from core.loading import load_model
-from editor import covariance
-from editor.counterfact import load_records
-from editor.evaluate import score_records, summarize
-from editor.hparams import default_hparams
+from editor.edits.ledger import EditLedger
+from editor.evaluation.counterfact import load_records
+from editor.evaluation.evaluate import score_records, summarize
 from editor.layers import parse_layers
-from editor.ledger import EditLedger
-from editor.memit import compute_memit
-from editor.prefixes import context_prefixes
-from editor.targets import TargetResult, compute_targets
+from editor.methods.hparams import default_hparams
+from editor.methods.memit import compute_memit
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import TargetResult, compute_targets
+from editor.statistics import covariance
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSET = ROOT / "assets" / "devset_smollm2-135m-instruct.json"

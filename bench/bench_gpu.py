@@ -39,14 +39,14 @@ from bench.bench_shapes import (
 )
 from core.errors import LocusError
 from core.loading import LoadedModel, load_model, resolve_device
-from editor import covariance
-from editor.counterfact import load_records
-from editor.evaluate import Scores, score_records, summarize
-from editor.hparams import default_hparams
-from editor.ledger import EditLedger
-from editor.memit import compute_memit
-from editor.prefixes import context_prefixes
-from editor.targets import TargetResult, compute_targets
+from editor.edits.ledger import EditLedger
+from editor.evaluation.counterfact import load_records
+from editor.evaluation.evaluate import Scores, score_records, summarize
+from editor.methods.hparams import default_hparams
+from editor.methods.memit import compute_memit
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import TargetResult, compute_targets
+from editor.statistics import covariance
 from tracer.fast_trace import FastTracer
 from tracer.problem import TraceSettings, prepare_trace
 from tracer.reference import reference_cell, reference_score

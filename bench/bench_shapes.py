@@ -34,12 +34,12 @@ from core.errors import InputError
 from core.kinds import KINDS
 from core.loading import LoadedModel, from_parts, resolve_device, resolve_dtype
 from core.memory import free_memory
-from editor.corpus import WIKIPEDIA, load_corpus
-from editor.counterfact import load_records
-from editor.covariance import collect_second_moments, layer_covariances
-from editor.hparams import default_hparams
-from editor.memit import compute_memit
-from editor.targets import compute_targets
+from editor.evaluation.counterfact import load_records
+from editor.methods.hparams import default_hparams
+from editor.methods.memit import compute_memit
+from editor.methods.targets import compute_targets
+from editor.statistics.corpus import WIKIPEDIA, load_corpus
+from editor.statistics.covariance import collect_second_moments, layer_covariances
 from tracer.fast_trace import FastTracer, Step, build_cells
 from tracer.problem import TraceSettings, prepare_trace
 

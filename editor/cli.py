@@ -21,7 +21,7 @@ from core.cli import (
     write_text,
 )
 from core.errors import InputError
-from editor.hparams import METHODS, default_hparams
+from editor.methods.hparams import METHODS, default_hparams
 
 # Every command imports the editor's modules inside its handler: they pull in torch and transformers
 # (~3 s), which `python -m editor --help` must not pay.
@@ -68,8 +68,8 @@ def command_stats(arguments: argparse.Namespace) -> int:
         raise InputError("--tokens must be positive.")
     thresholds = parse_thresholds(arguments.nullspace) if arguments.nullspace else []
     from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
-    from editor.covariance import layer_covariances
     from editor.layers import parse_layers
+    from editor.statistics.covariance import layer_covariances
 
     layers = parse_layers(arguments.layers)  # fail before the model load
     check_worker_arguments(arguments)
@@ -113,7 +113,7 @@ def parse_thresholds(text: str) -> list[float]:
 
 def print_null_spaces(covariances: dict, layers, thresholds: list[float]) -> None:
     """Per layer and threshold: AlphaEdit's null space (eigenvalues of C below it) and its share of the text keys' energy."""
-    from editor.updates import null_space_profile  # lazy: torch (~2 s); --help must stay instant
+    from editor.methods.updates import null_space_profile  # lazy: torch (~2 s); --help must stay instant
 
     print("AlphaEdit's null space at each threshold: the directions of C with a smaller eigenvalue, and the share of "
           "ordinary text's key energy (trace C) that lies in them (0% for a true null space, which no update can disturb)")
@@ -137,8 +137,8 @@ def print_distinct_warnings(labelled) -> None:
 
 def command_evaluate(arguments: argparse.Namespace) -> int:
     from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
-    from editor.counterfact import load_records
-    from editor.evaluate import evaluate_records
+    from editor.evaluation.counterfact import load_records
+    from editor.evaluation.evaluate import evaluate_records
 
     records = load_records(arguments.data)  # malformed records are reported before the model loads
     if arguments.limit is not None and arguments.limit < 1:
@@ -170,9 +170,9 @@ def command_edit(arguments: argparse.Namespace) -> int:
     # lazy: torch and transformers (~3 s); --help must stay instant
     from core.predict import predict_next_tokens
     from core.progress import tqdm_progress
-    from editor.ledger import EditLedger
-    from editor.methods import compute_edit
-    from editor.requests import EditRequest, validate_requests
+    from editor.edits.ledger import EditLedger
+    from editor.edits.requests import EditRequest, validate_requests
+    from editor.methods.dispatch import compute_edit
 
     request = EditRequest(arguments.subject, arguments.prompt, arguments.target_new, arguments.target_true)
     validate_requests([request])  # before the model load
@@ -207,8 +207,8 @@ def command_edit(arguments: argparse.Namespace) -> int:
 
 def command_sweep(arguments: argparse.Namespace) -> int:
     from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
-    from editor.counterfact import load_records
-    from editor.sweep import sweep_records
+    from editor.evaluation.counterfact import load_records
+    from editor.studies.sweep import sweep_records
 
     records = load_records(arguments.data)  # malformed records are reported before the model loads
     budgets = parse_numbers(arguments.budgets, int, "--tokens")
@@ -236,9 +236,9 @@ def command_sweep(arguments: argparse.Namespace) -> int:
 def command_layers(arguments: argparse.Namespace) -> int:
     # lazy: torch and transformers (~3 s); --help must stay instant
     from core.progress import tqdm_progress
-    from editor.counterfact import load_records
+    from editor.evaluation.counterfact import load_records
     from editor.layers import layer_spans, layers_text
-    from editor.windows import measure_windows, parse_windows, windows_cache_path
+    from editor.studies.windows import measure_windows, parse_windows, windows_cache_path
 
     records = load_records(arguments.data)  # malformed records are reported before the model loads
     if arguments.limit is not None and arguments.limit < 1:
@@ -270,7 +270,9 @@ def command_layers(arguments: argparse.Namespace) -> int:
 
 
 def command_devset(arguments: argparse.Namespace) -> int:
-    from editor.devset import build_devset  # lazy: torch and transformers (~3 s); --help must stay instant
+    from editor.studies.devset import (
+        build_devset,  # lazy: torch and transformers (~3 s); --help must stay instant
+    )
 
     loaded = load_from_arguments(arguments)
     path, records = build_devset(loaded, arguments.out, max_records=arguments.max_records)
@@ -279,7 +281,7 @@ def command_devset(arguments: argparse.Namespace) -> int:
 
 
 def command_lifelong_set(arguments: argparse.Namespace) -> int:
-    from editor.lifelong import (
+    from editor.studies.lifelong import (
         build_lifelong_set,  # lazy: torch and transformers (~3 s); --help must stay instant
     )
 
@@ -292,10 +294,10 @@ def command_lifelong_set(arguments: argparse.Namespace) -> int:
 
 def command_sequential(arguments: argparse.Namespace) -> int:
     from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
-    from editor.counterfact import load_records
-    from editor.figures import sequential_html
-    from editor.ledger import EditLedger
-    from editor.sequential import SequentialRun, record_chunks, run_sequential
+    from editor.edits.ledger import EditLedger
+    from editor.evaluation.counterfact import load_records
+    from editor.studies.figures import sequential_html
+    from editor.studies.sequential import SequentialRun, record_chunks, run_sequential
 
     records = load_records(arguments.data)  # malformed records are reported before the model loads
     record_chunks(records, arguments.batch_size, arguments.batches)
@@ -352,10 +354,10 @@ def command_sequential(arguments: argparse.Namespace) -> int:
 
 def command_damage(arguments: argparse.Namespace) -> int:
     from core.progress import tqdm_progress  # lazy: torch and transformers (~3 s); --help must stay instant
-    from editor.counterfact import load_records
-    from editor.damage import check_control, damage_report
-    from editor.health import probe_facts
-    from editor.ledger import EditLedger
+    from editor.edits.ledger import EditLedger
+    from editor.evaluation.counterfact import load_records
+    from editor.evaluation.damage import check_control, damage_report
+    from editor.evaluation.health import probe_facts
 
     scales = parse_numbers(arguments.scales, float, "--scales") if arguments.scales else []
     check_control(scales, arguments.seeds)
@@ -387,7 +389,7 @@ def _unedited_run(path: str, settings: dict):
     """A new run that starts from the unedited figures of the earlier run in `path` (same data, batches and model)."""
     import torch  # lazy: torch and transformers (~3 s); --help must stay instant
 
-    from editor.sequential import SequentialRun  # lazy: it imports torch
+    from editor.studies.sequential import SequentialRun  # lazy: it imports torch
 
     earlier = _run_file(path)
     mismatch = _differing(earlier.get("settings", {}), settings, ("data", "records", "batch_size", "batches", "model"))
@@ -417,7 +419,7 @@ def _run_file(path: str) -> dict:
 
 
 def command_sequential_plot(arguments: argparse.Namespace) -> int:
-    from editor.figures import sequential_html  # lazy: plotly (~1 s); --help must stay instant
+    from editor.studies.figures import sequential_html  # lazy: plotly (~1 s); --help must stay instant
 
     runs = [_run_file(path) for path in arguments.runs]
     print(f"wrote {write_text(arguments.html, sequential_html(runs))}")

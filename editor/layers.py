@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from core.errors import InputError
 from core.loading import LoadedModel
 from core.progress import Progress
-from editor.covariance import cached_diagnostics
-from editor.hparams import default_hparams
+from editor.methods.hparams import default_hparams
+from editor.statistics.covariance import cached_diagnostics
 from tracer.average import average_traces
 from tracer.problem import TraceSettings
 from tracer.recommend import flag_outliers, recommend_layers

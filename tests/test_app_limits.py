@@ -76,7 +76,7 @@ def test_huge_and_malformed_requests_are_refused_before_any_work(app):
 
 def test_forged_and_oversized_ledger_files_are_refused_from_their_header(app, embedded, tmp_path):
     from core.errors import InputError
-    from editor.ledger_file import check_ledger_file
+    from editor.edits.ledger_file import check_ledger_file
 
     forged = tmp_path / "forged.safetensors"
     header = {"delta": {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 4 * 10**18]}}

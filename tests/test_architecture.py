@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "tracer", "editor", "ui", "bench")
 FLOORS = {"core": 0, "tracer": 1, "editor": 2, "ui": 3, "bench": 3, "app": 4}
 SIBLINGS_APART = {("ui", "bench"), ("bench", "ui")}  # same floor, but neither may use the other
+# Inside editor/: what an edit is, then running the model, the statistics, the methods, choosing layers,
+# judging edits, the studies built on them, and the command line on top.
+EDITOR_FLOORS = {"edits": 0, "passes": 1, "statistics": 2, "methods": 3, "layers": 4, "evaluation": 5, "studies": 6,
+                 "cli": 7, "__main__": 8}
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,23 @@ def test_nothing_imports_upward(graph):
             if FLOORS[target] > FLOORS[source] or (source, target) in SIBLINGS_APART:
                 upward.append(f"{name}:{item.line} imports {item.target}")
     assert not upward, "imports against the floors core <- tracer <- editor <- ui, bench, app.py:\n" + "\n".join(upward)
+
+
+def editor_part(module: str) -> str:
+    """'editor.methods.memit' -> 'methods'; 'editor.cli' -> 'cli' (the editor's own floors)."""
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def test_editor_parts_import_only_their_floor_and_below(graph):
+    parts = {editor_part(name) for name in graph if package_of(name) == "editor"} - {""}
+    assert parts == set(EDITOR_FLOORS), f"every part of editor/ has a floor: {sorted(parts ^ set(EDITOR_FLOORS))}"
+    upward = [
+        f"{name}:{item.line} imports {item.target}"
+        for name, imports in graph.items() if package_of(name) == "editor" and editor_part(name)
+        for item in imports if package_of(item.target) == "editor" and editor_part(item.target)
+        and EDITOR_FLOORS[editor_part(item.target)] > EDITOR_FLOORS[editor_part(name)]
+    ]
+    assert not upward, ("imports against editor/'s floors " + " <- ".join(EDITOR_FLOORS) + ":\n" + "\n".join(upward))
 
 
 def test_no_cycles_between_files(graph):

@@ -7,8 +7,8 @@ import torch
 
 from core.facts import model_key
 from core.hooks import capture_inputs, sequence_view
-from editor.corpus import load_corpus
-from editor.covariance import (
+from editor.statistics.corpus import load_corpus
+from editor.statistics.covariance import (
     CovarianceKey,
     add_second_moment,
     covariance_warnings,
@@ -23,7 +23,7 @@ BUDGET = 1500  # tokens; ends inside a text, so the cut of the last text is exer
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """An empty LOCUS_CACHE for this test (the in-memory cache is keyed by path-independent keys, so clear it)."""
-    import editor.covariance as covariance
+    import editor.statistics.covariance as covariance
 
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     monkeypatch.setattr(covariance, "_MEMORY", {})

@@ -10,11 +10,11 @@ from accelerate import dispatch_model
 
 from core.hooks import hook_count
 from core.loading import from_parts
-from editor.covariance import layer_covariances
-from editor.hparams import MemitHyperParams
-from editor.memit import compute_memit
-from editor.requests import EditRequest
-from editor.weights import weights_hash
+from editor.edits.requests import EditRequest
+from editor.edits.weights import weights_hash
+from editor.methods.hparams import MemitHyperParams
+from editor.methods.memit import compute_memit
+from editor.statistics.covariance import layer_covariances
 from tests.tiny_models import tiny_model
 from tracer.fast_trace import fast_scores
 from tracer.problem import TraceSettings, prepare_trace

@@ -29,11 +29,11 @@ from core.errors import InputError
 from core.facts import facts_model_knows, load_known_facts
 from core.loading import load_model
 from core.ray_pool import RayPool, ray, start_local_cluster
-from editor.counterfact import load_records
-from editor.covariance import layer_covariances
-from editor.evaluate import evaluate_records
-from editor.hparams import MemitHyperParams
-from editor.sweep import sweep_records
+from editor.evaluation.counterfact import load_records
+from editor.evaluation.evaluate import evaluate_records
+from editor.methods.hparams import MemitHyperParams
+from editor.statistics.covariance import layer_covariances
+from editor.studies.sweep import sweep_records
 from tests.test_evaluate import DEVSET
 from tests.tiny_models import tiny_model
 from tests.tolerance import FLOAT32_EMBEDDED, FLOAT32_TINY, Tolerance, assert_equal_within

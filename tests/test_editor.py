@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from core.predict import predict_next_tokens
-from editor.ledger import EditLedger
-from editor.memit import compute_memit
-from editor.prefixes import context_prefixes
-from editor.requests import EditRequest
-from editor.targets import compute_targets
-from editor.weights import weights_hash
+from editor.edits.ledger import EditLedger
+from editor.edits.requests import EditRequest
+from editor.edits.weights import weights_hash
+from editor.methods.memit import compute_memit
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import compute_targets
 from tests.test_editor_support import editing_hparams, shared_covariances
 
 THREE_EDITS = [

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from core.hooks import capture_inputs, sequence_view
-from editor.covariance import layer_covariances
-from editor.hparams import MemitHyperParams
-from editor.keys import request_keys
-from editor.ledger import EditLedger
-from editor.memit import compute_memit
-from editor.prefixes import context_prefixes
-from editor.requests import EditRequest
-from editor.targets import compute_targets
-from editor.updates import null_space_profile
-from editor.weights import projection_weight, weights_hash
+from editor.edits.ledger import EditLedger
+from editor.edits.requests import EditRequest
+from editor.edits.weights import projection_weight, weights_hash
+from editor.methods.hparams import MemitHyperParams
+from editor.methods.keys import request_keys
+from editor.methods.memit import compute_memit
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import compute_targets
+from editor.methods.updates import null_space_profile
+from editor.statistics.covariance import layer_covariances
 from ui.editing import NULLSPACE_COLUMNS, diagnostics_tables
 
 REQUESTS = [
@@ -140,7 +140,7 @@ def test_memit_update_meets_the_targets_and_leaves_weights_alone(model_type, tin
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_rome_is_rank_one_and_writes_the_value_at_the_key(model_type, tiny):
-    from editor.rome import compute_rome
+    from editor.methods.rome import compute_rome
 
     loaded = tiny(model_type)
     hparams = tiny_hparams(layers=(1,), steps=4)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from core.errors import InputError, LocusError
-from editor.covariance import CovarianceSet
-from editor.hparams import MemitHyperParams
-from editor.memit import compute_memit
-from editor.requests import EditRequest, validate_requests
-from editor.rome import compute_rome
-from editor.weights import weights_hash
+from editor.edits.requests import EditRequest, validate_requests
+from editor.edits.weights import weights_hash
+from editor.methods.hparams import MemitHyperParams
+from editor.methods.memit import compute_memit
+from editor.methods.rome import compute_rome
+from editor.statistics.covariance import CovarianceSet
 from tests.test_editor_support import editing_hparams, shared_covariances
 
 GOOD = EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome", "Paris")

@@ -6,8 +6,8 @@ module asks for it through `shared_covariances`, which the editor keeps in memor
 
 from __future__ import annotations
 
-from editor.covariance import CovarianceSet, layer_covariances
-from editor.hparams import MemitHyperParams, default_hparams
+from editor.methods.hparams import MemitHyperParams, default_hparams
+from editor.statistics.covariance import CovarianceSet, layer_covariances
 
 TEST_TOKENS = 4000  # corpus tokens for the tests' C (the real default is much larger)
 

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from editor.batch import LayerDiagnostics
 from editor.cli import build_parser
-from editor.hparams import MemitHyperParams
-from editor.memit import nullspace_warnings, weak_update_warnings
+from editor.edits.batch import LayerDiagnostics
+from editor.methods.hparams import MemitHyperParams
+from editor.methods.memit import nullspace_warnings, weak_update_warnings
 
 
 def layer(residual_norm: float) -> LayerDiagnostics:

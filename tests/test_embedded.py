@@ -132,7 +132,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
 
 
 def test_packaged_files_are_found_named_by_the_environment_or_refused_plainly(tmp_path, monkeypatch):
-    from editor.corpus import WIKI_FILE, WIKI_PACKAGE, wikipedia_path
+    from editor.statistics.corpus import WIKI_FILE, WIKI_PACKAGE, wikipedia_path
 
     assert wikipedia_path().is_file() and wikipedia_path().name == Path(WIKI_FILE).name  # the installed package
     own = tmp_path / "summaries.json"

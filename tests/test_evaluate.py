@@ -12,10 +12,10 @@ import pytest
 
 from core.errors import InputError
 from core.facts import KnownFact, load_known_facts
-from editor.counterfact import load_records
-from editor.devset import build_records
-from editor.evaluate import evaluate_records, summarize
-from editor.metrics import PairScore, harmonic_mean, ngram_entropy, record_scores
+from editor.evaluation.counterfact import load_records
+from editor.evaluation.evaluate import evaluate_records, summarize
+from editor.evaluation.metrics import PairScore, harmonic_mean, ngram_entropy, record_scores
+from editor.studies.devset import build_records
 from tests.test_editor_support import TEST_TOKENS, editing_hparams, shared_covariances
 
 ROOT = Path(__file__).resolve().parents[1]

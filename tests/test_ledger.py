@@ -10,11 +10,11 @@ from safetensors import safe_open
 
 from core.errors import InputError
 from core.loading import from_parts
-from editor.covariance import layer_covariances
-from editor.hparams import MemitHyperParams
-from editor.ledger import METADATA_KEY, EditLedger
-from editor.memit import compute_memit
-from editor.requests import EditRequest
+from editor.edits.ledger import METADATA_KEY, EditLedger
+from editor.edits.requests import EditRequest
+from editor.methods.hparams import MemitHyperParams
+from editor.methods.memit import compute_memit
+from editor.statistics.covariance import layer_covariances
 from tests.tiny_models import tiny_model
 
 HPARAMS = MemitHyperParams(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)

@@ -15,14 +15,13 @@ from core.facts import KnownFact, load_known_facts
 from core.hooks import edit_outputs
 from core.loading import from_parts
 from core.tokens import encode_prompt, target_token_ids
-from editor.budget import corpus_tokens
 from editor.cli import main
-from editor.corpus import HELD_OUT_TEXTS, load_corpus
-from editor.counterfact import load_records
-from editor.covariance import collect_second_moments, layer_covariances
-from editor.damage import damage_report, random_update_like
-from editor.figures import sequential_figures
-from editor.health import (
+from editor.edits.ledger import METADATA_KEY, EditLedger
+from editor.edits.requests import EditRequest
+from editor.edits.weights import weights_hash
+from editor.evaluation.counterfact import load_records
+from editor.evaluation.damage import damage_report, random_update_like
+from editor.evaluation.health import (
     Health,
     collapse_message,
     health_history_stream,
@@ -34,22 +33,23 @@ from editor.health import (
     retention,
     retention_with_forgotten,
 )
-from editor.hparams import MemitHyperParams, default_hparams
-from editor.ledger import METADATA_KEY, EditLedger
-from editor.lifelong import (
+from editor.methods.hparams import MemitHyperParams, default_hparams
+from editor.methods.memit import compute_memit
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import compute_targets
+from editor.methods.updates import memit_factors, memit_update
+from editor.statistics.budget import corpus_tokens
+from editor.statistics.corpus import HELD_OUT_TEXTS, load_corpus
+from editor.statistics.covariance import collect_second_moments, layer_covariances
+from editor.studies.figures import sequential_figures
+from editor.studies.lifelong import (
     LIFELONG_FILE,
     build_lifelong_records,
     rewrite_cases,
     sentence_cases,
     split_sentence,
 )
-from editor.memit import compute_memit
-from editor.prefixes import context_prefixes
-from editor.requests import EditRequest
-from editor.sequential import run_sequential
-from editor.targets import compute_targets
-from editor.updates import memit_factors, memit_update
-from editor.weights import weights_hash
+from editor.studies.sequential import run_sequential
 from tests.tiny_models import tiny_model
 from tracer.figures import figure_caption
 

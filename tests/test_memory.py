@@ -16,15 +16,15 @@ import core.memory
 from core.errors import LocusError
 from core.hooks import hook_count, input_tensor
 from core.memory import ChunkSize, ModelShape, available_ram, is_out_of_memory, out_of_memory_as_error, plan
-from editor.covariance import layer_covariances
-from editor.hparams import MemitHyperParams
-from editor.keys import request_keys
-from editor.memit import compute_memit
-from editor.prefixes import context_prefixes
-from editor.requests import EditRequest
-from editor.scoring import teacher_forced
-from editor.targets import compute_targets
-from editor.weights import weights_hash
+from editor.edits.requests import EditRequest
+from editor.edits.weights import weights_hash
+from editor.evaluation.scoring import teacher_forced
+from editor.methods.hparams import MemitHyperParams
+from editor.methods.keys import request_keys
+from editor.methods.memit import compute_memit
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import compute_targets
+from editor.statistics.covariance import layer_covariances
 from tracer.fast_trace import FastTracer, fast_scores
 from tracer.problem import TraceSettings, prepare_trace
 
@@ -139,7 +139,7 @@ def test_targets_halve_requests_and_passes_and_memit_fails_plainly_at_the_floor(
 
 
 def test_covariance_halves_its_batches_and_gets_the_same_sums(tiny, tmp_path, monkeypatch):
-    import editor.covariance as covariance
+    import editor.statistics.covariance as covariance
 
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     monkeypatch.setattr(covariance, "_MEMORY", {})

@@ -17,14 +17,14 @@ import torch
 
 from core.errors import LocusError
 from core.loading import from_parts, load_model
-from editor.covariance import layer_covariances
-from editor.hparams import MemitHyperParams
-from editor.ledger import EditLedger
-from editor.memit import compute_memit
-from editor.prefixes import context_prefixes
-from editor.requests import EditRequest
-from editor.targets import FLOAT16_LOSS_SCALE, LARGEST_LOSS_SCALE, LossScale, compute_targets
-from editor.weights import projection_weight, weights_hash
+from editor.edits.ledger import EditLedger
+from editor.edits.requests import EditRequest
+from editor.edits.weights import projection_weight, weights_hash
+from editor.methods.hparams import MemitHyperParams
+from editor.methods.memit import compute_memit
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import FLOAT16_LOSS_SCALE, LARGEST_LOSS_SCALE, LossScale, compute_targets
+from editor.statistics.covariance import layer_covariances
 from tests.test_covariance import direct_second_moments
 from tests.tiny_models import tiny_model
 from tracer.fast_trace import FastTracer, Step, build_cells, fast_scores
@@ -98,7 +98,7 @@ def test_embedded_bfloat16_trace_fast_vs_reference_and_vs_float32(embedded_bfloa
 
 @pytest.mark.parametrize("model_type,dtype", [("llama", "bfloat16"), ("gpt2", "bfloat16"), ("llama", "float16")])
 def test_memit_on_a_half_precision_model(model_type, dtype, tokenizer, tmp_path, monkeypatch):
-    import editor.covariance as covariance
+    import editor.statistics.covariance as covariance
 
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     monkeypatch.setattr(covariance, "_MEMORY", {})

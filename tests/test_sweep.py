@@ -1,4 +1,4 @@
-"""`editor.sweep`: edit quality against the covariance budget and lambda, targets optimized once."""
+"""`editor.studies.sweep`: edit quality against the covariance budget and lambda, targets optimized once."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 
 from core.cli import parse_numbers
 from core.errors import InputError
-from editor.counterfact import load_records
-from editor.sweep import sweep_records
-from editor.weights import weights_hash
+from editor.edits.weights import weights_hash
+from editor.evaluation.counterfact import load_records
+from editor.studies.sweep import sweep_records
 from tests.test_editor_support import TEST_TOKENS, editing_hparams, shared_covariances
 from tests.test_evaluate import DEVSET, _cli
 

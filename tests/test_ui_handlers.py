@@ -79,7 +79,7 @@ def test_a_filled_form_is_edited_when_the_table_is_empty(context):
 
 def test_a_visitors_edits_are_bounded_in_memory_before_any_work(context):
     """--max-session-edits-mb: a batch that would take the visitor's ledger past it is refused before a job is queued."""
-    from editor.ledger import batch_bytes_bound
+    from editor.edits.ledger import batch_bytes_bound
     from ui.limits import Limits
 
     loaded = context.manager.current()

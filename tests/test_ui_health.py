@@ -9,8 +9,8 @@ import json
 import gradio as gr
 import pytest
 
-from editor.corpus import Corpus, load_corpus
-from editor.health import (
+from editor.edits.requests import EditRequest
+from editor.evaluation.health import (
     PERPLEXITY_TOKENS,
     HealthReport,
     health_warnings,
@@ -18,7 +18,7 @@ from editor.health import (
     model_health,
     probe_facts,
 )
-from editor.requests import EditRequest
+from editor.statistics.corpus import Corpus, load_corpus
 from ui import editing, health_view
 from ui.context import AppContext, stop_jobs
 from ui.models import ModelManager

@@ -7,7 +7,7 @@ import html
 import gradio as gr
 import pytest
 
-from editor.counterfact import load_records
+from editor.evaluation.counterfact import load_records
 from editor.layers import layers_text
 from tracer.figures import range_label
 from tracer.recommend import packaged_recommendation

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from core.errors import InputError
-from editor.counterfact import load_records
-from editor.evaluate import Scores, evaluate_records
-from editor.hparams import MemitHyperParams
-from editor.windows import (
+from editor.evaluation.counterfact import load_records
+from editor.evaluation.evaluate import Scores, evaluate_records
+from editor.methods.hparams import MemitHyperParams
+from editor.studies.windows import (
     WindowScore,
     WindowsResult,
     measure_windows,
@@ -111,7 +111,7 @@ def test_bad_requests_fail_before_any_edit(tiny):
 
 
 def test_the_windows_figure_draws_both_curves_and_marks_both_answers():
-    from editor.figures import windows_figure
+    from editor.studies.figures import windows_figure
     from tracer.figures import figure_caption
 
     windows = [WindowScore([0, 1], 90, 80, 70, 79.0, trace_effect=0.4), WindowScore([1, 2], 95, 85, 75, 84.0, trace_effect=0.5)]

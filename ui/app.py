@@ -10,8 +10,8 @@ from typing import Any
 import gradio as gr
 
 from core.facts import known_facts_cache_path, load_known_facts
-from editor.hparams import default_hparams
 from editor.layers import layers_text
+from editor.methods.hparams import default_hparams
 from ui.context import MODEL_EVENTS, AppContext
 from ui.examples import Example, load_examples
 from ui.limits import Limits

@@ -29,8 +29,8 @@ class AppContext:
     limits: Limits = field(default_factory=Limits)
     sessions: SessionStore = field(default_factory=SessionStore)  # visitors' sessions, found again after a reload
     pool: Any = None  # core.distributed.WorkerPool of `app.py --workers/--ray`: the Averages tab's facts run there
-    health_corpus: Any = "wikipedia"  # editor.corpus source (name, file or Corpus) of the held-out texts for perplexity
-    health_probes: int | None = None  # known facts probed for retention (None: editor.health.PROBE_COUNT)
+    health_corpus: Any = "wikipedia"  # editor.statistics.corpus source (name, file or Corpus) of the held-out texts for perplexity
+    health_probes: int | None = None  # known facts probed for retention (None: editor.evaluation.health.PROBE_COUNT)
     session: Any = None  # the gr.State holding a SessionState, set while building the page
     components: dict[str, Any] = field(default_factory=dict)  # shared components by name (cross-tab wiring)
 

@@ -17,14 +17,14 @@ from core.errors import InputError
 from core.loading import LoadedModel
 from core.predict import generate_greedy, predict_next_tokens
 from core.progress import Progress
-from editor.batch import EditBatch
-from editor.counterfact import CounterFactRecord, load_records
-from editor.evaluate import Scores, score_records, summarize
+from editor.edits.batch import EditBatch
+from editor.edits.ledger import EditLedger
+from editor.edits.ledger_file import check_ledger_file
+from editor.edits.requests import EditRequest, validate_requests
+from editor.evaluation.counterfact import CounterFactRecord, load_records
+from editor.evaluation.evaluate import Scores, score_records, summarize
 from editor.layers import layers_text
-from editor.ledger import EditLedger
-from editor.ledger_file import check_ledger_file
-from editor.methods import compute_edit, method_hparams
-from editor.requests import EditRequest, validate_requests
+from editor.methods.dispatch import compute_edit, method_hparams
 
 # --- ledger --------------------------------------------------------------------------------------
 

@@ -1,12 +1,11 @@
-"""Model health on the page: the caption, the tables and the warnings of editor.health's reports (formatting only)."""
+"""Model health on the page: the caption, the tables and the warnings of editor.evaluation.health's reports (formatting only)."""
 
 from __future__ import annotations
 
 import html
 import math
 
-from editor.corpus import HELD_OUT_TEXTS
-from editor.health import (
+from editor.evaluation.health import (
     COLLAPSE_RATIO,
     PERPLEXITY_TOKENS,
     PERPLEXITY_WARNING,
@@ -15,6 +14,7 @@ from editor.health import (
     Health,
     HealthReport,
 )
+from editor.statistics.corpus import HELD_OUT_TEXTS
 
 HEALTH_CAPTION = (
     "### Model health\n"

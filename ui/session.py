@@ -28,16 +28,16 @@ class SessionState:
 
     model_spec: str
     number: int = field(default_factory=lambda: next(_session_numbers))
-    ledgers: dict[str, Any] = field(default_factory=dict)  # model spec -> editor.ledger.EditLedger
+    ledgers: dict[str, Any] = field(default_factory=dict)  # model spec -> editor.edits.ledger.EditLedger
     trace: Any = None  # tracer.trace.TraceResult of the last finished trace
     trace_edited: bool = False  # was that trace computed with this session's edits applied?
     original_trace: Any = None  # the last trace of the unedited model (for the Test tab's difference)
     average: Any = None  # tracer.average.AverageResult
     recommendation: Any = None  # tracer.recommend.LayerRecommendation
-    windows: Any = None  # editor.windows.WindowsResult of the last 'Measure by editing' (Choose R tab)
+    windows: Any = None  # editor.studies.windows.WindowsResult of the last 'Measure by editing' (Choose R tab)
     layers: tuple[int, int] | None = None  # chosen R, first and last layer (inclusive)
     cov_tokens: int | None = None  # covariance budget of the last edit (its cached spectra flag outlier layers)
-    records: list[Any] = field(default_factory=list)  # imported CounterFact records (editor.counterfact)
+    records: list[Any] = field(default_factory=list)  # imported CounterFact records (editor.evaluation.counterfact)
     # (subject, prompt template, new object) -> (paraphrases, neighborhood prompts) to check that edit with
     checks: dict[tuple[str, str, str], tuple[list[str], list[str]]] = field(default_factory=dict)
     scratch: Path | None = None  # this session's temporary files (downloads), removed when the session ends

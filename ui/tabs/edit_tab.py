@@ -9,14 +9,14 @@ from typing import Any
 import gradio as gr
 
 from core.errors import InputError
-from editor.budget import check_budget, corpus_tokens
-from editor.figures import loss_figure
-from editor.health import PROBE_COUNT, health_history_stream, probe_facts
-from editor.hparams import METHODS
+from editor.edits.ledger import batch_bytes_bound
+from editor.edits.ledger_file import check_ledger_file
+from editor.evaluation.health import PROBE_COUNT, health_history_stream, probe_facts
 from editor.layers import parse_layers
-from editor.ledger import batch_bytes_bound
-from editor.ledger_file import check_ledger_file
-from editor.methods import METHOD_LABELS
+from editor.methods.dispatch import METHOD_LABELS
+from editor.methods.hparams import METHODS
+from editor.statistics.budget import check_budget, corpus_tokens
+from editor.studies.figures import loss_figure
 from ui import captions, editing, health_view, limits
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.controls import job_controls

@@ -2,7 +2,7 @@
 
 Tracing says where a fact's effect shows; editing says where changing the weights works. They can
 disagree (Hase et al., NeurIPS 2023), so this section edits dev-set records (or the visitor's own
-requests) at each candidate window (editor.windows), draws the edit scores beside the tracing curve,
+requests) at each candidate window (editor.studies.windows), draws the edit scores beside the tracing curve,
 recommends R by edit score and says plainly when the two disagree.
 """
 
@@ -17,12 +17,12 @@ import gradio as gr
 from core.embedded import EMBEDDED_SPEC
 from core.errors import InputError
 from core.facts import model_key
-from editor.counterfact import load_records
-from editor.devset import devset_path
-from editor.figures import windows_figure
-from editor.hparams import default_hparams
+from editor.evaluation.counterfact import load_records
 from editor.layers import AUTO_FACTS, layers_text, outlier_flags
-from editor.windows import measure_windows_stream, parse_windows, tracing_recommendation
+from editor.methods.hparams import default_hparams
+from editor.studies.devset import devset_path
+from editor.studies.figures import windows_figure
+from editor.studies.windows import measure_windows_stream, parse_windows, tracing_recommendation
 from tracer.figures import empty_figure, range_label
 from tracer.recommend import packaged_recommendation
 from ui import limits

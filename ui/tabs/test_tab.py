@@ -13,7 +13,7 @@ from core.errors import InputError
 from core.kinds import KINDS
 from core.predict import generate_greedy, predict_next_tokens
 from core.progress import stage
-from editor.health import PROBE_COUNT, model_health, probe_facts
+from editor.evaluation.health import PROBE_COUNT, model_health, probe_facts
 from tracer import figures
 from tracer.trace import trace
 from ui import captions, editing, health_view, limits

@@ -6,7 +6,7 @@ original matrices back (bit for bit) on every exit, so sessions never see each o
 removing a batch from the list; the weights are recomputed from the originals, never by subtraction.
 Ledgers are saved as one safetensors file (deltas + keys) whose metadata holds the JSON description.
 
-Memory stays bounded as edits pile up: each batch keeps its deltas as thin factors (editor.deltas) and
+Memory stays bounded as edits pile up: each batch keeps its deltas as thin factors (editor.edits.deltas) and
 its keys, r (d + m) + m float32 numbers per edit and edited layer (73 KB per edit for SmolLM2-135M
 with 5 layers), and the ledger caches one edited copy of each touched matrix (d m per layer, whatever
 the number of edits), so entering `applied` copies matrices instead of re-adding every batch. The
@@ -32,9 +32,9 @@ from core.errors import InputError
 from core.facts import model_key
 from core.layout import ModelLayout
 from core.loading import LoadedModel
-from editor.batch import EditBatch
-from editor.deltas import LayerDelta
-from editor.weights import add_delta, restore, snapshot, tensor_digest, weights_hash
+from editor.edits.batch import EditBatch
+from editor.edits.deltas import LayerDelta
+from editor.edits.weights import add_delta, restore, snapshot, tensor_digest, weights_hash
 
 LEDGER_FORMAT = 2  # 2: deltas as factors (".left"/".right") or dense (".delta"); 1: dense only
 READABLE_FORMATS = (1, 2)

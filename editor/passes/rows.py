@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from core.errors import InputError
 from core.tokens import encode_prompt
-from editor.requests import PLACEHOLDER, EditRequest
+from editor.edits.requests import PLACEHOLDER, EditRequest
 
 
 @dataclass(frozen=True)

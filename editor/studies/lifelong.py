@@ -3,7 +3,7 @@
 Records are CounterFact's own rewrites (cases 0-999 first, then further cases from CounterFact's
 sentences until the set is full), whether or not a model knows the fact: ES/PS compare the new object
 with the true one either way. Paraphrase and neighbourhood prompts are made by the dev set's builder
-(`editor.devset.build_records`): paraphrases are other templates of the same relation, neighbours are
+(`editor.studies.devset.build_records`): paraphrases are other templates of the same relation, neighbours are
 other subjects with the same relation and true object in the rewrite template, and no subject is both
 a record and a neighbour (in a sequential run every record is edited in the end).
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.facts import ASSETS, KnownFact, load_known_facts
-from editor.counterfact import CounterFactRecord
-from editor.devset import COUNTERFACT_FILE, build_records, relation_templates, write_devset
+from editor.evaluation.counterfact import CounterFactRecord
+from editor.studies.devset import COUNTERFACT_FILE, build_records, relation_templates, write_devset
 
 SENTENCES_FILE = ASSETS / "data" / "counterfact_sentences.jsonl"
 LIFELONG_FILE = ASSETS / "lifelong_counterfact.json"

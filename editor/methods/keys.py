@@ -13,9 +13,9 @@ import torch
 from core.hooks import capture_inputs, capture_outputs, sequence_view
 from core.loading import LoadedModel
 from core.memory import ChunkSize
-from editor.forward import pad_id, pad_right, row_batches_within_memory, rows_per_batch, run_until
-from editor.requests import EditRequest
-from editor.rows import PromptRow, key_rows
+from editor.edits.requests import EditRequest
+from editor.passes.forward import pad_id, pad_right, row_batches_within_memory, rows_per_batch, run_until
+from editor.passes.rows import PromptRow, key_rows
 
 
 @dataclass

@@ -6,7 +6,7 @@ keys, so the touched matrices are saved first and put back (bit for bit) on ever
 
 Whatever the model's dtype: keys and target vectors are float32, C is float64, and each layer's update
 is solved in float64 on that layer's own device (a GPU's, or each device of a device_map="auto" model),
-kept as float32 and rounded into the weight's dtype once (`editor.weights.add_delta`).
+kept as float32 and rounded into the weight's dtype once (`editor.edits.weights.add_delta`).
 """
 
 from __future__ import annotations
@@ -21,16 +21,22 @@ from core.facts import model_key
 from core.loading import LoadedModel
 from core.memory import out_of_memory_as_error
 from core.progress import Progress, stage
-from editor.batch import EditBatch, LayerDiagnostics
-from editor.covariance import CovarianceSet, layer_covariances
-from editor.deltas import LayerDelta
-from editor.hparams import SEQUENTIAL_METHODS, MemitHyperParams, default_hparams
-from editor.keys import request_keys
-from editor.prefixes import context_prefixes
-from editor.requests import EditRequest, validate_requests
-from editor.targets import TargetResult, compute_targets
-from editor.updates import NullSpace, alphaedit_factors, memit_factors, null_space, projected_key_share
-from editor.weights import add_delta, projection_weight, restore, snapshot
+from editor.edits.batch import EditBatch, LayerDiagnostics
+from editor.edits.deltas import LayerDelta
+from editor.edits.requests import EditRequest, validate_requests
+from editor.edits.weights import add_delta, projection_weight, restore, snapshot
+from editor.methods.hparams import SEQUENTIAL_METHODS, MemitHyperParams, default_hparams
+from editor.methods.keys import request_keys
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import TargetResult, compute_targets
+from editor.methods.updates import (
+    NullSpace,
+    alphaedit_factors,
+    memit_factors,
+    null_space,
+    projected_key_share,
+)
+from editor.statistics.covariance import CovarianceSet, layer_covariances
 
 
 def architecture_warnings(loaded: LoadedModel) -> list[str]:

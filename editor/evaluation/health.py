@@ -26,9 +26,9 @@ from core.hooks import capture_outputs
 from core.loading import LoadedModel
 from core.progress import Progress, stage
 from core.tokens import target_token_ids
-from editor.corpus import WIKIPEDIA, Corpus, load_corpus
-from editor.forward import pad_id, pad_right, row_batches, run_until
-from editor.ledger import EditLedger, edits_applied
+from editor.edits.ledger import EditLedger, edits_applied
+from editor.passes.forward import pad_id, pad_right, row_batches, run_until
+from editor.statistics.corpus import WIKIPEDIA, Corpus, load_corpus
 
 PERPLEXITY_TOKENS = 256
 PROBE_COUNT = 100

@@ -3,7 +3,7 @@
 For every window of layers, the requests are edited in one batch (SPEC 3) with the targets at the
 window's last layer, scored (SPEC 4: ES, PS, NS, S), and the unedited weights are restored. The
 target vectors depend on the last layer only, so they are optimized once per distinct last layer;
-each window then costs one layer solve and one scoring pass (editor/sweep.py's approach). Beside
+each window then costs one layer solve and one scoring pass (editor/studies/sweep.py's approach). Beside
 each window's scores stands the tracing curve's value for it (the averaged MLP indirect effect at
 the last subject token summed over the window's layers, tracer.average / tracer.recommend), so the
 two answers to "where should I edit?" can be compared (Hase et al., NeurIPS 2023).
@@ -28,15 +28,15 @@ from core.errors import InputError
 from core.facts import model_key
 from core.loading import LoadedModel
 from core.progress import Progress, stage
-from editor.counterfact import CounterFactRecord
-from editor.covariance import layer_covariances
-from editor.evaluate import Scores, score_records, summarize
-from editor.hparams import MemitHyperParams, default_hparams
+from editor.edits.ledger import EditLedger
+from editor.evaluation.counterfact import CounterFactRecord
+from editor.evaluation.evaluate import Scores, score_records, summarize
 from editor.layers import AUTO_FACTS, layer_spans, layers_text, outlier_flags
-from editor.ledger import EditLedger
-from editor.memit import compute_memit, prepare
-from editor.prefixes import context_prefixes
-from editor.targets import compute_targets
+from editor.methods.hparams import MemitHyperParams, default_hparams
+from editor.methods.memit import compute_memit, prepare
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import compute_targets
+from editor.statistics.covariance import layer_covariances
 from tracer.average import average_traces
 from tracer.problem import TraceSettings
 from tracer.recommend import LayerRecommendation, recommend_layers

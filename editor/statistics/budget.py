@@ -9,7 +9,7 @@ from core.embedded import cache_root
 from core.errors import InputError
 from core.facts import model_key
 from core.loading import LoadedModel
-from editor.corpus import Corpus, load_corpus
+from editor.statistics.corpus import Corpus, load_corpus
 
 BATCH_TEXTS = 512  # texts tokenized per call
 

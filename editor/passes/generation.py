@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from core.loading import LoadedModel
-from editor.forward import pad_id
+from editor.passes.forward import pad_id
 
 
 @torch.inference_mode()

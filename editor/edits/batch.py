@@ -8,9 +8,31 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from editor.deltas import DeltaMap
-from editor.requests import EditRequest
-from editor.targets import RequestDiagnostics
+from editor.edits.deltas import DeltaMap
+from editor.edits.requests import EditRequest
+
+
+@dataclass
+class RequestDiagnostics:
+    """How the target of one request was found."""
+
+    subject: str
+    target_new: str
+    losses: list[float] = field(default_factory=list)  # total loss at every evaluated step
+    nll: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    steps: int = 0  # gradient steps taken
+    converged: bool = False  # the loss went below hparams.loss_stop, or the early stop (MPES) ended it
+    final_probability: float = 0.0  # mean over prefixes of exp(-mean NLL of the new object), at z
+    delta_norm: float = 0.0
+    hidden_norm: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RequestDiagnostics:
+        return cls(**data)
 
 
 @dataclass
@@ -42,7 +64,7 @@ class LayerDiagnostics:
 class EditBatch:
     """Deltas {layer: (d, m) tensor} to add to W_l, for `requests`, computed by `method` on model `model`.
 
-    `deltas` reads as a dict of dense float32 tensors; each is stored compactly (editor.deltas.LayerDelta).
+    `deltas` reads as a dict of dense float32 tensors; each is stored compactly (editor.edits.deltas.LayerDelta).
     """
 
     requests: list[EditRequest]

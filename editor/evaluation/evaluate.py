@@ -2,7 +2,7 @@
 
 Single mode treats every record on its own (scored, edited alone, scored again, weights restored:
 `evaluate_one_record`), here in order or on a pool's workers; both give the same numbers. Each
-finished record is cached as it arrives (`editor.result_cache`), so a rerun of a killed run
+finished record is cached as it arrives (`editor.evaluation.result_cache`), so a rerun of a killed run
 computes only the records that were not finished.
 """
 
@@ -16,17 +16,25 @@ from core.errors import InputError
 from core.facts import model_key
 from core.loading import LoadedModel
 from core.progress import Progress, stage
-from editor.counterfact import CounterFactRecord, load_records
-from editor.covariance import CovarianceSet, layer_covariances
-from editor.generation import generate_texts
-from editor.hparams import MemitHyperParams, default_hparams
+from editor.edits.ledger import EditLedger
+from editor.evaluation.counterfact import CounterFactRecord, load_records
+from editor.evaluation.metrics import (
+    PairScore,
+    RecordScores,
+    harmonic_mean,
+    mean,
+    ngram_entropy,
+    percent,
+    record_scores,
+)
+from editor.evaluation.result_cache import ResultCache, compute_missing, digest
+from editor.evaluation.scoring import teacher_forced
 from editor.layers import layers_text
-from editor.ledger import EditLedger
-from editor.memit import prepare
-from editor.methods import compute_edit
-from editor.metrics import PairScore, RecordScores, harmonic_mean, mean, ngram_entropy, percent, record_scores
-from editor.result_cache import ResultCache, compute_missing, digest
-from editor.scoring import teacher_forced
+from editor.methods.dispatch import compute_edit
+from editor.methods.hparams import MemitHyperParams, default_hparams
+from editor.methods.memit import prepare
+from editor.passes.generation import generate_texts
+from editor.statistics.covariance import CovarianceSet, layer_covariances
 
 MODES = ("batch", "single")
 GENERATION_TOKENS = 100

@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from core.facts import ASSETS, KnownFact, facts_model_knows, load_known_facts, model_key
-from editor.counterfact import CounterFactRecord
+from editor.evaluation.counterfact import CounterFactRecord
 
 COUNTERFACT_FILE = ASSETS / "data" / "counterfact_rewrites_0-999.json"
 ATTRIBUTION = (

@@ -32,8 +32,8 @@ from core.hooks import capture_inputs, sequence_view
 from core.loading import LoadedModel
 from core.memory import ChunkSize, ModelShape, out_of_memory_as_error, plan
 from core.progress import Progress
-from editor.corpus import WIKIPEDIA, Corpus, load_corpus
-from editor.forward import pad_id, pad_right, run_until
+from editor.passes.forward import pad_id, pad_right, run_until
+from editor.statistics.corpus import WIKIPEDIA, Corpus, load_corpus
 
 FORMAT = 1
 GROUP_TOKENS = 16384  # at most this many tokens between checkpoint opportunities (at least 8 per pass)

@@ -6,8 +6,8 @@ import re
 import threading
 
 from core.loading import LoadedModel
-from editor.generation import generate_ids
-from editor.hparams import MemitHyperParams
+from editor.methods.hparams import MemitHyperParams
+from editor.passes.generation import generate_ids
 
 _CACHE: dict[tuple, list[str]] = {}
 _CACHE_LOCK = threading.Lock()

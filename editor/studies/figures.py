@@ -143,7 +143,7 @@ WINDOWS_CAPTION = (
 
 
 def windows_figure(result) -> go.Figure:
-    """Edit scores (S, ES, PS, NS) per window R beside the tracing curve's value for it (editor.windows.WindowsResult)."""
+    """Edit scores (S, ES, PS, NS) per window R beside the tracing curve's value for it (editor.studies.windows.WindowsResult)."""
     if not result.windows:
         return empty_figure("No range of layers has been edited yet.", height=380)
     labels = [_range_text(window.layers) for window in result.windows]

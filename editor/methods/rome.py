@@ -11,17 +11,17 @@ from core.errors import LocusError
 from core.facts import model_key
 from core.loading import LoadedModel
 from core.progress import Progress, stage
-from editor.batch import EditBatch, LayerDiagnostics
-from editor.covariance import CovarianceSet, layer_covariances
-from editor.deltas import LayerDelta
-from editor.hparams import MemitHyperParams
-from editor.keys import request_keys
-from editor.memit import architecture_warnings, out_of_memory_guard, prepare
-from editor.prefixes import context_prefixes
-from editor.requests import EditRequest
-from editor.targets import compute_targets
-from editor.updates import rome_factors
-from editor.weights import add_delta, projection_weight, restore, snapshot
+from editor.edits.batch import EditBatch, LayerDiagnostics
+from editor.edits.deltas import LayerDelta
+from editor.edits.requests import EditRequest
+from editor.edits.weights import add_delta, projection_weight, restore, snapshot
+from editor.methods.hparams import MemitHyperParams
+from editor.methods.keys import request_keys
+from editor.methods.memit import architecture_warnings, out_of_memory_guard, prepare
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import compute_targets
+from editor.methods.updates import rome_factors
+from editor.statistics.covariance import CovarianceSet, layer_covariances
 
 
 def rome_layer(hparams: MemitHyperParams) -> int:

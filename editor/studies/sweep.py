@@ -5,7 +5,7 @@ so a sweep optimizes them once and then, for every (token budget, lambda), compu
 updates, applies them, scores the records, and restores the weights (`sweep_cell`, here in order or on a
 pool's workers: the same numbers). Budgets run smallest first: the covariance cache continues a larger
 budget from the largest finished smaller one. Each finished cell is cached as it arrives
-(`editor.result_cache`): a rerun computes only the cells that were not finished.
+(`editor.evaluation.result_cache`): a rerun computes only the cells that were not finished.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ from core.errors import InputError
 from core.facts import model_key
 from core.loading import LoadedModel
 from core.progress import Progress, stage
-from editor.counterfact import CounterFactRecord
-from editor.covariance import CovarianceSet, layer_covariances
-from editor.evaluate import Scores, score_records, summarize
-from editor.hparams import MemitHyperParams
+from editor.edits.ledger import EditLedger
+from editor.edits.requests import EditRequest
+from editor.evaluation.counterfact import CounterFactRecord
+from editor.evaluation.evaluate import Scores, score_records, summarize
+from editor.evaluation.result_cache import ResultCache, compute_missing, digest
 from editor.layers import layers_text
-from editor.ledger import EditLedger
-from editor.memit import compute_memit, prepare
-from editor.prefixes import context_prefixes
-from editor.requests import EditRequest
-from editor.result_cache import ResultCache, compute_missing, digest
-from editor.targets import TargetResult, compute_targets
+from editor.methods.hparams import MemitHyperParams
+from editor.methods.memit import compute_memit, prepare
+from editor.methods.prefixes import context_prefixes
+from editor.methods.targets import TargetResult, compute_targets
+from editor.statistics.covariance import CovarianceSet, layer_covariances
 
 COLUMNS = (("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("Eff.acc", "efficacy_accuracy"),
            ("Nbr.acc", "neighborhood_accuracy"), ("GE", "GE"))

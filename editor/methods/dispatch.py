@@ -5,13 +5,13 @@ from __future__ import annotations
 from core.errors import InputError
 from core.loading import LoadedModel
 from core.progress import Progress
-from editor.batch import EditBatch
-from editor.covariance import CovarianceSet
-from editor.hparams import METHODS, MemitHyperParams, default_hparams
-from editor.ledger import EditLedger
-from editor.memit import compute_memit
-from editor.requests import EditRequest
-from editor.rome import compute_rome
+from editor.edits.batch import EditBatch
+from editor.edits.ledger import EditLedger
+from editor.edits.requests import EditRequest
+from editor.methods.hparams import METHODS, MemitHyperParams, default_hparams
+from editor.methods.memit import compute_memit
+from editor.methods.rome import compute_rome
+from editor.statistics.covariance import CovarianceSet
 
 METHOD_LABELS = {
     "memit": "MEMIT (many facts, layers R)",

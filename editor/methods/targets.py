@@ -26,7 +26,7 @@ still exactly zero after gradient steps is an error too, never a no-op edit.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -37,10 +37,11 @@ from core.hooks import forward_hooks, output_tensor, replace_output_tensor
 from core.loading import LoadedModel
 from core.memory import ChunkSize, ModelShape, plan
 from core.progress import Progress
-from editor.forward import pad_id, pad_right, row_batches, run_until
-from editor.hparams import MemitHyperParams
-from editor.requests import EditRequest
-from editor.rows import PromptRow, target_rows
+from editor.edits.batch import RequestDiagnostics
+from editor.edits.requests import EditRequest
+from editor.methods.hparams import MemitHyperParams
+from editor.passes.forward import pad_id, pad_right, row_batches, run_until
+from editor.passes.rows import PromptRow, target_rows
 
 ENGINES = ("cached", "full")
 MEMORY_ADVICE = "Edit fewer facts at once, or use shorter prompts."
@@ -94,29 +95,6 @@ class LossScale:
                 f"{self.value:g}), so its change would stay zero; nothing was changed. To edit it, {HALF_PRECISION_ADVICE}."
             )
         return grad / self.value
-
-
-@dataclass
-class RequestDiagnostics:
-    """How the target of one request was found."""
-
-    subject: str
-    target_new: str
-    losses: list[float] = field(default_factory=list)  # total loss at every evaluated step
-    nll: list[float] = field(default_factory=list)
-    kl: list[float] = field(default_factory=list)
-    steps: int = 0  # gradient steps taken
-    converged: bool = False  # the loss went below hparams.loss_stop, or the early stop (MPES) ended it
-    final_probability: float = 0.0  # mean over prefixes of exp(-mean NLL of the new object), at z
-    delta_norm: float = 0.0
-    hidden_norm: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RequestDiagnostics:
-        return cls(**data)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from core.loading import LoadedModel
 from core.memory import ChunkSize
 from core.progress import Progress
 from core.tokens import target_token_ids
-from editor.forward import pad_id, pad_right, row_batches_within_memory, rows_per_batch, run_until
+from editor.passes.forward import pad_id, pad_right, row_batches_within_memory, rows_per_batch, run_until
 
 
 @torch.inference_mode()

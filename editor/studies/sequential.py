@@ -2,7 +2,7 @@
 
 After every batch the run measures, on the model with all batches so far: ES/PS/NS over all edits
 so far and over the latest batch (SPEC 4), perplexity on held-out Wikipedia text and retention of a
-fixed probe set of known facts (editor.health), the growth of each edited matrix's norm, and the time.
+fixed probe set of known facts (editor.evaluation.health), the growth of each edited matrix's norm, and the time.
 A batch after which the model has collapsed (perplexity over `collapse_ratio` x the unedited's, a
 non-finite logit, or an update that is not finite) is not kept: the run stops with the last healthy
 ledger. `on_batch` is called after every kept batch (the CLI writes the JSON and the ledger there, so
@@ -21,11 +21,11 @@ from core.errors import InputError, LocusError
 from core.facts import KnownFact
 from core.loading import LoadedModel
 from core.progress import Progress, stage
-from editor.corpus import WIKIPEDIA
-from editor.counterfact import CounterFactRecord
-from editor.covariance import layer_covariances
-from editor.evaluate import score_records, summarize
-from editor.health import (
+from editor.edits.ledger import EditLedger
+from editor.edits.weights import projection_weight
+from editor.evaluation.counterfact import CounterFactRecord
+from editor.evaluation.evaluate import score_records, summarize
+from editor.evaluation.health import (
     COLLAPSE_RATIO,
     Health,
     collapse_message,
@@ -33,11 +33,11 @@ from editor.health import (
     measure_health,
     probe_facts,
 )
-from editor.hparams import MemitHyperParams
-from editor.ledger import EditLedger
-from editor.methods import compute_edit
-from editor.metrics import RecordScores
-from editor.weights import projection_weight
+from editor.evaluation.metrics import RecordScores
+from editor.methods.dispatch import compute_edit
+from editor.methods.hparams import MemitHyperParams
+from editor.statistics.corpus import WIKIPEDIA
+from editor.statistics.covariance import layer_covariances
 
 SCORE_KEYS = ("ES", "PS", "NS", "S", "efficacy_accuracy", "neighborhood_accuracy", "n")
 

@@ -17,9 +17,9 @@ from core.errors import InputError
 from core.facts import KnownFact
 from core.loading import LoadedModel
 from core.progress import Progress, stage
-from editor.health import lost_fact, probe_answers
-from editor.ledger import EditLedger
-from editor.weights import add_delta, projection_weight, restore, snapshot
+from editor.edits.ledger import EditLedger
+from editor.edits.weights import add_delta, projection_weight, restore, snapshot
+from editor.evaluation.health import lost_fact, probe_answers
 
 MAX_SCALES = 8
 MAX_SEEDS = 10

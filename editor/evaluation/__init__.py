@@ -1,0 +1,1 @@
+"""Judging edits: CounterFact records and scores, model health, damage to known facts."""

@@ -1,0 +1,1 @@
+"""The editing methods (MEMIT, ROME, AlphaEdit, ENCORE) and what they share: targets, keys, solves."""

@@ -1,0 +1,1 @@
+"""Running the model for the editor: padded forward passes, generation, token rows of prompts."""

@@ -1,0 +1,1 @@
+"""Covariance statistics C_l = E[k k^T] of the edited matrices' inputs over a text corpus."""

@@ -1,0 +1,1 @@
+"""Studies built on editing: sweeps, R by editing, sequential (lifelong) runs, data sets, figures."""
