@@ -176,11 +176,10 @@ def run_published(main, get_project, loaded, chunks, hparams_path: Path, prefixe
     try:
         for chunk in chunks:
             requests = [{"case_id": record.case_id, **record.to_dict()["requested_rewrite"]} for record in chunk]
-            clock = time.perf_counter()
+            clock = Clock()
             with contextlib.redirect_stdout(log), kl_original_first(kl_swapped):
                 model, cache_c = main.apply_AlphaEdit_to_model(model, tok, requests, hparams, cache_template=None, cache_c=cache_c, P=P)
-            seconds = time.perf_counter() - clock
-            results.append({"seconds": seconds, **measure(len(results))})
+            results.append({**clock.read(), **measure(len(results))})
     finally:
         restore(loaded, saved)
         for key, p in model.named_parameters():
@@ -237,12 +236,12 @@ def main(argv: list[str]) -> int:
     ledger = EditLedger.for_model(loaded)
     locus = []
     for chunk in chunks:
-        clock = time.perf_counter()
+        clock = Clock()
         batch = compute_edit(loaded, [record.request() for record in chunk], hparams, ledger=ledger, covariances=covariances)
-        seconds = time.perf_counter() - clock
+        times = clock.read()
         ledger.add(batch, loaded)
         with ledger.applied(loaded):
-            locus.append({"seconds": seconds, "timings": batch.timings, **measure(len(locus))})
+            locus.append({**times, "timings": batch.timings, **measure(len(locus))})
     locus_sizes = [d.nullspace_size for d in batch.layer_diagnostics]
 
     runs = {}
@@ -280,24 +279,40 @@ def main(argv: list[str]) -> int:
         for index, per_layer in enumerate(differences):
             cells = "  ".join(f"L{layer} {v['relative_difference']:.2e} [{v['update_norm_ratio']:.3f}]" for layer, v in per_layer.items())
             print(f"  after batch {index + 1}: {cells}")
-    print(f"\n{'':28}{'edits':>6}{'ES':>7}{'PS':>7}{'NS':>7}{'S':>7}{'retain':>8}{'seconds':>9}")
-    print(f"{'unedited':28}{len(records):>6}{row_cells(unedited)}")
+    print(f"\n{'':32}{'edits':>6}{'ES':>7}{'PS':>7}{'NS':>7}{'S':>7}{'retain':>8}{'wall s':>9}{'CPU s':>9}{'load':>6}")
+    print(f"{'unedited':32}{len(records):>6}{row_cells(unedited)}")
     for index in range(len(chunks)):
         edits = (index + 1) * arguments.records
-        print(f"{f'Locus, batch {index + 1}':28}{edits:>6}{row_cells(locus[index])}{locus[index]['seconds']:9.1f}")
+        print(f"{f'Locus, batch {index + 1}':32}{edits:>6}{row_cells(locus[index])}{time_cells(locus[index])}")
         for variant, (rows, _) in runs.items():
-            print(f"{f'published ({variant}), batch {index + 1}':28}{edits:>6}{row_cells(rows[index])}{rows[index]['seconds']:9.1f}")
+            print(f"{f'published ({variant}), batch {index + 1}':32}{edits:>6}{row_cells(rows[index])}{time_cells(rows[index])}")
     for variant, (_, extra) in runs.items():
         print(f"published ({variant}): null-space projections P took {extra['project_seconds']:.1f} s (not in the batch times)")
     print("ES/PS/NS over the edits so far, scored by Locus's evaluator for both; retention of "
-          f"{len(probes)} known facts; C shared ({hparams.cov_tokens:,} tokens, cached, not timed)")
+          f"{len(probes)} known facts; C shared ({hparams.cov_tokens:,} tokens, cached, not timed); "
+          "load: the 1-minute load average at the batch's end")
     if arguments.out:
         Path(arguments.out).write_text(json.dumps(report, indent=1))
     return 0
 
 
+class Clock:
+    """Wall and CPU seconds since it was made, and the load average then (a shared machine's timings need all three)."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> dict:
+        return {"seconds": time.perf_counter() - self.wall, "cpu_seconds": time.process_time() - self.cpu,
+                "load": os.getloadavg()[0]}
+
+
 def strip(row: dict) -> dict:
     return {key: value for key, value in row.items() if key != "weights"}
+
+
+def time_cells(row: dict) -> str:
+    return f"{row['seconds']:9.1f}{row['cpu_seconds']:9.1f}{row['load']:6.1f}"
 
 
 def row_cells(row: dict) -> str:
