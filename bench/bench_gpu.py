@@ -19,10 +19,12 @@ gradio or plotly: what a bare GPU image has (tests/test_bench_gpu.py checks). St
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -160,6 +162,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
     parser.add_argument("--edits", type=int, default=None, help="dev-set edits (default 100; quick 3)")
     parser.add_argument("--shape", default="llama-3-8b", help="the large shape of stage 4 (bench shapes --shape)")
+    parser.add_argument("--out", default=None, help="also write the table as JSON here")
     return parser.parse_args(argv)
 
 
@@ -265,6 +268,12 @@ def main(argv: list[str]) -> int:
         print(f"{row.check:<{width}}  {(row.target + verdict):<26}  {row.measured}")
     total = time.perf_counter() - started
     print(f"total {total:.0f} s (target < 480 s on one GPU); load average at the end {load_text()}")
+    if arguments.out:
+        device = resolve_device(arguments.device)
+        Path(arguments.out).write_text(json.dumps({
+            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "quick": arguments.quick, "judged": judged, "rows": [asdict(row) for row in rows], "seconds": total,
+        }, indent=1), encoding="utf-8")
     return 0
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import os
 import resource
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -341,6 +342,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="target optimization steps of --edits (default: the editor's 25; fewer need the same memory)")
     parser.add_argument("--cov-tokens", type=int, default=None, help="covariance budget of --edits (default: the editor's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", default=None, help="also write the table as JSON here")
     return parser.parse_args(argv)
 
 
@@ -431,10 +433,16 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     device = resolve_device(arguments.device)
-    print_table(f"bench shapes: {arguments.shape}{' (tiny)' if arguments.tiny else ''} on {device}, "
-                f"{str(resolve_dtype(arguments.dtype, device)).removeprefix('torch.')}", rows)
-    print(f"total {time.perf_counter() - started:.0f} s; machine load average at the end {load_text()} "
+    dtype = str(resolve_dtype(arguments.dtype, device)).removeprefix("torch.")
+    print_table(f"bench shapes: {arguments.shape}{' (tiny)' if arguments.tiny else ''} on {device}, {dtype}", rows)
+    total = time.perf_counter() - started
+    print(f"total {total:.0f} s; machine load average at the end {load_text()} "
           "(CPU timings on a shared machine are noisy); peak memory is cumulative on a CPU (resident set)")
+    if arguments.out:
+        Path(arguments.out).write_text(json.dumps({
+            "shape": arguments.shape, "tiny": arguments.tiny, "quick": arguments.quick, "device": str(device), "dtype": dtype,
+            "threads": torch.get_num_threads(), "rows": [asdict(row) for row in rows], "seconds": total, "load_end": load_text(),
+        }, indent=1), encoding="utf-8")
     return 0
 
 
