@@ -1,7 +1,7 @@
 # Locus: two commands for a new user.
 #   make run   - create .venv, install everything (once), build the model cache, serve http://127.0.0.1:7860
 #   make test  - the whole suite (installs test tools, Chromium and Playwright where missing)
-# Other targets: make install, make bench, make lint, make clean, make gpu-bundle (README: GPU check).
+# Other targets: make install, make bench, make lint, make clean, make gpu-bundle (docs/GPU.md).
 
 PYTHON ?= python3
 VENV   ?= .venv

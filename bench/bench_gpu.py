@@ -1,6 +1,6 @@
 """The GPU check: one table of what the GPU path promises, ready to run on a machine with one GPU (< 8 minutes).
 
-    python3 -m bench gpu                        # on the GPU machine (see README, "GPU check")
+    python3 -m bench gpu                        # on the GPU machine (see docs/GPU.md, "The GPU check")
     python -m bench gpu --device cpu --quick    # a dry run of every stage, tiny, on a CPU
 
 Its imports are torch, transformers, accelerate, safetensors, numpy and tqdm (and this repository), never
