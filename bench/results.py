@@ -40,8 +40,8 @@ STORE = DOCS / "results"
 RESULTS_MD = DOCS / "RESULTS.md"
 FORMAT = 1
 WORK = "{work}"  # in a command's arguments: the run's temporary folder (shown as $WORK)
-STDOUT_LINES = 60  # the last lines of a command's output kept in the stored file
-STDOUT_CHARACTERS = 8_000
+STDOUT_LINES = 150  # the last lines of a command's output kept in the stored file (damage lists up to 100 facts)
+STDOUT_CHARACTERS = 16_000
 DEVSET = "assets/devset_smollm2-135m-instruct.json"
 LIFELONG = "assets/lifelong_counterfact.json"
 EIFFEL = "The Eiffel Tower is located in the city of"
@@ -371,25 +371,28 @@ def render_lifelong(record: dict) -> str:
                      f"{number(unedited.get('retention'), 0)}% of {unedited.get('probes', '?')} known facts. NS in brackets: "
                      "the unedited model on the same records. Ledger: bytes held per edit, plus the edited matrices once.")
         parts.append(table(["method", "edits", "ES", "PS", "NS (unedited)", "perplexity", "retention", "largest norm growth",
-                            "ledger", "seconds"], rows))
+                            "ledger", "seconds of the batches"], rows))
         stopped = [f"> {title}: {output_of(record, label)['stopped']}" for label, title in SEQUENTIAL_RUNS
                    if output_of(record, label) and output_of(record, label).get("stopped")]
         parts += stopped
-    damage_rows = []
+    damage_rows, margin = [], "?"
     for label, what in (("damage-first", "after the first batch"), ("damage-all", "after every batch")):
         data = output_of(record, label)
         if not data:
             continue
-        lost = data.get("forgotten", [])
-        fragile = sum(fact.get("unedited_margin", 1.0) < 0.05 for fact in lost)
+        # the command's own summary line says how it counts a barely known fact
+        said = re.search(r"(\d+) of them known by less than ([0-9.]+) in log-probability", stdout_of(record, label))
+        margin = said.group(2) if said else margin
         control = "; ".join(f"x{scale}: {', '.join(f'{value:.0f}' for value in values)}"
                             for scale, values in (data.get("random_retention") or {}).items())
         damage_rows.append([what, number(data["edits"], 0), f"{number(data['retention'], 0)}% of {data['probes']}",
-                            f"{len(lost)} ({fragile} known by < 0.05)", data.get("fragile", "-"), control or "-"])
+                            f"{len(data.get('forgotten', []))} ({said.group(1) if said else '-'})", data.get("fragile", "-"),
+                            control or "-"])
     if damage_rows:
         parts.append("Why retention falls (`editor damage` on the ENCORE norm-10 ledger): the probe facts lost, how many of "
-                     "them the unedited model knew by less than 0.05 in log-probability, and the retention under random "
-                     "updates of each edited matrix with the same Frobenius norm x a scale (one figure per seed).")
+                     f"them (and of all probes) the unedited model knew by less than {margin} in log-probability (fragile), "
+                     "and the retention under random updates of each edited matrix with the same Frobenius norm x a scale "
+                     "(one figure per seed).")
         parts.append(table(["ledger", "edits", "retention", "facts lost (fragile)", "fragile probes", "random updates: retention"],
                            damage_rows))
     return "\n\n".join(parts)
@@ -423,8 +426,8 @@ def render_soak(record: dict) -> str:
         table(["endpoint", "requests", "failed", "p50", "p95", "max"], rows),
         f"{sum(row['requests'] for row in data['stats'])} requests in {data['seconds']:.0f} s; final predictions matching the "
         f"visitor's own edits: {checks.get('matched', '-')} of {checks.get('total', '-')}; server RSS {mib(data.get('rss_start'))} "
-        f"after the warm-up, peak {mib(data.get('rss_peak'))} (second half's peak {mib(data.get('rss_late_growth'))} over the "
-        f"first half's); {'PASS' if data.get('passed') else 'FAIL'}. Load average "
+        f"after the warm-up, peak {mib(data.get('rss_peak'))} (the second half's peak minus the first half's: "
+        f"{mib(data.get('rss_late_growth'))}); {'PASS' if data.get('passed') else 'FAIL'}. Load average "
         f"{'/'.join(f'{x:.1f}' for x in load_before)} before, {'/'.join(f'{x:.1f}' for x in load_after)} after.",
         f"Start-up (model cache already built): the page was served {number(startup.get('serving_seconds'))} s and the model "
         f"ready {number(startup.get('ready_seconds'))} s after app.py started.",
