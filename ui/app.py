@@ -11,7 +11,7 @@ import gradio as gr
 
 from core.facts import known_facts_cache_path, load_known_facts
 from editor.layers import layers_text
-from editor.methods.hparams import default_hparams
+from editor.methods.settings import default_layers
 from ui.context import MODEL_EVENTS, AppContext
 from ui.examples import Example, load_examples
 from ui.limits import Limits
@@ -104,7 +104,7 @@ def example_edit(examples: list[Example], prompt: str, subject: str):
 
 def model_facts(loaded) -> dict:
     """What the page adapts to once a model is loaded: its layers, the editor's default R, the facts it knows."""
-    layers = default_hparams(loaded.layout).layers
+    layers = default_layers(loaded.layout)
     facts = {"layers": loaded.layout.num_layers, "default_layers": [min(layers), max(layers)], "known_facts": None}
     path = known_facts_cache_path(loaded)
     if path.is_file():

@@ -24,7 +24,7 @@ from editor.edits.requests import EditRequest, validate_requests
 from editor.evaluation.counterfact import CounterFactRecord, load_records
 from editor.evaluation.evaluate import Scores, score_records, summarize
 from editor.layers import layers_text
-from editor.methods.dispatch import compute_edit, method_hparams
+from editor.methods.registry import method_for
 
 # --- ledger --------------------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ def compute_batch(
     requests: list[EditRequest],
     method: str,
     layers: tuple[int, ...],
-    overrides: dict,
+    settings: dict,
     progress: Progress | None = None,
 ) -> EditBatch:
     """An EditBatch on top of `ledger`'s edits; the model's weights are left as they were.
@@ -131,8 +131,7 @@ def compute_batch(
     Call it with the ledger *not* applied: the editor computes the covariance on the original
     weights and applies the ledger itself for the targets and keys.
     """
-    hparams = method_hparams(loaded, method, layers, **overrides)
-    return compute_edit(loaded, requests, hparams, progress, ledger=ledger)
+    return method_for(loaded.layout, method, layers=layers, **settings).compute(loaded, requests, ledger, progress=progress)
 
 
 def batch_row(batch: Any) -> list[Any]:

@@ -13,8 +13,7 @@ from editor.edits.ledger import batch_bytes_bound
 from editor.edits.ledger_file import check_ledger_file
 from editor.evaluation.health import PROBE_COUNT, health_history_stream, probe_facts
 from editor.layers import parse_layers
-from editor.methods.dispatch import METHOD_LABELS
-from editor.methods.hparams import METHODS
+from editor.methods.registry import METHOD_NAMES, method_classes
 from editor.statistics.budget import check_budget, corpus_tokens
 from editor.studies.figures import loss_figure
 from ui import captions, editing, health_view, limits
@@ -33,7 +32,7 @@ REQUEST_HEADERS = [
     "neighborhood prompts (;-separated, optional)",
 ]
 HISTORY_HEADERS = ["batch", "method", "layers", "requests", "seconds"]
-METHOD_CHOICES = [(METHOD_LABELS[method], method) for method in METHODS]
+METHOD_CHOICES = [(cls.label, cls.name) for cls in method_classes()]
 
 
 @dataclass
@@ -91,18 +90,18 @@ def history_outputs(session: SessionState, message: str, data: dict) -> tuple:
 
 
 @dataclass(frozen=True)
-class EditSettings:
-    """The Edit tab's method, R and hyperparameters, every value checked."""
+class EditForm:
+    """The Edit tab's method, R and settings, every value checked."""
 
     method: str
     layers: tuple[int, ...]
-    overrides: dict  # MemitHyperParams fields given by the visitor (None = the model's default)
+    overrides: dict  # the method's settings given by the visitor (None = the model's default)
 
     @classmethod
     def from_inputs(
         cls, method: Any, layers: Any, lambda_value: Any, cov_tokens: Any, steps: Any, learning_rate: Any, kl_weight: Any,
         clamp: Any, num_layers: int | None,
-    ) -> EditSettings:
+    ) -> EditForm:
         overrides = dict(
             mom2_weight=limits.real(lambda_value, "λ", limits.LAMBDA, optional=True) or None,
             cov_tokens=None if cov_tokens in (None, "", 0) else limits.whole(cov_tokens, "Covariance corpus tokens", (1, 10**9)),
@@ -111,7 +110,7 @@ class EditSettings:
             kl_factor=limits.real(kl_weight, "KL weight", limits.KL_WEIGHT),
             clamp_norm=limits.real(clamp, "Clamp", limits.CLAMP),
         )
-        method = limits.choice(method, "Method", METHODS)
+        method = limits.choice(method, "Method", METHOD_NAMES)
         layer_text = limits.text(layers, "Layers R", limit=limits.MAX_LAYER_TEXT)
         return cls(method=method, layers=parse_layers(layer_text, num_layers), overrides=overrides)
 
@@ -215,7 +214,7 @@ def run_edit(
     if not rows:
         raise InputError("Nothing to edit: fill in the subject, prompt and new object (or add requests to the table).")
     requests = editing.requests_from_rows(rows)
-    settings = EditSettings.from_inputs(
+    settings = EditForm.from_inputs(
         method_name, layers_text, lambda_value, cov_token_count, step_count, learning_rate, kl_weight, clamp,
         ctx.num_layers(session),
     )
@@ -243,7 +242,7 @@ def run_edit(
             yield skip
     batch = job.result
     session.remember_checks(rows, requests)
-    session.cov_tokens = int(batch.hparams.get("cov_tokens") or 0) or None
+    session.cov_tokens = int(batch.settings.get("cov_tokens") or 0) or None
     per_request, per_layer = editing.diagnostics_tables(batch)
     yield (
         editing.batch_summary_text(batch),
@@ -448,7 +447,7 @@ def build(ctx: AppContext) -> EditTab:
         with gr.Accordion("Raw result (JSON)", open=False):
             result_json = gr.JSON(elem_id="edit-json")
 
-    hparams = [mom2_weight, cov_tokens, steps, lr, kl_factor, clamp_norm]
+    settings_inputs = [mom2_weight, cov_tokens, steps, lr, kl_factor, clamp_norm]
 
     # --- the requests table ------------------------------------------------------------------------
     add.click(
@@ -469,7 +468,7 @@ def build(ctx: AppContext) -> EditTab:
     edit_outputs = [status, request_table, loss_plot, layer_table, history, batch_choice, result_json, ctx.session]
     form = [subject, template, target, paraphrases, neighbors]
     edit_event = apply.click(
-        ctx.bind(run_edit), [table, method, layers, *hparams, *form, ctx.session], edit_outputs, api_name="edit",
+        ctx.bind(run_edit), [table, method, layers, *settings_inputs, *form, ctx.session], edit_outputs, api_name="edit",
         show_progress_on=[apply_line], **MODEL_EVENTS,
     )
     stop.click(ctx.bind(stop_jobs), [ctx.session], [status], queue=False, api_visibility="private")

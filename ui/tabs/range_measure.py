@@ -19,7 +19,7 @@ from core.errors import InputError
 from core.facts import model_key
 from editor.evaluation.counterfact import load_records
 from editor.layers import AUTO_FACTS, layers_text, outlier_flags
-from editor.methods.hparams import default_hparams
+from editor.methods.memit import Memit
 from editor.studies.devset import devset_path
 from editor.studies.figures import windows_figure
 from editor.studies.windows import measure_windows_stream, parse_windows, tracing_recommendation
@@ -154,7 +154,7 @@ def run_measure(ctx: AppContext, source_value: str, count_value: float, windows_
     typed = checked_windows(windows_value, num_layers, width)
     records = chosen_records(loaded, session, source, count)
     recommendation = session.recommendation if session.recommendation is not None and session.recommendation.width == width else None
-    hparams = default_hparams(loaded.layout, layers=tuple(range(width)), cov_tokens=session.cov_tokens)
+    method = Memit.for_model(loaded.layout, layers=tuple(range(width)), cov_tokens=session.cov_tokens)
     note = f"{len(records)} {'dev-set records' if source == 'devset' else 'of your records'}"
     skip = gr.skip()
 
@@ -164,7 +164,7 @@ def run_measure(ctx: AppContext, source_value: str, count_value: float, windows_
             tracing, _ = tracing_recommendation(loaded, width, AUTO_FACTS, progress=job.progress)
         windows = typed if typed is not None else around(tracing.layers, loaded.layout.num_layers)
         edited = with_true_objects(loaded, records) if source == "mine" else records
-        return job.relay(measure_windows_stream(loaded, edited, windows, hparams.replace(layers=windows[0]), width=width,
+        return job.relay(measure_windows_stream(loaded, edited, windows, method.replace(layers=windows[0]), width=width,
                                                 progress=job.progress, recommendation=tracing))
 
     job = ctx.submit(session, work, name="measurement of R by editing", edited=False)

@@ -1,27 +1,30 @@
-"""MEMIT / ROME hyperparameters (SPEC section 3) with per-family defaults."""
+"""What the editing methods share in their settings (SPEC section 3): R, C, the target optimisation, prefixes.
+
+Each method has its own settings dataclass (MemitSettings, AlphaEditSettings, ...), a subclass of
+EditSettings with only its own fields added; this module stays torch-free, so the CLIs' --help is instant.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+import math
+import typing
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.errors import InputError
 
-if TYPE_CHECKING:  # type hints only: this module stays torch-free, so the editor's --help is instant
+if TYPE_CHECKING:  # type hints only: this module stays torch-free
     from core.layout import ModelLayout
 
-METHODS = ("memit", "rome", "alphaedit", "encore")
-SEQUENTIAL_METHODS = ("alphaedit", "encore")  # their solve keeps earlier edits' keys (K_p K_p^T from the ledger)
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 
 
 @dataclass(frozen=True)
-class MemitHyperParams:
-    """Settings of one MEMIT (or ROME/AlphaEdit) edit; defaults are SPEC section 3's."""
+class EditSettings:
+    """Settings every method of the MEMIT family shares; defaults are SPEC section 3's."""
 
     layers: tuple[int, ...] = (2, 3, 4, 5, 6)  # R: the MLPs that are edited (l_R = the last one)
-    mom2_weight: float = 15000.0  # lambda in Delta = D K^T (lambda C + K K^T)^-1
     cov_tokens: int = 50_000  # corpus tokens behind C = E[k k^T] (measured: see COVARIANCE_BUDGET below)
     corpus: str = "wikipedia"  # "wikipedia" or a path to a .txt / .jsonl file
     # target vectors z (step 2)
@@ -44,23 +47,32 @@ class MemitHyperParams:
     target_batch_tokens: int = 2048  # padded tokens per forward/backward pass in the target optimization
     key_batch_rows: int = 256  # rows per forward pass when collecting keys
     max_prompt_tokens: int = 96  # prompt + new object, per request
-    method: str = "memit"  # "memit" | "rome" | "alphaedit" | "encore"
-    nullspace_threshold: float = 1e-2  # AlphaEdit: eigenvalues of C below this span the preserved null space
-    alphaedit_l2: float = 10.0  # AlphaEdit: ridge term added to the projected system
-    norm_lambda: float = 20.0  # ENCORE: weight of ||Delta||_F^2 (the norm constraint) in the MEMIT solve
-    extra: dict = field(default_factory=dict)
+
+    # {family: {field: value}}: a method's measured or published defaults per model family (e.g. lambda)
+    FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @property
     def target_layer(self) -> int:
         """l_R, the layer whose output the target vectors z describe."""
         return max(self.layers)
 
-    def replace(self, **changes) -> MemitHyperParams:
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> EditSettings:
+        """A copy with `changes`; InputError naming a setting this method does not have."""
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise InputError(f"{type(self).__name__} has no setting {', '.join(map(repr, unknown))}; "
+                             f"its settings are {', '.join(self.field_names())}.")
         if "layers" in changes and changes["layers"] is not None:
             changes["layers"] = tuple(sorted(int(layer) for layer in changes["layers"]))
+        if "prefix_starts" in changes and changes["prefix_starts"] is not None:
+            changes["prefix_starts"] = tuple(changes["prefix_starts"])
         return dataclasses.replace(self, **changes)
 
-    def check(self, layout: ModelLayout | None = None) -> MemitHyperParams:
+    def check(self, layout: ModelLayout | None = None) -> EditSettings:
         """This object, or an InputError naming the first unusable setting."""
         if not self.layers:
             raise InputError("No layers to edit: give at least one layer (e.g. 2-6).")
@@ -68,22 +80,16 @@ class MemitHyperParams:
             raise InputError(f"Layers must be distinct and increasing, got {list(self.layers)}.")
         if layout is not None and not all(0 <= layer < layout.num_layers for layer in self.layers):
             raise InputError(f"Layers {list(self.layers)} are outside the model's 0..{layout.num_layers - 1}.")
-        if self.mom2_weight < 0:
-            raise InputError(f"lambda must be >= 0, got {self.mom2_weight}.")
         if self.cov_tokens < 1:
             raise InputError(f"The covariance token budget must be positive, got {self.cov_tokens}.")
-        if self.steps < 1 or self.lr <= 0:
+        if self.steps < 1 or not 0 < self.lr < math.inf:
             raise InputError("The target optimization needs at least one step and a positive learning rate.")
         if "{}" not in self.kl_prompt:
             raise InputError(f"The essence (KL) prompt {self.kl_prompt!r} needs a '{{}}' for the subject.")
         if self.prefix_sampling not in ("greedy", "sample"):
             raise InputError(f"prefix_sampling must be 'greedy' or 'sample', got {self.prefix_sampling!r}.")
-        if self.early_stop_steps < 0 or not 0 <= self.norm_lambda < float("inf") or not 0 <= self.alphaedit_l2 < float("inf"):
-            raise InputError("The early-stop steps, the norm constraint and AlphaEdit's l2 must be >= 0.")
-        if not 0 < self.nullspace_threshold < float("inf"):
-            raise InputError(f"The null-space threshold must be a positive number, got {self.nullspace_threshold}.")
-        if self.method not in METHODS:
-            raise InputError(f"Unknown method {self.method!r}: use {', '.join(METHODS)}.")
+        if self.early_stop_steps < 0:
+            raise InputError(f"The early-stop steps must be >= 0, got {self.early_stop_steps}.")
         return self
 
     def to_dict(self) -> dict:
@@ -93,13 +99,42 @@ class MemitHyperParams:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> MemitHyperParams:
-        known = {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, data: dict) -> EditSettings:
+        """The settings in `data` that this class has (others, e.g. another method's, are ignored)."""
+        known = set(cls.field_names())
         values = {key: value for key, value in data.items() if key in known}
         for key in ("layers", "prefix_starts"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+    @classmethod
+    def parse_value(cls, name: str, text: str) -> Any:
+        """'--set NAME=VALUE' text as the type of setting `name` (InputError when it is not one)."""
+        if name not in cls.field_names():
+            raise InputError(f"{cls.__name__} has no setting {name!r}; its settings are {', '.join(cls.field_names())}.")
+        kind = typing.get_type_hints(cls)[name]
+        try:
+            if kind is bool:
+                return text.strip().lower() in ("1", "true", "yes")
+            if kind in (int, float):
+                value = kind(text)
+                if not math.isfinite(value):
+                    raise ValueError(text)
+                return value
+            if kind == tuple[int, ...]:
+                return tuple(int(part) for part in text.split(",") if part.strip())
+            if kind == tuple[str, ...]:
+                return tuple(part.strip() for part in text.split(",") if part.strip())
+        except ValueError:
+            raise InputError(f"Setting {name!r} takes a {getattr(kind, '__name__', kind)}, got {text!r}.") from None
+        return text
+
+
+def finite_at_least(value: float, low: float, name: str, strict: bool = False) -> None:
+    """InputError unless `value` is a finite number >= low (> low when strict)."""
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        raise InputError(f"{name} must be a finite number {'above' if strict else 'at least'} {low:g}, got {value}.")
 
 
 # COVARIANCE_BUDGET: `python -m editor sweep --data assets/devset_smollm2-135m-instruct.json
@@ -110,22 +145,9 @@ class MemitHyperParams:
 # neighbourhood accuracy at the 200,000-token level (within one record), at half the corpus pass of
 # 100,000.
 #
-# Per-family settings: R is a window of 5 layers starting at a relative depth taken from a measured
-# or published R (llama family: the tracer's recommendation R = 2-6 of 30 layers on the embedded
-# SmolLM2-135M; GPT-J: 3-8 of 28; GPT-2 XL: 13-17 of 48). lambda: the published values for GPT-J
-# and GPT-2 XL; for the llama family the value a sweep measured on SmolLM2-135M (84 held-out dev-set
-# records in one batch, unedited NS 90.7: ES 97.6 / PS 87.7 / NS 86.0 at 1,500; ES 97.6 / PS 89.5 /
-# NS 87.1 at 500, within one record of it; ES 51.2 / PS 41.7 / NS 88.7 at the published 15,000,
-# whose updates write only a fifth of the change into the weights). Larger
-# Llama models may want a larger lambda: sweep with `python -m editor sweep --lambda ...`.
-FAMILY_DEFAULTS: dict[str, dict] = {
-    "llama": dict(mom2_weight=1500.0),
-    "gptj": dict(mom2_weight=15000.0),
-    "gpt2": dict(mom2_weight=20000.0),
-}
-# ENCORE (Gupta et al. 2025) is MEMIT with earlier edits' keys kept, a norm constraint and
-# most-probable early stopping; its published settings stop 2 steps after the new object is on top.
-METHOD_DEFAULTS: dict[str, dict] = {"encore": dict(early_stop_steps=2)}
+# R per family is a window of 5 layers starting at a relative depth taken from a measured or published
+# R (llama family: the tracer's recommendation R = 2-6 of 30 layers on the embedded SmolLM2-135M;
+# GPT-J: 3-8 of 28; GPT-2 XL: 13-17 of 48).
 RELATIVE_START = {"llama": 2 / 30, "gptj": 3 / 28, "gpt2": 13 / 48}
 DEFAULT_RELATIVE_START = 3 / 28
 DEFAULT_WIDTH = 5
@@ -140,14 +162,12 @@ def default_layers(layout: ModelLayout, width: int = DEFAULT_WIDTH) -> tuple[int
     return tuple(range(start, start + width))
 
 
-def default_hparams(layout: ModelLayout, **overrides) -> MemitHyperParams:
-    """The defaults for a model's family, with `overrides` applied (None values are ignored)."""
-    values = dict(FAMILY_DEFAULTS.get(layout.family, {}))
-    values.update(METHOD_DEFAULTS.get(overrides.get("method") or "", {}))
-    if "layers" not in values:
-        values["layers"] = default_layers(layout)
+def settings_for(settings_class: type[EditSettings], layout: ModelLayout, **overrides: Any) -> EditSettings:
+    """`settings_class`'s defaults for a model's family and R, with `overrides` applied (None values are ignored)."""
+    values: dict[str, Any] = dict(settings_class.FAMILY_DEFAULTS.get(layout.family, {}))
+    values["layers"] = default_layers(layout)
     values.update({key: value for key, value in overrides.items() if value is not None})
-    params = MemitHyperParams().replace(**values)
-    if max(params.layers) >= layout.num_layers:
-        params = params.replace(layers=default_layers(layout, width=len(params.layers)))
-    return params.check(layout)
+    settings = settings_class().replace(**values)
+    if max(settings.layers) >= layout.num_layers:
+        settings = settings.replace(layers=default_layers(layout, width=len(settings.layers)))
+    return settings.check(layout)
