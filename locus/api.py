@@ -13,6 +13,7 @@ weights bit for bit). Later edits are computed on top of the ones still applied.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,10 +62,23 @@ def load(
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
             raise InputError("A model object needs its tokenizer: locus.load(model, tokenizer).")
-        return from_parts(model, tokenizer, spec="in-memory", name=getattr(model.config, "_name_or_path", None) or None)
+        spec = f"in-memory-{_fingerprint(model, tokenizer)}"  # the caches' key: another model must not share them
+        return from_parts(model, tokenizer, spec=spec, name=getattr(model.config, "_name_or_path", None) or None)
     if tokenizer is not None:
         raise InputError("A tokenizer goes with a model object; a model named by a string brings its own.")
     return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def _fingerprint(model: torch.nn.Module, tokenizer: Any) -> str:
+    """16 hex digits naming a model object's weights (names, shapes and a strided sample of each) and tokenizer."""
+    digest = hashlib.sha256(f"{type(model).__name__}|{type(tokenizer).__name__}|{len(tokenizer)}".encode())
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            flat = parameter.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
+            digest.update(f"{name}{tuple(parameter.shape)}{parameter.dtype}".encode())
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 # --- predictions ------------------------------------------------------------------------------------------------
