@@ -8,6 +8,7 @@ Nothing heavy is imported before a subcommand runs, so `locus --help` is instant
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable
 
@@ -18,6 +19,8 @@ from tracer.cli import main as tracer_main
 from ui.serve import main as serve_main
 
 APP_HELP = "serve the Locus app on http://127.0.0.1:7860 (the same as python app.py; --help for its options)"
+NO_GRADIO = ("the app needs Gradio, which is not installed here: pip install 'locus[app]' "
+             "(or pip install 'gradio>=6,<7'); the Python API and the other commands work without it.")
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -64,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; `locus --help` lists them.", file=sys.stderr)
         return 2
     if name == "app":
+        if importlib.util.find_spec("gradio") is None and not {"-h", "--help"} & set(rest):
+            print(f"error: {NO_GRADIO}", file=sys.stderr)
+            return 2
         serve_main(rest, prog="locus app")
         return 0
     runner = table[name][0]

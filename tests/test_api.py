@@ -15,6 +15,7 @@ import locus
 from editor.edits.ledger import EditLedger
 from editor.edits.weights import add_delta, projection_weight
 from editor.methods.registry import method_for
+from locus import cli
 from tests.conftest import weights_fingerprint
 from tests.test_editor_support import TEST_TOKENS
 from tests.tiny_models import tiny_model
@@ -164,3 +165,12 @@ def test_locus_methods_lists_every_method():
     assert finished.returncode == 0, finished.stderr[-2000:]
     names = [line.split(":")[0] for line in finished.stdout.splitlines() if not line.startswith(" ") and ":" in line]
     assert names[:4] == ["memit", "rome", "alphaedit", "encore"]
+
+
+def test_locus_app_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if it were not installed
+    assert cli.main(["app", "--port", "1"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {cli.NO_GRADIO}"
+    with pytest.raises(SystemExit) as stopped:  # its --help needs no Gradio
+        cli.main(["app", "--help"])
+    assert stopped.value.code == 0 and "--port" in capsys.readouterr().out
