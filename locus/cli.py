@@ -23,6 +23,12 @@ NO_GRADIO = ("the app needs Gradio, which is not installed here: pip install 'lo
              "(or pip install 'gradio>=6,<7'); the Python API and the other commands work without it.")
 
 
+def gradio_installed() -> bool:
+    """Whether Gradio can be imported (a folder left behind by `pip uninstall` does not count), without importing it."""
+    spec = importlib.util.find_spec("gradio")
+    return spec is not None and spec.origin is not None
+
+
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, str]:
     """{name: one-line help} of a command line's subcommands."""
     for action in parser._actions:  # argparse keeps them on its one subparsers action
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; `locus --help` lists them.", file=sys.stderr)
         return 2
     if name == "app":
-        if importlib.util.find_spec("gradio") is None and not {"-h", "--help"} & set(rest):
+        if not gradio_installed() and not {"-h", "--help"} & set(rest):
             print(f"error: {NO_GRADIO}", file=sys.stderr)
             return 2
         serve_main(rest, prog="locus app")
