@@ -174,3 +174,11 @@ def test_locus_app_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:  # its --help needs no Gradio
         cli.main(["app", "--help"])
     assert stopped.value.code == 0 and "--port" in capsys.readouterr().out
+
+
+def test_docs_api_names_every_public_name_and_subcommand():
+    page = (ROOT / "docs" / "API.md").read_text()
+    headings = {line.removeprefix("### ").strip("`") for line in page.splitlines() if line.startswith("### ")}
+    assert headings == set(locus.__all__)
+    documented = {line.split("`")[1].removeprefix("locus ") for line in page.splitlines() if line.startswith("| `locus ")}
+    assert documented - {"..."} == set(cli.commands())  # (the header row is `locus ...`)
