@@ -490,8 +490,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                              "lists each method's settings and defaults)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m editor", description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
+def build_parser(prog: str = "python -m editor") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -636,5 +636,5 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_parsed(build_parser(), argv, "interrupted (a covariance pass resumes from its last checkpoint next time)")
+def main(argv: list[str] | None = None, prog: str = "python -m editor") -> int:
+    return run_parsed(build_parser(prog), argv, "interrupted (a covariance pass resumes from its last checkpoint next time)")

@@ -58,7 +58,15 @@ def usage(table: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `locus --help | head`: the reader left; nothing more to say
+        sys.stderr.close()
+        return 0
+
+
+def run(argv: list[str]) -> int:
+    """Dispatch `argv` to the app or to the tracer's or editor's command line."""
     table = commands()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(table))
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_main(rest, prog="locus app")
         return 0
     runner = table[name][0]
-    return int(runner([name, *rest]) or 0)
+    return int(runner([name, *rest], prog="locus") or 0)
 
 
 if __name__ == "__main__":
