@@ -34,7 +34,7 @@ features from the statistics; computing it again on the same ledger gives the sa
 
 Settings: UltraEditSettings subclasses EditSettings so that every caller passing the shared settings (the app's
 Edit tab sends steps, lr, kl_factor and clamp_norm with every method; --set; the sequential runs' cov_tokens)
-works; UltraEdit uses layers, max_prompt_tokens and key_batch_rows of them and ignores the target optimisation
+works; UltraEdit uses layers and max_prompt_tokens of them and ignores the target optimisation
 (lr, steps, loss_stop, early_stop_steps, kl_*, weight_decay, clamp_norm, prefix_*, seed, target_batch_*) and
 the covariance (cov_tokens, corpus): it has neither.
 """
