@@ -29,7 +29,8 @@ from editor.methods.settings import EditSettings
 
 
 SETTING_FLAGS = {"mom2_weight": "--lambda", "cov_tokens": "--tokens", "corpus": "--corpus", "l2": "--l2",
-                 "nullspace_threshold": "--nullspace-threshold", "norm_lambda": "--norm-lambda", "early_stop_steps": "--early-stop"}
+                 "nullspace_threshold": "--nullspace-threshold", "norm_lambda": "--norm-lambda", "early_stop_steps": "--early-stop",
+                 "step_size": "--step-size"}
 
 
 def _method(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | None):
@@ -38,7 +39,8 @@ def _method(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | Non
     given = {"mom2_weight": getattr(arguments, "mom2_weight", None), "cov_tokens": getattr(arguments, "tokens", None),
              "corpus": getattr(arguments, "corpus", None), "l2": getattr(arguments, "l2", None),
              "nullspace_threshold": getattr(arguments, "nullspace_threshold", None),
-             "norm_lambda": getattr(arguments, "norm_lambda", None), "early_stop_steps": getattr(arguments, "early_stop", None)}
+             "norm_lambda": getattr(arguments, "norm_lambda", None), "early_stop_steps": getattr(arguments, "early_stop", None),
+             "step_size": getattr(arguments, "step_size", None)}
     for name, value in given.items():
         if value is not None and name not in cls.Settings.field_names():
             raise InputError(f"{SETTING_FLAGS[name]} is not a setting of {cls.label}; see `python -m editor methods`.")
@@ -476,7 +478,7 @@ def number_at_least(low: float, kind=float, strict: bool = False):
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    """AlphaEdit's and ENCORE's own settings (--nullspace-threshold, --l2, --early-stop, --norm-lambda)."""
+    """AlphaEdit's, ENCORE's and UltraEdit's own settings (--nullspace-threshold, --l2, --early-stop, --norm-lambda, --step-size)."""
     parser.add_argument("--nullspace-threshold", type=number_at_least(0, strict=True), default=None,
                         help="AlphaEdit: eigenvalues of C below this span the null space the update may use (default "
                              "0.01; see `stats --nullspace`)")
@@ -485,6 +487,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop each target's optimization STEPS steps after the new object is the top token on all "
                              "its prompts (ENCORE's MPES; default 2 for encore, 0 = off for the others)")
     parser.add_argument("--norm-lambda", type=number_at_least(0), default=None, help="ENCORE's norm constraint on ||Delta|| (default 20)")
+    parser.add_argument("--step-size", type=number_at_least(0, strict=True), default=None,
+                        help="UltraEdit's step size eta in v = -eta ||k_hat||^2 g_hat (default 1e-6, the paper's for 7B models)")
     parser.add_argument("--set", action="append", metavar="NAME=VALUE",
                         help="any other setting of the method, e.g. --set steps=10 (repeatable; `python -m editor methods` "
                              "lists each method's settings and defaults)")

@@ -69,13 +69,29 @@ class LayerProblem:
 
 
 class MemitFamily(EditMethod):
-    """MEMIT's algorithm (targets at l_R, keys per layer, the residual spread over R); subclasses give the solve."""
+    """MEMIT's algorithm (targets at l_R, keys per layer, the residual spread over R); subclasses give the solve.
+
+    Hooks a subclass may override: `layer_factors` (the solve, required); `original_statistics` (what the
+    method measures on the original weights, before the ledger's edits are applied, e.g. NAS's anchor norm;
+    None by default) and `adjust_targets` (the target vectors z changed once they are computed on the edited
+    model, before the layer solve, given that statistic; unchanged by default).
+    """
 
     reuses_targets = True
 
     def layer_factors(self, problem: LayerProblem) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
         """This layer's update as thin factors (left (d, r), right (r, m)), and extra LayerDiagnostics fields."""
         raise NotImplementedError
+
+    def original_statistics(self, loaded: LoadedModel, progress: Progress | None = None) -> object | None:
+        """What the method needs from the original (unedited) weights; called before the ledger's edits are applied."""
+        return None
+
+    def adjust_targets(
+        self, loaded: LoadedModel, requests: list[EditRequest], prefixes: list[str], targets: TargetResult, statistics: object | None
+    ) -> tuple[TargetResult, list[str]]:
+        """The target vectors the solve should write (on the model with the ledger's edits), and warnings about them."""
+        return targets, []
 
     def compute(
         self,
@@ -101,6 +117,7 @@ class MemitFamily(EditMethod):
                     loaded, list(settings.layers), settings.cov_tokens, settings.corpus, stage(progress, 0.0, 0.3)
                 )
             timings["covariance"] = time.perf_counter() - clock
+            statistics = self.original_statistics(loaded, stage(progress, 0.25, 0.3))  # from the unedited model, like C
             prefixes = context_prefixes(loaded, settings)  # from the unedited model
             context = ledger.applied(loaded) if ledger is not None else nullcontext()
             with context:
@@ -110,6 +127,7 @@ class MemitFamily(EditMethod):
                 timings["targets"] = time.perf_counter() - clock
                 if not torch.isfinite(targets.targets).all():
                     raise LocusError("The target vectors contain NaN or Inf; nothing was changed. Try other targets or fewer steps.")
+                targets, target_warnings = self.adjust_targets(loaded, requests, prefixes, targets, statistics)
                 clock = time.perf_counter()
                 # the sequential term of AlphaEdit and ENCORE: K_p K_p^T of every earlier edit in the ledger, per layer
                 previous = ledger.key_grams(settings.layers) if (ledger is not None and self.uses_earlier_keys) else {}
@@ -130,7 +148,7 @@ class MemitFamily(EditMethod):
             layer_diagnostics=layer_diagnostics,
             warnings=architecture_warnings(loaded) + covariances.warnings()
             + weak_update_warnings(layer_diagnostics, final_residual, self.weak_update_remedy())
-            + self.extra_warnings(layer_diagnostics),
+            + self.extra_warnings(layer_diagnostics) + target_warnings,
             final_residual_norm=final_residual,
             keys=keys,
             seconds=time.perf_counter() - started,

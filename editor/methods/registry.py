@@ -21,6 +21,9 @@ METHODS: dict[str, str] = {
     "rome": "editor.methods.rome:Rome",
     "alphaedit": "editor.methods.alphaedit:AlphaEdit",
     "encore": "editor.methods.encore:Encore",
+    "nas": "editor.methods.nas:Nas",
+    "rlsedit": "editor.methods.rlsedit:RlsEdit",
+    "ultraedit": "editor.methods.ultraedit:UltraEdit",
 }
 METHOD_NAMES = tuple(METHODS)
 
