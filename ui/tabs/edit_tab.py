@@ -480,7 +480,7 @@ def build(ctx: AppContext) -> EditTab:
             export_ledger = gr.Button("Export my edits", elem_id="edit-export", size="sm")
             import_ledger = gr.UploadButton("Import edits", file_types=[".safetensors"], size="sm", elem_id="edit-import-ledger")
         exported = gr.File(label="Your edits (a file to import later)", visible=False, interactive=False, elem_id="edit-exported")
-        with gr.Accordion("Raw result (JSON)", open=False):
+        with gr.Accordion("Raw result (JSON)", open=False, elem_id="edit-json-accordion"):
             result_json = gr.JSON(elem_id="edit-json")
 
     # --- the requests table ------------------------------------------------------------------------
