@@ -431,11 +431,8 @@ def command_methods(arguments: argparse.Namespace) -> int:
     """List the editing methods and their own settings with defaults."""
     for cls in method_classes():
         print(f"{cls.name}: {cls.label}")
-        own = [name for name in cls.Settings.field_names() if name not in EditSettings.field_names()]
         defaults = cls.Settings()
-        shared_changed = [name for name in EditSettings.field_names()
-                          if getattr(defaults, name) != getattr(EditSettings(), name)]
-        for name in own + shared_changed:
+        for name in cls.Settings.own_field_names():
             families = ", ".join(f"{family} {values[name]:g}" for family, values in cls.Settings.FAMILY_DEFAULTS.items()
                                  if name in values)
             print(f"    {name} = {getattr(defaults, name)!r}" + (f" (by model family: {families})" if families else "")

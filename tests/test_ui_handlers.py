@@ -97,7 +97,12 @@ def test_each_method_has_its_own_settings_checked_before_any_job(context):
     rows = [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]
     own = {choice.name: [setting.name for setting in choice.settings] for choice in edit_tab.METHODS}
     assert own == {"memit": ["mom2_weight"], "rome": [], "alphaedit": ["nullspace_threshold", "l2"],
-                   "encore": ["mom2_weight", "norm_lambda", "early_stop_steps"]}
+                   "encore": ["mom2_weight", "norm_lambda", "early_stop_steps"],
+                   "nas": ["nullspace_threshold", "l2", "anchor_samples", "anchor_quantile", "anchor_seed", "skip_factor"],
+                   "rlsedit": ["mom2_weight", "mu_reg", "lambda_reg"], "ultraedit": ["step_size", "ridge", "edits_per_pass"]}
+    # a path on the server (NAS's anchor_records) is never a visitor's to set; declared bounds reach the page
+    nas = next(choice for choice in edit_tab.METHODS if choice.name == "nas")
+    assert dict((setting.name, setting.bounds) for setting in nas.settings)["anchor_samples"] == (1, 2000)
     with pytest.raises(InputError, match="AlphaEdit has no setting 'mom2_weight'"):
         EditForm(table=rows, method="alphaedit", method_settings={"alphaedit": {"mom2_weight": 1500}})
     form = EditForm(table=rows, method="alphaedit", method_settings={"alphaedit": {"l2": "5", "nullspace_threshold": None},

@@ -162,19 +162,16 @@ class MethodChoice:
 
 
 def own_setting_names(settings_class: type[EditSettings]) -> tuple[str, ...]:
-    """The settings a method adds to EditSettings, and the shared ones whose default it changes (as `editor methods`
-    lists them): ENCORE's norm_lambda, mom2_weight and early_stop_steps; AlphaEdit's nullspace_threshold and l2."""
-    shared, defaults = EditSettings.field_names(), settings_class()
-    added = [name for name in settings_class.field_names() if name not in shared]
-    changed = [name for name in shared if getattr(defaults, name) != getattr(SHARED, name)]
-    return tuple(added + changed)
+    """A method's own settings (EditSettings.own_field_names) that a visitor may set: never a path on the server."""
+    return tuple(name for name in settings_class.own_field_names() if not settings_class.names_a_file(name))
 
 
 def setting_input(settings_class: type[EditSettings], name: str) -> SettingInput:
     kind = typing.get_type_hints(settings_class)[name]
     kind = kind if kind in (int, float, bool) else str
     words = SETTING_WORDS.get(name, name.replace("_", " "))
-    bounds = limits.SETTING_BOUNDS.get(name, limits.SETTING_NUMBER) if kind in (int, float) else None
+    declared = settings_class.bounds_of(name) or limits.SETTING_BOUNDS.get(name, limits.SETTING_NUMBER)
+    bounds = declared if kind in (int, float) else None
     return SettingInput(name=name, kind=kind, default=getattr(settings_class(), name), label=words, bounds=bounds)
 
 

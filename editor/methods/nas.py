@@ -47,7 +47,7 @@ from core.progress import Progress
 from editor.edits.requests import EditRequest, validate_requests
 from editor.edits.weights import projection_weight, tensor_digest
 from editor.methods.alphaedit import AlphaEdit, AlphaEditSettings
-from editor.methods.settings import finite_at_least
+from editor.methods.settings import NAMES_A_FILE, bounded, finite_at_least
 from editor.methods.targets import TargetResult, compute_targets, request_name
 from editor.passes.forward import pad_id, pad_right, run_until
 from editor.passes.rows import key_rows
@@ -68,11 +68,12 @@ class NasSettings(AlphaEditSettings):
     # 2 hours in all on a 2-core CPU (once per model and R, then cached), so the default is 200: A is a mean of
     # norms, and a fifth of the requests moves it by about 1/sqrt(200) of their spread. --set anchor_samples=1000
     # gives the paper's.
-    anchor_samples: int = 200
-    anchor_quantile: float = 0.95  # A: the mean of the norms up to this quantile (the largest 5% left out)
-    anchor_seed: int = 0  # which reference requests are drawn
-    skip_factor: float = 2.0  # a value vector longer than this x A is not written (v* = v0)
-    anchor_records: str = ""  # CounterFact-format JSON of reference requests ("": assets/lifelong_counterfact.json)
+    anchor_samples: int = bounded(200, 1, 2000)
+    anchor_quantile: float = bounded(0.95, 0.0, 1.0)  # A: the mean of the norms up to this quantile (largest 5% out)
+    anchor_seed: int = bounded(0, 0, 2**31 - 1)  # which reference requests are drawn
+    skip_factor: float = bounded(2.0, 0.0, 1e6)  # a value vector longer than this x A is not written (v* = v0)
+    # CounterFact-format JSON of reference requests ("": assets/lifelong_counterfact.json)
+    anchor_records: str = dataclasses.field(default="", metadata={NAMES_A_FILE: True})
 
     def check(self, layout=None) -> NasSettings:
         super().check(layout)

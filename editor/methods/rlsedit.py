@@ -40,7 +40,7 @@ import torch
 
 from core.errors import InputError
 from editor.methods.memit import LayerProblem, MemitFamily
-from editor.methods.settings import EditSettings, finite_at_least
+from editor.methods.settings import EditSettings, bounded, finite_at_least
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class RlsEditSettings(EditSettings):
     """RLSEdit's settings: the shared ones and the soft constraints' weights (defaults: the paper's)."""
 
     mom2_weight: float = 15000.0  # K_0 K_0^T = mom2_weight C: the anchor keys' second moment (the paper's mom2_update_weight)
-    mu_reg: float = 1.0  # mu: weight of the anchor-mapping constraint ||(W - W_0) K_0||
-    lambda_reg: float = 0.0  # lambda: weight of the deviation-from-W_0 constraint ||W - W_0||
+    mu_reg: float = bounded(1.0, 0.0, 1e9)  # mu: weight of the anchor-mapping constraint ||(W - W_0) K_0||
+    lambda_reg: float = bounded(0.0, 0.0, 1e9)  # lambda: weight of the deviation-from-W_0 constraint ||W - W_0||
 
     # llama: MEMIT's measured lambda for SmolLM2-135M (the prior mu^2 lambda C plays MEMIT's lambda C; at the paper's
     # 15,000 for Llama3-8B, 3 dev-set edits at R 1-5 scored ES 33.3 against 100 at 1,500: docs/LIFELONG.md)

@@ -18,6 +18,13 @@ if TYPE_CHECKING:  # type hints only: this module stays torch-free
     from core.layout import ModelLayout
 
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
+NAMES_A_FILE = "names a file"  # field metadata: the setting is a path on the machine that runs Locus (CLI and API only)
+BOUNDS = "bounds"  # field metadata: (low, high), the range check() allows (and the app's input)
+
+
+def bounded(default: Any, low: float, high: float) -> Any:
+    """A dataclass field whose value must lie in [low, high] (checked by EditSettings.check, shown by the app)."""
+    return dataclasses.field(default=default, metadata={BOUNDS: (low, high)})
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class EditSettings:
 
     layers: tuple[int, ...] = (2, 3, 4, 5, 6)  # R: the MLPs that are edited (l_R = the last one)
     cov_tokens: int = 50_000  # corpus tokens behind C = E[k k^T] (measured: see COVARIANCE_BUDGET below)
-    corpus: str = "wikipedia"  # "wikipedia" or a path to a .txt / .jsonl file
+    corpus: str = dataclasses.field(default="wikipedia", metadata={NAMES_A_FILE: True})  # "wikipedia" or a .txt / .jsonl file
     # target vectors z (step 2)
     lr: float = 0.5
     steps: int = 25
@@ -60,6 +67,25 @@ class EditSettings:
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
+    @classmethod
+    def own_field_names(cls) -> tuple[str, ...]:
+        """The settings this class adds to EditSettings, and the shared ones whose default it changes (ENCORE's
+        early_stop_steps): what `python -m editor methods` lists and the app's Edit tab asks for."""
+        shared, defaults, base = EditSettings.field_names(), cls(), EditSettings()
+        added = [name for name in cls.field_names() if name not in shared]
+        changed = [name for name in shared if getattr(defaults, name) != getattr(base, name)]
+        return tuple(added + changed)
+
+    @classmethod
+    def names_a_file(cls, name: str) -> bool:
+        """True for a setting that is a path on this machine (a web visitor never sets it)."""
+        return bool({f.name: f for f in dataclasses.fields(cls)}[name].metadata.get(NAMES_A_FILE))
+
+    @classmethod
+    def bounds_of(cls, name: str) -> tuple[float, float] | None:
+        """The [low, high] a setting declares (None: its check() alone says what it allows)."""
+        return {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get(BOUNDS)
+
     def replace(self, **changes: Any) -> EditSettings:
         """A copy with `changes`; InputError naming a setting this method does not have."""
         unknown = sorted(set(changes) - set(self.field_names()))
@@ -90,6 +116,12 @@ class EditSettings:
             raise InputError(f"prefix_sampling must be 'greedy' or 'sample', got {self.prefix_sampling!r}.")
         if self.early_stop_steps < 0:
             raise InputError(f"The early-stop steps must be >= 0, got {self.early_stop_steps}.")
+        for field in dataclasses.fields(self):
+            low, high = field.metadata.get(BOUNDS, (-math.inf, math.inf))
+            value = getattr(self, field.name)
+            if not (isinstance(value, (int, float)) and low <= value <= high):
+                if BOUNDS in field.metadata:
+                    raise InputError(f"{type(self).__name__}'s {field.name} must be between {low:g} and {high:g}, got {value!r}.")
         return self
 
     def to_dict(self) -> dict:

@@ -60,7 +60,7 @@ from editor.edits.requests import EditRequest
 from editor.edits.weights import add_delta, projection_weight, restore, snapshot
 from editor.methods.base import EditMethod
 from editor.methods.memit import out_of_memory_guard, prepare
-from editor.methods.settings import EditSettings, finite_at_least
+from editor.methods.settings import EditSettings, bounded, finite_at_least
 from editor.passes.forward import pad_id, pad_right
 from editor.passes.rows import PromptRow, target_rows
 from editor.statistics.covariance import CovarianceSet
@@ -73,9 +73,9 @@ SUMMARY_KEY = "normalizer"  # where a batch's settings carry its gradient statis
 class UltraEditSettings(EditSettings):
     """UltraEdit's settings: the step size, the ridge term and the requests per pass (see the module docstring)."""
 
-    step_size: float = 1e-6  # eta: v = -eta ||k_hat||^2 g_hat (the paper's "lr")
-    ridge: float = 1.0  # Delta = V^T K (K^T K + ridge I)^-1
-    edits_per_pass: int = 10  # requests per forward/backward pass; the loss is the mean over their answer tokens
+    step_size: float = bounded(1e-6, 0.0, 1e3)  # eta: v = -eta ||k_hat||^2 g_hat (the paper's "lr")
+    ridge: float = bounded(1.0, 0.0, 1e12)  # Delta = V^T K (K^T K + ridge I)^-1
+    edits_per_pass: int = bounded(10, 1, 1024)  # requests per forward/backward pass; the loss is the mean over their answer tokens
 
     def check(self, layout=None) -> UltraEditSettings:
         super().check(layout)
