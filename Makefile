@@ -26,12 +26,13 @@ run: $(INSTALLED)
 
 install: $(INSTALLED)
 
-$(INSTALLED): requirements.txt requirements-data.txt
+$(INSTALLED): requirements.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps -r requirements-data.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .   # the `locus` command and `import locus`, from this checkout
 	touch $@
 
 $(TEST_INSTALLED): $(INSTALLED) requirements-test.txt

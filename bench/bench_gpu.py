@@ -44,8 +44,7 @@ from core.loading import LoadedModel, load_model, resolve_device
 from editor.edits.ledger import EditLedger
 from editor.evaluation.counterfact import load_records
 from editor.evaluation.evaluate import Scores, score_records, summarize
-from editor.methods.hparams import default_hparams
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import TargetResult, compute_targets
 from editor.statistics import covariance
@@ -110,16 +109,17 @@ def trace_engines(loaded: LoadedModel, prompt: tuple[str, str], samples: int, re
 def edit_ways(loaded: LoadedModel, records: list, cov_tokens: int, steps: int | None, straightforward: bool) -> dict:
     """Batched (and optionally straightforward) MEMIT of `records`; times, and scores before and after the batched edit."""
     requests = [record.request() for record in records]
-    hparams = default_hparams(loaded.layout, cov_tokens=cov_tokens, steps=steps)
-    prefixes = context_prefixes(loaded, hparams)
-    layers = list(hparams.layers)
+    memit = Memit.for_model(loaded.layout, cov_tokens=cov_tokens, steps=steps)
+    settings = memit.settings
+    prefixes = context_prefixes(loaded, settings)
+    layers = list(settings.layers)
     result: dict = {}
     covariance._MEMORY.clear()
     synchronize(loaded.device)
     clock = time.perf_counter()
     statistics = covariance.layer_covariances(loaded, layers, cov_tokens, use_cache=False)
-    batched_targets = compute_targets(loaded, requests, hparams, prefixes, engine="cached")
-    batched = compute_memit(loaded, requests, hparams, covariances=statistics, targets=batched_targets)
+    batched_targets = compute_targets(loaded, requests, settings, prefixes, engine="cached")
+    batched = memit.compute(loaded, requests, covariances=statistics, targets=batched_targets)
     synchronize(loaded.device)
     result["batched_seconds"] = time.perf_counter() - clock
     if straightforward:
@@ -129,12 +129,12 @@ def edit_ways(loaded: LoadedModel, records: list, cov_tokens: int, steps: int | 
         single = covariance.CovarianceSet(
             {layer: s.covariances[layer] for layer, s in per_layer.items()}, {layer: s.diagnostics[layer] for layer, s in per_layer.items()}
         )
-        parts = [compute_targets(loaded, [request], hparams, prefixes, engine="full") for request in requests]
+        parts = [compute_targets(loaded, [request], settings, prefixes, engine="full") for request in requests]
         serial_targets = TargetResult(
             parts[0].layer, torch.cat([p.targets for p in parts]), torch.cat([p.hidden for p in parts]),
             [d for p in parts for d in p.diagnostics],
         )
-        serial = compute_memit(loaded, requests, hparams, covariances=single, targets=serial_targets)
+        serial = memit.compute(loaded, requests, covariances=single, targets=serial_targets)
         synchronize(loaded.device)
         result["straightforward_seconds"] = time.perf_counter() - clock
         result["delta_difference"] = max(

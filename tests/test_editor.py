@@ -9,7 +9,7 @@ from core.predict import predict_next_tokens
 from editor.edits.ledger import EditLedger
 from editor.edits.requests import EditRequest
 from editor.edits.weights import weights_hash
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import compute_targets
 from tests.test_editor_support import editing_hparams, shared_covariances
@@ -28,7 +28,7 @@ def top_token(loaded, prompt: str) -> str:
 @pytest.fixture(scope="module")
 def three_edit_batch(embedded):
     hparams = editing_hparams(embedded)
-    return compute_memit(embedded, THREE_EDITS, hparams, covariances=shared_covariances(embedded))
+    return Memit(hparams).compute(embedded, THREE_EDITS, covariances=shared_covariances(embedded))
 
 
 def test_three_edits_flip_predictions_and_undo_restores_weights(embedded, three_edit_batch):
@@ -87,8 +87,7 @@ def test_second_batch_is_computed_on_top_of_the_first(embedded, three_edit_batch
     ledger.add(three_edit_batch, embedded)
     original = ledger.weights_hash(embedded)
     hparams = editing_hparams(embedded)
-    second = compute_memit(
-        embedded, [EditRequest("Eiffel Tower", "The {} is located in the city of", "London", "Rome")], hparams,
+    second = Memit(hparams).compute(embedded, [EditRequest("Eiffel Tower", "The {} is located in the city of", "London", "Rome")],
         ledger=ledger, covariances=shared_covariances(embedded),
     )
     assert ledger.weights_hash(embedded) == original  # computing left the shared weights alone

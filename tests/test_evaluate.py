@@ -15,6 +15,7 @@ from core.facts import KnownFact, load_known_facts
 from editor.evaluation.counterfact import load_records
 from editor.evaluation.evaluate import evaluate_records, summarize
 from editor.evaluation.metrics import PairScore, harmonic_mean, ngram_entropy, record_scores
+from editor.methods.memit import Memit
 from editor.studies.devset import build_records
 from tests.test_editor_support import TEST_TOKENS, editing_hparams, shared_covariances
 
@@ -78,7 +79,7 @@ def test_evaluate_records_batch_on_the_embedded_model(embedded):
     records = load_records(DEVSET)[:3]
     hparams = editing_hparams(embedded, steps=12)
     shared_covariances(embedded)  # computed once for all editor tests
-    result = evaluate_records(embedded, records, hparams, mode="batch", generation=False)
+    result = evaluate_records(embedded, records, Memit(hparams), mode="batch", generation=False)
     assert result.n == 3 and result.mode == "batch" and result.layers == list(hparams.layers)
     assert result.pre.ES < result.post.ES and result.post.ES >= 2 / 3 * 100
     assert result.pre.NS >= 50

@@ -12,12 +12,11 @@ from core.errors import InputError
 from core.loading import from_parts
 from editor.edits.ledger import METADATA_KEY, EditLedger
 from editor.edits.requests import EditRequest
-from editor.methods.hparams import MemitHyperParams
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit, MemitSettings
 from editor.statistics.covariance import layer_covariances
 from tests.tiny_models import tiny_model
 
-HPARAMS = MemitHyperParams(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)
+HPARAMS = MemitSettings(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +28,10 @@ def tiny_llama(tokenizer):
 @pytest.fixture(scope="module")
 def two_batches(tiny_llama):
     covariances = layer_covariances(tiny_llama, [1, 2], HPARAMS.cov_tokens)
-    first = compute_memit(tiny_llama, [EditRequest("Eiffel Tower", "The {} is in", "Rome")], HPARAMS, covariances=covariances)
+    first = Memit(HPARAMS).compute(tiny_llama, [EditRequest("Eiffel Tower", "The {} is in", "Rome")], covariances=covariances)
     ledger = EditLedger.for_model(tiny_llama)
     ledger.add(first, tiny_llama)
-    second = compute_memit(
-        tiny_llama, [EditRequest("Colosseum", "{} is in", "London"), EditRequest("Louvre", "The {} is in", "Berlin")],
-        HPARAMS.replace(layers=(2,)), ledger=ledger, covariances=covariances,
+    second = Memit(HPARAMS.replace(layers=(2,))).compute(tiny_llama, [EditRequest("Colosseum", "{} is in", "London"), EditRequest("Louvre", "The {} is in", "Berlin")], ledger=ledger, covariances=covariances,
     )
     return first, second
 

@@ -43,7 +43,7 @@ METADATA_KEY = "locus_ledger"
 
 def edits_applied(loaded: LoadedModel) -> bool:
     """True while some ledger's edits are on `loaded`'s weights (inside `EditLedger.applied`)."""
-    return getattr(loaded, "_locus_applied_depth", 0) > 0
+    return loaded.edits_applied
 
 
 def batch_bytes_bound(layout: ModelLayout, layers: Sequence[int], requests: int) -> int:

@@ -30,9 +30,8 @@ from editor.evaluation.metrics import (
 from editor.evaluation.result_cache import ResultCache, compute_missing, digest
 from editor.evaluation.scoring import teacher_forced
 from editor.layers import layers_text
-from editor.methods.dispatch import compute_edit
-from editor.methods.hparams import MemitHyperParams, default_hparams
-from editor.methods.memit import prepare
+from editor.methods.base import EditMethod
+from editor.methods.memit import Memit, prepare
 from editor.passes.generation import generate_texts
 from editor.statistics.covariance import CovarianceSet, layer_covariances
 
@@ -114,9 +113,9 @@ def score_records(
 
 @dataclass
 class SingleModeContext:
-    """What every record of a single-mode evaluation shares: the method's settings, C, the starting ledger."""
+    """What every record of a single-mode evaluation shares: the method, C, the starting ledger."""
 
-    hparams: MemitHyperParams
+    method: EditMethod
     covariances: CovarianceSet | None
     ledger: EditLedger | None
     generation: bool
@@ -152,26 +151,25 @@ def evaluate_one_record(
         with base.applied(loaded):
             pre, pre_entropies = score_records(loaded, [record], generation=context.generation, progress=stage(progress, 0.0, 0.2))
         clock = time.perf_counter()
-        batch = compute_edit(loaded, [record.request()], context.hparams, stage(progress, 0.2, 0.8), ledger=context.ledger,
-                             covariances=context.covariances)
+        batch = context.method.compute(loaded, [record.request()], context.ledger, context.covariances, stage(progress, 0.2, 0.8))
         edit_seconds = time.perf_counter() - clock
         with base.with_batch(batch).applied(loaded):
             post, post_entropies = score_records(loaded, [record], generation=context.generation, progress=stage(progress, 0.8, 1.0))
     return RecordOutcome(pre[0], pre_entropies, post[0], post_entropies, edit_seconds, batch.warnings)
 
 
-def single_mode_cache(loaded: LoadedModel, hparams: MemitHyperParams, ledger: EditLedger | None, generation: bool,
+def single_mode_cache(loaded: LoadedModel, method: EditMethod, ledger: EditLedger | None, generation: bool,
                       enabled: bool = True) -> ResultCache:
-    """The finished records of single-mode runs with these settings (from the same starting ledger)."""
+    """The finished records of single-mode runs with this method and settings (from the same starting ledger)."""
     state = [batch.batch_id for batch in ledger] if ledger is not None else []
-    settings = {"hparams": hparams.to_dict(), "ledger": state, "generation": generation}
+    settings = {"method": method.to_dict(), "ledger": state, "generation": generation}
     return ResultCache.for_run("evaluate-single", model_key(loaded), settings, enabled)
 
 
 def single_mode_outcomes(
     loaded: LoadedModel,
     records: list[CounterFactRecord],
-    hparams: MemitHyperParams,
+    method: EditMethod,
     ledger: EditLedger | None,
     generation: bool,
     progress: Progress | None,
@@ -179,7 +177,7 @@ def single_mode_outcomes(
     use_cache: bool,
 ) -> list[RecordOutcome]:
     """Every record's outcome in record order: cached ones read back, the rest computed (here or on `pool`) and cached."""
-    cache = single_mode_cache(loaded, hparams, ledger, generation, use_cache)
+    cache = single_mode_cache(loaded, method, ledger, generation, use_cache)
     keys = [digest(record.to_dict()) for record in records]
     outcomes: list[RecordOutcome | None] = [
         RecordOutcome.from_dict(cache.get(key)) if key in cache else None for key in keys
@@ -188,9 +186,10 @@ def single_mode_outcomes(
     if not todo:
         return outcomes
     # C once for every record (on the workers, if it is not cached yet)
-    covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus,
+    settings = method.settings
+    covariances = layer_covariances(loaded, list(settings.layers), settings.cov_tokens, settings.corpus,
                                     stage(progress, 0.0, 0.1), pool=pool)
-    context = SingleModeContext(hparams, covariances, ledger, generation)
+    context = SingleModeContext(method, covariances, ledger, generation)
     for index, outcome in compute_missing(evaluate_one_record, loaded, records, todo, context, pool=pool,
                                           progress=progress, span=(0.1, 1.0), message="record {finished}/{total} evaluated"):
         outcomes[index] = outcome
@@ -208,17 +207,17 @@ class EvaluationResult:
     layers: list[int]
     mode: str
     method: str
-    mom2_weight: float
+    method_settings: str  # the method's own settings in a few words (EditMethod.describe)
     cov_tokens: int
     seconds: float
     edit_seconds: float
     warnings: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # EditMethod.to_dict() of the edit
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["pre"], data["post"] = self.pre.to_dict(), self.post.to_dict()
-        data["lambda"] = self.mom2_weight
         return data
 
     @classmethod
@@ -241,7 +240,7 @@ class EvaluationResult:
             lines.append(f"{label:10}" + "".join(cells))
         lines.append(
             f"n={self.n}  method={self.method}  layers={layers_text(self.layers)}  mode={self.mode}  "
-            f"lambda={self.mom2_weight:g}  cov_tokens={self.cov_tokens:,}  edit {self.edit_seconds:.1f} s, total {self.seconds:.1f} s"
+            f"{self.method_settings}  cov_tokens={self.cov_tokens:,}  edit {self.edit_seconds:.1f} s, total {self.seconds:.1f} s"
         )
         return "\n".join(lines)
 
@@ -249,7 +248,7 @@ class EvaluationResult:
 def evaluate_records(
     loaded: LoadedModel,
     records: list[CounterFactRecord] | str | list[dict],
-    hparams: MemitHyperParams | None = None,
+    method: EditMethod | None = None,
     *,
     mode: str = "batch",
     ledger: EditLedger | None = None,
@@ -273,8 +272,8 @@ def evaluate_records(
         if limit < 1:
             raise InputError(f"--limit must be at least 1, got {limit}.")
         records = records[:limit]
-    hparams = (hparams or default_hparams(loaded.layout)).check(loaded.layout)
-    prepare(loaded, [record.request() for record in records], hparams, ledger)  # every request valid before editing
+    method = method if method is not None else Memit.for_model(loaded.layout)
+    prepare(loaded, [record.request() for record in records], method.settings, ledger)  # every request valid before editing
     base = ledger if ledger is not None else EditLedger.for_model(loaded)
     edit_seconds, warnings = 0.0, []
     if mode == "batch":
@@ -282,13 +281,13 @@ def evaluate_records(
             with base.applied(loaded):
                 pre_records, pre_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.0, 0.2))
             clock = time.perf_counter()
-            batch = compute_edit(loaded, [r.request() for r in records], hparams, stage(progress, 0.2, 0.8), ledger=ledger)
+            batch = method.compute(loaded, [r.request() for r in records], ledger, progress=stage(progress, 0.2, 0.8))
             edit_seconds = time.perf_counter() - clock
             warnings = batch.warnings
             with base.with_batch(batch).applied(loaded):
                 post_records, post_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.8, 1.0))
     else:
-        outcomes = single_mode_outcomes(loaded, records, hparams, ledger, generation, progress, pool, use_cache)
+        outcomes = single_mode_outcomes(loaded, records, method, ledger, generation, progress, pool, use_cache)
         pre_records = [outcome.pre for outcome in outcomes]
         post_records = [outcome.post for outcome in outcomes]
         pre_entropies = [value for outcome in outcomes for value in outcome.pre_entropies]
@@ -303,11 +302,12 @@ def evaluate_records(
         pre=summarize(pre_records, pre_entropies),
         post=summarize(post_records, post_entropies),
         n=len(records),
-        layers=list(hparams.layers) if hparams.method != "rome" else [max(hparams.layers)],
+        layers=list(method.layers),
         mode=mode,
-        method=hparams.method,
-        mom2_weight=hparams.mom2_weight,
-        cov_tokens=hparams.cov_tokens,
+        method=method.name,
+        method_settings=method.describe(),
+        cov_tokens=method.settings.cov_tokens,
+        settings=method.to_dict(),
         seconds=time.perf_counter() - started,
         edit_seconds=edit_seconds,
         warnings=warnings,

@@ -386,6 +386,7 @@ def layer_covariances(
 ) -> CovarianceSet:
     """C_l for `layers` over `tokens` corpus tokens: from memory, the disk cache, or one pass (on `pool` if given) for the missing ones."""
     started = time.perf_counter()
+    use_cache = use_cache and not loaded.edits_applied  # C of edited weights is no statistic of the model's
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
     model = statistics_key(loaded)
     keys = {layer: CovarianceKey(model, corpus.digest, layer, int(tokens)) for layer in sorted(set(layers))}

@@ -7,6 +7,7 @@ import html
 
 import plotly.graph_objects as go
 
+from editor.methods.registry import method_classes
 from tracer.figures import FONT, empty_figure, figures_html
 
 LOSS_CAPTION = (
@@ -62,7 +63,7 @@ SEQUENTIAL_CAPTIONS = {
 def _run_label(run: dict) -> str:
     settings = run.get("settings", {})
     label = str(settings.get("label") or settings.get("method", "run"))
-    for name, shown in (("alphaedit", "AlphaEdit"), ("memit", "MEMIT"), ("encore", "ENCORE"), ("mpes", "MPES")):
+    for name, shown in [*((cls.name, cls.title) for cls in method_classes()), ("mpes", "MPES")]:
         label = label.replace(name, shown)
     return label
 

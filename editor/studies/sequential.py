@@ -34,8 +34,7 @@ from editor.evaluation.health import (
     probe_facts,
 )
 from editor.evaluation.metrics import RecordScores
-from editor.methods.dispatch import compute_edit
-from editor.methods.hparams import MemitHyperParams
+from editor.methods.base import EditMethod
 from editor.statistics.corpus import WIKIPEDIA
 from editor.statistics.covariance import layer_covariances
 
@@ -117,7 +116,7 @@ def _record_score(row: list) -> RecordScores:
 def run_sequential(
     loaded: LoadedModel,
     records: list[CounterFactRecord],
-    hparams: MemitHyperParams,
+    method: EditMethod,
     batch_size: int,
     batches: int,
     *,
@@ -136,8 +135,8 @@ def run_sequential(
     the last healthy ledger. The model's weights are left as they were.
     """
     chunks = record_chunks(records, batch_size, batches)
-    if hparams.method == "rome":
-        raise InputError("Sequential runs use MEMIT, AlphaEdit or ENCORE (ROME edits one fact at a time).")
+    if method.edits_one_layer:
+        raise InputError(f"Sequential runs edit batches over the layers R; {method.label} edits one fact at a time.")
     if collapse_ratio <= 1:
         raise InputError(f"The collapse ratio must be above 1, got {collapse_ratio:g}.")
     ledger = ledger if ledger is not None else EditLedger.for_model(loaded)
@@ -149,7 +148,7 @@ def run_sequential(
     edited_subjects = {record.subject for chunk in chunks for record in chunk}
     probes = probes if probes is not None else probe_facts(loaded, edited_subjects)
     chosen = [record for chunk in chunks for record in chunk]
-    layers = list(hparams.layers)
+    layers = list(method.layers)
     originals = {layer: projection_weight(loaded, layer).detach().clone() for layer in layers}
     unedited_norms = matrix_norms(loaded, layers)
     if run is None:
@@ -162,15 +161,14 @@ def run_sequential(
         return run, ledger
     unedited_health = Health.from_dict(run.unedited)
     pre = [_record_score(row) for row in run.unedited_records]
-    covariances = layer_covariances(loaded, layers, hparams.cov_tokens, hparams.corpus, stage(progress, 0.04, 0.06))
+    covariances = layer_covariances(loaded, layers, method.settings.cov_tokens, method.settings.corpus, stage(progress, 0.04, 0.06))
     started = time.perf_counter() - sum(row["seconds"] for row in run.batches)
     for index in range(len(ledger), batches):
         report = stage(progress, 0.06 + 0.94 * index / batches, 0.06 + 0.94 * (index + 1) / batches)
         chunk = chunks[index]
         clock = time.perf_counter()
         try:
-            batch = compute_edit(loaded, [record.request() for record in chunk], hparams, stage(report, 0.0, 0.8),
-                                 ledger=ledger, covariances=covariances)
+            batch = method.compute(loaded, [record.request() for record in chunk], ledger, covariances, stage(report, 0.0, 0.8))
         except LocusError as error:  # NaN/Inf targets or updates: the model (or the solve) has broken down
             run.stopped = f"Batch {index + 1} could not be computed: {error}"
             run.collapse = {"batch": index + 1, "error": str(error)}
