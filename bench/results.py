@@ -158,6 +158,13 @@ def layers_text(layers) -> str:
     return ",".join(str(layer) for layer in layers)
 
 
+def method_text(data: dict) -> str:
+    """A result's method settings in a few words (`method_settings`; older outputs had `lambda`)."""
+    if data.get("method_settings"):
+        return data["method_settings"]
+    return f"lambda {number(data['lambda'], 0)}" if data.get("lambda") is not None else "defaults"
+
+
 SCORE_COLUMNS = (("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("eff. acc.", "efficacy_accuracy"),
                  ("nbr. acc.", "neighborhood_accuracy"))
 
@@ -306,7 +313,7 @@ def render_layers(record: dict) -> str:
                      number(window.get("seconds"), 0)])
     correlation = data.get("rank_correlation")
     return "\n\n".join([
-        f"{data['n']} dev-set records edited in one {data['method']} batch at each window R (lambda {number(data['lambda'], 0)}, "
+        f"{data['n']} dev-set records edited in one {data['method']} batch at each window R ({method_text(data)}, "
         f"{number(data['cov_tokens'], 0)} covariance tokens), beside the tracing curve (MLP effect at the last subject token, "
         f"averaged over {data['trace_facts']} known facts, summed over the window). {data.get('cached_windows', 0)} window(s) "
         f"came from the cache; targets {number(data.get('target_seconds'), 0)} s, all {number(data.get('seconds'), 0)} s.",
@@ -329,13 +336,33 @@ def render_precision(record: dict) -> str:
     if not rows:
         return ""
     first = output_of(record, "float32") or output_of(record, "bfloat16")
-    parts = [f"{first['n']} dev-set records in one {first['method']} batch, R = {layers_text(first['layers'])}, lambda "
-             f"{number(first['lambda'], 0)}, {number(first['cov_tokens'], 0)} covariance tokens; the same command in each dtype.",
+    parts = [f"{first['n']} dev-set records in one {first['method']} batch, R = {layers_text(first['layers'])}, "
+             f"{method_text(first)}, {number(first['cov_tokens'], 0)} covariance tokens; the same command in each dtype.",
              table(["dtype", *(title for title, _ in SCORE_COLUMNS), "edit time"], rows)]
     if len(edited) == 2:
         gap = max(abs((edited["float32"].get(key) or 0) - (edited["bfloat16"].get(key) or 0)) for key in ("ES", "PS", "NS"))
         parts.append(f"Largest difference of the edited ES/PS/NS between bfloat16 and float32: {gap:.1f} points.")
     return "\n\n".join(parts)
+
+
+def render_methods(record: dict) -> str:
+    rows = []
+    for command in record.get("commands", []):
+        data = command.get("output")
+        if not data:
+            continue
+        rows.append([data["method"], data["n"], layers_text(data["layers"]), method_text(data),
+                     *(number(data["post"].get(key)) for key in ("ES", "PS", "NS", "neighborhood_accuracy")),
+                     number(data.get("edit_seconds"), 0)])
+    if not rows:
+        return ""
+    first = next(command["output"] for command in record["commands"] if command.get("output"))
+    return "\n\n".join([
+        f"Each row: dev-set records edited in one batch by the method, then scored (unedited: ES "
+        f"{number(first['pre'].get('ES'))}, PS {number(first['pre'].get('PS'))}, NS {number(first['pre'].get('NS'))} on the "
+        f"first {first['n']} records).",
+        table(["method", "records", "R", "settings", "ES", "PS", "NS", "nbr. acc.", "edit s"], rows),
+    ])
 
 
 SEQUENTIAL_RUNS = (("memit", "MEMIT (lambda 1,500)"), ("alphaedit", "AlphaEdit (defaults)"),
@@ -407,6 +434,11 @@ def trim_lifelong(label: str, data):
     if isinstance(data.get("collapse"), dict):
         data["collapse"] = {**data["collapse"], "forgotten": len(data["collapse"].get("forgotten") or [])}
     return data
+
+
+def trim_records(label: str, data):
+    """An evaluation without its per-record list (the renderers use the summaries)."""
+    return {key: value for key, value in data.items() if key != "records"} if isinstance(data, dict) else data
 
 
 def render_soak(record: dict) -> str:
@@ -568,7 +600,31 @@ SECTIONS: tuple[Section, ...] = (
                json_command("bfloat16", "editor", "evaluate", "--data", DEVSET, "--mode", "batch", "--no-generation",
                             "--dtype", "bfloat16", "--limit", "6", "--tokens", "5000")),
         render=render_precision,
+        trim=trim_records,
     ),
+)
+
+
+def evaluate_command(label: str, limit: str, layers: str, *settings: str) -> Command:
+    return json_command(label, "editor", "evaluate", "--data", DEVSET, "--limit", limit, "--no-generation", "--layers", layers,
+                        *settings)
+
+
+METHOD_CHECKS_QUICK = (
+    evaluate_command("nas", "3", "1-5", "--method", "nas", "--set", "anchor_samples=24"),
+    evaluate_command("rlsedit", "3", "1-5", "--method", "rlsedit"),
+    evaluate_command("rlsedit-15000", "3", "1-5", "--method", "rlsedit", "--lambda", "15000"),
+    evaluate_command("ultraedit", "3", "1-5", "--method", "ultraedit"),
+    evaluate_command("ultraedit-3e-4", "3", "24-28", "--method", "ultraedit", "--step-size", "3e-4"),
+    evaluate_command("ultraedit-1e-3", "3", "24-28", "--method", "ultraedit", "--step-size", "1e-3"),
+)
+METHOD_CHECKS_FULL = (
+    evaluate_command("nas", "10", "1-5", "--method", "nas"),
+    evaluate_command("rlsedit", "10", "1-5", "--method", "rlsedit"),
+    evaluate_command("rlsedit-15000", "10", "1-5", "--method", "rlsedit", "--lambda", "15000"),
+    evaluate_command("ultraedit", "10", "1-5", "--method", "ultraedit"),
+    evaluate_command("ultraedit-3e-4", "10", "24-28", "--method", "ultraedit", "--step-size", "3e-4"),
+    evaluate_command("ultraedit-1e-3", "10", "24-28", "--method", "ultraedit", "--step-size", "1e-3"),
 )
 
 
@@ -602,6 +658,15 @@ SECTIONS += (
         quick=lifelong_commands("5", "2", ("--tokens", "5000"), ("--scales", "1", "--seeds", "1")),
         render=render_lifelong,
         trim=trim_lifelong,
+    ),
+    Section(
+        "methods", "The lifelong editors on the embedded model: one batch",
+        "NAS, RLSEdit and UltraEdit (docs/LIFELONG.md) each edit the first dev-set records in one batch (`editor evaluate`): "
+        "the checks LIFELONG.md describes, at the defaults and at the settings it discusses.",
+        full=METHOD_CHECKS_FULL,
+        quick=METHOD_CHECKS_QUICK,
+        render=render_methods,
+        trim=trim_records,
     ),
     Section(
         "soak", "Many visitors at once, and start-up",
