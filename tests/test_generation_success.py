@@ -183,3 +183,15 @@ def test_single_mode_cache_lines_without_generation_success_are_computed_again(t
     outcomes = single_mode_outcomes(loaded, records, method, None, False, None, None, True, by_generation=False)
     assert computed == [] and all(outcome.post.es_gen is None and outcome.pre.es_gen is None for outcome in outcomes)
     assert outcomes[0].post.es == fresh.es
+
+
+def test_the_test_tab_shows_success_by_generation_after_s():
+    from ui.tabs import test_tab  # gradio: only this test needs it
+
+    pre = Scores(0.0, 0.0, 100.0, 0.0, 0.0, 100.0, None, 1, ES_gen=0.0, PS_gen=None, NS_gen=100.0)
+    post = Scores(100.0, 100.0, 100.0, 100.0, 100.0, 100.0, None, 1, ES_gen=100.0, PS_gen=None, NS_gen=66.66)
+    assert test_tab.METRIC_COLUMNS[:8] == ["model", "ES", "PS", "NS", "S", "ES by generation", "PS by generation",
+                                           "NS by generation"]
+    rows = test_tab.metrics_rows(pre, post)
+    assert [len(row) for row in rows] == [len(test_tab.METRIC_COLUMNS)] * 2 and rows[1][-1] == 1
+    assert rows[0][5:8] == [0.0, None, 100.0] and rows[1][5:8] == [100.0, None, 66.7]
