@@ -164,6 +164,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
             result = evaluate_records(
                 loaded, records, method, mode=arguments.mode, limit=arguments.limit,
                 generation=not arguments.no_generation, progress=report, pool=pool, use_cache=not arguments.no_cache,
+                by_generation=not arguments.no_generation_success,
             )
         finally:
             close()
@@ -231,7 +232,7 @@ def command_sweep(arguments: argparse.Namespace) -> int:
         report, close = tqdm_progress("sweep")
         try:
             result = sweep_records(loaded, records, method, budgets, lambdas, generation=arguments.generation, progress=report,
-                                   pool=pool, use_cache=not arguments.no_cache)
+                                   pool=pool, use_cache=not arguments.no_cache, by_generation=not arguments.no_generation_success)
         finally:
             close()
     print(result.table())
@@ -267,7 +268,8 @@ def command_layers(arguments: argparse.Namespace) -> int:
     report, close = tqdm_progress("R by editing")
     try:
         result = measure_windows(loaded, records, windows, method, width=arguments.width, trace_facts=arguments.trace_facts,
-                                 use_cache=not arguments.no_cache, progress=report)
+                                 use_cache=not arguments.no_cache, progress=report,
+                                 by_generation=not arguments.no_generation_success)
     finally:
         close()
     print(result.table())
@@ -320,7 +322,7 @@ def command_sequential(arguments: argparse.Namespace) -> int:
     settings = {"data": Path(arguments.data).name, "records": len(records), "batch_size": arguments.batch_size,
                 "batches": arguments.batches, "method": method.name, "layers": list(method.layers),
                 "model": loaded.name, "collapse_ratio": arguments.collapse_ratio, "hparams": method.to_dict(),
-                "label": arguments.label or method.name}
+                "label": arguments.label or method.name, "generation_success": not arguments.no_generation_success}
     run, ledger = None, None
     if arguments.resume and Path(arguments.out).is_file() and Path(arguments.ledger_out).is_file():
         run = SequentialRun.from_dict(_run_file(arguments.out))
@@ -341,13 +343,17 @@ def command_sequential(arguments: argparse.Namespace) -> int:
         if arguments.out:
             write_json(arguments.out, current.to_dict())
         row = current.batches[-1]
-        print(f"batch {row['batch']}: {row['edits']} edits, ES {row['ES']:.1f} PS {row['PS']:.1f} NS {row['NS']:.1f}, "
-              f"perplexity x{row['perplexity_ratio']:.3f}, retention {row['retention']:.0f}%, {row['seconds']:.0f} s", flush=True)
+        by_generation = "" if row.get("ES_gen") is None else \
+            f" (by generation: ES {row['ES_gen']:.1f} PS {_figure(row.get('PS_gen'))} NS {_figure(row.get('NS_gen'))})"
+        print(f"batch {row['batch']}: {row['edits']} edits, ES {_figure(row['ES'])} PS {_figure(row['PS'])} NS {_figure(row['NS'])}"
+              f"{by_generation}, perplexity x{row['perplexity_ratio']:.3f}, retention {row['retention']:.0f}%, {row['seconds']:.0f} s",
+              flush=True)
 
     report, close = tqdm_progress(f"sequential {method.name}")
     try:
         run, ledger = run_sequential(loaded, records, method, arguments.batch_size, arguments.batches, run=run, ledger=ledger,
-                                     collapse_ratio=arguments.collapse_ratio, settings=settings, on_batch=save, progress=report)
+                                     collapse_ratio=arguments.collapse_ratio, settings=settings, on_batch=save, progress=report,
+                                     by_generation=not arguments.no_generation_success)
     finally:
         close()
     print(run.table())
@@ -359,6 +365,11 @@ def command_sequential(arguments: argparse.Namespace) -> int:
         print(f"The run stopped early. The last healthy ledger ({len(ledger)} batch(es))"
               + (f" is in {arguments.ledger_out}." if arguments.ledger_out else " was not saved (use --ledger-out)."))
     return 0
+
+
+def _figure(value: float | None) -> str:
+    """A percentage to one decimal, or a dash where there is none."""
+    return "-" if value is None else f"{value:.1f}"
 
 
 def command_damage(arguments: argparse.Namespace) -> int:
@@ -491,6 +502,13 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                              "lists each method's settings and defaults)")
 
 
+def add_generation_success_argument(parser: argparse.ArgumentParser) -> None:
+    """--no-generation-success: leave out ES/PS/NS by greedy generation (SPEC 6), reported by default."""
+    parser.add_argument("--no-generation-success", action="store_true",
+                        help="leave out ES-gen/PS-gen/NS-gen (success when greedy generation from the prompt alone starts "
+                             "with the object; reported by default beside ES/PS/NS)")
+
+
 def build_parser(prog: str = "python -m editor") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -517,6 +535,7 @@ def build_parser(prog: str = "python -m editor") -> argparse.ArgumentParser:
     add_covariance_arguments(evaluate)
     add_method_arguments(evaluate)
     evaluate.add_argument("--no-generation", action="store_true", help="skip the fluency (GE) generations")
+    add_generation_success_argument(evaluate)
     evaluate.add_argument("--out", default=None, help="write the metrics JSON here")
     evaluate.add_argument("--no-cache", action="store_true",
                           help="single mode: evaluate every record again (finished records are cached, so a rerun resumes)")
@@ -552,6 +571,7 @@ def build_parser(prog: str = "python -m editor") -> argparse.ArgumentParser:
     sweep.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
     add_method_arguments(sweep)
     sweep.add_argument("--generation", action="store_true", help="also generate texts for fluency (GE); slow")
+    add_generation_success_argument(sweep)
     sweep.add_argument("--out", default=None, help="write the table as JSON here")
     sweep.add_argument("--no-cache", action="store_true",
                        help="compute every setting again (finished settings are cached, so a rerun resumes)")
@@ -572,6 +592,7 @@ def build_parser(prog: str = "python -m editor") -> argparse.ArgumentParser:
                         help="an editing method that reuses targets (not rome); `python -m editor methods` lists them")
     add_covariance_arguments(layers)
     add_method_arguments(layers)
+    add_generation_success_argument(layers)
     layers.add_argument("--no-cache", action="store_true", help="measure every window again (and do not write the cache)")
     layers.add_argument("--out", default=None, help="write the windows as JSON here")
     add_model_arguments(layers)
@@ -599,6 +620,7 @@ def build_parser(prog: str = "python -m editor") -> argparse.ArgumentParser:
     sequential.add_argument("--layers", default=None, help=LAYERS_HELP)
     add_covariance_arguments(sequential, lambda_help="MEMIT's lambda (default: the family's)")
     add_method_arguments(sequential)
+    add_generation_success_argument(sequential)
     sequential.add_argument("--collapse-ratio", type=float, default=2.0, help="stop when perplexity exceeds this x the unedited's")
     sequential.add_argument("--out", default=None, help="write the curves as JSON here (after every batch)")
     sequential.add_argument("--ledger-out", default=None, help="save the last healthy ledger here (after every batch)")

@@ -9,6 +9,9 @@ from core.predict import predict_next_tokens
 from editor.edits.ledger import EditLedger
 from editor.edits.requests import EditRequest
 from editor.edits.weights import weights_hash
+from editor.evaluation.by_generation import generation_checks
+from editor.evaluation.counterfact import CounterFactRecord
+from editor.evaluation.evaluate import score_records
 from editor.methods.memit import Memit
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import compute_targets
@@ -101,6 +104,21 @@ def test_second_batch_is_computed_on_top_of_the_first(embedded, three_edit_batch
         assert top_token(embedded, THREE_EDITS[0].text) == "Rome"
         assert ledger.weights_hash(embedded) != both
     assert ledger.weights_hash(embedded) == original
+
+
+def test_success_by_generation_before_and_after_the_edits(embedded, three_edit_batch):
+    """SPEC 6 on the three known facts: greedy decoding says the true objects before, the new ones after."""
+    records = [CounterFactRecord(index, r.subject, r.prompt, r.target_new, r.target_true) for index, r in enumerate(THREE_EDITS)]
+    records[0].neighborhood_prompts = ["The Louvre is located in the city of"]  # Paris, and stays Paris
+    before, _ = score_records(embedded, records, generation=False)
+    assert [s.es_gen for s in before] == [0.0, 0.0, 0.0] and before[0].ns_gen == 1.0
+    assert generation_checks(embedded, [(r.text, r.target_true) for r in THREE_EDITS]) == [True, True, True]
+    ledger = EditLedger.for_model(embedded)
+    ledger.add(three_edit_batch, embedded)
+    with ledger.applied(embedded):
+        after, _ = score_records(embedded, records, generation=False)
+    assert [s.es_gen for s in after] == [1.0, 1.0, 1.0] and after[0].ns_gen == 1.0
+    assert all(s.ps_gen is None for s in after) and [s.ns_gen for s in after[1:]] == [None, None]  # no such prompts
 
 
 def test_batched_targets_equal_serial_targets(embedded):

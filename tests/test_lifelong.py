@@ -313,8 +313,12 @@ def test_a_run_that_breaks_the_model_stops_and_keeps_the_last_healthy_ledger(emb
     assert "collapsed" in run.stopped and run.collapse["batch"] == 2
     assert run.collapse["perplexity_ratio"] > 2 or not run.collapse["finite"]
     assert len(run.batches) == 1 and [batch.batch_id for batch in ledger] == [healthy]
+    row = run.batches[0]
+    assert row["ES_gen"] is not None and row["latest"]["ES_gen"] is not None and row["unedited_so_far"]["NS_gen"] is not None
+    assert run.unedited["ES_gen"] is not None and len(run.unedited_records[0]) == 8 and "ES-gen" in run.table()
     figures = sequential_figures([run.to_dict()])
-    assert [len(figure.data) for figure in figures] == [3, 1, 1, 1] and all(figure_caption(f) for f in figures)
+    assert [len(figure.data) for figure in figures] == [4, 1, 1, 1] and all(figure_caption(f) for f in figures)
+    assert figures[0].data[3].name.startswith("ES-gen") and figures[0].data[3].y[1] == row["ES_gen"]
     assert figures[1].data[0].y == (1.0, run.batches[0]["perplexity_ratio"])
     six = [dict(run.to_dict(), settings={**run.settings, "label": f"encore+mpes {i}"}) for i in range(6)]
     lines = sequential_figures(six)[1].data  # six runs on one plot stay apart

@@ -5,7 +5,9 @@ so a sweep optimizes them once and then, for every (token budget, lambda), compu
 updates, applies them, scores the records, and restores the weights (`sweep_cell`, here in order or on a
 pool's workers: the same numbers). Budgets run smallest first: the covariance cache continues a larger
 budget from the largest finished smaller one. Each finished cell is cached as it arrives
-(`editor.evaluation.result_cache`): a rerun computes only the cells that were not finished.
+(`editor.evaluation.result_cache`): a rerun computes only the cells that were not finished. Success by
+generation (ES_gen, PS_gen, NS_gen) does not change the cache's key: a cell cached without it is computed
+again when it is asked for (`by_generation`, on by default), and shown without it when it is not.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from core.progress import Progress, stage
 from editor.edits.ledger import EditLedger
 from editor.edits.requests import EditRequest
 from editor.evaluation.counterfact import CounterFactRecord
-from editor.evaluation.evaluate import Scores, score_records, summarize
+from editor.evaluation.evaluate import Scores, has_generation_success, score_records, summarize
 from editor.evaluation.result_cache import ResultCache, compute_missing, digest
 from editor.layers import layers_text
 from editor.methods.base import EditMethod
@@ -30,8 +32,8 @@ from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import TargetResult, compute_targets
 from editor.statistics.covariance import CovarianceSet, layer_covariances
 
-COLUMNS = (("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("Eff.acc", "efficacy_accuracy"),
-           ("Nbr.acc", "neighborhood_accuracy"), ("GE", "GE"))
+COLUMNS = (("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("ES-gen", "ES_gen"), ("PS-gen", "PS_gen"),
+           ("NS-gen", "NS_gen"), ("Eff.acc", "efficacy_accuracy"), ("Nbr.acc", "neighborhood_accuracy"), ("GE", "GE"))
 
 
 @dataclass
@@ -117,6 +119,7 @@ class SweepContext:
     targets: TargetResult
     covariances: dict[int, CovarianceSet]
     generation: bool
+    by_generation: bool = True
 
 
 def sweep_cell(loaded: LoadedModel, context: SweepContext, cell: tuple[int, float | None],
@@ -132,7 +135,8 @@ def sweep_cell(loaded: LoadedModel, context: SweepContext, cell: tuple[int, floa
         ledger = EditLedger.for_model(loaded)
         ledger.add(batch, loaded)
         with ledger.applied(loaded):
-            post, entropies = score_records(loaded, context.records, generation=context.generation, progress=stage(progress, 0.3, 1.0))
+            post, entropies = score_records(loaded, context.records, generation=context.generation,
+                                            by_generation=context.by_generation, progress=stage(progress, 0.3, 1.0))
     return SweepRow(tokens, weight, summarize(post, entropies), batch.final_residual_norm, time.perf_counter() - clock, batch.warnings)
 
 
@@ -147,6 +151,7 @@ def sweep_records(
     progress: Progress | None = None,
     pool: WorkerPool | None = None,
     use_cache: bool = True,
+    by_generation: bool = True,
 ) -> SweepResult:
     """Score `records` unedited, then edited in one batch with every (budget, lambda) (cells on `pool` if given); the weights end as they began.
 
@@ -166,6 +171,13 @@ def sweep_records(
     cache = sweep_cache(loaded, records, method, generation, use_cache)
     cached = [cache.get(cell_key(cell)) for cell in cells]
     start = cache.get("start")  # unedited scores and the targets' figures
+    if by_generation:  # cached before success by generation was measured: computed again
+        cached = [row if row is not None and has_generation_success(row["scores"]) else None for row in cached]
+        start = start if start is not None and has_generation_success(start["unedited"]) else None
+    else:
+        cached = [None if row is None else {**row, "scores": Scores.from_dict(row["scores"]).without_generation_success().to_dict()}
+                  for row in cached]
+        start = None if start is None else {**start, "unedited": Scores.from_dict(start["unedited"]).without_generation_success().to_dict()}
     if start is not None and all(row is not None for row in cached):
         return SweepResult(
             unedited=Scores.from_dict(start["unedited"]), rows=[SweepRow.from_dict(row) for row in cached], n=len(records),
@@ -175,7 +187,8 @@ def sweep_records(
     covariances: dict[int, CovarianceSet] = {}
     covariance_seconds: dict[int, float] = {}
     with loaded.lock:
-        pre, pre_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.0, 0.05))
+        pre, pre_entropies = score_records(loaded, records, generation=generation, by_generation=by_generation,
+                                           progress=stage(progress, 0.0, 0.05))
         clock = time.perf_counter()
         prefixes = context_prefixes(loaded, settings)
         targets = compute_targets(loaded, requests, settings, prefixes, progress=stage(progress, 0.05, 0.5))
@@ -189,7 +202,7 @@ def sweep_records(
     if start is None:
         cache.put("start", {"unedited": summarize(pre, pre_entropies).to_dict(), "residual_before": residual_before,
                             "target_seconds": target_seconds})
-    context = SweepContext(records, requests, method, targets, covariances, generation)
+    context = SweepContext(records, requests, method, targets, covariances, generation, by_generation)
     rows: list[SweepRow | None] = [None if row is None else SweepRow.from_dict(row) for row in cached]
     todo = [index for index, row in enumerate(rows) if row is None]
     for tokens, seconds in covariance_seconds.items():  # the covariance counts on the first row of its budget

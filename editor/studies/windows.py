@@ -9,7 +9,10 @@ the last subject token summed over the window's layers, tracer.average / tracer.
 two answers to "where should I edit?" can be compared (Hase et al., NeurIPS 2023).
 
 Every finished window is appended to a JSON-lines cache keyed by model, records and settings, so an
-interrupted run continues where it stopped.
+interrupted run continues where it stopped. Success by generation (ES_gen, PS_gen, NS_gen, SPEC 6) is
+measured beside ES/PS/NS unless `by_generation` is off; it does not change the cache's key: a cached
+window (or unedited line) without it, from an older version, is measured again when it is asked for,
+and left without it when it is not.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy
@@ -30,7 +33,7 @@ from core.loading import LoadedModel
 from core.progress import Progress, stage
 from editor.edits.ledger import EditLedger
 from editor.evaluation.counterfact import CounterFactRecord
-from editor.evaluation.evaluate import Scores, score_records, summarize
+from editor.evaluation.evaluate import Scores, has_generation_success, score_records, summarize
 from editor.layers import AUTO_FACTS, layer_spans, layers_text, outlier_flags
 from editor.methods.base import EditMethod
 from editor.methods.memit import Memit, prepare
@@ -102,6 +105,9 @@ class WindowScore:
     efficacy_accuracy: float | None = None
     neighborhood_accuracy: float | None = None
     trace_effect: float | None = None
+    ES_gen: float | None = None  # success by generation (SPEC 6); None where not measured
+    PS_gen: float | None = None
+    NS_gen: float | None = None
     residual_left: float = 0.0  # mean ||z - h|| at l_R after the updates (0 = the whole change was written)
     seconds: float = 0.0  # the solve and the scoring (the targets, shared per last layer, are counted apart)
     warnings: list[str] = field(default_factory=list)
@@ -224,7 +230,8 @@ class WindowsResult:
 
     def table(self) -> str:
         """Plain text: one row per window (the tracing R marked T, the editing-best R marked E), then the verdict."""
-        header = f"{'R':>8}{'trace':>9}{'ES':>8}{'PS':>8}{'NS':>8}{'S':>8}{'Eff.acc':>9}{'Nbr.acc':>9}{'left':>7}{'s':>7}"
+        header = (f"{'R':>8}{'trace':>9}{'ES':>8}{'PS':>8}{'NS':>8}{'S':>8}{'ES-gen':>8}{'PS-gen':>8}{'NS-gen':>8}"
+                  f"{'Eff.acc':>9}{'Nbr.acc':>9}{'left':>7}{'s':>7}")
         lines = [header, f"{'unedited':>17}" + _cells(self.unedited) + f"{'':>7}{'':>7}"]
         best = self.editing_best
         for window in self.windows:
@@ -247,7 +254,7 @@ def _number(value: float | None) -> str:
 
 
 def _cells(scores) -> str:
-    values = (scores.ES, scores.PS, scores.NS, scores.S)
+    values = (scores.ES, scores.PS, scores.NS, scores.S, scores.ES_gen, scores.PS_gen, scores.NS_gen)
     extra = (scores.efficacy_accuracy, scores.neighborhood_accuracy)
     return "".join(f"{'-':>8}" if v is None else f"{v:8.1f}" for v in values) + "".join(
         f"{'-':>9}" if v is None else f"{v:9.1f}" for v in extra
@@ -321,6 +328,7 @@ def measure_windows_stream(
     use_cache: bool = True,
     progress: Progress | None = None,
     recommendation: LayerRecommendation | None = None,
+    by_generation: bool = True,
 ) -> Iterator[WindowsUpdate]:
     """Edit `records` at every window and yield the growing result; the last update has done=True.
 
@@ -349,6 +357,12 @@ def measure_windows_stream(
         base.settings.replace(layers=window).check(layout)
     path = windows_cache_path(loaded, records, base)
     unedited, done = read_cache(path) if use_cache else (None, {})
+    if by_generation:  # measured before success by generation was: measured again
+        unedited = unedited if unedited is not None and has_generation_success(unedited.to_dict()) else None
+        done = {window: score for window, score in done.items() if score.ES_gen is not None}
+    else:
+        unedited = unedited.without_generation_success() if unedited is not None else None
+        done = {window: replace(score, ES_gen=None, PS_gen=None, NS_gen=None) for window, score in done.items()}
     yield WindowsUpdate(_result(loaded, records, base, width, unedited, [], [], 0, [], None, started), 0.0,
                         message=f"{len(done)} of {len(chosen)} windows already in the cache" if done else "averaging traces")
 
@@ -374,7 +388,8 @@ def measure_windows_stream(
 
     if unedited is None:
         with loaded.lock:
-            pre, entropies = score_records(loaded, records, generation=False, progress=stage(progress, 0.5 / total, 1 / total))
+            pre, entropies = score_records(loaded, records, generation=False, by_generation=by_generation,
+                                           progress=stage(progress, 0.5 / total, 1 / total))
         unedited = summarize(pre, entropies)
         if use_cache:
             append_entry(path, {"kind": "unedited", "scores": unedited.to_dict()})
@@ -409,12 +424,13 @@ def measure_windows_stream(
                 ledger = EditLedger.for_model(loaded)
                 ledger.add(batch, loaded)
                 with ledger.applied(loaded):
-                    post, entropies = score_records(loaded, records, generation=False, progress=stage(progress, middle, high))
+                    post, entropies = score_records(loaded, records, generation=False, by_generation=by_generation,
+                                                    progress=stage(progress, middle, high))
             scores = summarize(post, entropies)
             score = WindowScore(
                 layers=list(window), ES=scores.ES, PS=scores.PS, NS=scores.NS, S=scores.S,
                 efficacy_accuracy=scores.efficacy_accuracy, neighborhood_accuracy=scores.neighborhood_accuracy,
-                residual_left=batch.final_residual_norm, seconds=time.perf_counter() - clock, warnings=list(batch.warnings),
+                ES_gen=scores.ES_gen, PS_gen=scores.PS_gen, NS_gen=scores.NS_gen, residual_left=batch.final_residual_norm, seconds=time.perf_counter() - clock, warnings=list(batch.warnings),
             )
             if use_cache:
                 append_entry(path, {"kind": "window", "window": score.to_dict()})
@@ -453,11 +469,13 @@ def measure_windows(
     use_cache: bool = True,
     progress: Progress | None = None,
     recommendation: LayerRecommendation | None = None,
+    by_generation: bool = True,
 ) -> WindowsResult:
-    """ES/PS/NS/S of `records` edited at each window, beside the tracing curve; resumable (see the module notes)."""
+    """ES/PS/NS/S (and by generation) of `records` edited at each window, beside the tracing curve; resumable (see the module notes)."""
     result = None
     for update in measure_windows_stream(loaded, records, windows, method, width=width, trace_facts=trace_facts,
-                                         use_cache=use_cache, progress=progress, recommendation=recommendation):
+                                         use_cache=use_cache, progress=progress, recommendation=recommendation,
+                                         by_generation=by_generation):
         result = update.result
         if progress is not None:
             progress(update.fraction, update.message)

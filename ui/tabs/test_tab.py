@@ -29,6 +29,22 @@ def predictions_dict(predictions: list[Any], generation: str) -> dict:
     return {"top": [p.to_dict() for p in predictions], "generation": generation}
 
 
+# --- the CounterFact scores table: editing.metrics_rows with success by generation after S -----------------------
+
+GENERATION_KEYS = [("ES by generation", "ES_gen"), ("PS by generation", "PS_gen"), ("NS by generation", "NS_gen")]
+_AFTER_S = editing.METRIC_COLUMNS.index("S") + 1
+METRIC_COLUMNS = [*editing.METRIC_COLUMNS[:_AFTER_S], *[title for title, _ in GENERATION_KEYS], *editing.METRIC_COLUMNS[_AFTER_S:]]
+
+
+def metrics_rows(before: Any, after: Any) -> list[list[Any]]:
+    """editing.metrics_rows with ES/PS/NS by greedy generation (SPEC 6) after S (percent; None where not measured)."""
+    rows = []
+    for row, scores in zip(editing.metrics_rows(before, after), (before, after)):
+        generated = [None if getattr(scores, key) is None else round(getattr(scores, key), 1) for _, key in GENERATION_KEYS]
+        rows.append([*row[:_AFTER_S], *generated, *row[_AFTER_S:]])
+    return rows
+
+
 # --- handlers ---------------------------------------------------------------------------------
 
 @friendly
@@ -113,7 +129,7 @@ def run_checks(ctx: AppContext, session: SessionState | None, progress=gr.Progre
     return (
         summary,
         gr.Dataframe(value=rows, headers=editing.CHECK_COLUMNS, visible=bool(rows)),
-        gr.Dataframe(value=editing.metrics_rows(pre, post), headers=editing.METRIC_COLUMNS, visible=True),
+        gr.Dataframe(value=metrics_rows(pre, post), headers=METRIC_COLUMNS, visible=True),
         data,
         session,
     )
