@@ -19,6 +19,7 @@ how many threads torch used. `$WORK` in a command is a temporary folder of that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -29,8 +30,10 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +89,7 @@ class Section:
     quick: tuple[Command, ...]
     render: Callable[[dict], str]
     trim: Callable[[str, object], object] = field(default=lambda label, output: output)  # what of an output is stored
+    independent: bool = False  # its commands use nothing of each other's: --jobs may run them side by side
 
     def commands(self, variant: str) -> tuple[Command, ...]:
         return self.quick if variant == "quick" else self.full
@@ -367,6 +371,56 @@ def render_methods(record: dict) -> str:
 
 SEQUENTIAL_RUNS = (("memit", "MEMIT (lambda 1,500)"), ("alphaedit", "AlphaEdit (defaults)"),
                    ("encore", "ENCORE (norm 20, the paper's)"), ("encore-norm10", "ENCORE, norm 10"))
+EDITOR_RUNS = (("nas", "NAS (on AlphaEdit)"), ("rlsedit", "RLSEdit"), ("encore-norm10", "ENCORE, norm 10"),
+               ("ultraedit", "UltraEdit (defaults)"))  # the new editors first: --jobs 2 runs them side by side
+
+
+def render_editors(record: dict) -> str:
+    """The last kept batch of each editor's run, with success by generation beside the teacher-forced scores."""
+    rows, unedited, settings = [], None, {}
+    for label, title in EDITOR_RUNS:
+        data = output_of(record, label)
+        if not data:
+            continue
+        unedited, settings = unedited or data["unedited"], settings or data.get("settings", {})
+        if not data["batches"]:
+            rows.append([title, 0, *["-"] * 9])
+            continue
+        last = data["batches"][-1]
+        rows.append([
+            title + (" (stopped)" if data.get("stopped") else ""), number(last["edits"], 0),
+            *(number(last.get(key)) for key in ("ES", "ES_gen", "PS", "PS_gen")),
+            f"{number(last['NS'])} ({number((last.get('unedited_so_far') or {}).get('NS'))})",
+            f"x{last['perplexity_ratio']:.3f}", f"{number(last['retention'], 0)}%",
+            f"x{max(last['norm_growth'].values()):.3f}" if last.get("norm_growth") else "-",
+            number(sum(row.get("seconds", 0) for row in data["batches"]) / len(data["batches"]), 0),
+        ])
+    if not rows:
+        return ""
+    return "\n\n".join([
+        f"Batches of {settings.get('batch_size', '?')} records of {Path(str(settings.get('data', '?'))).name}, R = 1-5, each "
+        "computed with the earlier ones applied; the last kept batch of each run (over every edit so far). ES-gen/PS-gen: "
+        "success when greedy generation from the prompt alone starts with the new object (SPEC section 6). Unedited: "
+        f"retention {number(unedited.get('retention'), 0)}% of {unedited.get('probes', '?')} known facts; NS in brackets: "
+        "the unedited model on the same records. Targets at 1,000 edits: ES >= 90, ES-gen >= 70, PS >= 80, NS >= unedited "
+        "- 10, perplexity <= x1.10, retention >= 75%.",
+        table(["method", "edits", "ES", "ES-gen", "PS", "PS-gen", "NS (unedited)", "perplexity", "retention",
+               "largest norm growth", "seconds per batch"], rows),
+    ])
+
+
+def editor_commands(batch_size: str, batches: str, extra: tuple[str, ...], own: dict[str, tuple[str, ...]]) -> tuple[Command, ...]:
+    """One sequential run per lifelong editor on the same records, each measuring the unedited model itself (so the
+    runs are independent and --jobs can run them side by side); --resume continues a run kept in --work."""
+    base = ("editor", "sequential", "--data", LIFELONG, "--batch-size", batch_size, "--batches", batches, "--layers", "1-5",
+            "--resume", *extra)
+    commands = []
+    for label, _ in EDITOR_RUNS:
+        method, _, norm = label.partition("-norm")
+        settings = ("--method", method, *(("--norm-lambda", norm) if norm else ()), *own.get(label, ()))
+        commands.append(Command(label, (*base, *settings, "--out", out(f"{label}.json"),
+                                        "--ledger-out", out(f"{label}.safetensors")), f"{label}.json"))
+    return tuple(commands)
 
 
 def render_lifelong(record: dict) -> str:
@@ -660,6 +714,17 @@ SECTIONS += (
         trim=trim_lifelong,
     ),
     Section(
+        "editors", "The lifelong editors over 1,000 edits, judged by generation too",
+        "ENCORE (norm 10, the best of the earlier runs), NAS, RLSEdit and UltraEdit edit the lifelong set batch after batch "
+        "(`editor sequential`, R = 1-5), with ES/PS/NS and success by generation over every edit so far, perplexity, "
+        "retention and norm growth after each batch (docs/LIFELONG.md has the methods' rules).",
+        full=editor_commands("100", "10", (), {}),
+        quick=editor_commands("5", "2", ("--tokens", "5000"), {"nas": ("--set", "anchor_samples=10")}),
+        render=render_editors,
+        trim=trim_lifelong,
+        independent=True,
+    ),
+    Section(
         "methods", "The lifelong editors on the embedded model: one batch",
         "NAS, RLSEdit and UltraEdit (docs/LIFELONG.md) each edit the first dev-set records in one batch (`editor evaluate`): "
         "the checks LIFELONG.md describes, at the defaults and at the settings it discusses.",
@@ -767,17 +832,21 @@ def output_tail(text: str) -> str:
     return "\n".join(lines[-STDOUT_LINES:])[-STDOUT_CHARACTERS:]
 
 
-def run_command(command: Command, work: Path) -> dict:
+ECHO = threading.Lock()  # commands running side by side (--jobs) echo whole lines, each prefixed with its label
+
+
+def run_command(command: Command, work: Path, prefix: str = "") -> dict:
     """Run one command (its output echoed as it comes), return what the stored file keeps of it."""
-    print(f"$ {command.text()}", flush=True)
+    print(f"{prefix}$ {command.text()}", flush=True)
     started = time.perf_counter()
     process = subprocess.Popen(command.argv(work), cwd=ROOT, env=child_environment(command.environment(work)),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     captured = []
     for line in process.stdout:
         captured.append(line)
-        sys.stdout.write(line)
-        sys.stdout.flush()
+        with ECHO:
+            sys.stdout.write(prefix + line)
+            sys.stdout.flush()
     returncode = process.wait()
     result = {"label": command.label, "command": command.text(), "returncode": returncode,
               "seconds": round(time.perf_counter() - started, 1), "stdout": output_tail("".join(captured)), "output": None}
@@ -786,21 +855,34 @@ def run_command(command: Command, work: Path) -> dict:
     return result
 
 
-def run_section(section: Section, variant: str, about_machine: dict) -> dict:
-    """Run a section's commands in order (stopping at the first failure) and return its record."""
+def run_section(section: Section, variant: str, about_machine: dict, jobs: int = 1, work: str | None = None) -> dict:
+    """Run a section's commands (in order, or `jobs` side by side when the section allows it; a failure stops the
+    commands not yet started) and return its record, the commands in the section's order."""
     if section.quick == section.full:  # nothing to shorten: the quick run is the full one
         variant = "full"
     record = {"format": FORMAT, "section": section.name, "variant": variant,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": about_machine, "load_before": load_average(), "commands": []}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"locus-results-{section.name}-") as folder:
-        for command in section.commands(variant):
-            result = run_command(command, Path(folder))
-            result["output"] = section.trim(command.label, result["output"])
-            record["commands"].append(result)
-            if result["returncode"] != 0:
-                break
+    commands = section.commands(variant)
+    failed = threading.Event()
+
+    def run(command: Command) -> dict | None:
+        if failed.is_set():
+            return None
+        result = run_command(command, Path(folder), f"[{command.label}] " if jobs > 1 else "")
+        result["output"] = section.trim(command.label, result["output"])
+        if result["returncode"] != 0:
+            failed.set()
+        return result
+
+    with contextlib.ExitStack() as stack:
+        folder = work or stack.enter_context(tempfile.TemporaryDirectory(prefix=f"locus-results-{section.name}-"))
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(max_workers=jobs if section.independent else 1) as pool:
+            results = list(pool.map(run, commands))
+    record["commands"] = [result for result in results if result is not None]
+    record["jobs"] = jobs if section.independent else 1
     record["seconds"] = round(time.perf_counter() - started, 1)
     record["load_after"] = load_average()
     record["ok"] = all(command["returncode"] == 0 for command in record["commands"]) and \
@@ -925,6 +1007,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "(default: only those without one, or with a quick one when the full variant is asked for)")
     parser.add_argument("--render", action="store_true", help="run nothing: rewrite docs/RESULTS.md from the stored files")
     parser.add_argument("--list", action="store_true", help="list the sections and their commands, run nothing")
+    parser.add_argument("--work", default=None, metavar="DIR", help="keep the commands' outputs in DIR instead of a temporary "
+                        "folder (a long run stopped halfway continues there: the sequential runs resume)")
+    parser.add_argument("--jobs", type=int, default=1, help="run the commands of a section whose commands are independent "
+                        "this many at a time (default 1; e.g. 2 on two cores, each command then on one torch thread)")
     arguments = parser.parse_args(argv)
     if arguments.only:
         names = [name.strip() for name in arguments.only.split(",") if name.strip()]
@@ -958,7 +1044,7 @@ def main(argv: list[str]) -> int:
                 continue
             about_machine = about_machine or machine()
             print(f"\n=== results {section.name} ({variant}) ===", flush=True)
-            record = run_section(section, variant, about_machine)
+            record = run_section(section, variant, about_machine, max(1, arguments.jobs), arguments.work)
             print(f"stored {write_record(record).relative_to(ROOT)} ({record['seconds']:.0f} s"
                   f"{'' if record['ok'] else ', FAILED'})", flush=True)
             status |= 0 if record["ok"] else 1
