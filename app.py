@@ -46,6 +46,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--insecure-no-auth", action="store_true",
         help="serve --share or a non-loopback --host without a password: anyone who reaches the page can run and edit the model",
     )
+    parser.add_argument(
+        "--no-preempt", action="store_true",
+        help="run each long job (a trace, an edit) to its end before any other job; by default other visitors' "
+             "short jobs (a prediction) run at its pauses (the benchmark's baseline: python -m bench preempt)",
+    )
     add_worker_arguments(parser)  # the Averages tab runs its facts on these workers
     bounds = parser.add_argument_group("what one request may ask")
     bounds.add_argument("--max-requests", type=int, default=500, help="edit requests per batch (default 500)")
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     from ui.runner import ModelRunner
 
     manager = ModelManager(arguments.model, arguments.device, arguments.dtype, arguments.trust_remote_code)
-    runner = ModelRunner()
+    runner = ModelRunner(preempt=not arguments.no_preempt)
     workers = argparse.Namespace(**{**vars(arguments), "model": manager.default_spec})  # the workers load the first model
     with worker_pool(workers) as pool:  # None unless --workers/--ray: then Averages run on the cluster
         serve(arguments, accounts, manager, runner, pool, started)

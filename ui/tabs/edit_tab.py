@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.errors import InputError
+from core.progress import derived
 from editor.edits.ledger import batch_bytes_bound
 from editor.edits.ledger_file import check_ledger_file
 from editor.evaluation.health import PROBE_COUNT, health_history_stream, probe_facts
@@ -326,8 +327,8 @@ def run_health_history(ctx: AppContext, session: SessionState | None, progress=g
     def work(job, loaded):
         count = len(batch_ids)
 
-        def report(fraction: float, message: str) -> None:
-            job.progress(fraction, f"batch {min(count, int(fraction * count) + 1)} of {count}: {message}")
+        report = derived(job.progress, lambda fraction, message: job.progress(
+            fraction, f"batch {min(count, int(fraction * count) + 1)} of {count}: {message}"))  # safe points pass on
 
         # The Test tab's probe set (none about an edited subject): figures it measured come from the cache.
         probes = probe_facts(loaded, [request.subject for request in ledger.requests], probe_count)
