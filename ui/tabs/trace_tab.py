@@ -275,12 +275,14 @@ def run_trace(
         job.progress(0.0, "Approximate preview…")
         preview = preview_trace(loaded, prompt_text, subject_text, settings)
         job.emit(("preview", preview))
-        final = None
+        final, filled = None, -1.0
         with contextlib.closing(trace_stream(loaded, prompt_text, subject_text, settings)) as stream:
             for update in stream:
                 final = update.result
                 job.progress(update.fraction, f"Exact trace: {update.message}")
-                job.emit(("exact", copy.deepcopy(update.result)))
+                if update.result.fraction_done() != filled:  # new cells (not only a block run): a new heatmap
+                    filled = update.result.fraction_done()
+                    job.emit(("exact", copy.deepcopy(update.result)))
                 job.safe_point()  # other visitors' short jobs may run here
         return preview, final
 
