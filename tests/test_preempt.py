@@ -179,7 +179,7 @@ def test_an_edit_interrupted_in_its_optimisation_and_layer_updates_is_bit_identi
     check_guests(context, embedded, interrupter)
 
 
-def test_a_visitors_own_short_job_waits_for_its_long_job_and_a_plain_progress_ignores_safe_points(context, visitors):
+def test_a_visitors_own_short_job_waits_for_its_long_job_and_a_plain_progress_ignores_safe_points() -> None:
     runner = ModelRunner(name="preempt-own")
     order: list[str] = []
 
@@ -217,10 +217,14 @@ def test_queue_status_says_a_guest_runs_at_the_next_pause() -> None:
 
     def long_work(job: Job) -> None:
         guest = runner.submit(lambda job: None, "prediction", lane="short", owner="B")
+        seen.append(runner.queue_status(guest).describe())  # no safe point offered yet: it may never pause
+        job.safe_point()
+        guest = runner.submit(lambda job: None, "prediction", lane="short", owner="B")
         seen.append(runner.queue_status(guest).describe())
         job.safe_point()
 
     runner.submit(long_work, "trace", owner="A")
     assert runner.wait_idle(60)
-    assert "another visitor's trace" in seen[0] and "next pause" in seen[0]
+    assert "Waiting in line: 1 job ahead of you; running now: another visitor's trace" in seen[0]
+    assert "Waiting for another visitor's trace" in seen[1] and "runs at its next pause, in a moment" in seen[1]
 

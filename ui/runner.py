@@ -79,6 +79,7 @@ class Job:
         # Set by the work once it has the model: a context that makes the model clean for guests at a
         # safe point and restores this job's state after them, or None when that is impossible right now.
         self.pause_context: Callable[[], contextlib.AbstractContextManager[Any] | None] | None = None
+        self.safe_points = 0  # safe points offered so far (a job that offers none is waited for to its end)
         self.pauses = 0  # safe points at which guests ran
         self._runner: ModelRunner | None = None
         self.events: queue.Queue[JobEvent] = queue.Queue()
@@ -117,6 +118,7 @@ class Job:
         """Let waiting short jobs of other visitors run now; call only where the model holds nothing of this job's
         work but its ledger's edits (see the module docstring). Raises OperationCancelled when stopped."""
         self.check_cancelled()
+        self.safe_points += 1
         if self._runner is not None:
             self._runner.pause(self)
 
@@ -224,7 +226,7 @@ class ModelRunner:
             if job.started is not None or job.finished.is_set():
                 return None
             running = self._running
-            at_pause = running is not None and self._may_join(job, running)
+            at_pause = running is not None and running.safe_points > 0 and self._may_join(job, running)
             if at_pause:  # only the guests before it are ahead
                 ahead = [other for other in self._lanes["short"] if self._may_join(other, running)].index(job)
             else:
