@@ -192,7 +192,8 @@ def main(argv: list[str]) -> int:
     difference = max_difference(reference.scores, interrupted.scores)
     failures = [failure for run in runs for failure in run.failures]
     print(f"interrupted trace vs uninterrupted (same server): max abs diff {difference:.3g} over every score"
-          f"{' (bit-identical)' if difference == 0 else ''}; failed requests: {len(failures)}")
+          f"{' (bit-identical)' if difference == 0 else ''}; failed requests: {len(failures)}; load average now "
+          + "/".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores")
     for failure in failures[:10]:
         print(f"FAILED {failure}")
     if arguments.json:
