@@ -11,6 +11,11 @@ interrupted run: predictions then wait for the rest of the trace.
 
     python -m bench preempt                       # hidden, mlp, attn; 10 samples; 1 visitor predicting every 3 s
     python -m bench preempt --samples 3 --no-baseline
+    OMP_WAIT_POLICY=PASSIVE python -m bench preempt   # on a machine shared with other busy processes
+
+On a busy shared machine OpenMP's spinning threads fight the other processes for the cores: there,
+with 2 threads, /predict alone took 6-8 s instead of 1.1 s with OMP_WAIT_POLICY=PASSIVE (the app
+inherits the environment, and the header line says which policy ran).
 """
 
 from __future__ import annotations
@@ -165,7 +170,8 @@ def main(argv: list[str]) -> int:
     settings = SoakSettings(visitors=arguments.visitors, seconds=1.0)
     print(f"{arguments.visitors} visitor(s) predicting (/predict, {arguments.think:g} s apart) while another runs an "
           f"exact trace ({', '.join(kinds)}; {arguments.samples} samples) of {TRACED.prompt!r}; app.py on "
-          f"{arguments.threads} torch thread(s), {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"{arguments.threads} torch thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
     runs: list[Run] = []
     app = serve(arguments, ())
     try:
