@@ -57,13 +57,13 @@ def free_port() -> int:
 
 
 class AppProcess:
-    """`python app.py --port P` on loopback; its output is echoed with a prefix and watched for a line."""
+    """`python app.py --port P [options]` on loopback; its output is echoed with a prefix and watched for a line."""
 
-    def __init__(self, port: int, threads: int | None = None):
+    def __init__(self, port: int, threads: int | None = None, options: tuple[str, ...] = ()):
         self.url = f"http://127.0.0.1:{port}"
         environment = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *options],
             cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
         self.lines: queue.Queue[str] = queue.Queue()

@@ -163,6 +163,15 @@ class LocusApi:
         kinds = tuple(kind for kind, rows in data["scores"].items() if rows)
         return Preview(answer=data["answer"], approximate=bool(data.get("approximate")), kinds=kinds)
 
+    def start_trace(self, fact: Fact, kinds: Sequence[str], samples: int) -> Any:
+        """Submit an exact /trace of the fact's prompt (default noise, window and seed); the gradio_client job."""
+        return self.client.submit(fact.prompt, fact.subject, "", list(kinds), samples, "3x", 10, 1, "gaussian", api_name="/trace")
+
+    def trace_result(self, job: Any) -> dict:
+        """The finished trace's JSON (answer, scores {kind: tokens x layers, None = not computed}, ...)."""
+        outputs = job.result(timeout=self.settings.request_timeout)
+        return _json_output(tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,), "answer", "scores")
+
     def edit(self, fact: Fact) -> EditOutcome:
         s = self.settings
         table = {"headers": self.EDIT_HEADERS, "data": [[fact.subject, fact.template, fact.new_object, "", "", ""]]}

@@ -30,7 +30,7 @@ from core.facts import KnownFact, facts_model_knows, model_key
 from core.kinds import HEADS, KINDS
 from core.loading import LoadedModel
 from core.paths import ASSETS
-from core.progress import Progress
+from core.progress import Progress, safe_point
 from tracer.problem import TOKEN_CLASSES, TraceResult, TraceSettings, token_classes
 from tracer.trace import trace, trace_stream
 
@@ -402,5 +402,6 @@ def average_traces(
         result = update.result
         if progress is not None:
             progress(update.fraction, update.message)
+            safe_point(progress)  # nothing of the traces is on the model between two updates
     assert result is not None
     return result

@@ -21,7 +21,7 @@ import gradio as gr
 from core.errors import InputError
 from core.loading import LoadedModel
 from core.predict import generate_greedy, predict_next_tokens
-from core.progress import Progress
+from core.progress import Progress, derived
 from editor.edits.batch import EditBatch
 from editor.edits.ledger import EditLedger, batch_bytes_bound
 from editor.edits.ledger_file import check_ledger_file
@@ -262,11 +262,15 @@ def check_ledger_upload(path: str, loaded: LoadedModel | None, max_bytes: int) -
         check_ledger_file(path, loaded, max_bytes)
 
 
-def health_history(loaded: LoadedModel, ledger: EditLedger, report: Progress, corpus: Any, probe_count: int | None) -> Iterator[Any]:
+def health_history(loaded: LoadedModel, ledger: EditLedger, progress: Progress, corpus: Any, probe_count: int | None) -> Iterator[Any]:
     """One HealthReport per batch of `ledger`, as measured (the Test tab's probes: none about an edited subject).
 
     Not inside session.applied: the stream measures the original weights and applies each prefix itself.
+    `progress` hears "batch i of n: ..." (and its safe points pass on).
     """
+    count = len(ledger)
+    report = derived(progress, lambda fraction, message: progress(
+        fraction, f"batch {min(count, int(fraction * count) + 1)} of {count}: {message}"))
     probes = probe_facts(loaded, [request.subject for request in ledger.requests], probe_count or PROBE_COUNT)
     yield from health_history_stream(loaded, ledger, report, corpus=corpus, probes=probes)
 

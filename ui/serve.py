@@ -46,6 +46,11 @@ def parse_arguments(argv: list[str] | None = None, prog: str | None = None) -> a
         "--insecure-no-auth", action="store_true",
         help="serve --share or a non-loopback --host without a password: anyone who reaches the page can run and edit the model",
     )
+    parser.add_argument(
+        "--no-preempt", action="store_true",
+        help="run each long job (a trace, an edit) to its end before any other job; by default other visitors' "
+             "short jobs (a prediction) run at its pauses (the benchmark's baseline: python -m bench preempt)",
+    )
     add_worker_arguments(parser)  # the Averages tab runs its facts on these workers
     bounds = parser.add_argument_group("what one request may ask")
     bounds.add_argument("--max-requests", type=int, default=500, help="edit requests per batch (default 500)")
@@ -115,12 +120,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    # Threads that wait for work sleep instead of spinning: with a few visitors' jobs, other processes and 2 cores, a
+    # spinning OpenMP team kept a prediction at 6-9 s; sleeping, 1.2 s (python -m bench preempt). Set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # lazy: gradio, torch and transformers take ~6 s; `python app.py --help` must not wait for them
     from ui.models import ModelManager
     from ui.runner import ModelRunner
 
     manager = ModelManager(arguments.model, arguments.device, arguments.dtype, arguments.trust_remote_code)
-    runner = ModelRunner()
+    runner = ModelRunner(preempt=not arguments.no_preempt)
     workers = argparse.Namespace(**{**vars(arguments), "model": manager.default_spec})  # the workers load the first model
     with worker_pool(workers) as pool:  # None unless --workers/--ray: then Averages run on the cluster
         serve(arguments, accounts, manager, runner, pool, started)

@@ -11,7 +11,7 @@ import torch
 from core.hooks import capture_outputs
 from core.loading import LoadedModel
 from core.memory import ChunkSize
-from core.progress import Progress
+from core.progress import Progress, safe_point
 from core.tokens import target_token_ids
 from editor.passes.forward import pad_id, pad_right, row_batches_within_memory, rows_per_batch, run_until
 
@@ -91,4 +91,5 @@ def teacher_forced(
         done += len(batch)
         if progress is not None:
             progress(done / len(rows), f"scoring prompts: {done}/{len(rows)} sequences")
+            safe_point(progress)
     return results  # type: ignore[return-value]

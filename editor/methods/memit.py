@@ -24,11 +24,11 @@ from core.errors import LocusError
 from core.facts import model_key
 from core.loading import LoadedModel
 from core.memory import out_of_memory_as_error
-from core.progress import Progress, stage
+from core.progress import Progress, safe_point, stage
 from editor.edits.batch import EditBatch, LayerDiagnostics
 from editor.edits.deltas import LayerDelta
 from editor.edits.requests import EditRequest, validate_requests
-from editor.edits.weights import add_delta, projection_weight, restore, snapshot
+from editor.edits.weights import add_delta, hold_weights, projection_weight, release_weights
 from editor.methods.base import EditMethod
 from editor.methods.keys import request_keys
 from editor.methods.prefixes import context_prefixes
@@ -174,7 +174,7 @@ class MemitFamily(EditMethod):
         """
         settings = self.settings
         layers = list(settings.layers)
-        saved = snapshot(loaded, layers)
+        saved = hold_weights(loaded, layers)  # held: a safe point may take the updates off and put them back
         deltas: dict[int, LayerDelta] = {}
         diagnostics: list[LayerDiagnostics] = []
         all_keys: dict[int, torch.Tensor] = {}
@@ -183,6 +183,7 @@ class MemitFamily(EditMethod):
             for index, layer in enumerate(layers):
                 if progress is not None:
                     progress(index / (len(layers) + 1), f"updating layer {layer} ({index + 1}/{len(layers)})")
+                safe_point(progress)  # the earlier layers' updates are held: a pause takes them off and back
                 keyset = request_keys(loaded, requests, prefixes, [layer], targets.layer, settings.key_batch_rows)
                 weight = projection_weight(loaded, layer)
                 device = weight.device  # the solve runs where the layer lives
@@ -221,7 +222,7 @@ class MemitFamily(EditMethod):
             final = request_keys(loaded, requests, prefixes, [], targets.layer, settings.key_batch_rows)
             final_residual = float((z - final.hidden.double()).norm(dim=-1).mean())
         finally:
-            restore(loaded, saved)
+            release_weights(loaded, saved)
         if progress is not None:
             progress(1.0, "layers updated")
         return deltas, diagnostics, all_keys, final_residual

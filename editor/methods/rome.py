@@ -15,7 +15,7 @@ from core.progress import Progress, stage
 from editor.edits.batch import EditBatch, LayerDiagnostics
 from editor.edits.deltas import LayerDelta
 from editor.edits.requests import EditRequest
-from editor.edits.weights import add_delta, projection_weight, restore, snapshot
+from editor.edits.weights import add_delta, hold_weights, projection_weight, release_weights
 from editor.methods.base import EditMethod
 from editor.methods.keys import request_keys
 from editor.methods.memit import architecture_warnings, out_of_memory_guard, prepare
@@ -67,7 +67,7 @@ class Rome(EditMethod):
             diagnostics, lefts, rights, keys = [], [], [], []
             context = ledger.applied(loaded) if ledger is not None else nullcontext()
             with context:
-                saved = snapshot(loaded, [layer])
+                saved = hold_weights(loaded, [layer])  # held: a safe point may take the updates off and put them back
                 weight_norm = float(projection_weight(loaded, layer).double().norm())
                 try:
                     for index, request in enumerate(requests):
@@ -87,7 +87,7 @@ class Rome(EditMethod):
                         rights.append(right.cpu())
                         keys.append(key.float().cpu())
                 finally:
-                    restore(loaded, saved)
+                    release_weights(loaded, saved)
         total = LayerDelta.from_factors(torch.cat(lefts, dim=1), torch.cat(rights, dim=0))
         update_norm = float(total.dense().double().norm())
         diag = covariances.diagnostics.get(layer)

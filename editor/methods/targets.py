@@ -36,7 +36,7 @@ from core.errors import LocusError
 from core.hooks import forward_hooks, output_tensor, replace_output_tensor
 from core.loading import LoadedModel
 from core.memory import ChunkSize, ModelShape, plan
-from core.progress import Progress
+from core.progress import Progress, safe_point, stage
 from editor.edits.batch import RequestDiagnostics
 from editor.edits.requests import EditRequest
 from editor.methods.settings import EditSettings
@@ -195,9 +195,7 @@ def compute_targets(
             chunk_rows = [row for row in rows if start <= row.request < indices[-1] + 1]
             chunk_rows = [PromptRow(row.request - start, *_rest(row)) for row in chunk_rows]
 
-            def chunk_progress(fraction: float, message: str, start=start, size=len(indices)) -> None:
-                if progress is not None:
-                    progress((start + fraction * size) / len(requests), message)
+            chunk_progress = stage(progress, start / len(requests), (start + len(indices)) / len(requests))
 
             try:
                 z, h, diag = _optimize_chunk(
@@ -491,7 +489,7 @@ def _optimize_chunk(
     settings: EditSettings,
     layer: int,
     engine: str,
-    progress: Progress,
+    progress: Progress | None,
     max_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor, list[RequestDiagnostics]]:
     """Optimize the deltas of one chunk of requests; each group of rows is run and back-propagated in turn.
@@ -545,7 +543,9 @@ def _optimize_chunk(
             elif not will_update:
                 finished.append(request)
         active[finished] = False
-        progress((step + 1) / settings.steps, f"target vectors: step {step + 1}/{settings.steps}, {int(active.sum())} of {count} still optimizing")
+        if progress is not None:
+            progress((step + 1) / settings.steps, f"target vectors: step {step + 1}/{settings.steps}, {int(active.sum())} of {count} still optimizing")
+            safe_point(progress)  # between steps no hook is registered
         if not bool(active.any()):
             break
         still = active.to(device)

@@ -320,14 +320,9 @@ def run_health_history(ctx: AppContext, session: SessionState | None, progress=g
     skip = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
 
     def work(job, loaded):
-        count = len(batch_ids)
-
-        def report(fraction: float, message: str) -> None:
-            job.progress(fraction, f"batch {min(count, int(fraction * count) + 1)} of {count}: {message}")
-
         # The Test tab's probe set (none about an edited subject): figures it measured come from the cache.
         reports = []
-        for health in editing.health_history(loaded, ledger, report, corpus, probe_count):
+        for health in editing.health_history(loaded, ledger, job.progress, corpus, probe_count):
             reports.append(health)
             job.emit(list(reports))  # the table grows a row per batch
         return reports

@@ -12,7 +12,7 @@ import gradio as gr
 from core.errors import InputError
 from core.kinds import KINDS
 from core.predict import generate_greedy, predict_next_tokens
-from core.progress import stage
+from core.progress import derived, stage
 from editor.evaluation.health import PROBE_COUNT, model_health, probe_facts
 from tracer import figures
 from tracer.trace import trace
@@ -103,6 +103,7 @@ def run_checks(ctx: AppContext, session: SessionState | None, progress=gr.Progre
         job.progress(0.05, "Original model…")
         records = editing.with_true_objects(loaded, edits) + imported
         before = editing.score(loaded, records)
+        job.safe_point()
         job.progress(0.5, "With your edits…")
         with session.applied(loaded):
             after = editing.score(loaded, records)
@@ -151,7 +152,7 @@ def run_retrace(ctx: AppContext, session: SessionState | None, progress=gr.Progr
 
     def work(job, loaded):
         def part(offset: float, label: str):
-            return lambda fraction, message: job.progress(offset + 0.5 * fraction, f"{label}: {message}")
+            return derived(job.progress, lambda fraction, message: job.progress(offset + 0.5 * fraction, f"{label}: {message}"))
 
         before = original if reuse else trace(loaded, last.prompt, last.subject, settings, progress=part(0.0, "Original model"))
         with session.applied(loaded):
@@ -176,8 +177,8 @@ def session_ledger(session: SessionState) -> Any:
 
 
 def labelled(progress: Any, label: str) -> Any:
-    """A progress callback that puts `label` before each message."""
-    return lambda fraction, message: progress(fraction, f"{label}: {message}")
+    """A progress callback that puts `label` before each message (and passes safe points on)."""
+    return derived(progress, lambda fraction, message: progress(fraction, f"{label}: {message}"))
 
 
 @friendly
