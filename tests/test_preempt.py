@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 import torch
-from editor.methods.dispatch import compute_edit, method_hparams
 
 from core.predict import next_token_probabilities
 from core.progress import derived, safe_point, stage
 from editor.edits.requests import EditRequest
+from editor.methods.registry import method_for
 from tracer.trace import TraceSettings, trace_stream
 from ui.context import AppContext
 from ui.models import ModelManager
@@ -42,8 +42,8 @@ def context(embedded) -> Iterator[AppContext]:
 
 
 def edit_batch(loaded: Any, subject: str, template: str, new_object: str, ledger: Any = None, progress=None, steps: int = 10):
-    hparams = method_hparams(loaded, "memit", EDIT["layers"], cov_tokens=EDIT["cov_tokens"], steps=steps)
-    return compute_edit(loaded, [EditRequest(subject, template, new_object)], hparams, progress, ledger=ledger)
+    method = method_for(loaded.layout, "memit", layers=EDIT["layers"], cov_tokens=EDIT["cov_tokens"], steps=steps)
+    return method.compute(loaded, [EditRequest(subject, template, new_object)], ledger, progress=progress)
 
 
 @pytest.fixture(scope="module")
