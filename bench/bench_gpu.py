@@ -1,6 +1,6 @@
 """The GPU check: one table of what the GPU path promises, ready to run on a machine with one GPU (< 8 minutes).
 
-    python3 -m bench gpu                        # on the GPU machine (see README, "GPU check")
+    python3 -m bench gpu                        # on the GPU machine (see docs/GPU.md, "The GPU check")
     python -m bench gpu --device cpu --quick    # a dry run of every stage, tiny, on a CPU
 
 Its imports are torch, transformers, accelerate, safetensors, numpy and tqdm (and this repository), never
@@ -19,10 +19,12 @@ gradio or plotly: what a bare GPU image has (tests/test_bench_gpu.py checks). St
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -42,8 +44,7 @@ from core.loading import LoadedModel, load_model, resolve_device
 from editor.edits.ledger import EditLedger
 from editor.evaluation.counterfact import load_records
 from editor.evaluation.evaluate import Scores, score_records, summarize
-from editor.methods.hparams import default_hparams
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import TargetResult, compute_targets
 from editor.statistics import covariance
@@ -108,16 +109,17 @@ def trace_engines(loaded: LoadedModel, prompt: tuple[str, str], samples: int, re
 def edit_ways(loaded: LoadedModel, records: list, cov_tokens: int, steps: int | None, straightforward: bool) -> dict:
     """Batched (and optionally straightforward) MEMIT of `records`; times, and scores before and after the batched edit."""
     requests = [record.request() for record in records]
-    hparams = default_hparams(loaded.layout, cov_tokens=cov_tokens, steps=steps)
-    prefixes = context_prefixes(loaded, hparams)
-    layers = list(hparams.layers)
+    memit = Memit.for_model(loaded.layout, cov_tokens=cov_tokens, steps=steps)
+    settings = memit.settings
+    prefixes = context_prefixes(loaded, settings)
+    layers = list(settings.layers)
     result: dict = {}
     covariance._MEMORY.clear()
     synchronize(loaded.device)
     clock = time.perf_counter()
     statistics = covariance.layer_covariances(loaded, layers, cov_tokens, use_cache=False)
-    batched_targets = compute_targets(loaded, requests, hparams, prefixes, engine="cached")
-    batched = compute_memit(loaded, requests, hparams, covariances=statistics, targets=batched_targets)
+    batched_targets = compute_targets(loaded, requests, settings, prefixes, engine="cached")
+    batched = memit.compute(loaded, requests, covariances=statistics, targets=batched_targets)
     synchronize(loaded.device)
     result["batched_seconds"] = time.perf_counter() - clock
     if straightforward:
@@ -127,12 +129,12 @@ def edit_ways(loaded: LoadedModel, records: list, cov_tokens: int, steps: int | 
         single = covariance.CovarianceSet(
             {layer: s.covariances[layer] for layer, s in per_layer.items()}, {layer: s.diagnostics[layer] for layer, s in per_layer.items()}
         )
-        parts = [compute_targets(loaded, [request], hparams, prefixes, engine="full") for request in requests]
+        parts = [compute_targets(loaded, [request], settings, prefixes, engine="full") for request in requests]
         serial_targets = TargetResult(
             parts[0].layer, torch.cat([p.targets for p in parts]), torch.cat([p.hidden for p in parts]),
             [d for p in parts for d in p.diagnostics],
         )
-        serial = compute_memit(loaded, requests, hparams, covariances=single, targets=serial_targets)
+        serial = memit.compute(loaded, requests, covariances=single, targets=serial_targets)
         synchronize(loaded.device)
         result["straightforward_seconds"] = time.perf_counter() - clock
         result["delta_difference"] = max(
@@ -160,6 +162,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
     parser.add_argument("--edits", type=int, default=None, help="dev-set edits (default 100; quick 3)")
     parser.add_argument("--shape", default="llama-3-8b", help="the large shape of stage 4 (bench shapes --shape)")
+    parser.add_argument("--out", default=None, help="also write the table as JSON here")
     return parser.parse_args(argv)
 
 
@@ -265,6 +268,12 @@ def main(argv: list[str]) -> int:
         print(f"{row.check:<{width}}  {(row.target + verdict):<26}  {row.measured}")
     total = time.perf_counter() - started
     print(f"total {total:.0f} s (target < 480 s on one GPU); load average at the end {load_text()}")
+    if arguments.out:
+        device = resolve_device(arguments.device)
+        Path(arguments.out).write_text(json.dumps({
+            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "quick": arguments.quick, "judged": judged, "rows": [asdict(row) for row in rows], "seconds": total,
+        }, indent=1), encoding="utf-8")
     return 0
 
 

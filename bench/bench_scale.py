@@ -12,6 +12,7 @@ on a shared machine: the load average is printed; compare ratios, not seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -89,6 +90,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--samples", type=int, default=10, help="corrupted samples (default 10)")
     parser.add_argument("--job-facts", type=int, default=1000, help="facts of the job the 8-worker estimate is for")
     parser.add_argument("--quick", action="store_true", help="only the 1-thread process and 2 workers (and the driver's cost)")
+    parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     arguments = parser.parse_args(argv)
     if "LOCUS_CACHE" in os.environ:
         parser.error("unset LOCUS_CACHE: the benchmark uses a temporary cache of its own")
@@ -143,6 +145,12 @@ def main(argv: list[str]) -> int:
               f"{rows[1][4] / two[4]:.2f}x.")
     print(f"Two cores bound the ideal at 2x over one thread (measured {one_thread / two[4]:.2f}x); the rest is the load "
           "of other processes and memory bandwidth.")
+    figures: dict = {
+        "facts": len(facts), "kinds": list(settings.kinds), "samples": settings.samples, "cores": cores, "quick": arguments.quick,
+        "runs": [{"run": label, "workers": workers, "threads": threads, "start_seconds": start, "run_seconds": run,
+                  "speedup": one_thread / run, "max_abs_difference": difference}
+                 for label, workers, threads, start, run, difference in rows],
+    }
     if overhead is not None:
         round_trip, append, aggregate_seconds = overhead
         per_fact = two[4] / len(facts) * two[1]  # one worker's seconds per fact (a core each)
@@ -158,10 +166,17 @@ def main(argv: list[str]) -> int:
               f"({per_fact:.1f} s per fact per worker; {job * per_fact / 60:.1f} min on one worker), "
               f"{job * per_fact / estimate:.1f}x; the driver would cap the speed-up at {per_fact / driver:.0f}x, i.e. only "
               f"workers faster than {8 * driver * 1e3:.1f} ms per fact would leave 8 of them waiting for it.")
+        figures["estimate"] = {"job_facts": job, "round_trip_seconds": round_trip, "append_seconds": append,
+                               "aggregate_seconds": aggregate_seconds, "driver_seconds_per_fact": driver,
+                               "worker_seconds_per_fact": per_fact, "one_worker_seconds": job * per_fact,
+                               "eight_workers_seconds": estimate}
     print(f"machine load average at the end: {_load()}")
     worst = max(row[5] for row in rows)
     # probabilities averaged over facts: float32 rounding of reductions split by thread count (core/__init__.py)
     print(f"largest difference from the 1-thread process: {worst:.3g} (bound {AGREEMENT:g}; "
           f"{'agree' if worst <= AGREEMENT else 'DISAGREE'}; bit-identical only for the same machine and threads)")
+    if arguments.out:
+        figures |= {"largest_difference": worst, "bound": AGREEMENT, "agree": worst <= AGREEMENT}
+        Path(arguments.out).write_text(json.dumps(figures, indent=1), encoding="utf-8")
     return 0 if worst <= AGREEMENT else 1
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import os
 import resource
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,8 +36,8 @@ from core.kinds import KINDS
 from core.loading import LoadedModel, from_parts, resolve_device, resolve_dtype
 from core.memory import free_memory
 from editor.evaluation.counterfact import load_records
-from editor.methods.hparams import default_hparams
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit
+from editor.methods.settings import EditSettings, default_layers
 from editor.methods.targets import compute_targets
 from editor.statistics.corpus import WIKIPEDIA, load_corpus
 from editor.statistics.covariance import collect_second_moments, layer_covariances
@@ -264,11 +265,12 @@ def time_targets(loaded: LoadedModel, requests: list, steps: int) -> tuple[float
     The context prefixes are fixed texts of the editor's number and length: a random model's own would be noise, and
     generating them token by token reads every weight ~50 times (most of a minute for GPT-2 XL on a CPU).
     """
-    hparams = default_hparams(loaded.layout).replace(steps=steps, loss_stop=0.0)
+    memit = Memit.for_model(loaded.layout).replace(steps=steps, loss_stop=0.0)
+    settings = memit.settings
     prefixes = FIXED_PREFIXES
     synchronize(loaded.device)
     clock = time.perf_counter()
-    compute_targets(loaded, requests, hparams, prefixes)
+    compute_targets(loaded, requests, settings, prefixes)
     synchronize(loaded.device)
     seconds = time.perf_counter() - clock
     return seconds, len(requests) * steps / seconds
@@ -291,13 +293,14 @@ def run_edits(loaded: LoadedModel, count: int, cov_tokens: int, steps: int | Non
     Returns (seconds, timings by part, mean relative update norm); the weights are left as they were.
     """
     requests = dev_requests(count)
-    hparams = default_hparams(loaded.layout, cov_tokens=cov_tokens, steps=steps)
+    memit = Memit.for_model(loaded.layout, cov_tokens=cov_tokens, steps=steps)
+    settings = memit.settings
     synchronize(loaded.device)
     clock = time.perf_counter()
-    covariances = layer_covariances(loaded, list(hparams.layers), cov_tokens, use_cache=False)
+    covariances = layer_covariances(loaded, list(settings.layers), cov_tokens, use_cache=False)
     synchronize(loaded.device)
     covariance_seconds = time.perf_counter() - clock
-    batch = compute_memit(loaded, requests, hparams, covariances=covariances)
+    batch = memit.compute(loaded, requests, covariances=covariances)
     synchronize(loaded.device)
     seconds = time.perf_counter() - clock
     timings = {"covariance": covariance_seconds, **{k: v for k, v in batch.timings.items() if k != "covariance"}}
@@ -341,6 +344,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="target optimization steps of --edits (default: the editor's 25; fewer need the same memory)")
     parser.add_argument("--cov-tokens", type=int, default=None, help="covariance budget of --edits (default: the editor's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", default=None, help="also write the table as JSON here")
     return parser.parse_args(argv)
 
 
@@ -388,14 +392,14 @@ def run(arguments: argparse.Namespace) -> list[StageFigure]:
     peak.reset()
     seconds, rate = time_targets(loaded, requests, steps)
     rows.append(StageFigure(f"targets: {len(requests)} request(s) x {steps} steps", seconds, f"{rate:.2f} request-steps/s",
-                            f"one batch, cached engine, l_R = {max(default_hparams(layout).layers)}", peak.peak()))
+                            f"one batch, cached engine, l_R = {max(default_layers(layout))}", peak.peak()))
     print(f"  targets: {seconds:.1f} s", flush=True)
 
-    layers = list(default_hparams(layout).layers)
+    layers = list(default_layers(layout))
     tokens = 256 if quick else 4096
     peak.reset()
     seconds, rate = time_covariance(loaded, layers, tokens)
-    full = default_hparams(layout).cov_tokens
+    full = EditSettings().cov_tokens
     rows.append(StageFigure(f"covariance: {tokens:,} tokens", seconds, f"{rate:,.0f} tokens/s",
                             f"layers {layers[0]}-{layers[-1]}; {full:,} tokens would take ~{full / rate:,.0f} s", peak.peak()))
     print(f"  covariance: {seconds:.1f} s", flush=True)
@@ -431,10 +435,16 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     device = resolve_device(arguments.device)
-    print_table(f"bench shapes: {arguments.shape}{' (tiny)' if arguments.tiny else ''} on {device}, "
-                f"{str(resolve_dtype(arguments.dtype, device)).removeprefix('torch.')}", rows)
-    print(f"total {time.perf_counter() - started:.0f} s; machine load average at the end {load_text()} "
+    dtype = str(resolve_dtype(arguments.dtype, device)).removeprefix("torch.")
+    print_table(f"bench shapes: {arguments.shape}{' (tiny)' if arguments.tiny else ''} on {device}, {dtype}", rows)
+    total = time.perf_counter() - started
+    print(f"total {total:.0f} s; machine load average at the end {load_text()} "
           "(CPU timings on a shared machine are noisy); peak memory is cumulative on a CPU (resident set)")
+    if arguments.out:
+        Path(arguments.out).write_text(json.dumps({
+            "shape": arguments.shape, "tiny": arguments.tiny, "quick": arguments.quick, "device": str(device), "dtype": dtype,
+            "threads": torch.get_num_threads(), "rows": [asdict(row) for row in rows], "seconds": total, "load_end": load_text(),
+        }, indent=1), encoding="utf-8")
     return 0
 
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -56,16 +57,17 @@ def free_port() -> int:
 
 
 class AppProcess:
-    """`python app.py --port P` on loopback; its output is echoed with a prefix and watched for a line."""
+    """`python app.py --port P [options]` on loopback; its output is echoed with a prefix and watched for a line."""
 
-    def __init__(self, port: int, threads: int | None = None):
+    def __init__(self, port: int, threads: int | None = None, options: tuple[str, ...] = ()):
         self.url = f"http://127.0.0.1:{port}"
         environment = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *options],
             cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
         self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []  # the lines wait_for has read
         threading.Thread(target=self._pump, name="app-output", daemon=True).start()
 
     def _pump(self) -> None:
@@ -81,11 +83,24 @@ class AppProcess:
                 line = self.lines.get(timeout=1)
             except queue.Empty:
                 continue
+            self.seen.append(line)
             if "Loading weights" not in line:
                 print(f"  [app] {line}", flush=True)
             if text in line:
                 return
         raise RuntimeError(f"the app did not print {text!r} within {timeout:g} s")
+
+    def startup(self) -> dict:
+        """Seconds after its start at which the app said it was serving and that its model was ready (None if not seen)."""
+        found: dict = {"serving_seconds": None, "ready_seconds": None}
+        for line in self.seen:
+            serving = re.search(r"ready in ([0-9.]+) s", line)
+            ready = re.search(r"Model ready: .*\(([0-9.]+) s after start\)", line)
+            if serving:
+                found["serving_seconds"] = float(serving.group(1))
+            if ready:
+                found["ready_seconds"] = float(ready.group(1))
+        return found
 
     def rss(self) -> int:
         return process_rss(self.process.pid)
@@ -112,6 +127,7 @@ def main(argv: list[str]) -> int:
     app = AppProcess(port, arguments.threads)
     try:
         app.wait_for(READY, arguments.startup_timeout)
+        startup = app.startup()
         print(f"server RSS after the model loaded: {app.rss() / 2**20:,.0f} MiB", flush=True)
         print("warm-up: a predict, a preview, an edit and its undo (the edit computes the covariance of R "
               "if it is not cached yet) ...", flush=True)
@@ -121,6 +137,6 @@ def main(argv: list[str]) -> int:
         app.stop()
     print(format_report(report))
     if arguments.json:
-        Path(arguments.json).write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
+        Path(arguments.json).write_text(json.dumps(report.to_dict() | {"startup": startup}, indent=1), encoding="utf-8")
     print("PASS" if report.passed else "FAIL: see the failed requests and mismatches above")
     return 0 if report.passed else 1

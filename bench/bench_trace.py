@@ -10,12 +10,14 @@ a random sample of cells and extrapolated to all cells; the output says so.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -129,6 +131,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     arguments = parser.parse_args(argv)
 
     if arguments.threads:
@@ -145,7 +148,8 @@ def main(argv: list[str]) -> int:
     embedding_sigma(loaded)  # cached in assets/; measured once otherwise
     print(f"model: {loaded.name} on {loaded.device} ({torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs); "
           f"kinds hidden,mlp,attn; samples {settings.samples}; window {settings.window}; noise 3x sigma")
-    print(f"machine load average at start: {_load()} (other processes share the CPU: compare ratios, not seconds)")
+    load_start = _load()
+    print(f"machine load average at start: {load_start} (other processes share the CPU: compare ratios, not seconds)")
 
     first, median = time_preview(loaded, settings)
     print(f"preview (attribution patching, approximate): first {first:.2f} s, then median {median:.2f} s  "
@@ -168,7 +172,17 @@ def main(argv: list[str]) -> int:
         how = f"sampled {timing.reference_cells_timed}/{timing.cells}, extrapolated" if timing.extrapolated else "every cell"
         print(f"{timing.name:<9} {timing.tokens:>6} {timing.cells:>6} {timing.reference_seconds:>12.1f} {timing.fast_seconds:>7.1f} "
               f"{timing.ratio:>6.2f}x {timing.max_abs_difference:>13.2e}  {how}")
-    print(f"machine load average at the end: {_load()}")
+    load_end = _load()
+    print(f"machine load average at the end: {load_end}")
+    if arguments.out:
+        Path(arguments.out).write_text(json.dumps({
+            "model": loaded.name, "device": str(loaded.device), "threads": torch.get_num_threads(),
+            "samples": settings.samples, "window": settings.window, "kinds": list(settings.kinds), "quick": arguments.quick,
+            "preview": {"first_seconds": first, "median_seconds": median},
+            "cases": [asdict(timing) | {"prompt": CASES[timing.name][0], "ratio": timing.ratio, "extrapolated": timing.extrapolated}
+                      for timing in results],
+            "load_start": load_start, "load_end": load_end,
+        }, indent=1), encoding="utf-8")
     status = 0
     eiffel = next((timing for timing in results if timing.name == "eiffel"), None)
     if eiffel is not None:

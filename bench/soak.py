@@ -134,8 +134,8 @@ class LocusApi:
         self.client = Client(url, verbose=False, analytics_enabled=False)
         self.settings = settings
 
-    def call(self, endpoint: str, *arguments: Any) -> tuple:
-        job = self.client.submit(*arguments, api_name=endpoint)
+    def call(self, endpoint: str, *arguments: Any, **named: Any) -> tuple:
+        job = self.client.submit(*arguments, api_name=endpoint, **named)
         outputs = job.result(timeout=self.settings.request_timeout)
         return tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,)
 
@@ -163,13 +163,23 @@ class LocusApi:
         kinds = tuple(kind for kind, rows in data["scores"].items() if rows)
         return Preview(answer=data["answer"], approximate=bool(data.get("approximate")), kinds=kinds)
 
+    def start_trace(self, fact: Fact, kinds: Sequence[str], samples: int) -> Any:
+        """Submit an exact /trace of the fact's prompt (default noise, window and seed); the gradio_client job."""
+        return self.client.submit(fact.prompt, fact.subject, "", list(kinds), samples, "3x", 10, 1, "gaussian", api_name="/trace")
+
+    def trace_result(self, job: Any) -> dict:
+        """The finished trace's JSON (answer, scores {kind: tokens x layers, None = not computed}, ...)."""
+        outputs = job.result(timeout=self.settings.request_timeout)
+        return _json_output(tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,), "answer", "scores")
+
     def edit(self, fact: Fact) -> EditOutcome:
         s = self.settings
         table = {"headers": self.EDIT_HEADERS, "data": [[fact.subject, fact.template, fact.new_object, "", "", ""]]}
-        # The request is the table's row; the form fields after these inputs (used when the table is empty) keep
-        # their defaults.
+        # The request is the table's row; the other parameters (the typed request used when the table is empty, each
+        # method's own settings) keep the page's values: empty, the model family's defaults.
         outputs = self.call(
-            "/edit", table, s.method, s.layers, None, s.cov_tokens, s.steps, s.learning_rate, s.kl_factor, s.clamp
+            "/edit", table=table, method=s.method, layers=s.layers, cov_tokens=s.cov_tokens, steps=s.steps,
+            lr=s.learning_rate, kl_factor=s.kl_factor, clamp_norm=s.clamp,
         )
         return EditOutcome(batch_id=str(_json_output(outputs, "batch_id", "requests")["batch_id"]), history=_history_ids(outputs))
 

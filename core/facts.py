@@ -12,9 +12,9 @@ import torch
 
 from core.embedded import EMBEDDED_SPEC, cache_root
 from core.loading import LoadedModel
+from core.paths import ASSETS
 from core.tokens import target_token_ids
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 KNOWN_FACTS_FILE = ASSETS / "data" / "known_1000.json"
 
 
@@ -79,7 +79,8 @@ def facts_model_knows(
     progress: Callable[[int, int], None] | None = None,
     use_cache: bool = True,
 ) -> list[KnownFact]:
-    """The facts (of known_1000 by default) that `loaded` completes correctly, cached per model."""
+    """The facts (of known_1000 by default) that `loaded` completes correctly, cached per model (unedited only)."""
+    use_cache = use_cache and not loaded.edits_applied  # an edited model knows other facts: never cached as the model's
     path = known_facts_cache_path(loaded)
     if facts is None and use_cache and path.is_file():
         return [KnownFact(**record) for record in json.loads(path.read_text())["facts"]]

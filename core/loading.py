@@ -52,6 +52,11 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
+    def edits_applied(self) -> bool:
+        """True while some edit ledger's deltas are on the weights (editor.edits.ledger.EditLedger.applied)."""
+        return getattr(self, "_locus_applied_depth", 0) > 0
+
+    @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 

@@ -21,26 +21,35 @@ from core.cli import (
     write_text,
 )
 from core.errors import InputError
-from editor.methods.hparams import METHODS, default_hparams
+from editor.methods.registry import METHOD_NAMES, method_class, method_classes
+from editor.methods.settings import EditSettings
 
 # Every command imports the editor's modules inside its handler: they pull in torch and transformers
 # (~3 s), which `python -m editor --help` must not pay.
 
 
-def _hparams(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | None):
-    hparams = default_hparams(
-        loaded.layout,
-        layers=layers,
-        mom2_weight=getattr(arguments, "mom2_weight", None),
-        cov_tokens=getattr(arguments, "tokens", None),
-        corpus=getattr(arguments, "corpus", None),
-        method=getattr(arguments, "method", None),
-    )
-    overrides = {"nullspace_threshold": getattr(arguments, "nullspace_threshold", None),
-                 "alphaedit_l2": getattr(arguments, "l2", None),
-                 "early_stop_steps": getattr(arguments, "early_stop", None),
-                 "norm_lambda": getattr(arguments, "norm_lambda", None)}
-    return hparams.replace(**{key: value for key, value in overrides.items() if value is not None}).check(loaded.layout)
+SETTING_FLAGS = {"mom2_weight": "--lambda", "cov_tokens": "--tokens", "corpus": "--corpus", "l2": "--l2",
+                 "nullspace_threshold": "--nullspace-threshold", "norm_lambda": "--norm-lambda", "early_stop_steps": "--early-stop",
+                 "step_size": "--step-size"}
+
+
+def _method(arguments: argparse.Namespace, loaded, layers: tuple[int, ...] | None):
+    """The chosen method with the family's defaults, the flags' settings and every --set NAME=VALUE, checked."""
+    cls = method_class(arguments.method)
+    given = {"mom2_weight": getattr(arguments, "mom2_weight", None), "cov_tokens": getattr(arguments, "tokens", None),
+             "corpus": getattr(arguments, "corpus", None), "l2": getattr(arguments, "l2", None),
+             "nullspace_threshold": getattr(arguments, "nullspace_threshold", None),
+             "norm_lambda": getattr(arguments, "norm_lambda", None), "early_stop_steps": getattr(arguments, "early_stop", None),
+             "step_size": getattr(arguments, "step_size", None)}
+    for name, value in given.items():
+        if value is not None and name not in cls.Settings.field_names():
+            raise InputError(f"{SETTING_FLAGS[name]} is not a setting of {cls.label}; see `python -m editor methods`.")
+    for pair in getattr(arguments, "set", None) or []:
+        name, equals, text = pair.partition("=")
+        if not equals:
+            raise InputError(f"--set takes NAME=VALUE, got {pair!r}.")
+        given[name.strip()] = cls.Settings.parse_value(name.strip(), text.strip())
+    return cls.for_model(loaded.layout, layers=layers, **given)
 
 
 def _layers(arguments: argparse.Namespace, loaded) -> tuple[int, ...] | None:
@@ -75,7 +84,7 @@ def command_stats(arguments: argparse.Namespace) -> int:
     check_worker_arguments(arguments)
     loaded = load_from_arguments(arguments)
     parse_layers(arguments.layers, loaded.layout.num_layers)
-    tokens = arguments.tokens or default_hparams(loaded.layout).cov_tokens
+    tokens = arguments.tokens or EditSettings().cov_tokens
     started = time.perf_counter()
     with worker_pool(arguments) as pool:
         report, close = tqdm_progress("covariance")
@@ -148,13 +157,14 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         raise InputError("--workers/--ray evaluate records one at a time: add --mode single (batch mode makes one edit).")
     loaded = load_from_arguments(arguments)
     layers = _layers(arguments, loaded)
-    hparams = _hparams(arguments, loaded, layers)
+    method = _method(arguments, loaded, layers)
     with worker_pool(arguments) as pool:
         report, close = tqdm_progress(f"evaluate ({arguments.mode})")
         try:
             result = evaluate_records(
-                loaded, records, hparams, mode=arguments.mode, limit=arguments.limit,
+                loaded, records, method, mode=arguments.mode, limit=arguments.limit,
                 generation=not arguments.no_generation, progress=report, pool=pool, use_cache=not arguments.no_cache,
+                by_generation=not arguments.no_generation_success,
             )
         finally:
             close()
@@ -172,16 +182,15 @@ def command_edit(arguments: argparse.Namespace) -> int:
     from core.progress import tqdm_progress
     from editor.edits.ledger import EditLedger
     from editor.edits.requests import EditRequest, validate_requests
-    from editor.methods.dispatch import compute_edit
 
     request = EditRequest(arguments.subject, arguments.prompt, arguments.target_new, arguments.target_true)
     validate_requests([request])  # before the model load
     loaded = load_from_arguments(arguments)
     ledger = EditLedger.load(arguments.ledger, loaded) if arguments.ledger else EditLedger.for_model(loaded)
-    hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
-    report, close = tqdm_progress(f"{hparams.method} edit")
+    method = _method(arguments, loaded, _layers(arguments, loaded))
+    report, close = tqdm_progress(f"{method.name} edit")
     try:
-        batch = compute_edit(loaded, [request], hparams, report, ledger=ledger if len(ledger) else None)
+        batch = method.compute(loaded, [request], ledger, progress=report)
     finally:
         close()
     edited = ledger.with_batch(batch)
@@ -217,17 +226,18 @@ def command_sweep(arguments: argparse.Namespace) -> int:
     records = records[: arguments.limit] if arguments.limit else records
     check_worker_arguments(arguments)
     loaded = load_from_arguments(arguments)
-    hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
-    lambdas = parse_numbers(arguments.lambdas, float, "--lambda") if arguments.lambdas else [hparams.mom2_weight]
+    method = _method(arguments, loaded, _layers(arguments, loaded))
+    lambdas = parse_numbers(arguments.lambdas, float, "--lambda") if arguments.lambdas else []
     with worker_pool(arguments) as pool:
         report, close = tqdm_progress("sweep")
         try:
-            result = sweep_records(loaded, records, hparams, budgets, lambdas, generation=arguments.generation, progress=report,
-                                   pool=pool, use_cache=not arguments.no_cache)
+            result = sweep_records(loaded, records, method, budgets, lambdas, generation=arguments.generation, progress=report,
+                                   pool=pool, use_cache=not arguments.no_cache, by_generation=not arguments.no_generation_success)
         finally:
             close()
     print(result.table())
-    print_distinct_warnings((f"{row.cov_tokens:,} tokens, lambda {row.mom2_weight:g}", row.warnings) for row in result.rows)
+    print_distinct_warnings((f"{row.cov_tokens:,} tokens" + ("" if row.mom2_weight is None else f", lambda {row.mom2_weight:g}"),
+                             row.warnings) for row in result.rows)
     if arguments.out:
         write_json(arguments.out, result.to_dict())
     return 0
@@ -252,13 +262,14 @@ def command_layers(arguments: argparse.Namespace) -> int:
     records = records[: arguments.limit] if arguments.limit else records
     loaded = load_from_arguments(arguments)
     windows = parse_windows(arguments.windows, loaded.layout.num_layers, arguments.width)
-    hparams = _hparams(arguments, loaded, windows[0])
+    method = _method(arguments, loaded, windows[0])
     print(f"{len(records)} records x {len(windows)} windows ({', '.join(layers_text(w) for w in windows[:6])}"
-          f"{', ...' if len(windows) > 6 else ''}); cache: {windows_cache_path(loaded, records, hparams)} (a restart continues)")
+          f"{', ...' if len(windows) > 6 else ''}); cache: {windows_cache_path(loaded, records, method)} (a restart continues)")
     report, close = tqdm_progress("R by editing")
     try:
-        result = measure_windows(loaded, records, windows, hparams, width=arguments.width, trace_facts=arguments.trace_facts,
-                                 use_cache=not arguments.no_cache, progress=report)
+        result = measure_windows(loaded, records, windows, method, width=arguments.width, trace_facts=arguments.trace_facts,
+                                 use_cache=not arguments.no_cache, progress=report,
+                                 by_generation=not arguments.no_generation_success)
     finally:
         close()
     print(result.table())
@@ -307,11 +318,11 @@ def command_sequential(arguments: argparse.Namespace) -> int:
         raise InputError("--collapse-ratio must be above 1.")
     compare = [_run_file(path) for path in arguments.compare or []]
     loaded = load_from_arguments(arguments)
-    hparams = _hparams(arguments, loaded, _layers(arguments, loaded))
+    method = _method(arguments, loaded, _layers(arguments, loaded))
     settings = {"data": Path(arguments.data).name, "records": len(records), "batch_size": arguments.batch_size,
-                "batches": arguments.batches, "method": hparams.method, "layers": list(hparams.layers),
-                "model": loaded.name, "collapse_ratio": arguments.collapse_ratio, "hparams": hparams.to_dict(),
-                "label": arguments.label or hparams.method}
+                "batches": arguments.batches, "method": method.name, "layers": list(method.layers),
+                "model": loaded.name, "collapse_ratio": arguments.collapse_ratio, "hparams": method.to_dict(),
+                "label": arguments.label or method.name, "generation_success": not arguments.no_generation_success}
     run, ledger = None, None
     if arguments.resume and Path(arguments.out).is_file() and Path(arguments.ledger_out).is_file():
         run = SequentialRun.from_dict(_run_file(arguments.out))
@@ -332,13 +343,17 @@ def command_sequential(arguments: argparse.Namespace) -> int:
         if arguments.out:
             write_json(arguments.out, current.to_dict())
         row = current.batches[-1]
-        print(f"batch {row['batch']}: {row['edits']} edits, ES {row['ES']:.1f} PS {row['PS']:.1f} NS {row['NS']:.1f}, "
-              f"perplexity x{row['perplexity_ratio']:.3f}, retention {row['retention']:.0f}%, {row['seconds']:.0f} s", flush=True)
+        by_generation = "" if row.get("ES_gen") is None else \
+            f" (by generation: ES {row['ES_gen']:.1f} PS {_figure(row.get('PS_gen'))} NS {_figure(row.get('NS_gen'))})"
+        print(f"batch {row['batch']}: {row['edits']} edits, ES {_figure(row['ES'])} PS {_figure(row['PS'])} NS {_figure(row['NS'])}"
+              f"{by_generation}, perplexity x{row['perplexity_ratio']:.3f}, retention {row['retention']:.0f}%, {row['seconds']:.0f} s",
+              flush=True)
 
-    report, close = tqdm_progress(f"sequential {hparams.method}")
+    report, close = tqdm_progress(f"sequential {method.name}")
     try:
-        run, ledger = run_sequential(loaded, records, hparams, arguments.batch_size, arguments.batches, run=run, ledger=ledger,
-                                     collapse_ratio=arguments.collapse_ratio, settings=settings, on_batch=save, progress=report)
+        run, ledger = run_sequential(loaded, records, method, arguments.batch_size, arguments.batches, run=run, ledger=ledger,
+                                     collapse_ratio=arguments.collapse_ratio, settings=settings, on_batch=save, progress=report,
+                                     by_generation=not arguments.no_generation_success)
     finally:
         close()
     print(run.table())
@@ -350,6 +365,11 @@ def command_sequential(arguments: argparse.Namespace) -> int:
         print(f"The run stopped early. The last healthy ledger ({len(ledger)} batch(es))"
               + (f" is in {arguments.ledger_out}." if arguments.ledger_out else " was not saved (use --ledger-out)."))
     return 0
+
+
+def _figure(value: float | None) -> str:
+    """A percentage to one decimal, or a dash where there is none."""
+    return "-" if value is None else f"{value:.1f}"
 
 
 def command_damage(arguments: argparse.Namespace) -> int:
@@ -418,6 +438,21 @@ def _run_file(path: str) -> dict:
     return data
 
 
+def command_methods(arguments: argparse.Namespace) -> int:
+    """List the editing methods and their own settings with defaults."""
+    for cls in method_classes():
+        print(f"{cls.name}: {cls.label}")
+        defaults = cls.Settings()
+        for name in cls.Settings.own_field_names():
+            families = ", ".join(f"{family} {values[name]:g}" for family, values in cls.Settings.FAMILY_DEFAULTS.items()
+                                 if name in values)
+            print(f"    {name} = {getattr(defaults, name)!r}" + (f" (by model family: {families})" if families else "")
+                  + (f"  {SETTING_FLAGS[name]}" if name in SETTING_FLAGS else ""))
+    shared = ", ".join(EditSettings.field_names())
+    print(f"settings every method shares (--set NAME=VALUE): {shared}")
+    return 0
+
+
 def command_sequential_plot(arguments: argparse.Namespace) -> int:
     from editor.studies.figures import sequential_html  # lazy: plotly (~1 s); --help must stay instant
 
@@ -451,7 +486,7 @@ def number_at_least(low: float, kind=float, strict: bool = False):
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    """AlphaEdit's and ENCORE's own settings (--nullspace-threshold, --l2, --early-stop, --norm-lambda)."""
+    """AlphaEdit's, ENCORE's and UltraEdit's own settings (--nullspace-threshold, --l2, --early-stop, --norm-lambda, --step-size)."""
     parser.add_argument("--nullspace-threshold", type=number_at_least(0, strict=True), default=None,
                         help="AlphaEdit: eigenvalues of C below this span the null space the update may use (default "
                              "0.01; see `stats --nullspace`)")
@@ -460,10 +495,22 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop each target's optimization STEPS steps after the new object is the top token on all "
                              "its prompts (ENCORE's MPES; default 2 for encore, 0 = off for the others)")
     parser.add_argument("--norm-lambda", type=number_at_least(0), default=None, help="ENCORE's norm constraint on ||Delta|| (default 20)")
+    parser.add_argument("--step-size", type=number_at_least(0, strict=True), default=None,
+                        help="UltraEdit's step size eta in v = -eta ||k_hat||^2 g_hat (default 1e-6, the paper's for 7B models)")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="any other setting of the method, e.g. --set steps=10 (repeatable; `python -m editor methods` "
+                             "lists each method's settings and defaults)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m editor", description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
+def add_generation_success_argument(parser: argparse.ArgumentParser) -> None:
+    """--no-generation-success: leave out ES/PS/NS by greedy generation (SPEC 6), reported by default."""
+    parser.add_argument("--no-generation-success", action="store_true",
+                        help="leave out ES-gen/PS-gen/NS-gen (success when greedy generation from the prompt alone starts "
+                             "with the object; reported by default beside ES/PS/NS)")
+
+
+def build_parser(prog: str = "python -m editor") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Locus editor: covariance statistics, MEMIT/ROME edits, CounterFact evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -482,12 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="edit CounterFact records and report ES/PS/NS/S before and after")
     evaluate.add_argument("--data", required=True, help=RECORDS_HELP)
     evaluate.add_argument("--layers", default=None, help=LAYERS_HELP)
-    evaluate.add_argument("--method", default="memit", choices=METHODS)
+    evaluate.add_argument("--method", default="memit", choices=METHOD_NAMES)
     evaluate.add_argument("--mode", default="batch", choices=["batch", "single"])
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N records")
     add_covariance_arguments(evaluate)
     add_method_arguments(evaluate)
     evaluate.add_argument("--no-generation", action="store_true", help="skip the fluency (GE) generations")
+    add_generation_success_argument(evaluate)
     evaluate.add_argument("--out", default=None, help="write the metrics JSON here")
     evaluate.add_argument("--no-cache", action="store_true",
                           help="single mode: evaluate every record again (finished records are cached, so a rerun resumes)")
@@ -502,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--target-true", default=None, help="the current object (optional: shown, and refused if equal to the new one)")
     edit.add_argument("--check", action="append", help="another prompt to show before/after (repeatable)")
     edit.add_argument("--layers", default=None, help="R, e.g. 2-6, or auto (the tracer's recommendation); default: the family's")
-    edit.add_argument("--method", default="memit", choices=METHODS)
+    edit.add_argument("--method", default="memit", choices=METHOD_NAMES)
     add_covariance_arguments(edit)
     add_method_arguments(edit)
     edit.add_argument("--ledger", default=None, help="start from the edits saved in this ledger file")
@@ -517,11 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--tokens", dest="budgets", required=True, help="covariance token budgets, e.g. 10000,25000,50000,100000")
     sweep.add_argument("--lambda", dest="lambdas", default=None, help="lambdas, e.g. 500,1500,15000 (default: the family's)")
     sweep.add_argument("--layers", default=None, help=LAYERS_HELP)
-    sweep.add_argument("--method", default="memit", choices=[method for method in METHODS if method != "rome"])
+    sweep.add_argument("--method", default="memit", choices=METHOD_NAMES,
+                        help="an editing method that reuses targets (not rome); `python -m editor methods` lists them")
     sweep.add_argument("--limit", type=int, default=None, help="only the first N records")
     sweep.add_argument("--corpus", default=None, help="covariance corpus: 'wikipedia' or a file")
     add_method_arguments(sweep)
     sweep.add_argument("--generation", action="store_true", help="also generate texts for fluency (GE); slow")
+    add_generation_success_argument(sweep)
     sweep.add_argument("--out", default=None, help="write the table as JSON here")
     sweep.add_argument("--no-cache", action="store_true",
                        help="compute every setting again (finished settings are cached, so a rerun resumes)")
@@ -538,9 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--windows", default="all", help="all (every window of --width layers) or ranges, e.g. 1-5,2-6,10-14")
     layers.add_argument("--trace-facts", type=int, default=20,
                         help="known facts behind the averaged tracing curve (default 20; cached, packaged for the embedded model)")
-    layers.add_argument("--method", default="memit", choices=[method for method in METHODS if method != "rome"])
+    layers.add_argument("--method", default="memit", choices=METHOD_NAMES,
+                        help="an editing method that reuses targets (not rome); `python -m editor methods` lists them")
     add_covariance_arguments(layers)
     add_method_arguments(layers)
+    add_generation_success_argument(layers)
     layers.add_argument("--no-cache", action="store_true", help="measure every window again (and do not write the cache)")
     layers.add_argument("--out", default=None, help="write the windows as JSON here")
     add_model_arguments(layers)
@@ -563,11 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
     sequential.add_argument("--data", required=True, help="CounterFact-format JSON, e.g. assets/lifelong_counterfact.json")
     sequential.add_argument("--batch-size", type=int, default=100, help="edits per batch (default 100)")
     sequential.add_argument("--batches", type=int, default=10, help="number of batches (default 10)")
-    sequential.add_argument("--method", default="alphaedit", choices=["memit", "alphaedit", "encore"],
-                            help="alphaedit (default), memit, or encore (MEMIT with earlier keys kept, a norm constraint and early stopping)")
+    sequential.add_argument("--method", default="alphaedit", choices=METHOD_NAMES,
+                            help="alphaedit (default), or another method that edits batches (`python -m editor methods`)")
     sequential.add_argument("--layers", default=None, help=LAYERS_HELP)
     add_covariance_arguments(sequential, lambda_help="MEMIT's lambda (default: the family's)")
     add_method_arguments(sequential)
+    add_generation_success_argument(sequential)
     sequential.add_argument("--collapse-ratio", type=float, default=2.0, help="stop when perplexity exceeds this x the unedited's")
     sequential.add_argument("--out", default=None, help="write the curves as JSON here (after every batch)")
     sequential.add_argument("--ledger-out", default=None, help="save the last healthy ledger here (after every batch)")
@@ -596,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(damage)
     damage.set_defaults(handler=command_damage)
 
+    methods = commands.add_parser("methods", help="list the editing methods and their own settings")
+    methods.set_defaults(handler=command_methods)
+
     plot = commands.add_parser("sequential-plot", help="one HTML page with the curves of sequential runs (their --out JSON)")
     plot.add_argument("runs", nargs="+", help="JSON files written by `python -m editor sequential --out`")
     plot.add_argument("--html", required=True, help="the HTML file to write")
@@ -603,5 +659,5 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_parsed(build_parser(), argv, "interrupted (a covariance pass resumes from its last checkpoint next time)")
+def main(argv: list[str] | None = None, prog: str = "python -m editor") -> int:
+    return run_parsed(build_parser(prog), argv, "interrupted (a covariance pass resumes from its last checkpoint next time)")

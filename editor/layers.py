@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from core.errors import InputError
 from core.loading import LoadedModel
 from core.progress import Progress
-from editor.methods.hparams import default_hparams
+from editor.methods.settings import EditSettings
 from editor.statistics.covariance import cached_diagnostics
 from tracer.average import average_traces
 from tracer.problem import TraceSettings
@@ -85,9 +85,9 @@ def auto_layers(
 
 def outlier_flags(loaded: LoadedModel, tokens: int | None = None, corpus: str | None = None) -> dict[int, str]:
     """{layer: message} for layers whose cached key statistics have an outlier direction (nothing is computed)."""
-    hparams = default_hparams(loaded.layout)
+    defaults = EditSettings()
     try:
-        found = cached_diagnostics(loaded, list(range(loaded.layout.num_layers)), tokens or hparams.cov_tokens, corpus or hparams.corpus)
+        found = cached_diagnostics(loaded, list(range(loaded.layout.num_layers)), tokens or defaults.cov_tokens, corpus or defaults.corpus)
     except InputError:  # the corpus is not installed: nothing can be cached for it
         return {}
     if len(found) < 3:  # a median needs a few layers

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-import app
 from tests.app_harness import free_port
+from ui import serve as app
 
 ROOT = Path(__file__).resolve().parents[1]
 

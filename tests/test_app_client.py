@@ -19,16 +19,15 @@ app_idle_after_test = app_harness.app_idle_after_test  # autouse: let queued job
 EIFFEL = "The Eiffel Tower is located in the city of"
 COLOSSEUM = "The Colosseum is in the city of"
 # A small edit: covariance from 4096 corpus tokens (cached after the first run), the default R and lambda.
-EDIT_SETTINGS = dict(layers="2-6", mom2_weight=None, cov_tokens=4096, steps=25, lr=0.5, kl_factor=0.0625, clamp=0.75)
+# /edit's parameters are named after the Edit tab's form (ui/tabs/edit_tab.py EditForm): the shared settings, then
+# each method's own as <method>_<setting> (memit_mom2_weight, alphaedit_l2, ...); omitted ones keep the page's values.
+EDIT_SETTINGS = dict(layers="2-6", cov_tokens=4096, steps=25, lr=0.5, kl_factor=0.0625, clamp_norm=0.75)
+HEADERS = ["subject", "prompt", "new", "current", "paraphrases", "neighbors"]
 
 
-def edit(client, rows: list[list[str]], method: str = "memit"):
-    table = {"headers": ["subject", "prompt", "new", "current", "paraphrases", "neighbors"], "data": rows}
-    s = EDIT_SETTINGS
-    return client.predict(
-        table, method, s["layers"], s["mom2_weight"], s["cov_tokens"], s["steps"], s["lr"], s["kl_factor"], s["clamp"],
-        api_name="/edit",
-    )
+def edit(client, rows: list[list[str]], method: str = "memit", **settings):
+    table = {"headers": HEADERS, "data": rows}
+    return client.predict(table=table, method=method, **{**EDIT_SETTINGS, **settings}, api_name="/edit")
 
 
 def figure(output: dict):
@@ -71,20 +70,15 @@ def test_bad_input_gives_plain_messages_and_the_app_keeps_serving(app):
     with pytest.raises(AppError, match="nothing to check"):
         client.predict(api_name="/evaluate")
     with pytest.raises(AppError, match="not understood"):
-        client.predict(
-            {"headers": ["a"] * 6, "data": [["Eiffel Tower", "{} is located in the city of", "Rome", "", "", ""]]},
-            "memit", "two to six", 15000, 4096, 25, 0.5, 0.0625, 0.75, api_name="/edit",
-        )
-    with pytest.raises(AppError, match="does not exist"):  # fails inside the model job: nothing is changed
-        client.predict(
-            {"headers": ["a"] * 6, "data": [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]},
-            "memit", "28-31", 15000, 4096, 25, 0.5, 0.0625, 0.75, api_name="/edit",
-        )
+        edit(client, [["Eiffel Tower", "{} is located in the city of", "Rome", "", "", ""]], layers="two to six",
+             memit_mom2_weight=15000)
+    with pytest.raises(AppError, match="does not exist"):  # refused before any job: nothing is changed
+        edit(client, [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]], layers="28-31")
     with pytest.raises(AppError, match="same as the current one"):
-        client.predict(
-            {"headers": ["a"] * 6, "data": [["Eiffel Tower", "{} is located in the city of", "Paris", "Paris", "", ""]]},
-            "memit", "2-6", 15000, 4096, 25, 0.5, 0.0625, 0.75, api_name="/edit",
-        )
+        edit(client, [["Eiffel Tower", "{} is located in the city of", "Paris", "Paris", "", ""]])
+    with pytest.raises(AppError, match="null-space threshold must be a finite number above 0"):  # AlphaEdit's own setting
+        edit(client, [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]], method="alphaedit",
+             alphaedit_nullspace_threshold=0)
     with pytest.raises(AppError, match="not in the list of choices|not one this app serves"):
         client.predict("gpt2-xl", api_name="/switch_model")
     data = client.predict(EIFFEL, 3, 4, api_name="/predict")[-1]

@@ -26,7 +26,7 @@ HEADERS = ["subject", "prompt", "new", "current", "paraphrases", "neighbors"]
 
 def edit_request(client, rows, layers="2-6", cov_tokens=None, steps=25, lr=0.5):
     return client.predict(
-        {"headers": HEADERS, "data": rows}, "memit", layers, None, cov_tokens, steps, lr, 0.0625, 0.75, api_name="/edit"
+        {"headers": HEADERS, "data": rows}, "memit", layers, cov_tokens, steps, lr, 0.0625, 0.75, api_name="/edit"
     )
 
 

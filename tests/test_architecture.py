@@ -1,22 +1,27 @@
-"""The map of the code, checked: floors (core <- tracer <- editor <- ui, bench, app.py), no cycles, honest imports.
+"""The map of the code, checked: floors (core <- tracer <- editor <- locus <- ui, bench <- app.py, the locus command),
+no cycles, honest imports.
 
 Every product module's imports are read with `ast` (nothing is imported). A module may import its
 own package and the floors below it; no two files may import each other, even through others; an
 import inside a function needs a `# lazy: reason` comment (a measured start-up cost); no
-`except ImportError` may guard a module of this repository.
+`except ImportError` may guard a module of this repository. The tabs are thin: ui/tabs/*.py import only Gradio,
+the standard library, core.errors, ui.* and locus (TAB_DEBTS lists what some still import past that).
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "tracer", "editor", "ui", "bench")
-FLOORS = {"core": 0, "tracer": 1, "editor": 2, "ui": 3, "bench": 3, "app": 4}
+PACKAGES = ("core", "tracer", "editor", "locus", "ui", "bench")
+FLOORS = {"core": 0, "tracer": 1, "editor": 2, "locus": 3, "ui": 4, "bench": 4, "app": 5}
+# The `locus` command sits on top of everything (it starts the app too); the rest of locus/ is the public API
+MODULE_FLOORS = {"locus.cli": 5, "locus.__main__": 6}
 SIBLINGS_APART = {("ui", "bench"), ("bench", "ui")}  # same floor, but neither may use the other
 # Inside editor/: what an edit is, then running the model, the statistics, the methods, choosing layers,
 # judging edits, the studies built on them, and the command line on top.
@@ -107,6 +112,10 @@ def package_of(module: str) -> str:
     return module.split(".")[0]
 
 
+def floor_of(module: str) -> int:
+    return MODULE_FLOORS.get(module, FLOORS[package_of(module)])
+
+
 def test_nothing_imports_upward(graph):
     upward = []
     for name, imports in graph.items():
@@ -114,9 +123,9 @@ def test_nothing_imports_upward(graph):
             if package_of(item.target) not in FLOORS:
                 continue  # third party
             source, target = package_of(name), package_of(item.target)
-            if FLOORS[target] > FLOORS[source] or (source, target) in SIBLINGS_APART:
+            if floor_of(item.target) > floor_of(name) or (source, target) in SIBLINGS_APART:
                 upward.append(f"{name}:{item.line} imports {item.target}")
-    assert not upward, "imports against the floors core <- tracer <- editor <- ui, bench, app.py:\n" + "\n".join(upward)
+    assert not upward, "imports against the floors core <- tracer <- editor <- locus <- ui, bench <- app.py:\n" + "\n".join(upward)
 
 
 def editor_part(module: str) -> str:
@@ -176,6 +185,70 @@ def test_no_import_error_guards_around_local_modules():
                 elif isinstance(inner, ast.Import) and any(_resolve(a.name, modules) for a in inner.names):
                     guarded.append(f"{name}:{inner.lineno}")
     assert not guarded, "a module of this repository is always there; do not hide its breakage:\n" + "\n".join(guarded)
+
+
+# The app is a thin client: a tab (ui/tabs/*.py) lays out components and calls handlers that use Gradio, the
+# standard library, core.errors (the messages it raises), ui.* and the public API (locus); everything else it
+# needs from the tracer and the editor goes through one ui service module per tab (ui/editing.py for the Edit
+# tab, ui/ranges.py for Choose R, ui/averages.py for Averages).
+TAB_IMPORTS = ("gradio", "core.errors", "ui", "locus")
+# Debts, by tab: what a tab still imports past the rule, listed so the rule passes and the debt is written down.
+# An entry that is no longer imported fails the test: strike it off when it is paid.
+TAB_DEBTS = {
+    # Trace tab: being rewritten by others; its service module (ui/tracing.py, say) is still to come.
+    "ui.tabs.trace_tab": {
+        "core.kinds", "core.predict", "core.tokens", "tracer.figures", "tracer.modes", "tracer.noise", "tracer.preview",
+        "tracer.problem", "tracer.trace",
+    },
+    # Test tab: being rewritten by others; its predictions, health and retrace still call core/editor/tracer.
+    "ui.tabs.test_tab": {"core.kinds", "core.predict", "core.progress", "editor.evaluation.health", "tracer.figures", "tracer.trace"},
+}
+
+
+def tab_imports(path: Path, modules: set[str]) -> set[str]:
+    """Every module a tab imports outside the standard library: local ones resolved, others by their full name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+            names = [_resolve(name, modules) or node.module for name in names]
+        else:
+            continue
+        found.update(name for name in names if name.split(".")[0] not in sys.stdlib_module_names | {"__future__"})
+    return found
+
+
+def thin_tab_allows(module: str) -> bool:
+    return any(module == allowed or module.startswith(allowed + ".") for allowed in TAB_IMPORTS)
+
+
+def test_tabs_are_thin_clients():
+    files = product_files()
+    modules = set(files)
+    tabs = {name: path for name, path in files.items() if name.startswith("ui.tabs.") and name != "ui.tabs"}
+    assert set(TAB_DEBTS) <= set(tabs), f"debts listed for tabs that do not exist: {sorted(set(TAB_DEBTS) - set(tabs))}"
+    beyond, paid = [], []
+    for name, path in sorted(tabs.items()):
+        imported = tab_imports(path, modules)
+        extra = {module for module in imported if not thin_tab_allows(module)}
+        debts = TAB_DEBTS.get(name, set())
+        beyond += [f"{name} imports {module}" for module in sorted(extra - debts)]
+        paid += [f"{name} no longer imports {module}" for module in sorted(debts - extra)]
+    assert not beyond, ("a tab imports only gradio, the standard library, core.errors, ui.* and locus; put the rest in "
+                        "its ui service module:\n" + "\n".join(beyond))
+    assert not paid, "strike these paid debts off TAB_DEBTS:\n" + "\n".join(paid)
+
+
+def test_the_thin_tab_rule_sees_what_it_must(tmp_path):
+    modules = {"core.errors", "tracer", "tracer.figures", "ui", "ui.editing"}
+    path = tmp_path / "tab.py"
+    path.write_text("import html\nimport gradio as gr\nimport plotly.graph_objects as go\nfrom core.errors import InputError\n"
+                    "from tracer import figures\nfrom ui.editing import rows\n\ndef f():\n    from tracer.figures import x\n")
+    found = tab_imports(path, modules)
+    assert found == {"gradio", "plotly.graph_objects", "core.errors", "tracer.figures", "ui.editing"}
+    assert sorted(module for module in found if not thin_tab_allows(module)) == ["plotly.graph_objects", "tracer.figures"]
 
 
 def strongly_connected(edges: dict[str, list[str]]) -> list[set[str]]:

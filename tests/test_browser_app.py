@@ -148,7 +148,7 @@ def test_trace_choose_r_edit_test_undo_in_the_browser(page, chromium, app):
     expect(page.locator("#edit-target textarea")).to_have_value("Rome")
     page.click("#edit-add")
     expect(page.locator("#edit-table")).to_contain_text("Paris")  # the current answer, filled in by the model
-    page.get_by_text("Advanced (hyperparameters)", exact=True).click()
+    page.get_by_text("Advanced (settings every method shares)", exact=True).click()
     set_number(page, "edit-cov-tokens", 4096)  # a small covariance sample keeps the test quick
     page.click("#edit-apply")
     shown = progress_while_running(page, "#edit-progress", "#edit-status", "Applied batch")
@@ -276,3 +276,54 @@ def test_stopping_a_trace_leaves_the_model_as_it_was(page):
     expect(page.locator("#trace-status")).not_to_contain_text("Exact trace done", timeout=5_000)
     compare(page, "The Colosseum is located in the city of", before="Rome", after="Rome")
     expect(page.locator("#trace-status")).not_to_contain_text("Exact trace done")
+
+
+def number_value(page, elem_id: str) -> float | None:
+    text = page.locator(f"#{elem_id} input[type=number]").input_value()
+    return float(text) if text else None
+
+
+def test_the_edit_tab_shows_each_methods_own_settings_and_edits_with_them(page):
+    """Each method shows only its own settings, at the model family's defaults; an AlphaEdit edit uses the l2 typed."""
+    from playwright.sync_api import expect
+
+    wait_for_model(page)
+    open_tab(page, "Edit")
+    own = {  # the inputs the settings dataclasses give, and the family's defaults for the embedded (llama) model
+        "memit": {"mom2-weight": 1500.0},
+        "rome": {},
+        "alphaedit": {"nullspace-threshold": 0.01, "l2": 10.0},
+        "encore": {"mom2-weight": 1500.0, "norm-lambda": 20.0, "early-stop-steps": 2.0},
+    }
+    for method, settings in own.items():
+        page.locator(f"#edit-method input[value={method}]").check()
+        expect(page.locator(f"#edit-settings-{method}")).to_be_visible()
+        for other in own.keys() - {method}:
+            expect(page.locator(f"#edit-settings-{other}")).to_be_hidden()
+        for name, value in settings.items():
+            expect(page.locator(f"#edit-{method}-{name} input")).to_be_visible()
+            assert number_value(page, f"edit-{method}-{name}") == value, (method, name)
+        if not settings:
+            expect(page.locator(f"#edit-settings-{method}")).to_contain_text("no settings of its own")
+        shot(page, f"edit-settings-{method}")
+
+    # AlphaEdit end to end with its own l2 typed: the typed request (the table is empty) is edited.
+    page.locator("#edit-method input[value=alphaedit]").check()
+    set_number(page, "edit-alphaedit-l2", 5)
+    page.fill("#edit-subject textarea", "Eiffel Tower")
+    page.fill("#edit-template textarea", "{} is located in the city of")
+    page.fill("#edit-target textarea", "Rome")
+    page.get_by_text("Advanced (settings every method shares)", exact=True).click()
+    set_number(page, "edit-cov-tokens", 4096)  # a small covariance sample keeps the test quick
+    page.click("#edit-apply")
+    expect(page.locator("#edit-status")).to_contain_text("Applied batch", timeout=600_000)
+    expect(page.locator("#edit-status")).to_contain_text("ALPHAEDIT")
+    expect(page.locator("#edit-history")).to_contain_text("Eiffel Tower → Rome")
+    expect(page.locator("#edit-diag-layers")).to_contain_text("null-space directions")  # AlphaEdit's own diagnostics
+    page.locator("#edit-json-accordion").get_by_text("Raw result (JSON)", exact=True).click()
+    expect(page.locator("#edit-json")).to_contain_text("nullspace_threshold")
+    settings = page.locator("#edit-json").inner_text()
+    assert re.search(r"\bl2\W+5(\.0)?\b", settings), settings[:2000]  # the l2 typed reached the method
+    shot(page, "edit-alphaedit-applied")
+    page.click("#edit-reset")
+    expect(page.locator("#edit-status")).to_contain_text("All your edits were undone")

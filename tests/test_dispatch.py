@@ -12,8 +12,7 @@ from core.hooks import hook_count
 from core.loading import from_parts
 from editor.edits.requests import EditRequest
 from editor.edits.weights import weights_hash
-from editor.methods.hparams import MemitHyperParams
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit, MemitSettings
 from editor.statistics.covariance import layer_covariances
 from tests.tiny_models import tiny_model
 from tracer.fast_trace import fast_scores
@@ -33,9 +32,9 @@ def test_a_dispatched_model_traces_and_edits_through_the_device_hooks(tokenizer)
     for (kind, token, layer), value in fast.items():
         assert value == pytest.approx(reference_cell(loaded, problem, kind, token, layer), rel=1e-5, abs=1e-9)
     assert [block.__dict__.get("forward") for block in model.model.layers] == wrapped  # the wrappers are back
-    hparams = MemitHyperParams(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=4, prefix_starts=())
+    hparams = MemitSettings(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=4, prefix_starts=())
     before = weights_hash(loaded, [1, 2])
     covariances = layer_covariances(loaded, [1, 2], 300, use_cache=False)
-    batch = compute_memit(loaded, [EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome")], hparams, covariances=covariances)
+    batch = Memit(hparams).compute(loaded, [EditRequest("Eiffel Tower", "The {} is located in the city of", "Rome")], covariances=covariances)
     assert batch.final_residual_norm < 0.02 * batch.layer_diagnostics[0].residual_norm
     assert weights_hash(loaded, [1, 2]) == before and hook_count(loaded.model) == 0

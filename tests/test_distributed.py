@@ -31,7 +31,7 @@ from core.loading import load_model
 from core.ray_pool import RayPool, ray, start_local_cluster
 from editor.evaluation.counterfact import load_records
 from editor.evaluation.evaluate import evaluate_records
-from editor.methods.hparams import MemitHyperParams
+from editor.methods.memit import Memit, MemitSettings
 from editor.statistics.covariance import layer_covariances
 from editor.studies.sweep import sweep_records
 from tests.test_evaluate import DEVSET
@@ -131,21 +131,21 @@ def test_tiny_statistics_on_one_and_two_workers_equal_one_process(tiny_loaded, t
 def test_tiny_single_mode_evaluation_on_one_and_two_workers_equals_one_process(tiny_loaded, tiny_pools, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     records = load_records(DEVSET)[:3]
-    hparams = MemitHyperParams(layers=(1, 2), cov_tokens=STATS_TOKENS, mom2_weight=1e-4, steps=4, prefix_starts=())
-    alone = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False, use_cache=False)
+    hparams = MemitSettings(layers=(1, 2), cov_tokens=STATS_TOKENS, mom2_weight=1e-4, steps=4, prefix_starts=())
+    alone = evaluate_records(tiny_loaded, records, Memit(hparams), mode="single", generation=False, use_cache=False)
     for workers, pool in tiny_pools.items():
-        pooled = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False, pool=pool, use_cache=False)
+        pooled = evaluate_records(tiny_loaded, records, Memit(hparams), mode="single", generation=False, pool=pool, use_cache=False)
         assert_equal_within(without_elapsed(pooled), without_elapsed(alone), FLOAT32_TINY, f"{workers} worker(s)")
     with pytest.raises(InputError, match="single"):
-        evaluate_records(tiny_loaded, records, hparams, mode="batch", pool=tiny_pools[1])
+        evaluate_records(tiny_loaded, records, Memit(hparams), mode="batch", pool=tiny_pools[1])
 
 
 def test_tiny_sweep_on_two_workers_equals_one_process(tiny_loaded, tiny_pools, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     records = load_records(DEVSET)[:2]
-    hparams = MemitHyperParams(layers=(1, 2), mom2_weight=1e-4, steps=4, prefix_starts=())
-    alone = sweep_records(tiny_loaded, records, hparams, [600, 300], [1e-4, 1e-2], use_cache=False).to_dict()
-    pooled = sweep_records(tiny_loaded, records, hparams, [600, 300], [1e-4, 1e-2], pool=tiny_pools[2], use_cache=False).to_dict()
+    hparams = MemitSettings(layers=(1, 2), mom2_weight=1e-4, steps=4, prefix_starts=())
+    alone = sweep_records(tiny_loaded, records, Memit(hparams), [600, 300], [1e-4, 1e-2], use_cache=False).to_dict()
+    pooled = sweep_records(tiny_loaded, records, Memit(hparams), [600, 300], [1e-4, 1e-2], pool=tiny_pools[2], use_cache=False).to_dict()
     for data in (alone, pooled):
         data.pop("target_seconds")
         for row in data["rows"]:
@@ -225,20 +225,20 @@ def test_single_mode_evaluation_and_sweep_resume_from_their_caches(tiny_loaded, 
     """A rerun reads the finished records / settings back: a half-finished cache is completed to the same result."""
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     records = load_records(DEVSET)[:2]
-    hparams = MemitHyperParams(layers=(1, 2), cov_tokens=STATS_TOKENS, mom2_weight=1e-4, steps=4, prefix_starts=())
-    fresh = without_elapsed(evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False, use_cache=False))
+    hparams = MemitSettings(layers=(1, 2), cov_tokens=STATS_TOKENS, mom2_weight=1e-4, steps=4, prefix_starts=())
+    fresh = without_elapsed(evaluate_records(tiny_loaded, records, Memit(hparams), mode="single", generation=False, use_cache=False))
     assert not list(tmp_path.glob("runs/*/evaluate-single-*.jsonl"))
-    evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False)
+    evaluate_records(tiny_loaded, records, Memit(hparams), mode="single", generation=False)
     (path,) = tmp_path.glob("runs/*/evaluate-single-*.jsonl")
     lines = path.read_text().splitlines()
     assert len(lines) == 2
     path.write_text(lines[1] + "\n" + '{"key": "torn')  # as if killed after the second record, mid-write of another
-    resumed = evaluate_records(tiny_loaded, records, hparams, mode="single", generation=False)
+    resumed = evaluate_records(tiny_loaded, records, Memit(hparams), mode="single", generation=False)
     assert without_elapsed(resumed) == fresh
     assert len(path.read_text().splitlines()) == 3  # the torn line stays, one record computed again, the other read back
     sweep_hparams = hparams
-    first = sweep_records(tiny_loaded, records, sweep_hparams, [300], [1e-4, 1e-2]).to_dict()
+    first = sweep_records(tiny_loaded, records, Memit(sweep_hparams), [300], [1e-4, 1e-2]).to_dict()
     (sweep_path,) = tmp_path.glob("runs/*/sweep-*.jsonl")
     assert len(sweep_path.read_text().splitlines()) == 3  # the start, then one line per setting
-    again = sweep_records(tiny_loaded, records, sweep_hparams, [300], [1e-4, 1e-2]).to_dict()
+    again = sweep_records(tiny_loaded, records, Memit(sweep_hparams), [300], [1e-4, 1e-2]).to_dict()
     assert again == first and len(sweep_path.read_text().splitlines()) == 3

@@ -9,7 +9,10 @@ from core.predict import predict_next_tokens
 from editor.edits.ledger import EditLedger
 from editor.edits.requests import EditRequest
 from editor.edits.weights import weights_hash
-from editor.methods.memit import compute_memit
+from editor.evaluation.by_generation import generation_checks
+from editor.evaluation.counterfact import CounterFactRecord
+from editor.evaluation.evaluate import score_records
+from editor.methods.memit import Memit
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import compute_targets
 from tests.test_editor_support import editing_hparams, shared_covariances
@@ -28,7 +31,7 @@ def top_token(loaded, prompt: str) -> str:
 @pytest.fixture(scope="module")
 def three_edit_batch(embedded):
     hparams = editing_hparams(embedded)
-    return compute_memit(embedded, THREE_EDITS, hparams, covariances=shared_covariances(embedded))
+    return Memit(hparams).compute(embedded, THREE_EDITS, covariances=shared_covariances(embedded))
 
 
 def test_three_edits_flip_predictions_and_undo_restores_weights(embedded, three_edit_batch):
@@ -87,8 +90,7 @@ def test_second_batch_is_computed_on_top_of_the_first(embedded, three_edit_batch
     ledger.add(three_edit_batch, embedded)
     original = ledger.weights_hash(embedded)
     hparams = editing_hparams(embedded)
-    second = compute_memit(
-        embedded, [EditRequest("Eiffel Tower", "The {} is located in the city of", "London", "Rome")], hparams,
+    second = Memit(hparams).compute(embedded, [EditRequest("Eiffel Tower", "The {} is located in the city of", "London", "Rome")],
         ledger=ledger, covariances=shared_covariances(embedded),
     )
     assert ledger.weights_hash(embedded) == original  # computing left the shared weights alone
@@ -102,6 +104,21 @@ def test_second_batch_is_computed_on_top_of_the_first(embedded, three_edit_batch
         assert top_token(embedded, THREE_EDITS[0].text) == "Rome"
         assert ledger.weights_hash(embedded) != both
     assert ledger.weights_hash(embedded) == original
+
+
+def test_success_by_generation_before_and_after_the_edits(embedded, three_edit_batch):
+    """SPEC 6 on the three known facts: greedy decoding says the true objects before, the new ones after."""
+    records = [CounterFactRecord(index, r.subject, r.prompt, r.target_new, r.target_true) for index, r in enumerate(THREE_EDITS)]
+    records[0].neighborhood_prompts = ["The Louvre is located in the city of"]  # Paris, and stays Paris
+    before, _ = score_records(embedded, records, generation=False)
+    assert [s.es_gen for s in before] == [0.0, 0.0, 0.0] and before[0].ns_gen == 1.0
+    assert generation_checks(embedded, [(r.text, r.target_true) for r in THREE_EDITS]) == [True, True, True]
+    ledger = EditLedger.for_model(embedded)
+    ledger.add(three_edit_batch, embedded)
+    with ledger.applied(embedded):
+        after, _ = score_records(embedded, records, generation=False)
+    assert [s.es_gen for s in after] == [1.0, 1.0, 1.0] and after[0].ns_gen == 1.0
+    assert all(s.ps_gen is None for s in after) and [s.ns_gen for s in after[1:]] == [None, None]  # no such prompts
 
 
 def test_batched_targets_equal_serial_targets(embedded):

@@ -9,10 +9,11 @@ from core.hooks import capture_inputs, sequence_view
 from editor.edits.ledger import EditLedger
 from editor.edits.requests import EditRequest
 from editor.edits.weights import projection_weight, weights_hash
-from editor.methods.hparams import MemitHyperParams
+from editor.methods.alphaedit import AlphaEdit, AlphaEditSettings
 from editor.methods.keys import request_keys
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit, MemitSettings
 from editor.methods.prefixes import context_prefixes
+from editor.methods.rome import Rome, RomeSettings
 from editor.methods.targets import compute_targets
 from editor.methods.updates import null_space_profile
 from editor.statistics.covariance import layer_covariances
@@ -30,14 +31,14 @@ REQUESTS = [
 SEVERAL = ["gpt2", "gptj", "gpt_neox", "llama", "gemma3_text", "opt"]
 
 
-def tiny_hparams(**changes) -> MemitHyperParams:
+def tiny_hparams(**changes) -> MemitSettings:
     # only the empty prefix: the plain prompt's key is then the key, so the update can meet z exactly
-    return MemitHyperParams(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=()).replace(**changes)
+    return MemitSettings(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=()).replace(**changes)
 
 
 def test_keys_are_the_projection_inputs_at_the_last_subject_token(family, tiny):
     loaded = tiny(family)
-    hparams = MemitHyperParams(layers=(0, 2), prefix_tokens=4)
+    hparams = MemitSettings(layers=(0, 2), prefix_tokens=4)
     prefixes = context_prefixes(loaded, hparams)
     assert prefixes[0] == "" and all(p.endswith(". ") for p in prefixes[1:]) and len(prefixes) == 6
     keys = request_keys(loaded, REQUESTS[:2], prefixes, [0, 2]).keys
@@ -59,7 +60,7 @@ def test_keys_are_the_projection_inputs_at_the_last_subject_token(family, tiny):
 @pytest.mark.parametrize("model_type", SEVERAL)
 def test_cached_and_full_target_engines_agree(model_type, tiny):
     loaded = tiny(model_type)
-    hparams = MemitHyperParams(layers=(1,), steps=4, prefix_tokens=5, target_batch_requests=2)
+    hparams = MemitSettings(layers=(1,), steps=4, prefix_tokens=5, target_batch_requests=2)
     prefixes = context_prefixes(loaded, hparams)
     cached = compute_targets(loaded, REQUESTS, hparams, prefixes, engine="cached")
     full = compute_targets(loaded, [REQUESTS[2]], hparams, prefixes, engine="full")
@@ -74,7 +75,7 @@ def test_cached_engine_at_the_first_and_last_block(model_type, where, tiny):
     """The cached engine runs blocks l_R+1.. only: none when l_R is the last block, all but one when it is 0."""
     loaded = tiny(model_type)
     layer = 0 if where == "first" else loaded.layout.num_layers - 1
-    hparams = MemitHyperParams(layers=(layer,), steps=3, prefix_tokens=5)
+    hparams = MemitSettings(layers=(layer,), steps=3, prefix_tokens=5)
     prefixes = context_prefixes(loaded, hparams)
     cached = compute_targets(loaded, REQUESTS, hparams, prefixes, engine="cached")
     full = compute_targets(loaded, REQUESTS, hparams, prefixes, engine="full")
@@ -91,7 +92,7 @@ def test_cached_engine_at_the_first_and_last_block(model_type, where, tiny):
 def test_cached_engine_when_some_requests_stop_early(tiny):
     """A request that reaches the stopping loss leaves the batch; the others go on with a subset of the rows."""
     loaded = tiny("llama")
-    first_step = MemitHyperParams(layers=(1,), steps=1, prefix_tokens=5)
+    first_step = MemitSettings(layers=(1,), steps=1, prefix_tokens=5)
     prefixes = context_prefixes(loaded, first_step)
     losses = sorted(d.losses[0] for d in compute_targets(loaded, REQUESTS, first_step, prefixes, engine="full").diagnostics)
     hparams = first_step.replace(steps=4, loss_stop=(losses[0] + losses[1]) / 2)  # the lowest stops at once
@@ -110,7 +111,7 @@ def test_memit_update_meets_the_targets_and_leaves_weights_alone(model_type, tin
     layers = list(hparams.layers)
     before = weights_hash(loaded, layers)
     covariances = layer_covariances(loaded, layers, hparams.cov_tokens)
-    batch = compute_memit(loaded, REQUESTS, hparams, covariances=covariances)
+    batch = Memit(hparams).compute(loaded, REQUESTS, covariances=covariances)
     assert weights_hash(loaded, layers) == before
     layout = loaded.layout
     for layer in layers:
@@ -140,12 +141,11 @@ def test_memit_update_meets_the_targets_and_leaves_weights_alone(model_type, tin
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_rome_is_rank_one_and_writes_the_value_at_the_key(model_type, tiny):
-    from editor.methods.rome import compute_rome
 
     loaded = tiny(model_type)
     hparams = tiny_hparams(layers=(1,), steps=4)
     covariances = layer_covariances(loaded, [1], hparams.cov_tokens)
-    batch = compute_rome(loaded, REQUESTS[:1], hparams, covariances=covariances)
+    batch = Rome(RomeSettings.from_dict(hparams.to_dict())).compute(loaded, REQUESTS[:1], covariances=covariances)
     delta = batch.deltas[1].double()
     singular = torch.linalg.svdvals(delta)
     assert singular[1] < 1e-5 * singular[0]
@@ -156,7 +156,7 @@ def test_rome_is_rank_one_and_writes_the_value_at_the_key(model_type, tiny):
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_alphaedit_leaves_the_preserved_key_space_alone(model_type, tiny):
     loaded = tiny(model_type)
-    hparams = tiny_hparams(method="alphaedit", layers=(2,))
+    hparams = AlphaEditSettings.from_dict(tiny_hparams(layers=(2,)).to_dict())
     covariances = layer_covariances(loaded, [2], hparams.cov_tokens)
     covariance = covariances.covariances[2]
     values, vectors = torch.linalg.eigh(covariance)
@@ -167,7 +167,7 @@ def test_alphaedit_leaves_the_preserved_key_space_alone(model_type, tiny):
     half = max(range(len(values) // 4, 3 * len(values) // 4), key=lambda i: float(values[i] - values[i - 1]))
     assert float(values[half] - values[half - 1]) > 2 * margin
     threshold = float(values[half - 1] + values[half]) / 2  # about half the directions preserved, the rest free
-    batch = compute_memit(loaded, REQUESTS, hparams.replace(nullspace_threshold=threshold), covariances=covariances)
+    batch = AlphaEdit(hparams.replace(nullspace_threshold=threshold)).compute(loaded, REQUESTS, covariances=covariances)
     delta = batch.deltas[2].double()
     preserved = vectors[:, values >= threshold]
     assert float((delta @ preserved).norm()) < 1e-6 * float(delta.norm())

@@ -8,9 +8,8 @@ import torch
 from core.errors import InputError, LocusError
 from editor.edits.requests import EditRequest, validate_requests
 from editor.edits.weights import weights_hash
-from editor.methods.hparams import MemitHyperParams
-from editor.methods.memit import compute_memit
-from editor.methods.rome import compute_rome
+from editor.methods.memit import Memit, MemitSettings
+from editor.methods.rome import Rome, RomeSettings
 from editor.statistics.covariance import CovarianceSet
 from tests.test_editor_support import editing_hparams, shared_covariances
 
@@ -34,17 +33,17 @@ def test_bad_input_is_refused_before_anything_runs(embedded):
     hparams = editing_hparams(embedded)
     for request, message in BAD_REQUESTS:
         with pytest.raises(InputError, match=message):
-            compute_memit(embedded, [request], hparams)
+            Memit(hparams).compute(embedded, [request])
         with pytest.raises(InputError, match=message):
-            compute_rome(embedded, [request], hparams)
+            Rome(RomeSettings.from_dict(hparams.to_dict())).compute(embedded, [request])
     with pytest.raises(InputError, match="at most 96"):
         validate_requests([EditRequest("Eiffel Tower", LONG_PROMPT, "Rome")], embedded.tokenizer, 96)
     with pytest.raises(InputError, match="Request 2 .*at most"):
-        compute_memit(embedded, [GOOD, EditRequest("Eiffel Tower", LONG_PROMPT, "Rome")], hparams)
+        Memit(hparams).compute(embedded, [GOOD, EditRequest("Eiffel Tower", LONG_PROMPT, "Rome")])
     with pytest.raises(InputError, match="outside"):
-        compute_memit(embedded, [GOOD], MemitHyperParams(layers=(2, 40)))
+        Memit(MemitSettings(layers=(2, 40))).compute(embedded, [GOOD])
     with pytest.raises(InputError, match="lambda"):
-        compute_memit(embedded, [GOOD], MemitHyperParams(mom2_weight=-1))
+        Memit(MemitSettings(mom2_weight=-1)).compute(embedded, [GOOD])
     assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
 
 
@@ -61,6 +60,6 @@ def test_nan_in_an_update_is_caught_before_it_is_applied(embedded):
     poisoned.covariances[hparams.layers[0]][0, 0] = float("nan")
     before = weights_hash(embedded, range(embedded.layout.num_layers))
     with pytest.raises(LocusError, match=f"layer {hparams.layers[0]} contains NaN"):
-        compute_memit(embedded, [GOOD], hparams, covariances=poisoned)
+        Memit(hparams).compute(embedded, [GOOD], covariances=poisoned)
     assert weights_hash(embedded, range(embedded.layout.num_layers)) == before
     assert torch.isfinite(real.covariances[hparams.layers[0]]).all()

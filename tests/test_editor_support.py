@@ -6,15 +6,15 @@ module asks for it through `shared_covariances`, which the editor keeps in memor
 
 from __future__ import annotations
 
-from editor.methods.hparams import MemitHyperParams, default_hparams
+from editor.methods.memit import Memit, MemitSettings
 from editor.statistics.covariance import CovarianceSet, layer_covariances
 
 TEST_TOKENS = 4000  # corpus tokens for the tests' C (the real default is much larger)
 
 
-def editing_hparams(loaded, **changes) -> MemitHyperParams:
+def editing_hparams(loaded, **changes) -> MemitSettings:
     """The family defaults with the tests' token budget."""
-    return default_hparams(loaded.layout, cov_tokens=TEST_TOKENS, **changes)
+    return Memit.for_model(loaded.layout, cov_tokens=TEST_TOKENS, **changes).settings
 
 
 def shared_covariances(loaded, layers=None) -> CovarianceSet:

@@ -8,8 +8,8 @@ import pytest
 
 from editor.cli import build_parser
 from editor.edits.batch import LayerDiagnostics
-from editor.methods.hparams import MemitHyperParams
-from editor.methods.memit import nullspace_warnings, weak_update_warnings
+from editor.methods.alphaedit import AlphaEdit, AlphaEditSettings
+from editor.methods.memit import Memit, MemitSettings, weak_update_warnings
 
 
 def layer(residual_norm: float) -> LayerDiagnostics:
@@ -18,23 +18,24 @@ def layer(residual_norm: float) -> LayerDiagnostics:
 
 
 def test_weak_updates_are_reported_with_the_fraction_written_and_lambda():
-    hparams = MemitHyperParams(mom2_weight=15000.0)
-    (warning,) = weak_update_warnings([layer(72.0)], 54.0, hparams)
-    assert "only 25%" in warning and "72.0 to 54.0" in warning and "15000" in warning
-    assert weak_update_warnings([layer(72.0)], 20.0, hparams) == []  # 72% written: no warning
-    assert "only 0%" in weak_update_warnings([layer(10.0)], 12.0, hparams)[0]  # worse than before: 0%, not negative
-    assert weak_update_warnings([layer(72.0)], 60.0, hparams.replace(method="rome")) == []
-    assert weak_update_warnings([], 1.0, hparams) == []
+    remedy = Memit(MemitSettings(mom2_weight=15000.0)).weak_update_remedy()
+    (warning,) = weak_update_warnings([layer(72.0)], 54.0, remedy)
+    assert "only 25%" in warning and "72.0 to 54.0" in warning and "lambda (now 15000)" in warning
+    assert weak_update_warnings([layer(72.0)], 20.0, remedy) == []  # 72% written: no warning
+    assert "only 0%" in weak_update_warnings([layer(10.0)], 12.0, remedy)[0]  # worse than before: 0%, not negative
+    assert weak_update_warnings([], 1.0, remedy) == []
+    alpha = AlphaEdit(AlphaEditSettings(l2=10.0, nullspace_threshold=0.01)).weak_update_remedy()
+    assert "l2 (now 10)" in alpha and "threshold (now 0.01)" in alpha
 
 
 def test_a_leaky_null_space_is_named_per_layer_with_its_share():
-    hparams = MemitHyperParams(method="alphaedit", nullspace_threshold=0.01)
+    alphaedit = AlphaEdit(AlphaEditSettings(nullspace_threshold=0.01))
     leaky = [dataclasses.replace(layer(10.0), layer=index, nullspace_size=900, nullspace_energy=share)
              for index, share in ((1, 0.23), (2, 0.035), (3, 0.284))]
-    (warning,) = nullspace_warnings(leaky, hparams)
+    (warning,) = alphaedit.extra_warnings(leaky)
     assert "layer 1 (23%), layer 3 (28%)" in warning and "layer 2" not in warning and "below 0.01" in warning
-    assert nullspace_warnings(leaky[1:2], hparams) == []  # 3.5%: close enough to null
-    assert nullspace_warnings([layer(10.0)], MemitHyperParams()) == []  # MEMIT has no null space
+    assert alphaedit.extra_warnings(leaky[1:2]) == []  # 3.5%: close enough to null
+    assert Memit().extra_warnings(leaky) == []  # MEMIT has no null space
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -15,6 +15,7 @@ from core.facts import KnownFact, load_known_facts
 from editor.evaluation.counterfact import load_records
 from editor.evaluation.evaluate import evaluate_records, summarize
 from editor.evaluation.metrics import PairScore, harmonic_mean, ngram_entropy, record_scores
+from editor.methods.memit import Memit
 from editor.studies.devset import build_records
 from tests.test_editor_support import TEST_TOKENS, editing_hparams, shared_covariances
 
@@ -78,14 +79,16 @@ def test_evaluate_records_batch_on_the_embedded_model(embedded):
     records = load_records(DEVSET)[:3]
     hparams = editing_hparams(embedded, steps=12)
     shared_covariances(embedded)  # computed once for all editor tests
-    result = evaluate_records(embedded, records, hparams, mode="batch", generation=False)
+    result = evaluate_records(embedded, records, Memit(hparams), mode="batch", generation=False)
     assert result.n == 3 and result.mode == "batch" and result.layers == list(hparams.layers)
     assert result.pre.ES < result.post.ES and result.post.ES >= 2 / 3 * 100
     assert result.pre.NS >= 50
     data = result.to_dict()
     assert {"pre", "post", "n", "layers", "mode", "seconds"} <= set(data)
-    assert {"ES", "PS", "NS", "S", "efficacy_accuracy", "neighborhood_accuracy", "GE"} <= set(data["pre"])
-    assert "unedited" in result.table() and "edited" in result.table()
+    assert {"ES", "PS", "NS", "S", "efficacy_accuracy", "neighborhood_accuracy", "GE", "ES_gen", "PS_gen", "NS_gen"} <= set(data["pre"])
+    assert "unedited" in result.table() and "edited" in result.table() and "ES-gen" in result.table()
+    assert result.pre.ES_gen == 0.0 and result.post.ES_gen is not None and result.post.ES_gen <= result.post.ES
+    assert {"es_gen", "ps_gen", "ns_gen"} <= set(data["records"][0]["post"])
 
 
 def _cli(*args, timeout=600):
@@ -109,6 +112,8 @@ def test_cli_evaluate_prints_the_table_and_writes_json(tmp_path, embedded):
                   "--no-generation", "--device", "cpu", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "unedited" in result.stdout and "edited" in result.stdout and "n=2" in result.stdout
+    assert "ES-gen" in result.stdout and "NS-gen" in result.stdout
     metrics = json.loads(out.read_text())
+    assert metrics["pre"]["ES_gen"] is not None and metrics["post"]["NS_gen"] is not None
     assert metrics["n"] == 2 and metrics["mode"] == "batch" and metrics["layers"] == [2, 3, 4, 5, 6]
     assert metrics["pre"]["ES"] is not None and metrics["post"]["ES"] >= metrics["pre"]["ES"]

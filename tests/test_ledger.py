@@ -10,14 +10,14 @@ from safetensors import safe_open
 
 from core.errors import InputError
 from core.loading import from_parts
-from editor.edits.ledger import METADATA_KEY, EditLedger
+from editor.edits.ledger import METADATA_KEY, EditLedger, edits_applied, edits_suspended
 from editor.edits.requests import EditRequest
-from editor.methods.hparams import MemitHyperParams
-from editor.methods.memit import compute_memit
+from editor.edits.weights import hold_weights, projection_weight, release_weights
+from editor.methods.memit import Memit, MemitSettings
 from editor.statistics.covariance import layer_covariances
 from tests.tiny_models import tiny_model
 
-HPARAMS = MemitHyperParams(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)
+HPARAMS = MemitSettings(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,10 @@ def tiny_llama(tokenizer):
 @pytest.fixture(scope="module")
 def two_batches(tiny_llama):
     covariances = layer_covariances(tiny_llama, [1, 2], HPARAMS.cov_tokens)
-    first = compute_memit(tiny_llama, [EditRequest("Eiffel Tower", "The {} is in", "Rome")], HPARAMS, covariances=covariances)
+    first = Memit(HPARAMS).compute(tiny_llama, [EditRequest("Eiffel Tower", "The {} is in", "Rome")], covariances=covariances)
     ledger = EditLedger.for_model(tiny_llama)
     ledger.add(first, tiny_llama)
-    second = compute_memit(
-        tiny_llama, [EditRequest("Colosseum", "{} is in", "London"), EditRequest("Louvre", "The {} is in", "Berlin")],
-        HPARAMS.replace(layers=(2,)), ledger=ledger, covariances=covariances,
+    second = Memit(HPARAMS.replace(layers=(2,))).compute(tiny_llama, [EditRequest("Colosseum", "{} is in", "London"), EditRequest("Louvre", "The {} is in", "Berlin")], ledger=ledger, covariances=covariances,
     )
     return first, second
 
@@ -67,6 +65,32 @@ def test_sequence_undo_and_reset_are_exact(tiny_llama, two_batches):
     with pytest.raises(InputError, match="already in the ledger"):
         ledger.add(first)
         ledger.add(first)
+
+
+def same(first: dict, second: dict) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[layer], second[layer]) for layer in first)
+
+
+def test_suspended_edits_are_the_original_weights_and_come_back_bit_for_bit(tiny_llama, two_batches):
+    first, second = two_batches
+    original = weights_of(tiny_llama)
+    outer, inner = EditLedger.for_model(tiny_llama), EditLedger.for_model(tiny_llama)
+    outer.add(first, tiny_llama)
+    inner.add(second, tiny_llama)
+    with inner.applied(tiny_llama):
+        inner_alone = weights_of(tiny_llama)
+    with outer.applied(tiny_llama), inner.applied(tiny_llama):  # nested ledgers, and a held update on top
+        held = hold_weights(tiny_llama, [1])
+        projection_weight(tiny_llama, 1).add_(0.5)
+        edited = weights_of(tiny_llama)
+        with edits_suspended(tiny_llama):
+            assert not edits_applied(tiny_llama) and same(weights_of(tiny_llama), original)
+            with inner.applied(tiny_llama):  # another session's work sees an idle model
+                assert same(weights_of(tiny_llama), inner_alone)
+            assert same(weights_of(tiny_llama), original)
+        assert edits_applied(tiny_llama) and same(weights_of(tiny_llama), edited)
+        release_weights(tiny_llama, held)
+    assert same(weights_of(tiny_llama), original) and not edits_applied(tiny_llama)
 
 
 def test_save_and_load_round_trip(tiny_llama, two_batches, tmp_path):

@@ -33,8 +33,9 @@ from editor.evaluation.health import (
     retention,
     retention_with_forgotten,
 )
-from editor.methods.hparams import MemitHyperParams, default_hparams
-from editor.methods.memit import compute_memit
+from editor.methods.alphaedit import AlphaEdit, AlphaEditSettings
+from editor.methods.encore import Encore, EncoreSettings
+from editor.methods.memit import Memit, MemitSettings
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import compute_targets
 from editor.methods.updates import memit_factors, memit_update
@@ -53,7 +54,7 @@ from editor.studies.sequential import run_sequential
 from tests.tiny_models import tiny_model
 from tracer.figures import figure_caption
 
-HPARAMS = MemitHyperParams(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)
+HPARAMS = MemitSettings(layers=(1, 2), cov_tokens=300, steps=3, prefix_tokens=4)
 BATCHES = [
     [EditRequest("Eiffel Tower", "The {} is in", "Rome"), EditRequest("Louvre", "The {} is in", "Berlin")],
     [EditRequest("Colosseum", "{} is in", "London"), EditRequest("Big Ben", "{} is in", "Tokyo")],
@@ -73,7 +74,7 @@ def three_batches(tiny_llama):
     covariances = layer_covariances(tiny_llama, [1, 2], HPARAMS.cov_tokens)
     ledger = EditLedger.for_model(tiny_llama)
     for requests in BATCHES:
-        ledger.add(compute_memit(tiny_llama, requests, HPARAMS, ledger=ledger if len(ledger) else None,
+        ledger.add(Memit(HPARAMS).compute(tiny_llama, requests, ledger=ledger if len(ledger) else None,
                                  covariances=covariances), tiny_llama)
     return list(ledger)
 
@@ -135,9 +136,9 @@ def test_sequential_alphaedit_keeps_earlier_edits_keys_out_of_its_update(tiny, t
     values, vectors = torch.linalg.eigh(covariances.covariances[2])
     threshold = float(values[len(values) // 2])  # half the directions preserved, half free
     # the tiny model's keys are small: the ridge term must be smaller still for the keys to count
-    hparams = MemitHyperParams(layers=(2,), cov_tokens=300, steps=8, prefix_starts=(), method="alphaedit",
-                               nullspace_threshold=threshold, alphaedit_l2=1e-8)
-    first = compute_memit(loaded, BATCHES[0] + BATCHES[2], hparams, covariances=covariances)
+    alphaedit = AlphaEdit(AlphaEditSettings(layers=(2,), cov_tokens=300, steps=8, prefix_starts=(),
+                                            nullspace_threshold=threshold, l2=1e-8))
+    first = alphaedit.compute(loaded, BATCHES[0] + BATCHES[2], covariances=covariances)
     ledger = EditLedger.for_model(loaded)
     ledger.add(first, loaded)
     old_keys = first.keys[2].double()
@@ -148,13 +149,13 @@ def test_sequential_alphaedit_keeps_earlier_edits_keys_out_of_its_update(tiny, t
         delta = batch.deltas[2].double()
         return float((delta @ old_keys.T).norm() / (delta @ batch.keys[2].double().T).norm())
 
-    second = compute_memit(loaded, BATCHES[1], hparams, ledger=ledger, covariances=covariances)
+    second = alphaedit.compute(loaded, BATCHES[1], ledger=ledger, covariances=covariances)
     delta = second.deltas[2].double()
     preserved = vectors[:, values >= threshold]
     assert float((delta @ preserved).norm()) < 1e-6 * float(delta.norm())  # the update lives in C's null space
     forgetful = EditLedger.for_model(loaded)  # the same first batch, without the keys AlphaEdit keeps
     forgetful.add(dataclasses.replace(first, keys={}, batch_id="nokeys"), loaded)
-    unprotected = compute_memit(loaded, BATCHES[1], hparams, ledger=forgetful, covariances=covariances)
+    unprotected = alphaedit.compute(loaded, BATCHES[1], ledger=forgetful, covariances=covariances)
     assert leaks(second) < 0.1 * leaks(unprotected)
     # the per-ledger state follows the ledger exactly: add, undo, export/import, reset
     before = ledger.key_grams([2])[2]
@@ -171,7 +172,7 @@ def test_sequential_alphaedit_keeps_earlier_edits_keys_out_of_its_update(tiny, t
 def test_most_probable_early_stop_ends_each_request_soon_after_its_target_leads(embedded):
     """ENCORE's MPES: a request stops once its new object has led on every prompt for N steps, on Adam's same path."""
     requests = [record.request() for record in load_records(LIFELONG_FILE)[:2]]
-    hparams = default_hparams(embedded.layout, layers=(4,), steps=12, loss_stop=0.0, prefix_starts=("The", "I"))
+    hparams = Memit.for_model(embedded.layout, layers=(4,), steps=12, loss_stop=0.0, prefix_starts=("The", "I")).settings
     prefixes = context_prefixes(embedded, hparams)
     loss_only = compute_targets(embedded, requests, hparams, prefixes)
     assert all(d.steps == 11 and not d.converged for d in loss_only.diagnostics)  # nothing else stops it early
@@ -213,9 +214,9 @@ def test_encore_keeps_earlier_edits_keys_and_bounds_the_update_norm(tiny):
     assert norms[0] > norms[1] > norms[2]  # the norm constraint shrinks the update
     loaded = tiny("llama")
     covariances = layer_covariances(loaded, [2], 300)
-    hparams = MemitHyperParams(layers=(2,), cov_tokens=300, steps=8, prefix_starts=(), method="encore", mom2_weight=1e-4,
-                               norm_lambda=1e-8, early_stop_steps=0)
-    first = compute_memit(loaded, BATCHES[0] + BATCHES[2], hparams, covariances=covariances)
+    encore = Encore(EncoreSettings(layers=(2,), cov_tokens=300, steps=8, prefix_starts=(), mom2_weight=1e-4,
+                                   norm_lambda=1e-8, early_stop_steps=0))
+    first = encore.compute(loaded, BATCHES[0] + BATCHES[2], covariances=covariances)
     ledger = EditLedger.for_model(loaded)
     ledger.add(first, loaded)
     old_keys = first.keys[2].double()
@@ -224,12 +225,12 @@ def test_encore_keeps_earlier_edits_keys_and_bounds_the_update_norm(tiny):
         delta = batch.deltas[2].double()
         return float((delta @ old_keys.T).norm() / (delta @ batch.keys[2].double().T).norm())
 
-    kept = compute_memit(loaded, BATCHES[1], hparams, ledger=ledger, covariances=covariances)
+    kept = encore.compute(loaded, BATCHES[1], ledger=ledger, covariances=covariances)
     forgetful = EditLedger.for_model(loaded)
     forgetful.add(dataclasses.replace(first, keys={}, batch_id="nokeys"), loaded)
-    assert leaks(kept) < 0.5 * leaks(compute_memit(loaded, BATCHES[1], hparams, ledger=forgetful, covariances=covariances))
-    assert default_hparams(loaded.layout, method="encore").early_stop_steps == 2
-    assert default_hparams(loaded.layout, method="memit").early_stop_steps == 0
+    assert leaks(kept) < 0.5 * leaks(encore.compute(loaded, BATCHES[1], ledger=forgetful, covariances=covariances))
+    assert Encore.for_model(loaded.layout).settings.early_stop_steps == 2
+    assert Memit.for_model(loaded.layout).settings.early_stop_steps == 0
 
 
 def test_held_out_texts_never_reach_the_covariance(tiny, small_corpus):
@@ -302,18 +303,22 @@ def test_health_thresholds_and_cache(tiny_llama, three_batches, small_corpus):
 def test_a_run_that_breaks_the_model_stops_and_keeps_the_last_healthy_ledger(embedded, tmp_path):
     records = load_records(LIFELONG_FILE)[:2]
     texts, probes = held_out_texts()[:3], probe_facts(embedded, count=8)
-    hparams = default_hparams(embedded.layout, layers=(4,), cov_tokens=2000, steps=2)
-    run, ledger = run_sequential(embedded, records, hparams, 1, 1, probes=probes, texts=texts)
+    memit = Memit.for_model(embedded.layout, layers=(4,), cov_tokens=2000, steps=2)
+    run, ledger = run_sequential(embedded, records, memit, 1, 1, probes=probes, texts=texts)
     assert run.stopped is None and len(ledger) == 1 and run.batches[0]["perplexity_ratio"] < 1.5
     healthy = ledger.batches[0].batch_id
     # an absurd edit: no covariance constraint (lambda ~ 0) and a target ~1,000x the hidden state's size
-    absurd = hparams.replace(mom2_weight=1e-6, clamp_norm=1e4, lr=1e3)
+    absurd = memit.replace(mom2_weight=1e-6, clamp_norm=1e4, lr=1e3)
     run, ledger = run_sequential(embedded, records, absurd, 1, 2, run=run, ledger=ledger, probes=probes, texts=texts)
     assert "collapsed" in run.stopped and run.collapse["batch"] == 2
     assert run.collapse["perplexity_ratio"] > 2 or not run.collapse["finite"]
     assert len(run.batches) == 1 and [batch.batch_id for batch in ledger] == [healthy]
+    row = run.batches[0]
+    assert row["ES_gen"] is not None and row["latest"]["ES_gen"] is not None and row["unedited_so_far"]["NS_gen"] is not None
+    assert run.unedited["ES_gen"] is not None and len(run.unedited_records[0]) == 8 and "ES-gen" in run.table()
     figures = sequential_figures([run.to_dict()])
-    assert [len(figure.data) for figure in figures] == [3, 1, 1, 1] and all(figure_caption(f) for f in figures)
+    assert [len(figure.data) for figure in figures] == [4, 1, 1, 1] and all(figure_caption(f) for f in figures)
+    assert figures[0].data[3].name.startswith("ES-gen") and figures[0].data[3].y[1] == row["ES_gen"]
     assert figures[1].data[0].y == (1.0, run.batches[0]["perplexity_ratio"])
     six = [dict(run.to_dict(), settings={**run.settings, "label": f"encore+mpes {i}"}) for i in range(6)]
     lines = sequential_figures(six)[1].data  # six runs on one plot stay apart
@@ -326,9 +331,9 @@ def test_a_run_that_breaks_the_model_stops_and_keeps_the_last_healthy_ledger(emb
 def test_damage_report_names_the_lost_facts_and_leaves_the_weights_alone(embedded, tmp_path):
     records = load_records(LIFELONG_FILE)[:2]
     # an edit far too strong (no covariance constraint, a huge target): it certainly breaks known facts
-    hparams = default_hparams(embedded.layout, layers=(4,), cov_tokens=2000, steps=2).replace(mom2_weight=1e-6, clamp_norm=30.0, lr=20.0)
+    hparams = Memit.for_model(embedded.layout, layers=(4,), cov_tokens=2000, steps=2).settings.replace(mom2_weight=1e-6, clamp_norm=30.0, lr=20.0)
     ledger = EditLedger.for_model(embedded)
-    ledger.add(compute_memit(embedded, [record.request() for record in records], hparams), embedded)
+    ledger.add(Memit(hparams).compute(embedded, [record.request() for record in records]), embedded)
     probes = probe_facts(embedded, [record.subject for record in records], count=12)
     before = weights_hash(embedded, [4])
     report = damage_report(embedded, ledger, probes, scales=[1e-6, 1.0], seeds=2)

@@ -19,9 +19,8 @@ from core.memory import ChunkSize, ModelShape, available_ram, is_out_of_memory, 
 from editor.edits.requests import EditRequest
 from editor.edits.weights import weights_hash
 from editor.evaluation.scoring import teacher_forced
-from editor.methods.hparams import MemitHyperParams
 from editor.methods.keys import request_keys
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit, MemitSettings
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import compute_targets
 from editor.statistics.covariance import layer_covariances
@@ -121,7 +120,7 @@ def test_trace_halves_its_chunks_and_gets_the_same_scores(tiny):
 
 def test_targets_halve_requests_and_passes_and_memit_fails_plainly_at_the_floor(tiny):
     loaded = tiny("llama")
-    hparams = MemitHyperParams(layers=(0, 1), steps=3, prefix_tokens=5, cov_tokens=300, prefix_starts=("The", "I"))
+    hparams = MemitSettings(layers=(0, 1), steps=3, prefix_tokens=5, cov_tokens=300, prefix_starts=("The", "I"))
     prefixes = context_prefixes(loaded, hparams)
     whole = compute_targets(loaded, REQUESTS, hparams, prefixes)
     with out_of_memory_above(loaded, limit=60, layer=2) as raised:  # one request's rows, not three
@@ -133,7 +132,7 @@ def test_targets_halve_requests_and_passes_and_memit_fails_plainly_at_the_floor(
     covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens)
     before = weights_hash(loaded, hparams.layers)
     with out_of_memory_above(loaded, limit=1, layer=2), pytest.raises(LocusError, match="Out of memory on cpu while"):
-        compute_memit(loaded, REQUESTS, hparams, covariances=covariances)
+        Memit(hparams).compute(loaded, REQUESTS, covariances=covariances)
     assert weights_hash(loaded, hparams.layers) == before and hook_count(loaded.model) == 0
     assert no_stubbed_forwards(loaded.model)
 

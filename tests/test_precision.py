@@ -20,8 +20,7 @@ from core.loading import from_parts, load_model
 from editor.edits.ledger import EditLedger
 from editor.edits.requests import EditRequest
 from editor.edits.weights import projection_weight, weights_hash
-from editor.methods.hparams import MemitHyperParams
-from editor.methods.memit import compute_memit
+from editor.methods.memit import Memit, MemitSettings
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import FLOAT16_LOSS_SCALE, LARGEST_LOSS_SCALE, LossScale, compute_targets
 from editor.statistics.covariance import layer_covariances
@@ -106,7 +105,7 @@ def test_memit_on_a_half_precision_model(model_type, dtype, tokenizer, tmp_path,
     # R = 0-1, so that block 2's attention carries each delta to the target positions: a gradient path of
     # real size in every dtype (with l_R the last block, the NLL's gradient is rounding noise of ~1e-9,
     # which float16 flushes to zero on some CPUs and not on others)
-    hparams = MemitHyperParams(layers=(0, 1), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=())
+    hparams = MemitSettings(layers=(0, 1), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=())
     layers = list(hparams.layers)
     covariances = layer_covariances(loaded, layers, hparams.cov_tokens)
     expected = direct_second_moments(loaded, layers, hparams.cov_tokens)  # float64 products of the upcast keys
@@ -121,7 +120,7 @@ def test_memit_on_a_half_precision_model(model_type, dtype, tokenizer, tmp_path,
     assert targets.targets.dtype == torch.float32 and all(d.delta_norm > 0 for d in targets.diagnostics)
     before = weights_hash(loaded, layers)
     saved = {layer: projection_weight(loaded, layer).detach().clone() for layer in layers}
-    batch = compute_memit(loaded, requests, hparams, covariances=covariances, targets=targets)
+    batch = Memit(hparams).compute(loaded, requests, covariances=covariances, targets=targets)
     assert weights_hash(loaded, layers) == before
     assert all(delta.dtype == torch.float32 and torch.isfinite(delta).all() for delta in batch.deltas.values())
     assert all(keys.dtype == torch.float32 for keys in batch.keys.values())

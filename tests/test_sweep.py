@@ -8,6 +8,8 @@ from core.cli import parse_numbers
 from core.errors import InputError
 from editor.edits.weights import weights_hash
 from editor.evaluation.counterfact import load_records
+from editor.methods.memit import Memit
+from editor.methods.rome import Rome
 from editor.studies.sweep import sweep_records
 from tests.test_editor_support import TEST_TOKENS, editing_hparams, shared_covariances
 from tests.test_evaluate import DEVSET, _cli
@@ -18,7 +20,7 @@ def test_sweep_scores_every_setting_and_restores_the_weights(embedded):
     hparams = editing_hparams(embedded, steps=10)
     shared_covariances(embedded)
     before = weights_hash(embedded, list(hparams.layers))
-    result = sweep_records(embedded, records, hparams, [TEST_TOKENS, 2000], [15000.0, 1500.0], use_cache=False)
+    result = sweep_records(embedded, records, Memit(hparams), [TEST_TOKENS, 2000], [15000.0, 1500.0], use_cache=False)
     assert weights_hash(embedded, list(hparams.layers)) == before
     assert [(row.cov_tokens, row.mom2_weight) for row in result.rows] == [
         (2000, 15000.0), (2000, 1500.0), (TEST_TOKENS, 15000.0), (TEST_TOKENS, 1500.0)
@@ -35,7 +37,7 @@ def test_sweep_scores_every_setting_and_restores_the_weights(embedded):
 
 def test_sweep_refuses_rome_and_bad_lists(embedded):
     with pytest.raises(InputError, match="ROME"):
-        sweep_records(embedded, load_records(DEVSET)[:1], editing_hparams(embedded, method="rome"), [2000], [1.0])
+        sweep_records(embedded, load_records(DEVSET)[:1], Rome.for_model(embedded.layout), [2000], [1.0])
     assert parse_numbers("25000, 10000,10000", int, "--tokens") == [10000, 25000]
     for text in ("", "ten", "0,100", "-5", "inf", "1e400"):
         with pytest.raises(InputError, match="--tokens"):

@@ -5,13 +5,17 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
+from core.errors import InputError
+from editor.methods.registry import method_class
 from tracer.preview import preview_trace
 from tracer.problem import TraceSettings
 from ui.context import AppContext
 from ui.models import ModelManager
 from ui.runner import ModelRunner
 from ui.session import SessionState
-from ui.tabs import edit_tab, range_tab, test_tab, trace_tab
+from ui.tabs import averages_tab, edit_tab, model_tab, range_tab, test_tab, trace_tab
+from ui.tabs.edit_tab import EditForm
+from ui.tabs.range_tab import RangeForm, RecommendForm
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 
@@ -45,12 +49,17 @@ def test_compare_shows_the_original_on_both_sides_without_edits(context):
 
 def test_choosing_r_from_a_trace_and_moving_it(context, embedded):
     session = SessionState(model_spec="embedded")
-    figure, chosen, layers, session = range_tab.redraw(context, "trace", 5, 6, 2, session)
+    figure, chosen, layers, session = range_tab.redraw(context, RangeForm(source="trace", width=5, first=6, last=2), session)
     assert "Run a trace" in figure.layout.annotations[0].text and layers == "2-6" and session.layers == (2, 6)
+    with pytest.raises(gr.Error, match="Last layer of R must be from 0 to 29, got 30"):  # past this model's layers
+        range_tab.redraw(context, RangeForm(source="trace", width=5, first=2, last=30), session)
+    with pytest.raises(InputError, match="Curve from must be one of packaged, trace, average"):
+        RangeForm(source="elsewhere")
     with pytest.raises(gr.Error, match="no trace yet"):
-        range_tab.run_recommend(context, "trace", 5, session)
+        range_tab.run_recommend(context, RecommendForm(source="trace", width=5), session)
     session.trace = preview_trace(embedded, EIFFEL, "Eiffel Tower", TraceSettings(kinds=("mlp",)))
-    figure, low, high, explanation, data, chosen, layers, session = range_tab.run_recommend(context, "trace", 4, session)
+    figure, low, high, explanation, data, chosen, layers, session = range_tab.run_recommend(
+        context, RecommendForm(source="trace", width=4), session)
     assert high - low == 3 and layers == f"{low}-{high}" and data["layers"] == list(range(low, high + 1))
     assert "Recommended R" in figure.layout.title.text and session.layers == (low, high)
 
@@ -58,8 +67,14 @@ def test_choosing_r_from_a_trace_and_moving_it(context, embedded):
 def test_edit_handlers_refuse_bad_input_and_leave_the_session_unchanged(context):
     session = SessionState(model_spec="embedded")
     rows = [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]
-    with pytest.raises(gr.Error, match="not understood"):
-        list(edit_tab.run_edit(context, rows, "memit", "two to six", None, None, 25, 0.5, 0.0625, 0.75, session=session, progress=quiet))
+    with pytest.raises(InputError, match="not understood"):
+        EditForm(table=rows, method="memit", layers="two to six")
+    with pytest.raises(InputError, match="Optimisation steps must be from 1 to 100"):
+        EditForm(table=rows, steps=1000)
+    with pytest.raises(InputError, match="Unknown editing method 'magic': choose memit, rome, alphaedit, encore"):
+        EditForm(table=rows, method="magic")
+    with pytest.raises(gr.Error, match="Layer 31 does not exist: the model has layers 0..29"):  # the model's depth
+        list(edit_tab.run_edit(context, EditForm(table=rows, layers="28-31"), session, progress=quiet))
     with pytest.raises(gr.Error, match="no batch to undo"):
         edit_tab.run_undo(context, None, session)
     assert not session.has_edits()
@@ -69,53 +84,92 @@ def test_edit_handlers_refuse_bad_input_and_leave_the_session_unchanged(context)
 
 def test_a_filled_form_is_edited_when_the_table_is_empty(context):
     session = SessionState(model_spec="embedded")
-    settings = ("memit", "two to six", None, None, 25, 0.5, 0.0625, 0.75)
     with pytest.raises(gr.Error, match="Nothing to edit"):
-        list(edit_tab.run_edit(context, [], *settings, session=session, progress=quiet))
-    form = ("Eiffel Tower", "{} is located in the city of", "Rome", "", "")
-    with pytest.raises(gr.Error, match="not understood"):  # past the rows: the form's request was taken
-        list(edit_tab.run_edit(context, [], *settings, *form, session=session, progress=quiet))
+        list(edit_tab.run_edit(context, EditForm(table=[], layers="28-31"), session, progress=quiet))
+    typed = dict(subject="Eiffel Tower", prompt="{} is located in the city of", target_new="Rome")
+    with pytest.raises(gr.Error, match="Layer 31 does not exist"):  # past the rows: the typed request was taken
+        list(edit_tab.run_edit(context, EditForm(table=[], layers="28-31", **typed), session, progress=quiet))
 
 
-def test_a_visitors_edits_are_bounded_in_memory_before_any_work(context):
-    """--max-session-edits-mb: a batch that would take the visitor's ledger past it is refused before a job is queued."""
-    from editor.edits.ledger import batch_bytes_bound
-    from ui.limits import Limits
-
-    loaded = context.manager.current()
-    one_edit = batch_bytes_bound(loaded.layout, (4,), 1)  # thin factors and keys, plus the cached matrix copy
-    limited = AppContext(manager=context.manager, runner=context.runner,
-                         limits=Limits(max_session_edit_bytes=one_edit + 1000))  # one edit fits, two do not
+def test_each_method_has_its_own_settings_checked_before_any_job(context):
+    """λ is MEMIT's and ENCORE's, not AlphaEdit's; a method's own settings are checked by its settings' check()."""
     session = SessionState(model_spec="embedded")
     rows = [["Eiffel Tower", "{} is located in the city of", "Rome", "Paris", "", ""]]
-    settings = ("encore", "4", None, 2000, 2, 0.5, 0.0625, 0.75)  # the lifelong method through the UI
+    own = {choice.name: [setting.name for setting in choice.settings] for choice in edit_tab.METHODS}
+    assert own == {"memit": ["mom2_weight"], "rome": [], "alphaedit": ["nullspace_threshold", "l2"],
+                   "encore": ["mom2_weight", "norm_lambda", "early_stop_steps"],
+                   "nas": ["nullspace_threshold", "l2", "anchor_samples", "anchor_quantile", "anchor_seed", "skip_factor"],
+                   "rlsedit": ["mom2_weight", "mu_reg", "lambda_reg"], "ultraedit": ["step_size", "ridge", "edits_per_pass"]}
+    # a path on the server (NAS's anchor_records) is never a visitor's to set; declared bounds reach the page
+    nas = next(choice for choice in edit_tab.METHODS if choice.name == "nas")
+    assert dict((setting.name, setting.bounds) for setting in nas.settings)["anchor_samples"] == (1, 2000)
+    with pytest.raises(InputError, match="AlphaEdit has no setting 'mom2_weight'"):
+        EditForm(table=rows, method="alphaedit", method_settings={"alphaedit": {"mom2_weight": 1500}})
+    form = EditForm(table=rows, method="alphaedit", method_settings={"alphaedit": {"l2": "5", "nullspace_threshold": None},
+                                                                    "memit": {"mom2_weight": "not a number"}})
+    assert form.method_settings == {"alphaedit": {"l2": 5.0}}  # only the chosen method's, empty = the default
+    assert form.settings["l2"] == 5.0 and "mom2_weight" not in form.settings
     before = context.runner.submitted
-    with pytest.raises(gr.Error, match=r"would add up to .* MiB, past the limit of \d+ MiB per visitor"):
-        list(edit_tab.run_edit(limited, rows * 2, *settings, session=session, progress=quiet))
+    with pytest.raises(gr.Error, match="null-space threshold must be a finite number above 0"):
+        list(edit_tab.run_edit(context, EditForm(table=rows, method="alphaedit", layers="4",
+                                                 method_settings={"alphaedit": {"nullspace_threshold": 0}}), session, progress=quiet))
     assert context.runner.submitted == before and not session.has_edits()
-    list(edit_tab.run_edit(limited, rows, *settings, session=session, progress=quiet))  # one edit fits
-    held = session.ledger().held_bytes()
-    assert session.has_edits() and 0 < held <= one_edit
-    with pytest.raises(gr.Error, match="Your edits hold .* MiB on this server"):  # a second one would not
-        list(edit_tab.run_edit(limited, rows, *settings, session=session, progress=quiet))
-    assert len(session.ledger()) == 1 and session.ledger().held_bytes() == held
+    loaded = context.manager.current()
+    shown = edit_tab.fit_method_settings(context, session)  # the family's defaults, in the order of the inputs
+    expected = [getattr(method_class(choice.name).for_model(loaded.layout).settings, setting.name)
+                for choice in edit_tab.METHODS for setting in choice.settings]
+    assert list(shown) == expected and shown[0] == 1500.0  # MEMIT's λ for the llama family
+    rows_shown = edit_tab.show_method_settings("alphaedit")
+    assert [row.visible for row in rows_shown] == [choice.name == "alphaedit" for choice in edit_tab.METHODS]
 
 
-def test_a_session_keeps_only_its_last_downloads_and_removes_them_when_it_ends():
+def test_a_newly_registered_method_gets_inputs_for_its_own_settings(context, monkeypatch):
+    """A method added to the registry appears on the Edit tab with its settings, with no change to ui/."""
+    import sys
+    from dataclasses import dataclass
+    from types import ModuleType
+
+    from editor.methods import registry
+    from editor.methods.memit import Memit, MemitSettings
+    from ui import editing
+
+    @dataclass(frozen=True)
+    class ToySettings(MemitSettings):
+        toy_strength: float = 0.25
+        toy_rounds: int = 3
+        toy_mode: str = "gentle"
+
+    class Toy(Memit):
+        name, title, label, Settings = "toy", "Toy", "Toy (a test method)", ToySettings
+
+    module = ModuleType("toy_method_for_tests")
+    module.Toy = Toy
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(registry.METHODS, "toy", f"{module.__name__}:Toy")
+    monkeypatch.setattr(registry, "METHOD_NAMES", tuple(registry.METHODS))
+    toy = next(choice for choice in editing.method_choices() if choice.name == "toy")
+    assert [(s.name, s.kind, s.default) for s in toy.settings] == [
+        ("mom2_weight", float, 15000.0), ("toy_strength", float, 0.25), ("toy_rounds", int, 3), ("toy_mode", str, "gentle")]
+    assert editing.checked_method_settings("toy", {"toy_rounds": 5.0, "toy_mode": "bold"}) == {"toy_rounds": 5, "toy_mode": "bold"}
+    with pytest.raises(InputError, match="toy_rounds must be a whole number"):
+        editing.checked_method_settings("toy", {"toy_rounds": 2.5})
+
+    assert EditForm(method="toy", method_settings={"toy": {"toy_strength": 0.5}}).settings["toy_strength"] == 0.5
+
+    # The page built now has its inputs (shown only while it is chosen), and /edit takes them by name.
+    from ui.app import build_app
     from ui.sessions import SessionStore
 
-    store = SessionStore(max_sessions=1)
-    key, session = store.restore(None, "embedded")
-    assert store.restore(key, "embedded")[1] is session  # a reload finds the same session
-    first = session.files_folder("trace")
-    (first / "trace-a.html").write_text("x")
-    second = session.files_folder("trace")
-    assert second == first and not (second / "trace-a.html").exists()  # the new trace's files replace the last
-    (second / "trace-b.html").write_text("y")
-    scratch = session.scratch
-    store.restore(None, "embedded")  # a second visitor: the first session is dropped (max_sessions=1)
-    assert session.ended and not scratch.exists()
-    assert store.restore(key, "embedded")[1] is not session  # its key no longer finds it
+    monkeypatch.setattr(edit_tab, "METHODS", editing.method_choices())
+    monkeypatch.setattr(edit_tab, "METHOD_CHOICES", [(choice.label, choice.name) for choice in edit_tab.METHODS])
+    sessions = SessionStore()
+    demo = build_app(context.manager, context.runner, sessions=sessions)
+    sessions.close()
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert by_id["edit-toy-toy-rounds"].precision == 0 and by_id["edit-toy-toy-mode"].value is None
+    assert not by_id["edit-settings-toy"].visible and by_id["edit-settings-memit"].visible
+    edit_fn = next(fn for fn in demo.fns.values() if fn.api_name == "edit")
+    assert edit_fn.input_parameter_names[-5:] == ["toy_mom2_weight", "toy_toy_strength", "toy_toy_rounds", "toy_toy_mode", "session"]
 
 
 def embedded_heads(context) -> int:
@@ -139,3 +193,53 @@ def test_preview_in_each_corruption_and_metric_with_heads(context):
     with pytest.raises(gr.Error, match="Metric must be one of"):
         trace_tab.run_preview(context, EIFFEL, "Eiffel Tower", "", ["mlp"], 2, "3x", 10, 1, "gaussian",
                               "noise", "auto", "entropy", "last", session, quiet)
+
+
+def test_forms_check_the_values_of_the_averages_and_model_tabs(context):
+    from ui.tabs.averages_tab import AverageForm
+    from ui.tabs.model_tab import ModelForm
+
+    assert AverageForm(count=2.0, kinds="mlp", samples=1) == AverageForm(count=2, kinds=("mlp",), samples=1)
+    with pytest.raises(InputError, match="Facts to average must be from 2 to"):
+        AverageForm(count=10**6)
+    with pytest.raises(InputError, match="What to restore must be one of hidden, mlp, attn"):
+        AverageForm(kinds=["mlp", "everything"])
+    with pytest.raises(gr.Error, match="Choose at least one kind"):
+        next(averages_tab.run_average(context, AverageForm(kinds=[]), None, quiet))
+    with pytest.raises(gr.Error, match="not one this app serves"):
+        model_tab.switch_model(context, ModelForm(model="gpt2-xl"), None, quiet)
+    with pytest.raises(InputError, match="The model is empty"):
+        ModelForm(model=" ")
+
+
+def test_bind_names_the_event_parameters_after_the_form_and_reports_bad_values_plainly(context):
+    """The event function the page calls: the form's values in field order (named after them), then the session."""
+    import inspect
+    from dataclasses import dataclass
+
+    from ui import forms
+
+    @dataclass(frozen=True)
+    class PairForm(forms.Form):
+        count: int = forms.whole("Count", (1, 5), 1)
+        extra: dict = forms.raw({})
+
+    seen = []
+
+    def handler(ctx, form: PairForm, session, progress=gr.Progress()):
+        seen.append((form, session))
+        return form.count
+
+    page = AppContext(manager=context.manager, runner=context.runner)
+    with gr.Blocks():
+        count, first, second = gr.Number(), gr.Number(), gr.Number()
+        page.session = gr.State(None)
+        event, inputs = forms.bind(page, handler, PairForm, dict(count=count, extra={"a": {"b": first}, "c": second}))
+    assert inputs == [count, first, second, page.session]
+    assert list(inspect.signature(event).parameters) == ["count", "a_b", "c", "session", "progress"]
+    assert event(3.0, 7, 8, "the session", quiet) == 3
+    assert seen[-1] == (PairForm(count=3, extra={"a": {"b": 7}, "c": 8}), "the session")
+    with pytest.raises(gr.Error, match="Count must be from 1 to 5, got 9"):
+        event(9, None, None, None, quiet)
+    with pytest.raises(TypeError, match="PairForm's fields are count, extra"):
+        forms.bind(page, handler, PairForm, dict(count=count))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from core.errors import InputError
 from editor.evaluation.counterfact import load_records
 from editor.evaluation.evaluate import Scores, evaluate_records
-from editor.methods.hparams import MemitHyperParams
+from editor.methods.memit import Memit, MemitSettings
+from editor.methods.rome import Rome, RomeSettings
 from editor.studies.windows import (
     WindowScore,
     WindowsResult,
@@ -45,7 +47,7 @@ def test_rank_correlation():
 
 def _result(windows, tracing) -> WindowsResult:
     return WindowsResult(
-        model="test", n=3, width=2, method="memit", mom2_weight=1.0, cov_tokens=10,
+        model="test", n=3, width=2, method="memit", method_settings="lambda 1", cov_tokens=10,
         unedited=Scores(10.0, 10.0, 90.0, 14.0, None, None, None, 3), windows=windows, trace_curve=[0.1, 0.3, 0.2, 0.0],
         trace_facts=5, tracing_recommended=tracing,
     )
@@ -74,11 +76,11 @@ def test_each_window_is_a_plain_edit_and_a_rerun_reads_the_cache(tiny, tmp_path,
     monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
     loaded = tiny("llama")
     records = load_records(DEVSET)[:2]
-    hparams = MemitHyperParams(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=())
+    hparams = MemitSettings(layers=(1, 2), cov_tokens=300, mom2_weight=1e-4, steps=8, prefix_starts=())
     traced = trace(loaded, records[0].rewrite_prompt, records[0].subject, TraceSettings(kinds=("mlp",), samples=2, noise=0.5, window=1))
     recommendation = recommend_layers(traced, width=2)
     before = weights_fingerprint(loaded.model)
-    updates = list(measure_windows_stream(loaded, records, [(1, 2), (0, 1), (2,)], hparams, width=2, recommendation=recommendation))
+    updates = list(measure_windows_stream(loaded, records, [(1, 2), (0, 1), (2,)], Memit(hparams), width=2, recommendation=recommendation))
     fractions = [update.fraction for update in updates]
     assert fractions == sorted(fractions) and updates[-1].done and fractions[-1] == 1.0
     result = updates[-1].result
@@ -87,15 +89,30 @@ def test_each_window_is_a_plain_edit_and_a_rerun_reads_the_cache(tiny, tmp_path,
     assert result.tracing_recommended == recommendation.layers and result.cached_windows == 0
     for window in result.windows:
         assert window.trace_effect == pytest.approx(sum(recommendation.curve[layer] for layer in window.layers))
-    plain = evaluate_records(loaded, records, hparams.replace(layers=(1, 2)), generation=False)
+    plain = evaluate_records(loaded, records, Memit(hparams.replace(layers=(1, 2))), generation=False)
     measured = result.window([1, 2])
     assert (measured.ES, measured.PS, measured.NS, measured.S) == pytest.approx((plain.post.ES, plain.post.PS, plain.post.NS, plain.post.S))
+    assert (measured.ES_gen, measured.PS_gen, measured.NS_gen) == pytest.approx((plain.post.ES_gen, plain.post.PS_gen, plain.post.NS_gen))
+    assert measured.ES_gen is not None and result.unedited.NS_gen == pytest.approx(plain.pre.NS_gen) and "ES-gen" in result.table()
     assert (result.unedited.ES, result.unedited.NS) == pytest.approx((plain.pre.ES, plain.pre.NS))
     assert result.editing_best in ([0, 1], [1, 2], [2]) and result.agree == (result.editing_best == recommendation.layers)
-    path = windows_cache_path(loaded, records, hparams)
+    path = windows_cache_path(loaded, records, Memit(hparams))
     assert len(path.read_text().splitlines()) == 4  # the unedited scores and three windows
-    again = measure_windows(loaded, records, [(0, 1), (1, 2), (2,)], hparams, width=2, recommendation=recommendation)
+    again = measure_windows(loaded, records, [(0, 1), (1, 2), (2,)], Memit(hparams), width=2, recommendation=recommendation)
     assert again.cached_windows == 3 and [w.to_dict() for w in again.windows] == [w.to_dict() for w in result.windows]
+    # lines of an older version have no success by generation: measured again when it is asked for, else read without it
+    older = [json.loads(line) for line in path.read_text().splitlines()]
+    for entry in older:
+        for key in ("ES_gen", "PS_gen", "NS_gen"):
+            entry.get("window", entry.get("scores")).pop(key)
+    kept = [entry for entry in older if entry["kind"] == "unedited" or entry["window"]["layers"] == [0, 1]]
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in kept))  # the unedited line and window 0-1
+    without = measure_windows(loaded, records, [(0, 1)], Memit(hparams), width=2, recommendation=recommendation, by_generation=False)
+    assert without.cached_windows == 1 and without.windows[0].ES_gen is None and without.unedited.ES_gen is None
+    assert without.windows[0].ES == result.window([0, 1]).ES and "ES-gen" in without.table()
+    remeasured = measure_windows(loaded, records, [(0, 1)], Memit(hparams), width=2, recommendation=recommendation)
+    assert remeasured.cached_windows == 0 and remeasured.windows[0].to_dict() | {"seconds": 0} == result.window([0, 1]).to_dict() | {"seconds": 0}
+    assert remeasured.unedited == result.unedited
     assert weights_fingerprint(loaded.model) == before
 
 
@@ -105,7 +122,7 @@ def test_bad_requests_fail_before_any_edit(tiny):
     with pytest.raises(InputError, match="No records"):
         next(measure_windows_stream(loaded, [], "all", width=2))
     with pytest.raises(InputError, match="ROME"):
-        next(measure_windows_stream(loaded, records, "all", MemitHyperParams(layers=(1,), method="rome"), width=2))
+        next(measure_windows_stream(loaded, records, "all", Rome(RomeSettings(layers=(1,))), width=2))
     with pytest.raises(InputError, match="does not exist"):
         next(measure_windows_stream(loaded, records, "2-4", width=2))
 

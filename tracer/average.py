@@ -29,13 +29,13 @@ from core.errors import InputError
 from core.facts import KnownFact, facts_model_knows, model_key
 from core.kinds import HEADS, KINDS
 from core.loading import LoadedModel
-from core.progress import Progress
+from core.paths import ASSETS
+from core.progress import Progress, safe_point
 from tracer.problem import TOKEN_CLASSES, TraceResult, TraceSettings, token_classes
 from tracer.trace import trace, trace_stream
 
 Z_95 = 1.96
 AGGREGATE_SECONDS = 1.0  # a running average is recomputed at most this often (and after the last fact)
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PACKAGED_KINDS = ("mlp",)  # the packaged averages: MLP-only traces with otherwise default settings
 
 
@@ -335,6 +335,7 @@ def average_traces_stream(
     """Trace the first `n` facts the model knows (skipping cached ones; on `pool`'s workers if given); yield the running average."""
     settings = settings or TraceSettings()
     check_average_settings(settings)
+    use_cache = use_cache and not loaded.edits_applied  # the cache holds the unedited model's traces only
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise InputError(f"The number of facts must be a whole number >= 1, got {n!r}.")
     candidates = facts if facts is not None else facts_model_knows(loaded)
@@ -401,5 +402,6 @@ def average_traces(
         result = update.result
         if progress is not None:
             progress(update.fraction, update.message)
+            safe_point(progress)  # nothing of the traces is on the model between two updates
     assert result is not None
     return result

@@ -36,9 +36,9 @@ def command_cache_model(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m tracer") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tracer",
+        prog=prog,
         description="Locus tracer: read a language model (predictions, causal traces, averaged traces).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -60,5 +60,5 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_parsed(build_parser(), argv)
+def main(argv: list[str] | None = None, prog: str = "python -m tracer") -> int:
+    return run_parsed(build_parser(prog), argv)

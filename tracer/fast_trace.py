@@ -23,6 +23,7 @@ forward runs once per token on `input_ids[:, t:]` over a prefix cache with every
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import torch
@@ -138,6 +139,7 @@ class FastTracer:
     _calls_token: int = -1
     _calls: list[BlockCall] = field(default_factory=list)
     _cell_limit: int | None = None  # at most this many cells per block call after an out-of-memory error
+    _block_work: float = 0.0  # work of the running step's finished block calls (finer progress)
 
     @property
     def blocks(self) -> torch.nn.ModuleList:
@@ -236,22 +238,32 @@ class FastTracer:
         return steps
 
     def fraction_done(self) -> float:
-        return min(1.0, self.work_done / self.work_total) if self.work_total else 0.0
+        return min(1.0, (self.work_done + self._block_work) / self.work_total) if self.work_total else 0.0
 
-    @torch.inference_mode()
     def run_step(self, step: Step) -> dict[tuple[str, int, int], float]:
         """Scores {(kind, token, layer): restored probability} of the step's cells."""
+        parts = self.step_parts(step)
+        while True:
+            try:
+                next(parts)
+            except StopIteration as finished:
+                return finished.value
+
+    @torch.inference_mode()
+    def step_parts(self, step: Step) -> Generator[int, None, dict[tuple[str, int, int], float]]:
+        """`run_step` in parts: yields each block it has run, with none of the step's hooks on the model; returns the scores."""
         if self.corrupted is None:
             self.corrupted_run()
         if step.fill == "low":
             return {cell.key: self.corrupted.low for cell in step.cells}
         if step.fill == "clean":
             return {cell.key: self._last_hidden_score() for cell in step.cells}
-        scores = self._scores(step.token, step.cells)
+        scores = yield from self._scores(step.token, step.cells)
         self.work_done += step.work
+        self._block_work = 0.0
         return {cell.key: score for cell, score in zip(step.cells, scores)}
 
-    def _scores(self, token: int, cells: list[Cell]) -> list[float]:
+    def _scores(self, token: int, cells: list[Cell]) -> Generator[int, None, list[float]]:
         """Scores of `cells` in order, one device-to-host copy per block call; halved on out-of-memory errors."""
         limit = self._cell_limit or len(cells)
         pending = [cells[start : start + limit] for start in range(0, len(cells), limit)]
@@ -259,7 +271,7 @@ class FastTracer:
         while pending:
             piece = pending.pop(0)
             try:
-                scores.extend(self._run_chunk(token, piece).tolist())
+                scores.extend((yield from self._run_chunk(token, piece)).tolist())
             except Exception as error:  # an out-of-memory error halves the piece; ChunkSize re-raises the rest
                 chunk = ChunkSize(len(piece), 1, f"tracing token {token}", "cells", self.loaded.device, MEMORY_ADVICE)
                 chunk.halve(error)
@@ -291,8 +303,12 @@ class FastTracer:
         self._calls_token, self._calls = token, calls
         return calls
 
-    def _run_chunk(self, token: int, cells: list[Cell]) -> torch.Tensor:
-        """Mean restored probability per cell (len(cells),), computing positions token.. from each cell's start."""
+    def _run_chunk(self, token: int, cells: list[Cell]) -> Generator[int, None, torch.Tensor]:
+        """Mean restored probability per cell (len(cells),), computing positions token.. from each cell's start.
+
+        Yields after each block call: the hooks of a block are registered around its call only, so the
+        model holds nothing of the chunk between two blocks (the batch lives here).
+        """
         loaded, problem, corrupted = self.loaded, self.problem, self.corrupted
         model, layout = loaded.model, loaded.layout
         samples = problem.samples
@@ -302,18 +318,21 @@ class FastTracer:
         hooks = restoration_hooks(layout, problem.clean_states, token, rows, batch)
         pre_hooks = head_restoration_hooks(layout, problem.clean_head_inputs, token, cells, samples, batch)
         cache = PrefixKeyValues()
-        with forward_hooks(model, hooks), forward_pre_hooks(model, pre_hooks):
-            for layer in range(cells[0].start, layout.num_layers):
-                joining = [cell for cell in cells[batch.cells :] if cell.start == layer]
-                if joining:
-                    batch.join(self._joining_rows(token, layer, joining))
-                    batch.cells += len(joining)
-                cache.set(
-                    layer,
-                    corrupted.keys[layer][:, :, :token].repeat(batch.cells, 1, 1, 1),
-                    corrupted.values[layer][:, :, :token].repeat(batch.cells, 1, 1, 1),
-                )
+        for layer in range(cells[0].start, layout.num_layers):
+            joining = [cell for cell in cells[batch.cells :] if cell.start == layer]
+            if joining:
+                batch.join(self._joining_rows(token, layer, joining))
+                batch.cells += len(joining)
+            cache.set(
+                layer,
+                corrupted.keys[layer][:, :, :token].repeat(batch.cells, 1, 1, 1),
+                corrupted.values[layer][:, :, :token].repeat(batch.cells, 1, 1, 1),
+            )
+            sites = block_sites(layout, layer)
+            with forward_hooks(model, _within(hooks, sites)), forward_pre_hooks(model, _within(pre_hooks, sites)):
                 batch.hidden = output_tensor(calls[layer].call(self.blocks[layer], batch.hidden, cache))
+            self._block_work += batch.cells * samples * batch.query
+            yield layer
         logits = layout.final_logits(model, batch.hidden[:, -1])
         return problem.metric_values(logits).view(len(cells), samples).mean(dim=1)
 
@@ -345,6 +364,16 @@ class BatchState:
 
     def join(self, rows: torch.Tensor) -> None:
         self.hidden = rows if self.hidden is None else torch.cat([self.hidden.to(rows.device), rows])
+
+
+def block_sites(layout, layer: int) -> set[str]:
+    """Names of the modules of block `layer` that restoration hooks attach to."""
+    heads = {layout.attention_output_projection(layer)} if layout.supports_heads else set()
+    return {layout.site("mlp", layer), layout.site("attn", layer), *heads}
+
+
+def _within(hooks: dict, names: set[str]) -> dict:
+    return {name: hook for name, hook in hooks.items() if name in names}
 
 
 def restoration_rows(

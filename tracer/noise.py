@@ -20,10 +20,10 @@ from core.embedded import EMBEDDED_SPEC, cache_root
 from core.errors import InputError
 from core.facts import load_known_facts, model_key
 from core.loading import LoadedModel
+from core.paths import ASSETS
 from core.progress import Progress
 
 NOISE_TYPES = ("gaussian", "uniform")
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 _MULTIPLE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*[x×]\s*$")
 
 

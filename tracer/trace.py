@@ -7,13 +7,15 @@ defined in `tracer.problem` and importable from here.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 from core.kinds import HEADS
 from core.loading import LoadedModel
 from core.memory import out_of_memory_as_error
-from core.progress import Progress
+from core.progress import Progress, safe_point
 from tracer.fast_trace import FastTracer, fast_engine_supports
 from tracer.problem import (
     MAX_TRACE_TOKENS,
@@ -37,9 +39,10 @@ __all__ = [
 def trace_stream(loaded: LoadedModel, prompt: str, subject: str, settings: TraceSettings | None = None) -> Iterator[TraceUpdate]:
     """Yield partial results as rows finish (NaN = not yet computed); the last update has done=True.
 
-    Every update carries the same TraceResult, filled in place (copy it to keep a snapshot). Nothing
-    is left on the model between two updates, so closing the generator early leaves it clean; the
-    model lock is taken per step, never across a yield.
+    Every update carries the same TraceResult, filled in place (copy it to keep a snapshot); the fast
+    engine also yields after each block call of a step (cells unchanged, finer progress). Nothing is
+    left on the model between two updates, so closing the generator early leaves it clean and another
+    job may use the model there; the model lock is taken per block call, never across a yield.
     """
     settings = settings or TraceSettings()
     started = time.perf_counter()
@@ -77,14 +80,29 @@ def _fast_updates(loaded: LoadedModel, problem: TraceProblem, started: float):
         low = tracer.corrupted_run()
     result = empty_result(loaded, problem, low, engine="fast")
     yield TraceUpdate(result, 0.0, message="corrupted run done")
+    layers = loaded.layout.num_layers
     for step in tracer.steps():
-        with loaded.lock:
-            cells = tracer.run_step(step)
-        for (kind, row, layer), score in cells.items():
+        with contextlib.closing(tracer.step_parts(step)) as parts:
+            while True:  # an update after every block call: nothing of the step is on the model between them
+                with loaded.lock:
+                    finished, value = _advance(parts)
+                if finished:
+                    break
+                result.elapsed = time.perf_counter() - started
+                yield TraceUpdate(result, tracer.fraction_done(), message=f"{step.describe()} (block {value + 1} of {layers})")
+        for (kind, row, layer), score in value.items():
             result.set_cell(kind, row, layer, score)
         result.elapsed = time.perf_counter() - started
         yield TraceUpdate(result, tracer.fraction_done(), message=step.describe())
     return result
+
+
+def _advance(parts: Generator[Any, None, Any]) -> tuple[bool, Any]:
+    """(False, the next value) of `parts`, or (True, its return value) once it is finished."""
+    try:
+        return False, next(parts)
+    except StopIteration as stop:
+        return True, stop.value
 
 
 def trace(
@@ -100,5 +118,6 @@ def trace(
         result = update.result
         if progress is not None:
             progress(update.fraction, update.message)
+            safe_point(progress)  # nothing of the trace is on the model between two updates
     assert result is not None
     return result

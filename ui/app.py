@@ -11,7 +11,7 @@ import gradio as gr
 
 from core.facts import known_facts_cache_path, load_known_facts
 from editor.layers import layers_text
-from editor.methods.hparams import default_hparams
+from editor.methods.settings import default_layers
 from ui.context import MODEL_EVENTS, AppContext
 from ui.examples import Example, load_examples
 from ui.limits import Limits
@@ -70,7 +70,7 @@ def build_app(manager: ModelManager, runner: ModelRunner, limits: Limits | None 
         wire_tabs(context, trace, ranges, edit, examples)
         for event in edit.edit_events:
             event.then(model.refresh_header, [context.session], [header], queue=False, api_visibility="private")
-        wire_model_ready(context, model, trace, averages, ranges)
+        wire_model_ready(context, model, trace, averages, ranges, edit)
         context.components["session_ready"].then(*edit.refresh, queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=1)
     return demo
@@ -104,7 +104,7 @@ def example_edit(examples: list[Example], prompt: str, subject: str):
 
 def model_facts(loaded) -> dict:
     """What the page adapts to once a model is loaded: its layers, the editor's default R, the facts it knows."""
-    layers = default_hparams(loaded.layout).layers
+    layers = default_layers(loaded.layout)
     facts = {"layers": loaded.layout.num_layers, "default_layers": [min(layers), max(layers)], "known_facts": None}
     path = known_facts_cache_path(loaded)
     if path.is_file():
@@ -120,12 +120,15 @@ def wire_model_ready(
     trace: trace_tab.TraceTab,
     averages: averages_tab.AveragesTab,
     ranges: range_tab.RangeTab,
+    edit: edit_tab.EditTab,
 ) -> None:
-    """Once the model is loaded (page load, model switch): fit the controls to it and refresh typed-text hints."""
+    """Once the model is loaded (page load, model switch): fit the controls to it (each editing method's own settings
+    show the model family's defaults) and refresh typed-text hints."""
     outputs = [ranges.first, ranges.last, trace.window, averages.count, context.components["edit_layers"], context.session]
     for event in model.ready_events:
         chained = event.then(context.bind(fit_controls), [context.session], outputs, api_visibility="private",
                              show_progress="hidden", **MODEL_EVENTS)
+        chained.then(*edit.fit, api_visibility="private", show_progress="hidden", queue=False)
         redraw, redraw_inputs, redraw_outputs = context.components["range_redraw"]
         chained = chained.then(redraw, redraw_inputs, redraw_outputs, api_visibility="private", show_progress="hidden")
         for handler, inputs, handler_outputs in trace.refresh_typing:

@@ -11,13 +11,15 @@ from core.errors import InputError
 from ui.errors import as_gradio_error
 from ui.limits import Limits
 from ui.models import ModelManager
+from ui.pause import ModelPause
 from ui.runner import Job, ModelRunner, follow
 from ui.session import SessionState, ensure_session
 from ui.sessions import SESSION_ENDED, SessionStore
 
 # Every event that uses the model joins this Gradio concurrency group. Its handlers start at once and
-# wait in the runner's queue (ui/runner.py), which runs one job at a time, short ones first, and tells
-# each waiting visitor its place in line; the limit only bounds how many handlers wait at once.
+# wait in the runner's queue (ui/runner.py), which runs one job at a time, short ones first (also at a
+# long job's safe points), and tells each waiting visitor its place in line; the limit only bounds how
+# many handlers wait at once.
 MODEL_QUEUE = "model"
 MODEL_EVENTS = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 16}
 
@@ -53,7 +55,8 @@ class AppContext:
     ) -> Job:
         """Queue `work(job, loaded)` on the runner thread with the session's model (and its edits unless edited=False).
 
-        `lane` "short" for work of about a second (it runs before waiting long jobs). Refused at once
+        `lane` "short" for work of about a second (it runs before waiting long jobs, and at the safe points of
+        another visitor's running long job, with this session's edits only). Refused at once
         (InputError) when the queue is full or the session already has such a job waiting or running.
         """
         manager = self.manager
@@ -61,12 +64,13 @@ class AppContext:
 
         def run(job: Job) -> Any:
             loaded = manager.get(spec, job.progress)
+            job.pause_context = ModelPause.of(loaded)  # what a safe point of this job does to the model
             if not edited:
                 return work(job, loaded)
             with session.applied(loaded):
                 return work(job, loaded)
 
-        return self.runner.submit(run, name, lane=lane, owner=session.number)
+        return self.runner.submit(run, name, lane=lane, owner=session.number, model=spec)
 
     def model_of(self, session: SessionState) -> Any:
         """The session's model when it is loaded, else None (for bounds checked before a job is queued)."""

@@ -1,13 +1,18 @@
-"""Thin adapter over the editor's public API (requests, methods, ledger, CounterFact, evaluation).
+"""The Edit tab's service: everything the tab asks of the editor (requests, methods and their settings, the
+ledger, CounterFact, health, checks), so ui/tabs/edit_tab.py imports only Gradio, ui.* and core.errors.
 
-Only arranging: table rows <-> EditRequest, batch -> table rows, checks -> table rows. Layer text,
-method dispatch and every computation are the editor's (and the tracer's for predictions).
+Only arranging: table rows <-> EditRequest, batch -> table rows, checks -> table rows, a method's own
+settings -> the inputs the page draws for them. Layer text, method dispatch and every computation are the
+editor's (and the tracer's for predictions).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +21,21 @@ import gradio as gr
 from core.errors import InputError
 from core.loading import LoadedModel
 from core.predict import generate_greedy, predict_next_tokens
-from core.progress import Progress
+from core.progress import Progress, derived
 from editor.edits.batch import EditBatch
-from editor.edits.ledger import EditLedger
+from editor.edits.ledger import EditLedger, batch_bytes_bound
 from editor.edits.ledger_file import check_ledger_file
 from editor.edits.requests import EditRequest, validate_requests
 from editor.evaluation.counterfact import CounterFactRecord, load_records
 from editor.evaluation.evaluate import Scores, score_records, summarize
-from editor.layers import layers_text
-from editor.methods.dispatch import compute_edit, method_hparams
+from editor.evaluation.health import PROBE_COUNT, health_history_stream, probe_facts
+from editor.layers import layers_text, parse_layers
+from editor.methods.base import EditMethod
+from editor.methods.registry import METHOD_NAMES, method_class, method_classes, method_for
+from editor.methods.settings import EditSettings
+from editor.statistics.budget import check_budget, corpus_tokens
+from editor.studies.figures import loss_figure
+from ui import limits
 
 # --- ledger --------------------------------------------------------------------------------------
 
@@ -115,6 +126,160 @@ def counterfact_rows(path: str | None, limit: int) -> tuple[list[CounterFactReco
     return records, rows
 
 
+# --- methods and their own settings -----------------------------------------------------------------
+
+SHARED = EditSettings()  # the settings every method shares, at their defaults (the page's initial values)
+DEFAULT_METHOD = METHOD_NAMES[0]  # the first registered method is the page's initial choice
+# Words for settings the page knows; any other setting of a new method is shown by its name.
+SETTING_WORDS = {
+    "mom2_weight": "λ, weight of the covariance (higher: safer, weaker)",
+    "nullspace_threshold": "null-space threshold (eigenvalues of C below it span the space the update may use)",
+    "l2": "l2, ridge term of the projected solve (higher: weaker)",
+    "norm_lambda": "norm constraint, weight of ‖Δ‖² (higher: smaller updates)",
+    "early_stop_steps": "early stop: steps after the new object leads on every prompt (0: off)",
+}
+
+
+@dataclass(frozen=True)
+class SettingInput:
+    """One setting of a method's own, as the page asks for it."""
+
+    name: str  # the field of the method's settings dataclass
+    kind: type  # int, float or bool are numbers and a tick box; anything else is text (read as `--set NAME=VALUE`)
+    default: Any  # the dataclass default; the page shows the model family's (`family_defaults`) once a model is loaded
+    label: str
+    bounds: tuple[float, float] | None  # for numbers (ui/limits.py), before the settings' own check()
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """A registered method as the Edit tab offers it: its name, menu line and own settings."""
+
+    name: str
+    title: str
+    label: str
+    settings: tuple[SettingInput, ...]
+
+
+def own_setting_names(settings_class: type[EditSettings]) -> tuple[str, ...]:
+    """A method's own settings (EditSettings.own_field_names) that a visitor may set: never a path on the server."""
+    return tuple(name for name in settings_class.own_field_names() if not settings_class.names_a_file(name))
+
+
+def setting_input(settings_class: type[EditSettings], name: str) -> SettingInput:
+    kind = typing.get_type_hints(settings_class)[name]
+    kind = kind if kind in (int, float, bool) else str
+    words = SETTING_WORDS.get(name, name.replace("_", " "))
+    declared = settings_class.bounds_of(name) or limits.SETTING_BOUNDS.get(name, limits.SETTING_NUMBER)
+    bounds = declared if kind in (int, float) else None
+    return SettingInput(name=name, kind=kind, default=getattr(settings_class(), name), label=words, bounds=bounds)
+
+
+def method_choices() -> list[MethodChoice]:
+    """Every registered method (registry order) with its own settings: the Edit tab draws an input for each."""
+    return [
+        MethodChoice(cls.name, cls.title, cls.label, tuple(setting_input(cls.Settings, name) for name in own_setting_names(cls.Settings)))
+        for cls in method_classes()
+    ]
+
+
+def family_defaults(layout: Any) -> dict[str, dict[str, Any]]:
+    """{method: {own setting: value}} of `Method.for_model(layout).settings`: the family's defaults for this model."""
+    defaults = {}
+    for cls in method_classes():
+        settings = cls.for_model(layout).settings
+        defaults[cls.name] = {name: getattr(settings, name) for name in own_setting_names(cls.Settings)}
+    return defaults
+
+
+def checked_method_settings(method: str, values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The values typed for `method`'s own settings, checked against their bounds; empty ones (None, "") are dropped
+    (the family's default is used). InputError for a setting the method does not have."""
+    cls = method_class(method)
+    inputs = {name: setting_input(cls.Settings, name) for name in own_setting_names(cls.Settings)}
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(inputs))
+    if unknown:
+        own = ", ".join(inputs) or "none"
+        raise InputError(f"{cls.title} has no setting {', '.join(map(repr, unknown))}; its own settings are: {own}.")
+    checked = {}
+    for name, value in values.items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        setting = inputs[name]
+        label = f"{cls.title}'s {name}"
+        if setting.kind is int:
+            checked[name] = limits.whole(value, label, setting.bounds)
+        elif setting.kind is float:
+            checked[name] = limits.real(value, label, setting.bounds)
+        elif setting.kind is bool:
+            if not isinstance(value, bool):
+                raise InputError(f"{label} must be true or false, got {value!r}.")
+            checked[name] = value
+        else:
+            checked[name] = cls.Settings.parse_value(name, limits.text(value, label, limit=limits.MAX_LAYER_TEXT))
+    return checked
+
+
+def method_name(value: Any) -> str:
+    """A registered method's name (InputError naming the registered ones otherwise)."""
+    return method_class(limits.text(value, "Method", limit=100)).name
+
+
+def layer_text(value: Any) -> str:
+    """Typed layers R, checked for length and form before the model (and its depth) is known."""
+    text = limits.text(value, "Layers R", limit=limits.MAX_LAYER_TEXT)
+    parse_layers(text)
+    return text
+
+
+def checked_method(loaded: LoadedModel | None, method: str, layers: str, overrides: Mapping[str, Any]) -> EditMethod:
+    """The method with its settings, checked now (against the model when it is loaded), so a bad value is refused
+    before any job; `overrides` None = the family's default."""
+    chosen = parse_layers(layers, loaded.layout.num_layers if loaded is not None else None)
+    if loaded is not None:
+        return method_for(loaded.layout, method, layers=chosen, **overrides)
+    cls = method_class(method)
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return cls(cls.Settings().replace(layers=chosen, **given))
+
+
+def check_covariance_budget(loaded: LoadedModel | None, tokenizer: Any, tokens: int | None) -> None:
+    """InputError when the Wikipedia corpus holds fewer tokens than asked for C (counted once per model, then cached)."""
+    if tokens is None or loaded is None or tokenizer is None:
+        return
+    check_budget(tokens, corpus_tokens(loaded, tokenizer=tokenizer), "the Wikipedia corpus")
+
+
+def batch_bound(loaded: LoadedModel | None, layers: tuple[int, ...], requests: int) -> int | None:
+    """At most the bytes a batch adds to a ledger (None while the model is loading)."""
+    return batch_bytes_bound(loaded.layout, layers, requests) if loaded is not None else None
+
+
+def check_ledger_upload(path: str, loaded: LoadedModel | None, max_bytes: int) -> None:
+    """The header of an uploaded ledger checked before a job is queued (when the model is loaded)."""
+    if loaded is not None:
+        check_ledger_file(path, loaded, max_bytes)
+
+
+def health_history(loaded: LoadedModel, ledger: EditLedger, progress: Progress, corpus: Any, probe_count: int | None) -> Iterator[Any]:
+    """One HealthReport per batch of `ledger`, as measured (the Test tab's probes: none about an edited subject).
+
+    Not inside session.applied: the stream measures the original weights and applies each prefix itself.
+    `progress` hears "batch i of n: ..." (and its safe points pass on).
+    """
+    count = len(ledger)
+    report = derived(progress, lambda fraction, message: progress(
+        fraction, f"batch {min(count, int(fraction * count) + 1)} of {count}: {message}"))
+    probes = probe_facts(loaded, [request.subject for request in ledger.requests], probe_count or PROBE_COUNT)
+    yield from health_history_stream(loaded, ledger, report, corpus=corpus, probes=probes)
+
+
+def loss_plot(batch: Any) -> Any:
+    """The loss curve of each request's target optimisation (a plotly figure)."""
+    return loss_figure(loss_curves(batch))
+
+
 # --- computing and describing a batch --------------------------------------------------------------
 
 def compute_batch(
@@ -122,8 +287,8 @@ def compute_batch(
     ledger: EditLedger,
     requests: list[EditRequest],
     method: str,
-    layers: tuple[int, ...],
-    overrides: dict,
+    layers: str,
+    settings: Mapping[str, Any],
     progress: Progress | None = None,
 ) -> EditBatch:
     """An EditBatch on top of `ledger`'s edits; the model's weights are left as they were.
@@ -131,8 +296,7 @@ def compute_batch(
     Call it with the ledger *not* applied: the editor computes the covariance on the original
     weights and applies the ledger itself for the targets and keys.
     """
-    hparams = method_hparams(loaded, method, layers, **overrides)
-    return compute_edit(loaded, requests, hparams, progress, ledger=ledger)
+    return checked_method(loaded, method, layers, settings).compute(loaded, requests, ledger, progress=progress)
 
 
 def batch_row(batch: Any) -> list[Any]:

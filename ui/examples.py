@@ -6,7 +6,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-EXAMPLES_FILE = Path(__file__).resolve().parents[1] / "assets" / "examples.json"
+from core.paths import ASSETS
+
+EXAMPLES_FILE = ASSETS / "examples.json"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,18 @@ LEARNING_RATE = (1e-6, 10.0)
 KL_WEIGHT = (0.0, 100.0)
 CLAMP = (1e-3, 10.0)
 LAMBDA = (0.0, 1e9)
+COVARIANCE_TOKENS = (1, 10**9)
+LAYER = (0, 9_999)  # a layer index before the model (and its depth) is known (editor.layers.MAX_LAYER)
+# A method's own settings (ui.editing.method_choices): bounds by the setting's name; any other number of a new
+# method is bounded only loosely here, its settings' check() refusing what it cannot use before any job.
+SETTING_BOUNDS = {
+    "mom2_weight": LAMBDA,
+    "nullspace_threshold": (0.0, 1e9),
+    "l2": (0.0, 1e9),
+    "norm_lambda": (0.0, 1e9),
+    "early_stop_steps": (0, STEPS[1]),
+}
+SETTING_NUMBER = (-1e12, 1e12)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,18 @@ and every context manager (tracer stream, ledger) restores the model on the runn
 the next job starts. A job that fails does the same.
 
 Fair sharing: two lanes. A waiting short job (a prediction, a preview, an undo) always runs before
-a waiting long one (a trace, an edit, averages), so a short job waits at most for the job running
-now. Each visitor may have one long job and a few short ones waiting or running at a time, and the
-whole queue is bounded: beyond that a request is refused at once with a plain message.
+a waiting long one (a trace, an edit, averages). Each visitor may have one long job and a few short
+ones waiting or running at a time, and the whole queue is bounded: beyond that a request is refused
+at once with a plain message.
+
+Preemption: a long job offers safe points (`job.safe_point()`: `relay` does after each update, and
+library code through `core.progress.safe_point(job.progress)`), places where the model holds nothing
+of its work but its session's edits. There the waiting short jobs of other visitors on the same model
+run as guests, on this thread, each with its own edits: the job's `pause_context` (set by the app,
+ui/pause.py) takes the long job's edits off the weights and keeps its random state, and afterwards puts
+both back bit for bit, so the long job goes on exactly where it was, with the results of an
+uninterrupted run. So a short job waits for one step of a long one, not for all of it. A visitor's own
+short jobs wait for its own long job (they might change what it works on).
 
 Stop means stop: work that changes a visitor's state does it through `job.commit(action)`. Before
 the commit a stop cancels the job and nothing has changed; after it `cancel()` returns False and
@@ -39,6 +48,7 @@ HEARTBEAT = object()  # yielded by `follow` while nothing new happened, so Gradi
 LANES = ("short", "long")
 MAX_WAITING = 32  # jobs waiting in both lanes together
 MAX_PER_VISITOR = {"short": 3, "long": 1}  # jobs one visitor may have waiting or running, per lane
+MAX_GUESTS_PER_PAUSE = 8  # short jobs run at one safe point before the long job goes on
 
 
 def _cancelled_error() -> Exception:
@@ -56,13 +66,22 @@ class JobEvent:
 class Job:
     """One unit of model work; `work(job)` reports through `progress` and `emit`, and changes state by `commit`."""
 
-    def __init__(self, work: Callable[[Job], Any], name: str, *, lane: str = "long", owner: Any = None) -> None:
+    def __init__(
+        self, work: Callable[[Job], Any], name: str, *, lane: str = "long", owner: Any = None, model: Any = None
+    ) -> None:
         if lane not in LANES:
             raise ValueError(f"unknown lane {lane!r}")
         self.work = work
         self.name = name
         self.lane = lane
         self.owner = owner  # who asked (a visitor's session number), or None
+        self.model = model  # the model it needs (a spec), or None: guests join a long job on the same model only
+        # Set by the work once it has the model: a context that makes the model clean for guests at a
+        # safe point and restores this job's state after them, or None when that is impossible right now.
+        self.pause_context: Callable[[], contextlib.AbstractContextManager[Any] | None] | None = None
+        self.safe_points = 0  # safe points offered so far (a job that offers none is waited for to its end)
+        self.pauses = 0  # safe points at which guests ran
+        self._runner: ModelRunner | None = None
         self.events: queue.Queue[JobEvent] = queue.Queue()
         self.finished = threading.Event()
         self.result: Any = None
@@ -92,7 +111,16 @@ class Job:
                 final = update.result
                 self.progress(update.fraction, update.message)
                 self.emit(update)
+                self.safe_point()  # a stream leaves nothing on the model between two updates
         return final
+
+    def safe_point(self) -> None:
+        """Let waiting short jobs of other visitors run now; call only where the model holds nothing of this job's
+        work but its ledger's edits (see the module docstring). Raises OperationCancelled when stopped."""
+        self.check_cancelled()
+        self.safe_points += 1
+        if self._runner is not None:
+            self._runner.pause(self)
 
     def check_cancelled(self) -> None:
         if self._cancel.is_set() and not self._committed:
@@ -126,39 +154,49 @@ class Job:
 
 @dataclass(frozen=True)
 class QueueStatus:
-    """Where a waiting job stands: jobs ahead of it, and the one running now."""
+    """Where a waiting job stands: jobs ahead of it, the one running now, and whether it runs at that job's next pause."""
 
     ahead: int
     running: str | None  # name of the running job
     running_is_yours: bool
     running_seconds: float
+    at_pause: bool = False  # runs at the running job's next safe point, not after it
 
     def describe(self) -> str:
         """'Waiting: 2 jobs ahead of you; running now: another visitor's edit (45 s so far).'"""
         ahead = "1 job" if self.ahead == 1 else f"{self.ahead} jobs"
+        whose = "your" if self.running_is_yours else "another visitor's"
+        if self.at_pause:
+            text = f"Waiting for {whose} {self.running} ({self.running_seconds:.0f} s so far): yours runs at its next pause"
+            return text + (f", after {ahead} ahead of you." if self.ahead else ", in a moment.")
         text = f"Waiting in line: {ahead} ahead of you"
         if self.running:
-            whose = "your" if self.running_is_yours else "another visitor's"
             text += f"; running now: {whose} {self.running} ({self.running_seconds:.0f} s so far)"
         return text + "."
 
 
 class ModelRunner:
-    """A single daemon thread that executes submitted jobs, short lane first, each lane in order."""
+    """A single daemon thread that executes submitted jobs, short lane first, each lane in order; short jobs of other
+    visitors also run at a long job's safe points (unless `preempt` is False: then each job runs to its end)."""
 
-    def __init__(self, name: str = "locus-model", max_waiting: int = MAX_WAITING) -> None:
+    def __init__(self, name: str = "locus-model", max_waiting: int = MAX_WAITING, *, preempt: bool = True) -> None:
         self.max_waiting = max_waiting
+        self.preempt = preempt
         self._lanes: dict[str, collections.deque[Job]] = {lane: collections.deque() for lane in LANES}
         self._condition = threading.Condition()
         self._running: Job | None = None
+        self._guest: Job | None = None  # a short job running at the running job's safe point
         self._pending = 0  # submitted and not finished
         self.submitted = 0  # jobs accepted since start (a refused request adds none)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, work: Callable[[Job], Any], name: str = "job", *, lane: str = "long", owner: Any = None) -> Job:
+    def submit(
+        self, work: Callable[[Job], Any], name: str = "job", *, lane: str = "long", owner: Any = None, model: Any = None
+    ) -> Job:
         """Queue `work`; InputError at once when the queue is full or this visitor already has enough queued."""
-        job = Job(work, name, lane=lane, owner=owner)
+        job = Job(work, name, lane=lane, owner=owner, model=model)
+        job._runner = self
         with self._condition:
             waiting = sum(len(jobs) for jobs in self._lanes.values())
             if waiting >= self.max_waiting:
@@ -187,16 +225,19 @@ class ModelRunner:
         with self._condition:
             if job.started is not None or job.finished.is_set():
                 return None
-            order = [*self._lanes["short"], *self._lanes["long"]]
-            ahead = order.index(job) if job in order else 0
             running = self._running
-            if running is not None:
-                ahead += 1
+            at_pause = running is not None and running.safe_points > 0 and self._may_join(job, running)
+            if at_pause:  # only the guests before it are ahead
+                ahead = [other for other in self._lanes["short"] if self._may_join(other, running)].index(job)
+            else:
+                order = [*self._lanes["short"], *self._lanes["long"]]
+                ahead = (order.index(job) if job in order else 0) + (running is not None)
             return QueueStatus(
                 ahead=ahead,
                 running=running.name if running is not None else None,
                 running_is_yours=running is not None and running.owner is not None and running.owner == job.owner,
                 running_seconds=time.monotonic() - running.started if running is not None and running.started else 0.0,
+                at_pause=at_pause,
             )
 
     def jobs_of(self, owner: Any) -> list[Job]:
@@ -213,8 +254,50 @@ class ModelRunner:
     def busy(self) -> bool:
         return self._pending > 0
 
+    @property
+    def running(self) -> Job | None:
+        """The job the runner thread is in (a long job paused for guests included), or None."""
+        return self._running
+
+    # --- safe points --------------------------------------------------------------------------
+    def pause(self, job: Job) -> None:
+        """At `job`'s safe point: run the short jobs that may join it, inside its pause context; then return to it."""
+        if not self.preempt or job is not self._running or self._guest is not None or job.lane != "long":
+            return
+        with self._condition:
+            if not any(self._may_join(other, job) for other in self._lanes["short"]):
+                return
+        context = job.pause_context() if job.pause_context is not None else contextlib.nullcontext()
+        if context is None:  # the model is not clean here after all (e.g. a hook is registered): no pause
+            log.warning("%s offered a safe point with the model in use; no pause there", job.name)
+            return
+        with context:
+            for _ in range(MAX_GUESTS_PER_PAUSE):
+                guest = self._take_guest(job)
+                if guest is None:
+                    break
+                self._execute(guest)
+        job.pauses += 1
+
+    def _may_join(self, guest: Job, job: Job) -> bool:
+        """Whether waiting `guest` may run at `job`'s safe points: short, another visitor's, on the same model."""
+        return (
+            self.preempt and job.lane == "long" and guest.lane == "short" and guest.model == job.model
+            and (guest.owner is None or guest.owner != job.owner)
+        )
+
+    def _take_guest(self, job: Job) -> Job | None:
+        with self._condition:
+            guest = next((other for other in self._lanes["short"] if self._may_join(other, job)), None)
+            if guest is not None:
+                self._lanes["short"].remove(guest)
+                guest.started = time.monotonic()
+                self._guest = guest
+            return guest
+
+    # --- the thread ---------------------------------------------------------------------------
     def _active(self) -> list[Job]:
-        running = [self._running] if self._running is not None else []
+        running = [job for job in (self._running, self._guest) if job is not None]
         return [*running, *self._lanes["short"], *self._lanes["long"]]
 
     def _next(self) -> Job:
@@ -225,22 +308,28 @@ class ModelRunner:
             self._running = job
             return job
 
+    def _execute(self, job: Job) -> None:
+        """Run one job to its end, its result or error as its last event (the running job, or a guest)."""
+        try:
+            if job.cancelled:
+                raise _cancelled_error()
+            job.result = job.work(job)
+            job.events.put(JobEvent("done", job.result))
+        except BaseException as error:  # noqa: BLE001 - the follower decides how to show it
+            job.events.put(JobEvent("error", error))
+        finally:
+            job.finished.set()
+            with self._condition:
+                if job is self._guest:
+                    self._guest = None
+                else:
+                    self._running = None
+                self._pending -= 1
+                self._condition.notify_all()
+
     def _loop(self) -> None:
         while True:
-            job = self._next()
-            try:
-                if job.cancelled:
-                    raise _cancelled_error()
-                job.result = job.work(job)
-                job.events.put(JobEvent("done", job.result))
-            except BaseException as error:  # noqa: BLE001 - the follower decides how to show it
-                job.events.put(JobEvent("error", error))
-            finally:
-                job.finished.set()
-                with self._condition:
-                    self._running = None
-                    self._pending -= 1
-                    self._condition.notify_all()
+            self._execute(self._next())
 
 
 class ProgressReport:

@@ -72,12 +72,12 @@ class EditBatch:
     layers: list[int]
     deltas: DeltaMap
     model: str  # core.facts.model_key of the model it was computed on
-    hparams: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # the method and its settings (EditMethod.to_dict())
     request_diagnostics: list[RequestDiagnostics] = field(default_factory=list)
     layer_diagnostics: list[LayerDiagnostics] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     final_residual_norm: float | None = None  # mean ||z_i - h_i|| at l_R after all layers were updated
-    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, m) per layer, kept for AlphaEdit's sequential term
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, m) per layer, kept for the methods' sequential term
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
     batch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -110,7 +110,7 @@ class EditBatch:
             "model": self.model,
             "layers": list(self.layers),
             "requests": [r.to_dict() for r in self.requests],
-            "hparams": self.hparams,
+            "settings": self.settings,
             "request_diagnostics": [d.to_dict() for d in self.request_diagnostics],
             "layer_diagnostics": [d.to_dict() for d in self.layer_diagnostics],
             "warnings": list(self.warnings),
@@ -127,7 +127,7 @@ class EditBatch:
             layers=[int(layer) for layer in data["layers"]],
             deltas=deltas,
             model=data["model"],
-            hparams=data.get("hparams", {}),
+            settings=data.get("settings", data.get("hparams", {})),  # "hparams" in files of earlier versions
             request_diagnostics=[RequestDiagnostics.from_dict(d) for d in data.get("request_diagnostics", [])],
             layer_diagnostics=[LayerDiagnostics.from_dict(d) for d in data.get("layer_diagnostics", [])],
             warnings=list(data.get("warnings", [])),

@@ -11,7 +11,9 @@ its keys, r (d + m) + m float32 numbers per edit and edited layer (73 KB per edi
 with 5 layers), and the ledger caches one edited copy of each touched matrix (d m per layer, whatever
 the number of edits), so entering `applied` copies matrices instead of re-adding every batch. The
 cache is rebuilt from the original weights (batch by batch, in order) after an undo, so the bits are
-the same as if the undone batch had never been added. AlphaEdit's per-ledger state (K_p K_p^T of the
+the same as if the undone batch had never been added. `edits_suspended(loaded)` takes whatever edits are
+applied off the weights for a while (another session's job runs in the middle of this one's) and puts
+the same bits back. AlphaEdit's per-ledger state (K_p K_p^T of the
 earlier edits) is computed from the batches' keys, so undo, reset and export/import keep it exactly.
 """
 
@@ -34,7 +36,16 @@ from core.layout import ModelLayout
 from core.loading import LoadedModel
 from editor.edits.batch import EditBatch
 from editor.edits.deltas import LayerDelta
-from editor.edits.weights import add_delta, restore, snapshot, tensor_digest, weights_hash
+from editor.edits.weights import (
+    add_delta,
+    held_frames,
+    hold_weights,
+    release_weights,
+    restore,
+    snapshot,
+    tensor_digest,
+    weights_hash,
+)
 
 LEDGER_FORMAT = 2  # 2: deltas as factors (".left"/".right") or dense (".delta"); 1: dense only
 READABLE_FORMATS = (1, 2)
@@ -43,7 +54,31 @@ METADATA_KEY = "locus_ledger"
 
 def edits_applied(loaded: LoadedModel) -> bool:
     """True while some ledger's edits are on `loaded`'s weights (inside `EditLedger.applied`)."""
-    return getattr(loaded, "_locus_applied_depth", 0) > 0
+    return loaded.edits_applied
+
+
+@contextmanager
+def edits_suspended(loaded: LoadedModel) -> Iterator[LoadedModel]:
+    """Within the block, `loaded` holds its original weights and no ledger counts as applied; on exit every held
+    change (applied ledgers, an edit's layer updates) is back, the same bits, as is the applied depth.
+
+    For running another session's work in the middle of this one's (the app's safe points): inside, that
+    work enters its own `applied(...)` as on an idle model. Holds `loaded.lock`.
+    """
+    with loaded.lock:
+        frames, depth = held_frames(loaded), getattr(loaded, "_locus_applied_depth", 0)
+        originals: dict[int, torch.Tensor] = {}
+        for frame in frames:  # the outermost hold of a layer saved its original weights
+            for layer, tensor in frame.items():
+                originals.setdefault(layer, tensor)
+        current = snapshot(loaded, originals)
+        restore(loaded, originals)
+        loaded._locus_held_weights, loaded._locus_applied_depth = [], 0
+        try:
+            yield loaded
+        finally:
+            restore(loaded, current)
+            loaded._locus_held_weights, loaded._locus_applied_depth = frames, depth
 
 
 def batch_bytes_bound(layout: ModelLayout, layers: Sequence[int], requests: int) -> int:
@@ -178,7 +213,7 @@ class EditLedger:
             for layer in layers:
                 if layer not in self.base_hashes and not self._in_use(loaded):
                     self.base_hashes[layer] = tensor_digest(loaded.layout.output_projection_weight(loaded.model, layer))
-            saved = snapshot(loaded, layers)
+            saved = hold_weights(loaded, layers)
             depth = getattr(loaded, "_locus_applied_depth", 0)
             loaded._locus_applied_depth = depth + 1
             try:
@@ -192,7 +227,7 @@ class EditLedger:
                             loaded.layout.output_projection_weight(loaded.model, layer).copy_(weight)
                 yield loaded
             finally:
-                restore(loaded, saved)
+                release_weights(loaded, saved)
                 loaded._locus_applied_depth = depth
 
     def _edited_weights(self, originals: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:

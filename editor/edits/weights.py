@@ -1,4 +1,9 @@
-"""Reading, changing and restoring the edited matrices W_l (exactly, bit for bit)."""
+"""Reading, changing and restoring the edited matrices W_l (exactly, bit for bit).
+
+A change that stays on the model for a while (a ledger's edits, an edit's layer updates) is made between
+`hold_weights` and `release_weights`: the saved originals are registered on the model, so that
+`editor.edits.ledger.edits_suspended` can take every held change off and put it back, bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,31 @@ def restore(loaded: LoadedModel, saved: dict[int, torch.Tensor]) -> None:
     with torch.no_grad():
         for layer, tensor in saved.items():
             projection_weight(loaded, layer).copy_(tensor)
+
+
+def hold_weights(loaded: LoadedModel, layers) -> dict[int, torch.Tensor]:
+    """`snapshot` of W_l before changing them for a while, registered on `loaded` until `release_weights`."""
+    saved = snapshot(loaded, layers)
+    held_frames(loaded).append(saved)
+    return saved
+
+
+def release_weights(loaded: LoadedModel, saved: dict[int, torch.Tensor]) -> None:
+    """Put the held W_l back (bit for bit) and forget the hold."""
+    restore(loaded, saved)
+    frames = held_frames(loaded)
+    for index in range(len(frames) - 1, -1, -1):
+        if frames[index] is saved:
+            del frames[index]
+            break
+
+
+def held_frames(loaded: LoadedModel) -> list[dict[int, torch.Tensor]]:
+    """The open holds on `loaded`, outermost first (each: the W_l it saved)."""
+    frames = getattr(loaded, "_locus_held_weights", None)
+    if frames is None:
+        frames = loaded._locus_held_weights = []
+    return frames
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:

@@ -9,7 +9,7 @@ computes only the records that were not finished.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from core.distributed import WorkerPool
 from core.errors import InputError
@@ -17,8 +17,10 @@ from core.facts import model_key
 from core.loading import LoadedModel
 from core.progress import Progress, stage
 from editor.edits.ledger import EditLedger
+from editor.evaluation.by_generation import generation_checks
 from editor.evaluation.counterfact import CounterFactRecord, load_records
 from editor.evaluation.metrics import (
+    GenerationHits,
     PairScore,
     RecordScores,
     harmonic_mean,
@@ -30,9 +32,8 @@ from editor.evaluation.metrics import (
 from editor.evaluation.result_cache import ResultCache, compute_missing, digest
 from editor.evaluation.scoring import teacher_forced
 from editor.layers import layers_text
-from editor.methods.dispatch import compute_edit
-from editor.methods.hparams import MemitHyperParams, default_hparams
-from editor.methods.memit import prepare
+from editor.methods.base import EditMethod
+from editor.methods.memit import Memit, prepare
 from editor.passes.generation import generate_texts
 from editor.statistics.covariance import CovarianceSet, layer_covariances
 
@@ -53,6 +54,10 @@ class Scores:
     neighborhood_accuracy: float | None
     GE: float | None
     n: int
+    # success by generation (SPEC 6), beside ES/PS/NS: None where not measured (or read from an older result)
+    ES_gen: float | None = None
+    PS_gen: float | None = None
+    NS_gen: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,9 +66,22 @@ class Scores:
     def from_dict(cls, data: dict) -> Scores:
         return cls(**{key: data.get(key) for key in cls.__dataclass_fields__})
 
+    def without_generation_success(self) -> Scores:
+        """These scores with ES_gen, PS_gen and NS_gen left out (a run that did not ask for them)."""
+        return replace(self, ES_gen=None, PS_gen=None, NS_gen=None)
+
+
+GENERATION_SUCCESS_KEYS = ("ES_gen", "PS_gen", "NS_gen")
+
+
+def has_generation_success(scores: dict) -> bool:
+    """Do these scores (a Scores dict, e.g. read from a cache) hold success by generation? An older result does not."""
+    return scores.get("ES_gen") is not None
+
 
 def summarize(per_record: list[RecordScores], entropies: list[float]) -> Scores:
-    """Scores from per-record fractions (records without paraphrases/neighbours are left out of PS/NS)."""
+    """Scores from per-record fractions (records without paraphrases/neighbours are left out of PS/NS; records
+    scored without generation are left out of ES_gen/PS_gen/NS_gen, which are None when no record has them)."""
     es = percent(mean(r.es for r in per_record))
     ps = percent(mean(r.ps for r in per_record if r.ps is not None))
     ns = percent(mean(r.ns for r in per_record if r.ns is not None))
@@ -76,6 +94,9 @@ def summarize(per_record: list[RecordScores], entropies: list[float]) -> Scores:
         neighborhood_accuracy=percent(mean(r.neighborhood_accuracy for r in per_record if r.neighborhood_accuracy is not None)),
         GE=100.0 * mean(entropies) if entropies else None,
         n=len(per_record),
+        ES_gen=percent(mean(r.es_gen for r in per_record if r.es_gen is not None)),
+        PS_gen=percent(mean(r.ps_gen for r in per_record if r.ps_gen is not None)),
+        NS_gen=percent(mean(r.ns_gen for r in per_record if r.ns_gen is not None)),
     )
 
 
@@ -84,10 +105,15 @@ def score_records(
     records: list[CounterFactRecord],
     *,
     generation: bool = True,
+    by_generation: bool = True,
     progress: Progress | None = None,
 ) -> tuple[list[RecordScores], list[float]]:
-    """Per-record scores on the model as it is now, and the n-gram entropy of each generation."""
-    pairs, owners = [], []
+    """Per-record scores on the model as it is now, and the n-gram entropy of each generation.
+
+    `generation`: the fluency texts (GE); `by_generation`: success by greedy generation (SPEC 6: es_gen,
+    ps_gen, ns_gen; None when off).
+    """
+    pairs, owners, checks = [], [], []
     for index, record in enumerate(records):
         prompts = [("rewrite", record.rewrite_prompt)]
         prompts += [("paraphrase", p) for p in record.paraphrase_prompts]
@@ -96,12 +122,26 @@ def score_records(
             pairs.append((prompt, record.target_new))
             pairs.append((prompt, record.target_true))
             owners.append((index, kind))
-    scored = teacher_forced(loaded, pairs, progress=stage(progress, 0.0, 0.8 if generation else 1.0))
+            checks.append((prompt, record.target_true if kind == "neighborhood" else record.target_new))
+    forced_end = 0.8 if generation else 1.0
+    checks_start = forced_end / 2 if by_generation else forced_end
+    scored = teacher_forced(loaded, pairs, progress=stage(progress, 0.0, checks_start), first_token=by_generation)
+    hits = None
+    if by_generation:  # greedy decoding goes on from the first token the teacher-forced pass already chose
+        hits = generation_checks(loaded, checks, first_tokens=[scored[2 * position][2] for position in range(len(checks))],
+                                 progress=stage(progress, checks_start, forced_end))
     grouped: list[dict[str, list[PairScore]]] = [{"rewrite": [], "paraphrase": [], "neighborhood": []} for _ in records]
+    generated: list[dict[str, list[bool]]] = [{"rewrite": [], "paraphrase": [], "neighborhood": []} for _ in records]
     for position, (index, kind) in enumerate(owners):
-        (nll_new, hit_new), (nll_true, hit_true) = scored[2 * position], scored[2 * position + 1]
+        (nll_new, hit_new, *_), (nll_true, hit_true, *_) = scored[2 * position], scored[2 * position + 1]
         grouped[index][kind].append(PairScore(nll_new, nll_true, hit_new, hit_true))
-    per_record = [record_scores(g["rewrite"][0], g["paraphrase"], g["neighborhood"]) for g in grouped]
+        if hits is not None:
+            generated[index][kind].append(hits[position])
+    per_record = [
+        record_scores(g["rewrite"][0], g["paraphrase"], g["neighborhood"],
+                      GenerationHits(h["rewrite"][0], h["paraphrase"], h["neighborhood"]) if hits is not None else None)
+        for g, h in zip(grouped, generated)
+    ]
     entropies: list[float] = []
     prompts = [p for record in records for p in record.generation_prompts] if generation else []
     if prompts:
@@ -114,12 +154,13 @@ def score_records(
 
 @dataclass
 class SingleModeContext:
-    """What every record of a single-mode evaluation shares: the method's settings, C, the starting ledger."""
+    """What every record of a single-mode evaluation shares: the method, C, the starting ledger."""
 
-    hparams: MemitHyperParams
+    method: EditMethod
     covariances: CovarianceSet | None
     ledger: EditLedger | None
     generation: bool
+    by_generation: bool = True
 
 
 @dataclass
@@ -139,8 +180,16 @@ class RecordOutcome:
     @classmethod
     def from_dict(cls, data: dict) -> RecordOutcome:
         values = dict(data)
-        values["pre"], values["post"] = RecordScores(**data["pre"]), RecordScores(**data["post"])
+        values["pre"], values["post"] = RecordScores(**data["pre"]), RecordScores(**data["post"])  # older: no *_gen
         return cls(**values)
+
+    @property
+    def has_generation_success(self) -> bool:
+        return self.pre.es_gen is not None and self.post.es_gen is not None
+
+    def without_generation_success(self) -> RecordOutcome:
+        cleared = {"es_gen": None, "ps_gen": None, "ns_gen": None}
+        return replace(self, pre=replace(self.pre, **cleared), post=replace(self.post, **cleared))
 
 
 def evaluate_one_record(
@@ -150,47 +199,60 @@ def evaluate_one_record(
     base = context.ledger if context.ledger is not None else EditLedger.for_model(loaded)
     with loaded.lock:
         with base.applied(loaded):
-            pre, pre_entropies = score_records(loaded, [record], generation=context.generation, progress=stage(progress, 0.0, 0.2))
+            pre, pre_entropies = score_records(loaded, [record], generation=context.generation, by_generation=context.by_generation,
+                                               progress=stage(progress, 0.0, 0.2))
         clock = time.perf_counter()
-        batch = compute_edit(loaded, [record.request()], context.hparams, stage(progress, 0.2, 0.8), ledger=context.ledger,
-                             covariances=context.covariances)
+        batch = context.method.compute(loaded, [record.request()], context.ledger, context.covariances, stage(progress, 0.2, 0.8))
         edit_seconds = time.perf_counter() - clock
         with base.with_batch(batch).applied(loaded):
-            post, post_entropies = score_records(loaded, [record], generation=context.generation, progress=stage(progress, 0.8, 1.0))
+            post, post_entropies = score_records(loaded, [record], generation=context.generation, by_generation=context.by_generation,
+                                                 progress=stage(progress, 0.8, 1.0))
     return RecordOutcome(pre[0], pre_entropies, post[0], post_entropies, edit_seconds, batch.warnings)
 
 
-def single_mode_cache(loaded: LoadedModel, hparams: MemitHyperParams, ledger: EditLedger | None, generation: bool,
+def single_mode_cache(loaded: LoadedModel, method: EditMethod, ledger: EditLedger | None, generation: bool,
                       enabled: bool = True) -> ResultCache:
-    """The finished records of single-mode runs with these settings (from the same starting ledger)."""
+    """The finished records of single-mode runs with this method and settings (from the same starting ledger)."""
     state = [batch.batch_id for batch in ledger] if ledger is not None else []
-    settings = {"hparams": hparams.to_dict(), "ledger": state, "generation": generation}
+    settings = {"method": method.to_dict(), "ledger": state, "generation": generation}
     return ResultCache.for_run("evaluate-single", model_key(loaded), settings, enabled)
 
 
 def single_mode_outcomes(
     loaded: LoadedModel,
     records: list[CounterFactRecord],
-    hparams: MemitHyperParams,
+    method: EditMethod,
     ledger: EditLedger | None,
     generation: bool,
     progress: Progress | None,
     pool: WorkerPool | None,
     use_cache: bool,
+    by_generation: bool = True,
 ) -> list[RecordOutcome]:
-    """Every record's outcome in record order: cached ones read back, the rest computed (here or on `pool`) and cached."""
-    cache = single_mode_cache(loaded, hparams, ledger, generation, use_cache)
+    """Every record's outcome in record order: cached ones read back, the rest computed (here or on `pool`) and cached.
+
+    Success by generation does not change the cache's settings: a cached record without it (from an older
+    version, or a run with it off) is computed again when it is asked for, and a run that does not ask
+    for it leaves it out of the records it reads back.
+    """
+    cache = single_mode_cache(loaded, method, ledger, generation, use_cache)
     keys = [digest(record.to_dict()) for record in records]
     outcomes: list[RecordOutcome | None] = [
         RecordOutcome.from_dict(cache.get(key)) if key in cache else None for key in keys
+    ]
+    outcomes = [
+        None if outcome is None or (by_generation and not outcome.has_generation_success)
+        else outcome if by_generation else outcome.without_generation_success()
+        for outcome in outcomes
     ]
     todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
     if not todo:
         return outcomes
     # C once for every record (on the workers, if it is not cached yet)
-    covariances = layer_covariances(loaded, list(hparams.layers), hparams.cov_tokens, hparams.corpus,
+    settings = method.settings
+    covariances = layer_covariances(loaded, list(settings.layers), settings.cov_tokens, settings.corpus,
                                     stage(progress, 0.0, 0.1), pool=pool)
-    context = SingleModeContext(hparams, covariances, ledger, generation)
+    context = SingleModeContext(method, covariances, ledger, generation, by_generation)
     for index, outcome in compute_missing(evaluate_one_record, loaded, records, todo, context, pool=pool,
                                           progress=progress, span=(0.1, 1.0), message="record {finished}/{total} evaluated"):
         outcomes[index] = outcome
@@ -208,17 +270,17 @@ class EvaluationResult:
     layers: list[int]
     mode: str
     method: str
-    mom2_weight: float
+    method_settings: str  # the method's own settings in a few words (EditMethod.describe)
     cov_tokens: int
     seconds: float
     edit_seconds: float
     warnings: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # EditMethod.to_dict() of the edit
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["pre"], data["post"] = self.pre.to_dict(), self.post.to_dict()
-        data["lambda"] = self.mom2_weight
         return data
 
     @classmethod
@@ -229,8 +291,8 @@ class EvaluationResult:
 
     def table(self) -> str:
         """A plain-text table: unedited vs edited."""
-        columns = [("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("Eff.acc", "efficacy_accuracy"),
-                   ("Nbr.acc", "neighborhood_accuracy"), ("GE", "GE")]
+        columns = [("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "S"), ("ES-gen", "ES_gen"), ("PS-gen", "PS_gen"),
+                   ("NS-gen", "NS_gen"), ("Eff.acc", "efficacy_accuracy"), ("Nbr.acc", "neighborhood_accuracy"), ("GE", "GE")]
         header = f"{'':10}" + "".join(f"{title:>9}" for title, _ in columns)
         lines = [header]
         for label, scores in (("unedited", self.pre), ("edited", self.post)):
@@ -241,7 +303,7 @@ class EvaluationResult:
             lines.append(f"{label:10}" + "".join(cells))
         lines.append(
             f"n={self.n}  method={self.method}  layers={layers_text(self.layers)}  mode={self.mode}  "
-            f"lambda={self.mom2_weight:g}  cov_tokens={self.cov_tokens:,}  edit {self.edit_seconds:.1f} s, total {self.seconds:.1f} s"
+            f"{self.method_settings}  cov_tokens={self.cov_tokens:,}  edit {self.edit_seconds:.1f} s, total {self.seconds:.1f} s"
         )
         return "\n".join(lines)
 
@@ -249,7 +311,7 @@ class EvaluationResult:
 def evaluate_records(
     loaded: LoadedModel,
     records: list[CounterFactRecord] | str | list[dict],
-    hparams: MemitHyperParams | None = None,
+    method: EditMethod | None = None,
     *,
     mode: str = "batch",
     ledger: EditLedger | None = None,
@@ -258,9 +320,11 @@ def evaluate_records(
     progress: Progress | None = None,
     pool: WorkerPool | None = None,
     use_cache: bool = True,
+    by_generation: bool = True,
 ) -> EvaluationResult:
     """Score `records`, edit them (all at once, or one at a time restoring in between, then on `pool` if given), score again.
 
+    `generation`: GE's fluency texts; `by_generation`: success by generation (ES_gen, PS_gen, NS_gen).
     Single mode caches each finished record (unless `use_cache` is False): a rerun computes only the rest.
     """
     started = time.perf_counter()
@@ -273,22 +337,24 @@ def evaluate_records(
         if limit < 1:
             raise InputError(f"--limit must be at least 1, got {limit}.")
         records = records[:limit]
-    hparams = (hparams or default_hparams(loaded.layout)).check(loaded.layout)
-    prepare(loaded, [record.request() for record in records], hparams, ledger)  # every request valid before editing
+    method = method if method is not None else Memit.for_model(loaded.layout)
+    prepare(loaded, [record.request() for record in records], method.settings, ledger)  # every request valid before editing
     base = ledger if ledger is not None else EditLedger.for_model(loaded)
     edit_seconds, warnings = 0.0, []
     if mode == "batch":
         with loaded.lock:
             with base.applied(loaded):
-                pre_records, pre_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.0, 0.2))
+                pre_records, pre_entropies = score_records(loaded, records, generation=generation, by_generation=by_generation,
+                                                           progress=stage(progress, 0.0, 0.2))
             clock = time.perf_counter()
-            batch = compute_edit(loaded, [r.request() for r in records], hparams, stage(progress, 0.2, 0.8), ledger=ledger)
+            batch = method.compute(loaded, [r.request() for r in records], ledger, progress=stage(progress, 0.2, 0.8))
             edit_seconds = time.perf_counter() - clock
             warnings = batch.warnings
             with base.with_batch(batch).applied(loaded):
-                post_records, post_entropies = score_records(loaded, records, generation=generation, progress=stage(progress, 0.8, 1.0))
+                post_records, post_entropies = score_records(loaded, records, generation=generation, by_generation=by_generation,
+                                                             progress=stage(progress, 0.8, 1.0))
     else:
-        outcomes = single_mode_outcomes(loaded, records, hparams, ledger, generation, progress, pool, use_cache)
+        outcomes = single_mode_outcomes(loaded, records, method, ledger, generation, progress, pool, use_cache, by_generation)
         pre_records = [outcome.pre for outcome in outcomes]
         post_records = [outcome.post for outcome in outcomes]
         pre_entropies = [value for outcome in outcomes for value in outcome.pre_entropies]
@@ -303,11 +369,12 @@ def evaluate_records(
         pre=summarize(pre_records, pre_entropies),
         post=summarize(post_records, post_entropies),
         n=len(records),
-        layers=list(hparams.layers) if hparams.method != "rome" else [max(hparams.layers)],
+        layers=list(method.layers),
         mode=mode,
-        method=hparams.method,
-        mom2_weight=hparams.mom2_weight,
-        cov_tokens=hparams.cov_tokens,
+        method=method.name,
+        method_settings=method.describe(),
+        cov_tokens=method.settings.cov_tokens,
+        settings=method.to_dict(),
         seconds=time.perf_counter() - started,
         edit_seconds=edit_seconds,
         warnings=warnings,

@@ -24,7 +24,7 @@ from core.errors import LocusError
 from core.facts import KnownFact, facts_model_knows, model_key
 from core.hooks import capture_outputs
 from core.loading import LoadedModel
-from core.progress import Progress, stage
+from core.progress import Progress, safe_point, stage
 from core.tokens import target_token_ids
 from editor.edits.ledger import EditLedger, edits_applied
 from editor.passes.forward import pad_id, pad_right, row_batches, run_until
@@ -70,6 +70,7 @@ def perplexity(
         done += len(batch)
         if progress is not None:
             progress(done / len(rows), f"perplexity: {done}/{len(rows)} held-out texts")
+            safe_point(progress)
     mean = total / count
     return (math.exp(mean) if math.isfinite(mean) and mean < 700 else math.inf), count, finite and math.isfinite(mean)
 
@@ -141,6 +142,7 @@ def probe_answers(loaded: LoadedModel, facts: list[KnownFact], progress: Progres
         done += len(batch)
         if progress is not None:
             progress(done / len(rows), f"retention: {done}/{len(rows)} known facts")
+            safe_point(progress)
     return ProbeAnswers(answers, expected, margins, finite)
 
 

@@ -52,17 +52,45 @@ class RecordScores:
     ns: float | None
     efficacy_accuracy: float
     neighborhood_accuracy: float | None
+    # success by generation (SPEC 6); None where not measured (or, for ps_gen/ns_gen, no such prompts)
+    es_gen: float | None = None
+    ps_gen: float | None = None
+    ns_gen: float | None = None
 
 
-def record_scores(rewrite: PairScore, paraphrases: list[PairScore], neighbors: list[PairScore]) -> RecordScores:
-    """ES, PS, NS and the stricter accuracies of one record."""
+@dataclass(frozen=True)
+class GenerationHits:
+    """One record's success-by-generation checks: o_new after the rewrite and each paraphrase, o_true after each neighbour."""
+
+    rewrite: bool
+    paraphrases: list[bool]
+    neighbors: list[bool]
+
+
+def record_scores(
+    rewrite: PairScore, paraphrases: list[PairScore], neighbors: list[PairScore], generated: GenerationHits | None = None
+) -> RecordScores:
+    """ES, PS, NS, the stricter accuracies and, when `generated` is given, ES/PS/NS by generation of one record."""
     return RecordScores(
         es=efficacy_success(rewrite),
         ps=mean(efficacy_success(s) for s in paraphrases),
         ns=mean(neighborhood_success(s) for s in neighbors),
         efficacy_accuracy=float(rewrite.argmax_new),
         neighborhood_accuracy=mean(float(s.argmax_true) for s in neighbors),
+        es_gen=None if generated is None else float(generated.rewrite),
+        ps_gen=None if generated is None else mean(float(hit) for hit in generated.paraphrases),
+        ns_gen=None if generated is None else mean(float(hit) for hit in generated.neighbors),
     )
+
+
+def generation_success(continuation: str, target: str) -> bool:
+    """SPEC 6: the generated continuation, stripped of leading whitespace, starts with the object's string.
+
+    Taken literally: case-sensitive, and a longer word that begins with the object counts ("Romeo"
+    for "Rome"), as does the object followed by anything ("Rome, Italy"). An empty object never succeeds.
+    """
+    target = target.strip()
+    return bool(target) and continuation.lstrip().startswith(target)
 
 
 WORD = re.compile(r"\w+|[^\w\s]")

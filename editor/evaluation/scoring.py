@@ -11,7 +11,7 @@ import torch
 from core.hooks import capture_outputs
 from core.loading import LoadedModel
 from core.memory import ChunkSize
-from core.progress import Progress
+from core.progress import Progress, safe_point
 from core.tokens import target_token_ids
 from editor.passes.forward import pad_id, pad_right, row_batches_within_memory, rows_per_batch, run_until
 
@@ -22,8 +22,13 @@ def teacher_forced(
     pairs: list[tuple[str, str]],
     batch_rows: int = 64,
     progress: Progress | None = None,
-) -> list[tuple[float, bool]]:
-    """For each (prompt, object): mean NLL of the object's tokens and whether greedy argmax reproduces them all."""
+    first_token: bool = False,
+) -> list[tuple[float, bool]] | list[tuple[float, bool, int]]:
+    """For each (prompt, object): mean NLL of the object's tokens and whether greedy argmax reproduces them all.
+
+    `first_token`: each tuple also holds the greedy first token after the prompt (the argmax where the
+    object's first token is predicted: the first step of greedy decoding from the prompt alone).
+    """
     tokenizer, layout = loaded.tokenizer, loaded.layout
     rows: list[list[int]] = []
     row_of: dict[tuple[int, ...], int] = {}
@@ -39,13 +44,13 @@ def teacher_forced(
     pairs_of_row: list[list[int]] = [[] for _ in rows]
     for pair, (row, _, _) in enumerate(spans):
         pairs_of_row[row].append(pair)
-    results: list[tuple[float, bool] | None] = [None] * len(pairs)
+    results: list[tuple | None] = [None] * len(pairs)
     fill = pad_id(tokenizer)
     last_block = layout.block(layout.num_layers - 1)
     done = 0
 
-    def score_batch(batch: list[int]) -> list[tuple[int, float, bool]]:
-        """(pair, mean NLL, argmax hit) of every pair of the batch's rows (changes nothing)."""
+    def score_batch(batch: list[int]) -> list[tuple[int, float, bool, int]]:
+        """(pair, mean NLL, argmax hit, first argmax) of every pair of the batch's rows (changes nothing)."""
         ids, mask = pad_right([rows[i] for i in batch], fill, loaded.device)
         with capture_outputs(loaded.model, [last_block]) as outputs:
             run_until(loaded, layout.num_layers - 1, input_ids=ids, attention_mask=mask, use_cache=False)
@@ -62,16 +67,18 @@ def teacher_forced(
         log_probs = torch.log_softmax(layout.final_logits(loaded.model, states).float(), dim=-1)
         target_tensor = torch.tensor(targets, device=log_probs.device)
         token_nll = -log_probs.gather(-1, target_tensor.unsqueeze(-1)).squeeze(-1)
-        hits = log_probs.argmax(-1) == target_tensor
+        argmax = log_probs.argmax(-1)
+        hits = argmax == target_tensor
         scored, offset = [], 0
         for pair, count in owners:
-            scored.append((pair, token_nll[offset : offset + count].mean(), hits[offset : offset + count].all()))
+            scored.append((pair, token_nll[offset : offset + count].mean(), hits[offset : offset + count].all(), argmax[offset]))
             offset += count
         if not scored:
             return []
-        means = torch.stack([mean for _, mean, _ in scored]).tolist()  # one device-to-host copy per batch
-        alls = torch.stack([hit for _, _, hit in scored]).tolist()
-        return [(pair, mean, hit) for (pair, _, _), mean, hit in zip(scored, means, alls)]
+        means = torch.stack([mean for _, mean, _, _ in scored]).tolist()  # one device-to-host copy per batch
+        alls = torch.stack([hit for _, _, hit, _ in scored]).tolist()
+        firsts = torch.stack([first for _, _, _, first in scored]).tolist()
+        return [(pair, mean, hit, first) for (pair, _, _, _), mean, hit, first in zip(scored, means, alls, firsts)]
 
     longest = max((len(row) for row in rows), default=1)
     chunk = ChunkSize(
@@ -79,9 +86,10 @@ def teacher_forced(
         f"scoring {len(pairs)} prompt/object pair(s)", "rows", loaded.device, "Score fewer records at once.",
     )
     for batch, scored in row_batches_within_memory([len(row) for row in rows], chunk, score_batch):
-        for pair, mean, hit in scored:
-            results[pair] = (mean, bool(hit))
+        for pair, mean, hit, first in scored:
+            results[pair] = (mean, bool(hit), int(first)) if first_token else (mean, bool(hit))
         done += len(batch)
         if progress is not None:
             progress(done / len(rows), f"scoring prompts: {done}/{len(rows)} sequences")
+            safe_point(progress)
     return results  # type: ignore[return-value]

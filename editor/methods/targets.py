@@ -14,7 +14,7 @@ last token and block l_R's output at the rest; every step then runs blocks l_R+1
 (`core.block_calls` starts the forward pass there with the model's own block arguments).
 
 Chunk sizes (requests per chunk, padded tokens per pass) come from `core.memory`: on a CPU at most the
-hparams' values, on a GPU as many as fit (all requests in one chunk where they fit). An out-of-memory
+settings' values, on a GPU as many as fit (all requests in one chunk where they fit). An out-of-memory
 error halves both and restarts the chunk (chunks are independent); at the floor it is a LocusError.
 The deltas are float32 whatever the model's dtype; each is added to the block output in float32 and
 rounded to the model's dtype once. On a float16 model the loss is scaled before the backward pass and
@@ -36,10 +36,10 @@ from core.errors import LocusError
 from core.hooks import forward_hooks, output_tensor, replace_output_tensor
 from core.loading import LoadedModel
 from core.memory import ChunkSize, ModelShape, plan
-from core.progress import Progress
+from core.progress import Progress, safe_point, stage
 from editor.edits.batch import RequestDiagnostics
 from editor.edits.requests import EditRequest
-from editor.methods.hparams import MemitHyperParams
+from editor.methods.settings import EditSettings
 from editor.passes.forward import pad_id, pad_right, row_batches, run_until
 from editor.passes.rows import PromptRow, target_rows
 
@@ -148,18 +148,18 @@ def add_at(hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, de
     return hidden.index_put((rows, positions), values)
 
 
-def chunk_plan(loaded: LoadedModel, rows: list[PromptRow], count: int, hparams: MemitHyperParams, layer: int, engine: str) -> tuple[int, int]:
-    """(requests per chunk, padded tokens per pass) for `count` requests: the hparams' values on a CPU, what fits on a GPU."""
+def chunk_plan(loaded: LoadedModel, rows: list[PromptRow], count: int, settings: EditSettings, layer: int, engine: str) -> tuple[int, int]:
+    """(requests per chunk, padded tokens per pass) for `count` requests: the settings' values on a CPU, what fits on a GPU."""
     shape = ModelShape.of(loaded)
     longest = max(len(row.ids) for row in rows)
     blocks = shape.layers - layer - 1 if engine == "cached" else shape.layers
     token_bytes = shape.training_token_bytes(max(blocks, 1), longest)
     passed = sum(len(row.ids) - (row.subject_last if engine == "cached" else 0) for row in rows)  # every row in one pass
-    tokens = plan(loaded.device, token_bytes, default=max(hparams.target_batch_tokens, longest), floor=longest, ceiling=passed)
+    tokens = plan(loaded.device, token_bytes, default=max(settings.target_batch_tokens, longest), floor=longest, ceiling=passed)
     rows_per_request = -(-len(rows) // max(count, 1))
     request_bytes = rows_per_request * (longest * (shape.cache_token_bytes() + shape.hidden * shape.element) + 4 * shape.vocab)
     requests = plan(
-        loaded.device, request_bytes, default=max(1, hparams.target_batch_requests), ceiling=count,
+        loaded.device, request_bytes, default=max(1, settings.target_batch_requests), ceiling=count,
         reserved=tokens * token_bytes,
     )
     return min(requests, count), tokens
@@ -171,7 +171,7 @@ def chunk_plan(loaded: LoadedModel, rows: list[PromptRow], count: int, hparams: 
 def compute_targets(
     loaded: LoadedModel,
     requests: list[EditRequest],
-    hparams: MemitHyperParams,
+    settings: EditSettings,
     prefixes: list[str],
     *,
     layer: int | None = None,
@@ -181,9 +181,9 @@ def compute_targets(
     """z for every request at block `layer` (default l_R), in chunks of requests sized by `chunk_plan`."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    layer = hparams.target_layer if layer is None else layer
-    rows = target_rows(loaded.tokenizer, requests, prefixes, hparams.kl_prompt)
-    planned_requests, planned_tokens = chunk_plan(loaded, rows, len(requests), hparams, layer, engine)
+    layer = settings.target_layer if layer is None else layer
+    rows = target_rows(loaded.tokenizer, requests, prefixes, settings.kl_prompt)
+    planned_requests, planned_tokens = chunk_plan(loaded, rows, len(requests), settings, layer, engine)
     what = f"optimizing the target vectors of {len(requests)} request(s)"
     chunk = ChunkSize(planned_requests, 1, what, "requests", loaded.device, MEMORY_ADVICE)
     passes = ChunkSize(planned_tokens, max(len(row.ids) for row in rows), what, "tokens", loaded.device, MEMORY_ADVICE)
@@ -195,13 +195,11 @@ def compute_targets(
             chunk_rows = [row for row in rows if start <= row.request < indices[-1] + 1]
             chunk_rows = [PromptRow(row.request - start, *_rest(row)) for row in chunk_rows]
 
-            def chunk_progress(fraction: float, message: str, start=start, size=len(indices)) -> None:
-                if progress is not None:
-                    progress((start + fraction * size) / len(requests), message)
+            chunk_progress = stage(progress, start / len(requests), (start + len(indices)) / len(requests))
 
             try:
                 z, h, diag = _optimize_chunk(
-                    loaded, [requests[i] for i in indices], chunk_rows, hparams, layer, engine, chunk_progress, passes.size
+                    loaded, [requests[i] for i in indices], chunk_rows, settings, layer, engine, chunk_progress, passes.size
                 )
             except Exception as error:  # out of memory: halve the chunk and the passes, start the chunk again
                 halved = chunk.size > chunk.floor
@@ -431,9 +429,9 @@ class _Runner:
 class _RowLosses:
     """The per-request losses of a chunk's rows at a delta, group by group (losses reach the host once per group)."""
 
-    def __init__(self, runner: _Runner, rows: list[PromptRow], hparams: MemitHyperParams, target_ids: dict[int, torch.Tensor],
+    def __init__(self, runner: _Runner, rows: list[PromptRow], settings: EditSettings, target_ids: dict[int, torch.Tensor],
                  nll_rows: torch.Tensor, original_kl: dict[int, torch.Tensor], hidden: torch.Tensor):
-        self.runner, self.rows, self.hparams, self.target_ids = runner, rows, hparams, target_ids
+        self.runner, self.rows, self.settings, self.target_ids = runner, rows, settings, target_ids
         self.nll_rows, self.original_kl, self.hidden = nll_rows, original_kl, hidden
 
     def evaluate(
@@ -445,7 +443,7 @@ class _RowLosses:
 
         At step 0 it records the unedited next-token distributions (KL rows) and h (the plain prompts' rows).
         """
-        rows, hparams, count = self.rows, self.hparams, len(active)
+        rows, settings, count = self.rows, self.settings, len(active)
         nll, kl, probability, on_top = torch.zeros(count), torch.zeros(count), torch.zeros(count), torch.zeros(count)
         for group in self.runner.groups:
             active_rows = [i for i in group.rows if active[rows[i].request]]
@@ -460,7 +458,7 @@ class _RowLosses:
                         self.original_kl[row.request] = log_probs[index].detach()
                     divergence = kl_divergence(self.original_kl[row.request], log_probs[index]).sum()
                     values.append(divergence.detach())
-                    terms.append(hparams.kl_factor * divergence)
+                    terms.append(settings.kl_factor * divergence)
                 else:
                     targets = self.target_ids[row_index].to(log_probs[index].device)  # the head's device (device_map)
                     row_nll = -log_probs[index].gather(-1, targets.unsqueeze(-1)).mean()
@@ -488,10 +486,10 @@ def _optimize_chunk(
     loaded: LoadedModel,
     requests: list[EditRequest],
     rows: list[PromptRow],
-    hparams: MemitHyperParams,
+    settings: EditSettings,
     layer: int,
     engine: str,
-    progress: Progress,
+    progress: Progress | None,
     max_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor, list[RequestDiagnostics]]:
     """Optimize the deltas of one chunk of requests; each group of rows is run and back-propagated in turn.
@@ -514,10 +512,10 @@ def _optimize_chunk(
         if not row.is_kl:
             nll_rows[row.request] += 1
     scale = LossScale.for_dtype(loaded.dtype)
-    losses = _RowLosses(runner, rows, hparams, target_ids, nll_rows, original_kl, hidden)
-    for step in range(hparams.steps):
+    losses = _RowLosses(runner, rows, settings, target_ids, nll_rows, original_kl, hidden)
+    for step in range(settings.steps):
         leaf = delta.clone().requires_grad_(True)
-        will_update = step < hparams.steps - 1
+        will_update = step < settings.steps - 1
         while True:  # once, unless a float16 backward overflows or underflows: then again at another loss scale
             nll, kl, probability, on_top = losses.evaluate(leaf, active, step, scale.value if will_update else None)
             if leaf.grad is None:
@@ -528,8 +526,8 @@ def _optimize_chunk(
                 break
             leaf.grad = None
         hidden_norms = hidden.norm(dim=-1).clamp(min=1e-12)
-        decay = hparams.weight_decay * leaf.norm(dim=-1) / hidden_norms**2
-        loss = nll + hparams.kl_factor * kl + decay.detach().cpu()
+        decay = settings.weight_decay * leaf.norm(dim=-1) / hidden_norms**2
+        loss = nll + settings.kl_factor * kl + decay.detach().cpu()
         finished = []
         for request in active.nonzero().squeeze(-1).tolist():
             diag = diagnostics[request]
@@ -537,22 +535,24 @@ def _optimize_chunk(
             diag.nll.append(float(nll[request]))
             diag.kl.append(float(kl[request]))
             diag.final_probability = float(probability[request])
-            if hparams.early_stop_steps and float(on_top[request]) >= float(nll_rows[request]):
+            if settings.early_stop_steps and float(on_top[request]) >= float(nll_rows[request]):
                 steps_on_top[request] += 1  # ENCORE's MPES: the new object leads on every prompt
-            if float(loss[request]) < hparams.loss_stop or (hparams.early_stop_steps and steps_on_top[request] >= hparams.early_stop_steps):
+            if float(loss[request]) < settings.loss_stop or (settings.early_stop_steps and steps_on_top[request] >= settings.early_stop_steps):
                 diag.converged = True
                 finished.append(request)
             elif not will_update:
                 finished.append(request)
         active[finished] = False
-        progress((step + 1) / hparams.steps, f"target vectors: step {step + 1}/{hparams.steps}, {int(active.sum())} of {count} still optimizing")
+        if progress is not None:
+            progress((step + 1) / settings.steps, f"target vectors: step {step + 1}/{settings.steps}, {int(active.sum())} of {count} still optimizing")
+            safe_point(progress)  # between steps no hook is registered
         if not bool(active.any()):
             break
         still = active.to(device)
         (decay * still).sum().backward()
         with torch.no_grad():
-            adam_update(delta, leaf.grad, state, still, hparams.lr)
-            delta = torch.where(still.unsqueeze(-1), clamp_rows(delta, hparams.clamp_norm * hidden_norms), delta)
+            adam_update(delta, leaf.grad, state, still, settings.lr)
+            delta = torch.where(still.unsqueeze(-1), clamp_rows(delta, settings.clamp_norm * hidden_norms), delta)
         for request in active.nonzero().squeeze(-1).tolist():
             diagnostics[request].steps += 1
     for request, diag in enumerate(diagnostics):

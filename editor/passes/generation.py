@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from core.loading import LoadedModel
@@ -16,8 +18,13 @@ def generate_ids(
     *,
     top_k: int | None = None,
     seed: int = 0,
+    stop: Callable[[list[list[int]]], bool] | None = None,
 ) -> list[list[int]]:
-    """New token ids after each prompt: greedy when `top_k` is None, else top-k sampling seeded by `seed`."""
+    """New token ids after each prompt: greedy when `top_k` is None, else top-k sampling seeded by `seed`.
+
+    `stop`, if given, sees every row's new ids after each step; when it returns True the generation ends
+    there (fewer than `new_tokens` ids per row).
+    """
     if not prompts:
         return []
     device = loaded.device
@@ -53,6 +60,8 @@ def generate_ids(
             picks = torch.multinomial(probabilities, 1, generator=generator).to(device)
             chosen = indices.gather(-1, picks).squeeze(-1)
         produced.append(chosen)
+        if stop is not None and stop(torch.stack(produced, dim=-1).tolist()):
+            break
         step_ids = chosen.unsqueeze(-1)
         step_positions = step_positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones_like(step_ids)], dim=-1)

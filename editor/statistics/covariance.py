@@ -31,7 +31,7 @@ from core.facts import model_key
 from core.hooks import capture_inputs, sequence_view
 from core.loading import LoadedModel
 from core.memory import ChunkSize, ModelShape, out_of_memory_as_error, plan
-from core.progress import Progress
+from core.progress import Progress, safe_point
 from editor.passes.forward import pad_id, pad_right, run_until
 from editor.statistics.corpus import WIKIPEDIA, Corpus, load_corpus
 
@@ -234,6 +234,7 @@ def collect_second_moments(
             rate = (state.tokens - start_tokens) / max(elapsed, 1e-9)
             left = (budget - state.tokens) / rate if rate > 0 else float("nan")
             progress(state.tokens / budget, f"covariance: {state.tokens:,}/{budget:,} tokens, about {left:.0f} s left")
+            safe_point(progress)  # between groups no hook is registered
     return state
 
 
@@ -386,6 +387,7 @@ def layer_covariances(
 ) -> CovarianceSet:
     """C_l for `layers` over `tokens` corpus tokens: from memory, the disk cache, or one pass (on `pool` if given) for the missing ones."""
     started = time.perf_counter()
+    use_cache = use_cache and not loaded.edits_applied  # C of edited weights is no statistic of the model's
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
     model = statistics_key(loaded)
     keys = {layer: CovarianceKey(model, corpus.digest, layer, int(tokens)) for layer in sorted(set(layers))}

@@ -7,6 +7,7 @@ import html
 
 import plotly.graph_objects as go
 
+from editor.methods.registry import method_classes
 from tracer.figures import FONT, empty_figure, figures_html
 
 LOSS_CAPTION = (
@@ -35,13 +36,16 @@ def loss_figure(curves: dict[str, list[float]]) -> go.Figure:
 # --- sequential editing ---------------------------------------------------------------------------
 
 METRIC_COLORS = {"ES": "#1e88e5", "PS": "#8e24aa", "NS": "#43a047"}
+GENERATED_COLOR = "#90caf9"  # ES by generation: a lighter ES
 RUN_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # one per run, up to six apart
 RUN_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star")
 SEQUENTIAL_CAPTIONS = {
     "scores": (
         "After each batch, over every fact edited so far: ES = share of edited prompts where the new answer now beats "
         "the old one, PS = the same for reworded prompts, NS = share of prompts about other subjects that still give "
-        "their own answer. Flat lines near the top mean earlier edits survive the later ones."
+        "their own answer. Flat lines near the top mean earlier edits survive the later ones. ES-gen (light blue) is the "
+        "stricter reading of ES: share of edited prompts from which the model, writing on its own, starts with the new "
+        "answer; a gap below ES means the new answer wins on probability but is not what the model says."
     ),
     "perplexity": (
         "How surprised the edited model is by ordinary Wikipedia text it never saw while editing, as a multiple of "
@@ -62,7 +66,7 @@ SEQUENTIAL_CAPTIONS = {
 def _run_label(run: dict) -> str:
     settings = run.get("settings", {})
     label = str(settings.get("label") or settings.get("method", "run"))
-    for name, shown in (("alphaedit", "AlphaEdit"), ("memit", "MEMIT"), ("encore", "ENCORE"), ("mpes", "MPES")):
+    for name, shown in [*((cls.name, cls.title) for cls in method_classes()), ("mpes", "MPES")]:
         label = label.replace(name, shown)
     return label
 
@@ -95,6 +99,10 @@ def sequential_figures(runs: list[dict]) -> list[go.Figure]:
         for metric, color in METRIC_COLORS.items():
             x, y = _curve(run, lambda row, metric=metric: row.get(metric))
             scores.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{metric} ({label})", line=dict(color=color, dash=dash), marker=marker))
+        x, y = _curve(run, lambda row: row.get("ES_gen"))
+        if any(value is not None for value in y):  # runs of older versions have none
+            scores.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"ES-gen ({label})", connectgaps=False,
+                                        line=dict(color=GENERATED_COLOR, dash=dash), marker=dict(marker, color=GENERATED_COLOR)))
         x, y = _curve(run, lambda row: row.get("perplexity_ratio", 1.0))
         perplexity.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, line=dict(color="#c62828", dash=dash), marker=marker))
         x, y = _curve(run, lambda row: row.get("retention"))

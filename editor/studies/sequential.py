@@ -1,7 +1,9 @@
 """Sequential (lifelong) editing, SPEC section 6: batch after batch, each computed with the earlier ones applied.
 
 After every batch the run measures, on the model with all batches so far: ES/PS/NS over all edits
-so far and over the latest batch (SPEC 4), perplexity on held-out Wikipedia text and retention of a
+so far and over the latest batch (SPEC 4), with success by generation beside them (ES_gen, PS_gen,
+NS_gen, SPEC 6; unless `by_generation` is off; a run resumed from an older version has None where it
+was not measured), perplexity on held-out Wikipedia text and retention of a
 fixed probe set of known facts (editor.evaluation.health), the growth of each edited matrix's norm, and the time.
 A batch after which the model has collapsed (perplexity over `collapse_ratio` x the unedited's, a
 non-finite logit, or an update that is not finite) is not kept: the run stops with the last healthy
@@ -34,16 +36,15 @@ from editor.evaluation.health import (
     probe_facts,
 )
 from editor.evaluation.metrics import RecordScores
-from editor.methods.dispatch import compute_edit
-from editor.methods.hparams import MemitHyperParams
+from editor.methods.base import EditMethod
 from editor.statistics.corpus import WIKIPEDIA
 from editor.statistics.covariance import layer_covariances
 
-SCORE_KEYS = ("ES", "PS", "NS", "S", "efficacy_accuracy", "neighborhood_accuracy", "n")
+SCORE_KEYS = ("ES", "PS", "NS", "S", "ES_gen", "PS_gen", "NS_gen", "efficacy_accuracy", "neighborhood_accuracy", "n")
 
 
 def score_summary(per_record: list[RecordScores]) -> dict:
-    """ES/PS/NS/S and the accuracies (percent) of some records' scores."""
+    """ES/PS/NS/S, success by generation and the accuracies (percent) of some records' scores."""
     scores = summarize(per_record, []).to_dict()
     return {key: scores[key] for key in SCORE_KEYS}
 
@@ -77,7 +78,8 @@ class SequentialRun:
     batches: list[dict] = field(default_factory=list)
     stopped: str | None = None  # the plain message of a collapse, when the run stopped early
     collapse: dict | None = None  # the figures of the batch that was not kept
-    unedited_records: list[list] = field(default_factory=list)  # per record [es, ps, ns, efficacy acc., nbr acc.]
+    # per record [es, ps, ns, efficacy acc., nbr acc., es_gen, ps_gen, ns_gen] (the last three absent in older runs)
+    unedited_records: list[list] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,14 +90,15 @@ class SequentialRun:
 
     def table(self) -> str:
         """A plain-text table of the curves (one line per batch, after the unedited line)."""
-        header = f"{'edits':>6} {'ES':>6} {'PS':>6} {'NS':>6} {'ppl':>8} {'x ppl':>6} {'retain':>7} {'max norm':>9} {'s':>7}"
+        header = (f"{'edits':>6} {'ES':>6} {'PS':>6} {'NS':>6} {'ES-gen':>6} {'PS-gen':>6} {'NS-gen':>6} {'ppl':>8} {'x ppl':>6} "
+                  f"{'retain':>7} {'max norm':>9} {'s':>7}")
         lines = [header]
         base = self.unedited
-        lines.append(f"{'0':>6} {_cell(base.get('ES'))} {_cell(base.get('PS'))} {_cell(base.get('NS'))} "
+        lines.append(f"{'0':>6} {_scores(base)} "
                      f"{_cell(base.get('perplexity'), 8, 2)} {'1.00':>6} {_cell(base.get('retention'), 7)} {'1.000':>9} {'':>7}")
         for row in self.batches:
             growth = max(row["norm_growth"].values()) if row["norm_growth"] else 1.0
-            lines.append(f"{row['edits']:>6} {_cell(row['ES'])} {_cell(row['PS'])} {_cell(row['NS'])} {_cell(row['perplexity'], 8, 2)} "
+            lines.append(f"{row['edits']:>6} {_scores(row)} {_cell(row['perplexity'], 8, 2)} "
                          f"{row['perplexity_ratio']:>6.2f} {_cell(row['retention'], 7)} {growth:>9.3f} {row['seconds']:>7.0f}")
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
@@ -106,18 +109,24 @@ def _cell(value, width: int = 6, digits: int = 1) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
+def _scores(row: dict) -> str:
+    """ES, PS, NS and ES/PS/NS by generation of a row (dashes where a row of an older run has none)."""
+    return " ".join(_cell(row.get(key)) for key in ("ES", "PS", "NS", "ES_gen", "PS_gen", "NS_gen"))
+
+
 def _record_row(score: RecordScores) -> list:
-    return [score.es, score.ps, score.ns, score.efficacy_accuracy, score.neighborhood_accuracy]
+    return [score.es, score.ps, score.ns, score.efficacy_accuracy, score.neighborhood_accuracy, score.es_gen, score.ps_gen,
+            score.ns_gen]
 
 
 def _record_score(row: list) -> RecordScores:
-    return RecordScores(*row)
+    return RecordScores(*row)  # a row of an older run has no es_gen, ps_gen, ns_gen: None
 
 
 def run_sequential(
     loaded: LoadedModel,
     records: list[CounterFactRecord],
-    hparams: MemitHyperParams,
+    method: EditMethod,
     batch_size: int,
     batches: int,
     *,
@@ -129,6 +138,7 @@ def run_sequential(
     settings: dict | None = None,
     on_batch: Callable[[SequentialRun, EditLedger], None] | None = None,
     progress: Progress | None = None,
+    by_generation: bool = True,
 ) -> tuple[SequentialRun, EditLedger]:
     """Edit `records` in `batches` batches of `batch_size`, measuring after each (see the module docstring).
 
@@ -136,8 +146,8 @@ def run_sequential(
     the last healthy ledger. The model's weights are left as they were.
     """
     chunks = record_chunks(records, batch_size, batches)
-    if hparams.method == "rome":
-        raise InputError("Sequential runs use MEMIT, AlphaEdit or ENCORE (ROME edits one fact at a time).")
+    if method.edits_one_layer:
+        raise InputError(f"Sequential runs edit batches over the layers R; {method.label} edits one fact at a time.")
     if collapse_ratio <= 1:
         raise InputError(f"The collapse ratio must be above 1, got {collapse_ratio:g}.")
     ledger = ledger if ledger is not None else EditLedger.for_model(loaded)
@@ -149,28 +159,27 @@ def run_sequential(
     edited_subjects = {record.subject for chunk in chunks for record in chunk}
     probes = probes if probes is not None else probe_facts(loaded, edited_subjects)
     chosen = [record for chunk in chunks for record in chunk]
-    layers = list(hparams.layers)
+    layers = list(method.layers)
     originals = {layer: projection_weight(loaded, layer).detach().clone() for layer in layers}
     unedited_norms = matrix_norms(loaded, layers)
     if run is None:
         clock = time.perf_counter()
         health = measure_health(loaded, probes, texts, stage(progress, 0.0, 0.02))
-        pre, _ = score_records(loaded, chosen, generation=False, progress=stage(progress, 0.02, 0.04))
+        pre, _ = score_records(loaded, chosen, generation=False, by_generation=by_generation, progress=stage(progress, 0.02, 0.04))
         unedited = {**score_summary(pre), **health.to_dict(), "seconds": time.perf_counter() - clock}
         run = SequentialRun(settings={**(settings or {}), "torch_threads": torch.get_num_threads()}, unedited=unedited, unedited_records=[_record_row(s) for s in pre])
     if run.stopped:
         return run, ledger
     unedited_health = Health.from_dict(run.unedited)
     pre = [_record_score(row) for row in run.unedited_records]
-    covariances = layer_covariances(loaded, layers, hparams.cov_tokens, hparams.corpus, stage(progress, 0.04, 0.06))
+    covariances = layer_covariances(loaded, layers, method.settings.cov_tokens, method.settings.corpus, stage(progress, 0.04, 0.06))
     started = time.perf_counter() - sum(row["seconds"] for row in run.batches)
     for index in range(len(ledger), batches):
         report = stage(progress, 0.06 + 0.94 * index / batches, 0.06 + 0.94 * (index + 1) / batches)
         chunk = chunks[index]
         clock = time.perf_counter()
         try:
-            batch = compute_edit(loaded, [record.request() for record in chunk], hparams, stage(report, 0.0, 0.8),
-                                 ledger=ledger, covariances=covariances)
+            batch = method.compute(loaded, [record.request() for record in chunk], ledger, covariances, stage(report, 0.0, 0.8))
         except LocusError as error:  # NaN/Inf targets or updates: the model (or the solve) has broken down
             run.stopped = f"Batch {index + 1} could not be computed: {error}"
             run.collapse = {"batch": index + 1, "error": str(error)}
@@ -185,7 +194,8 @@ def run_sequential(
             collapsed = collapse_message(unedited_health, health, collapse_ratio)
             if collapsed is None:
                 done = (index + 1) * batch_size
-                post, _ = score_records(loaded, chosen[:done], generation=False, progress=stage(report, 0.9, 1.0))
+                post, _ = score_records(loaded, chosen[:done], generation=False, by_generation=by_generation,
+                                        progress=stage(report, 0.9, 1.0))
         measure_seconds = time.perf_counter() - clock
         figures = {
             "perplexity": health.to_dict()["perplexity"],

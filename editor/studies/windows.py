@@ -9,7 +9,10 @@ the last subject token summed over the window's layers, tracer.average / tracer.
 two answers to "where should I edit?" can be compared (Hase et al., NeurIPS 2023).
 
 Every finished window is appended to a JSON-lines cache keyed by model, records and settings, so an
-interrupted run continues where it stopped.
+interrupted run continues where it stopped. Success by generation (ES_gen, PS_gen, NS_gen, SPEC 6) is
+measured beside ES/PS/NS unless `by_generation` is off; it does not change the cache's key: a cached
+window (or unedited line) without it, from an older version, is measured again when it is asked for,
+and left without it when it is not.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy
@@ -30,10 +33,10 @@ from core.loading import LoadedModel
 from core.progress import Progress, stage
 from editor.edits.ledger import EditLedger
 from editor.evaluation.counterfact import CounterFactRecord
-from editor.evaluation.evaluate import Scores, score_records, summarize
+from editor.evaluation.evaluate import Scores, has_generation_success, score_records, summarize
 from editor.layers import AUTO_FACTS, layer_spans, layers_text, outlier_flags
-from editor.methods.hparams import MemitHyperParams, default_hparams
-from editor.methods.memit import compute_memit, prepare
+from editor.methods.base import EditMethod
+from editor.methods.memit import Memit, prepare
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import compute_targets
 from editor.statistics.covariance import layer_covariances
@@ -102,6 +105,9 @@ class WindowScore:
     efficacy_accuracy: float | None = None
     neighborhood_accuracy: float | None = None
     trace_effect: float | None = None
+    ES_gen: float | None = None  # success by generation (SPEC 6); None where not measured
+    PS_gen: float | None = None
+    NS_gen: float | None = None
     residual_left: float = 0.0  # mean ||z - h|| at l_R after the updates (0 = the whole change was written)
     seconds: float = 0.0  # the solve and the scoring (the targets, shared per last layer, are counted apart)
     warnings: list[str] = field(default_factory=list)
@@ -127,7 +133,7 @@ class WindowsResult:
     n: int
     width: int
     method: str
-    mom2_weight: float
+    method_settings: str  # the method's own settings in a few words (EditMethod.describe)
     cov_tokens: int
     unedited: Scores
     windows: list[WindowScore]
@@ -204,7 +210,7 @@ class WindowsResult:
             "n": self.n,
             "width": self.width,
             "method": self.method,
-            "lambda": self.mom2_weight,
+            "method_settings": self.method_settings,
             "cov_tokens": self.cov_tokens,
             "unedited": self.unedited.to_dict(),
             "windows": [window.to_dict() for window in self.windows],
@@ -224,7 +230,8 @@ class WindowsResult:
 
     def table(self) -> str:
         """Plain text: one row per window (the tracing R marked T, the editing-best R marked E), then the verdict."""
-        header = f"{'R':>8}{'trace':>9}{'ES':>8}{'PS':>8}{'NS':>8}{'S':>8}{'Eff.acc':>9}{'Nbr.acc':>9}{'left':>7}{'s':>7}"
+        header = (f"{'R':>8}{'trace':>9}{'ES':>8}{'PS':>8}{'NS':>8}{'S':>8}{'ES-gen':>8}{'PS-gen':>8}{'NS-gen':>8}"
+                  f"{'Eff.acc':>9}{'Nbr.acc':>9}{'left':>7}{'s':>7}")
         lines = [header, f"{'unedited':>17}" + _cells(self.unedited) + f"{'':>7}{'':>7}"]
         best = self.editing_best
         for window in self.windows:
@@ -234,7 +241,7 @@ class WindowsResult:
                          + f"{window.residual_left:7.1f}{window.seconds:7.0f}")
         correlation = self.correlation
         lines.append(
-            f"n={self.n}  method={self.method}  lambda={self.mom2_weight:g}  cov_tokens={self.cov_tokens:,}  "
+            f"n={self.n}  method={self.method}  {self.method_settings}  cov_tokens={self.cov_tokens:,}  "
             f"trace = summed MLP effect at the last subject token ({self.trace_facts} facts); T = tracing's R, E = editing's best"
             + ("" if correlation is None else f"; rank correlation trace vs S {correlation:+.2f}")
         )
@@ -247,7 +254,7 @@ def _number(value: float | None) -> str:
 
 
 def _cells(scores) -> str:
-    values = (scores.ES, scores.PS, scores.NS, scores.S)
+    values = (scores.ES, scores.PS, scores.NS, scores.S, scores.ES_gen, scores.PS_gen, scores.NS_gen)
     extra = (scores.efficacy_accuracy, scores.neighborhood_accuracy)
     return "".join(f"{'-':>8}" if v is None else f"{v:8.1f}" for v in values) + "".join(
         f"{'-':>9}" if v is None else f"{v:9.1f}" for v in extra
@@ -266,10 +273,10 @@ class WindowsUpdate:
 
 # --- the resumable cache -------------------------------------------------------------------------------------------
 
-def windows_cache_path(loaded: LoadedModel, records: list[CounterFactRecord], hparams: MemitHyperParams) -> Path:
-    """The JSON-lines cache of these records edited with these settings (every setting but the layers)."""
-    settings = {key: value for key, value in hparams.to_dict().items() if key != "layers"}
-    payload = {"model": model_key(loaded), "records": [record.to_dict() for record in records], "hparams": settings}
+def windows_cache_path(loaded: LoadedModel, records: list[CounterFactRecord], method: EditMethod) -> Path:
+    """The JSON-lines cache of these records edited with this method (every setting but the layers)."""
+    settings = {key: value for key, value in method.to_dict().items() if key != "layers"}
+    payload = {"model": model_key(loaded), "records": [record.to_dict() for record in records], "method": settings}
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_root() / "edit_windows" / model_key(loaded) / f"windows-{key}.jsonl"
 
@@ -314,13 +321,14 @@ def measure_windows_stream(
     loaded: LoadedModel,
     records: list[CounterFactRecord],
     windows: str | list[tuple[int, ...]] = "all",
-    hparams: MemitHyperParams | None = None,
+    method: EditMethod | None = None,
     *,
     width: int = DEFAULT_WIDTH,
     trace_facts: int = AUTO_FACTS,
     use_cache: bool = True,
     progress: Progress | None = None,
     recommendation: LayerRecommendation | None = None,
+    by_generation: bool = True,
 ) -> Iterator[WindowsUpdate]:
     """Edit `records` at every window and yield the growing result; the last update has done=True.
 
@@ -340,14 +348,21 @@ def measure_windows_stream(
     chosen = parse_windows(windows, layout.num_layers, width) if isinstance(windows, str) else [tuple(w) for w in windows]
     if not chosen:
         raise InputError("No windows to measure.")
-    base = (hparams or default_hparams(layout))
-    if base.method == "rome":
-        raise InputError("R by editing compares MEMIT/AlphaEdit edits over layer ranges; ROME edits one layer.")
-    requests, _ = prepare(loaded, [record.request() for record in records], base.replace(layers=chosen[0]))
+    base = method if method is not None else Memit.for_model(layout)
+    if not base.reuses_targets:
+        raise InputError(f"R by editing edits each window from targets optimized once per last layer; {base.label} cannot.")
+    base = base.replace(layers=chosen[0])
+    requests = prepare(loaded, [record.request() for record in records], base.settings)
     for window in chosen:
-        base.replace(layers=window).check(layout)
+        base.settings.replace(layers=window).check(layout)
     path = windows_cache_path(loaded, records, base)
     unedited, done = read_cache(path) if use_cache else (None, {})
+    if by_generation:  # measured before success by generation was: measured again
+        unedited = unedited if unedited is not None and has_generation_success(unedited.to_dict()) else None
+        done = {window: score for window, score in done.items() if score.ES_gen is not None}
+    else:
+        unedited = unedited.without_generation_success() if unedited is not None else None
+        done = {window: replace(score, ES_gen=None, PS_gen=None, NS_gen=None) for window, score in done.items()}
     yield WindowsUpdate(_result(loaded, records, base, width, unedited, [], [], 0, [], None, started), 0.0,
                         message=f"{len(done)} of {len(chosen)} windows already in the cache" if done else "averaging traces")
 
@@ -373,17 +388,19 @@ def measure_windows_stream(
 
     if unedited is None:
         with loaded.lock:
-            pre, entropies = score_records(loaded, records, generation=False, progress=stage(progress, 0.5 / total, 1 / total))
+            pre, entropies = score_records(loaded, records, generation=False, by_generation=by_generation,
+                                           progress=stage(progress, 0.5 / total, 1 / total))
         unedited = summarize(pre, entropies)
         if use_cache:
             append_entry(path, {"kind": "unedited", "scores": unedited.to_dict()})
     yield current(1 / total, f"unedited scores: S {unedited.S}")
     if remaining:
         layers = sorted({layer for window in remaining for layer in window})
-        layer_covariances(loaded, layers, base.cov_tokens, base.corpus, stage(progress, 1 / total, 2 / total))  # one pass for all
+        layer_covariances(loaded, layers, base.settings.cov_tokens, base.settings.corpus,
+                          stage(progress, 1 / total, 2 / total))  # one pass for all
     yield current(2 / total, "covariance statistics ready")
 
-    prefixes = context_prefixes(loaded, base)
+    prefixes = context_prefixes(loaded, base.settings)
     target_seconds = 0.0
     by_last: dict[int, list[tuple[int, ...]]] = {}
     for window in remaining:
@@ -393,26 +410,27 @@ def measure_windows_stream(
         clock = time.perf_counter()
         low, high = (2 + finished) / total, (3 + finished) / total
         with loaded.lock:
-            targets = compute_targets(loaded, requests, base.replace(layers=group[0]), prefixes,
+            targets = compute_targets(loaded, requests, base.settings.replace(layers=group[0]), prefixes,
                                       progress=stage(progress, low, low + 0.6 * (high - low)))
         target_seconds += time.perf_counter() - clock
         for index, window in enumerate(group):
             clock = time.perf_counter()
             low, high = (2 + finished) / total, (3 + finished) / total
             middle = low + (0.8 if index == 0 else 0.5) * (high - low)
-            setting = base.replace(layers=window)
-            covariances = layer_covariances(loaded, list(window), setting.cov_tokens, setting.corpus)
+            edit = base.replace(layers=window)
+            covariances = layer_covariances(loaded, list(window), edit.settings.cov_tokens, edit.settings.corpus)
             with loaded.lock:
-                batch = compute_memit(loaded, requests, setting, covariances=covariances, targets=targets)
+                batch = edit.compute(loaded, requests, covariances=covariances, targets=targets)
                 ledger = EditLedger.for_model(loaded)
                 ledger.add(batch, loaded)
                 with ledger.applied(loaded):
-                    post, entropies = score_records(loaded, records, generation=False, progress=stage(progress, middle, high))
+                    post, entropies = score_records(loaded, records, generation=False, by_generation=by_generation,
+                                                    progress=stage(progress, middle, high))
             scores = summarize(post, entropies)
             score = WindowScore(
                 layers=list(window), ES=scores.ES, PS=scores.PS, NS=scores.NS, S=scores.S,
                 efficacy_accuracy=scores.efficacy_accuracy, neighborhood_accuracy=scores.neighborhood_accuracy,
-                residual_left=batch.final_residual_norm, seconds=time.perf_counter() - clock, warnings=list(batch.warnings),
+                ES_gen=scores.ES_gen, PS_gen=scores.PS_gen, NS_gen=scores.NS_gen, residual_left=batch.final_residual_norm, seconds=time.perf_counter() - clock, warnings=list(batch.warnings),
             )
             if use_cache:
                 append_entry(path, {"kind": "window", "window": score.to_dict()})
@@ -429,12 +447,12 @@ def _with_effect(window: WindowScore, curve: list[float]) -> WindowScore:
     return window
 
 
-def _result(loaded, records, hparams, width, unedited, windows, curve, facts, tracing, recommendation, started,
+def _result(loaded, records, method, width, unedited, windows, curve, facts, tracing, recommendation, started,
             target_seconds=0.0, cached=0) -> WindowsResult:
     empty = Scores(None, None, None, None, None, None, None, len(records))
     return WindowsResult(
-        model=loaded.name, n=len(records), width=width, method=hparams.method, mom2_weight=hparams.mom2_weight,
-        cov_tokens=hparams.cov_tokens, unedited=unedited or empty, windows=list(windows), trace_curve=list(curve),
+        model=loaded.name, n=len(records), width=width, method=method.name, method_settings=method.describe(),
+        cov_tokens=method.settings.cov_tokens, unedited=unedited or empty, windows=list(windows), trace_curve=list(curve),
         trace_facts=facts, tracing_recommended=list(tracing), recommendation=recommendation, target_seconds=target_seconds,
         seconds=time.perf_counter() - started, cached_windows=cached,
     )
@@ -444,18 +462,20 @@ def measure_windows(
     loaded: LoadedModel,
     records: list[CounterFactRecord],
     windows: str | list[tuple[int, ...]] = "all",
-    hparams: MemitHyperParams | None = None,
+    method: EditMethod | None = None,
     *,
     width: int = DEFAULT_WIDTH,
     trace_facts: int = AUTO_FACTS,
     use_cache: bool = True,
     progress: Progress | None = None,
     recommendation: LayerRecommendation | None = None,
+    by_generation: bool = True,
 ) -> WindowsResult:
-    """ES/PS/NS/S of `records` edited at each window, beside the tracing curve; resumable (see the module notes)."""
+    """ES/PS/NS/S (and by generation) of `records` edited at each window, beside the tracing curve; resumable (see the module notes)."""
     result = None
-    for update in measure_windows_stream(loaded, records, windows, hparams, width=width, trace_facts=trace_facts,
-                                         use_cache=use_cache, progress=progress, recommendation=recommendation):
+    for update in measure_windows_stream(loaded, records, windows, method, width=width, trace_facts=trace_facts,
+                                         use_cache=use_cache, progress=progress, recommendation=recommendation,
+                                         by_generation=by_generation):
         result = update.result
         if progress is not None:
             progress(update.fraction, update.message)

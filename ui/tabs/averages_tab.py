@@ -1,4 +1,4 @@
-"""Averages tab: average indirect effect by token class over N facts the model knows."""
+"""Averages tab: average indirect effect by token class over N facts the model knows (the tracer through ui/averages.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ from typing import Any
 
 import gradio as gr
 
-from core.facts import load_known_facts
-from core.kinds import KINDS
-from tracer import figures
-from tracer.average import average_traces_stream
-from tracer.trace import TraceSettings
-from ui import captions, limits
+from ui import averages, captions, forms, limits
+from ui.averages import KINDS
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.controls import job_controls
 from ui.display import percent
 from ui.errors import friendly
+from ui.forms import Form
 from ui.runner import HEARTBEAT
 from ui.session import SessionState
 
@@ -36,7 +33,7 @@ def average_status(result: Any, fraction: float, message: str, done: bool) -> st
     if result.n_facts == 0:
         return f"{html.escape(message)}…"
     kinds = ", ".join(
-        f"{figures.kind_title(kind)} strongest at the {best[0]} (layer {best[1]}, {percent(best[2])})"
+        f"{averages.kind_title(kind)} strongest at the {best[0]} (layer {best[1]}, {percent(best[2])})"
         for kind in result.kinds
         for best in [result.best(kind)]
         if best[1] >= 0
@@ -49,23 +46,28 @@ def average_status(result: Any, fraction: float, message: str, done: bool) -> st
     )
 
 
-# --- handlers ---------------------------------------------------------------------------------
+# --- the form and the handler -------------------------------------------------------------------
+
+def fact_count(value: Any) -> int:
+    return limits.whole(value, "Facts to average", (2, averages.known_fact_count()))
+
+
+@dataclass(frozen=True)
+class AverageForm(Form):
+    count: int = forms.checked(fact_count, 20)
+    kinds: tuple[str, ...] = forms.choices("What to restore", KINDS, KINDS)
+    samples: int = forms.whole("Noise samples", limits.SAMPLES, 10)
+
 
 @friendly
-def run_average(ctx: AppContext, n: float, kind_list: list[str], sample_count: float, session: SessionState | None, progress=gr.Progress()):
-    """Average traces over `n` known facts (cached, resumable), redrawing the curves when a fact was added."""
+def run_average(ctx: AppContext, form: AverageForm, session: SessionState | None, progress=gr.Progress()):
+    """Average traces over `form.count` known facts (cached, resumable), redrawing the curves when a fact was added."""
     session = ctx.session_of(session)
-    count = limits.whole(n, "Facts to average", (2, len(load_known_facts())))
-    kind_list = kind_list if isinstance(kind_list, (list, tuple)) else [kind_list]
-    settings = TraceSettings(
-        kinds=tuple(limits.choice(kind, "What to restore", KINDS) for kind in kind_list or ()),
-        samples=limits.whole(sample_count, "Noise samples", limits.SAMPLES),
-    )
-    settings.validate()
+    settings = averages.average_settings(form.kinds, form.samples)
     skip = tuple(gr.skip() for _ in range(len(KINDS) + 2))
 
     def work(job, loaded):
-        return job.relay(average_traces_stream(loaded, count, settings, pool=ctx.pool))
+        return job.relay(averages.average_stream(loaded, form.count, settings, pool=ctx.pool))
 
     job = ctx.submit(session, work, name="averages", edited=False)
     drawn = None  # (facts, done) of the curves on screen: redraw only when a fact was added
@@ -79,7 +81,7 @@ def run_average(ctx: AppContext, n: float, kind_list: list[str], sample_count: f
             yield (status, *skip[1:-1], session)
             continue
         drawn = (item.result.n_facts, item.done)
-        yield (status, *(figures.average_figure(item.result, kind) for kind in KINDS), session)
+        yield (status, *averages.figures_of(item.result), session)
     session.average = job.result
 
 
@@ -89,9 +91,11 @@ def build(ctx: AppContext) -> AveragesTab:
     with gr.Tab("Averages", id="averages"):
         gr.Markdown(captions.AVERAGES)
         with gr.Row():
-            count = gr.Slider(2, 279, value=20, step=1, label="Facts to average (N)", elem_id="avg-count", scale=3)
-            kinds = gr.CheckboxGroup(figures.KIND_CHOICES, value=list(KINDS), label="What to restore", scale=2)
-            samples = gr.Slider(1, 50, value=10, step=1, label="Noise samples", scale=2)
+            count = gr.Slider(2, 279, value=AverageForm.default("count"), step=1, label="Facts to average (N)",
+                              elem_id="avg-count", scale=3)
+            kinds = gr.CheckboxGroup(averages.KIND_CHOICES, value=list(AverageForm.default("kinds")), label="What to restore",
+                                     scale=2)
+            samples = gr.Slider(*limits.SAMPLES, value=AverageForm.default("samples"), step=1, label="Noise samples", scale=2)
         run, stop, progress_line = job_controls("Compute averages", "avg-run", "avg")
         status = gr.Markdown(
             "Averages are cached: a second run (or a restart) continues where the last one stopped.", elem_id="avg-status"
@@ -102,8 +106,7 @@ def build(ctx: AppContext) -> AveragesTab:
                 plots[kind] = gr.Plot(elem_id=f"avg-plot-{kind}", show_label=False, min_width=320)
 
     average_event = run.click(
-        ctx.bind(run_average),
-        [count, kinds, samples, ctx.session],
+        *forms.bind(ctx, run_average, AverageForm, dict(count=count, kinds=kinds, samples=samples)),
         [status, *(plots[kind] for kind in KINDS), ctx.session],
         api_name="average",
         show_progress_on=[progress_line],

@@ -1,4 +1,5 @@
-"""Edit tab: a table of requests, MEMIT or ROME over R, diagnostics, and the history with undo and health per batch."""
+"""Edit tab: a table of requests, a method over R with its own settings, diagnostics, and the history with undo and
+health per batch. Everything it asks of the editor goes through ui/editing.py."""
 
 from __future__ import annotations
 
@@ -9,18 +10,11 @@ from typing import Any
 import gradio as gr
 
 from core.errors import InputError
-from editor.edits.ledger import batch_bytes_bound
-from editor.edits.ledger_file import check_ledger_file
-from editor.evaluation.health import PROBE_COUNT, health_history_stream, probe_facts
-from editor.layers import parse_layers
-from editor.methods.dispatch import METHOD_LABELS
-from editor.methods.hparams import METHODS
-from editor.statistics.budget import check_budget, corpus_tokens
-from editor.studies.figures import loss_figure
-from ui import captions, editing, health_view, limits
+from ui import captions, editing, forms, health_view, limits
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.controls import job_controls
 from ui.errors import friendly, warn
+from ui.forms import Form
 from ui.runner import HEARTBEAT
 from ui.session import SessionState
 
@@ -33,7 +27,9 @@ REQUEST_HEADERS = [
     "neighborhood prompts (;-separated, optional)",
 ]
 HISTORY_HEADERS = ["batch", "method", "layers", "requests", "seconds"]
-METHOD_CHOICES = [(METHOD_LABELS[method], method) for method in METHODS]
+METHODS = editing.method_choices()  # the registry's methods, each with its own settings
+METHOD_CHOICES = [(method.label, method.name) for method in METHODS]
+FORM_FIELD = "A field of the request form"
 
 
 @dataclass
@@ -43,6 +39,65 @@ class EditTab:
     form: list[gr.Textbox]  # subject, prompt template, new object, paraphrases, neighbourhood prompts
     edit_events: list[Any]  # apply, undo, reset, import: the page header follows them
     refresh: tuple[Any, list, list]  # (handler, inputs, outputs) that redraw the history (after a reload)
+    fit: tuple[Any, list, list]  # (handler, inputs, outputs) that show the loaded model's defaults of each method
+
+
+# --- forms -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RequestForm(Form):
+    """The request typed above the table, and the table it joins."""
+
+    subject: str = forms.text(FORM_FIELD)
+    prompt: str = forms.text(FORM_FIELD)
+    target_new: str = forms.text(FORM_FIELD)
+    paraphrases: str = forms.text(FORM_FIELD)
+    neighbors: str = forms.text(FORM_FIELD)
+    table: Any = forms.raw([])  # rows checked by the handler (the server's --max-requests)
+
+    def row(self) -> list[str]:
+        """The typed request as a table row (its current answer not known yet)."""
+        return [self.subject, self.prompt, self.target_new, "", self.paraphrases, self.neighbors]
+
+
+def optional_tokens(value: Any) -> int | None:
+    """Covariance corpus tokens: empty or 0 = the method's default."""
+    return None if value in (None, "", 0) else limits.whole(value, "Covariance corpus tokens", limits.COVARIANCE_TOKENS)
+
+
+@dataclass(frozen=True)
+class EditForm(Form):
+    """The Edit tab's Apply: the requests (table, or the typed request when the table is empty), the method, R, the
+    settings every method shares and each method's own (only the chosen method's are kept, checked)."""
+
+    table: Any = forms.raw([])  # rows checked by the handler (the server's --max-requests)
+    method: str = forms.checked(editing.method_name, editing.DEFAULT_METHOD)
+    layers: str = forms.checked(editing.layer_text, "2-6")  # the model's depth is checked by the handler
+    cov_tokens: int | None = forms.checked(optional_tokens)
+    steps: int = forms.whole("Optimisation steps", limits.STEPS, editing.SHARED.steps)
+    lr: float = forms.real("Learning rate", limits.LEARNING_RATE, editing.SHARED.lr)
+    kl_factor: float = forms.real("KL weight", limits.KL_WEIGHT, editing.SHARED.kl_factor)
+    clamp_norm: float = forms.real("Clamp", limits.CLAMP, editing.SHARED.clamp_norm)
+    subject: str = forms.text(FORM_FIELD)
+    prompt: str = forms.text(FORM_FIELD)
+    target_new: str = forms.text(FORM_FIELD)
+    paraphrases: str = forms.text(FORM_FIELD)
+    neighbors: str = forms.text(FORM_FIELD)
+    method_settings: dict = forms.raw({})  # {method: {own setting: value}}; after checking, the chosen method's only
+
+    def checked(self) -> None:
+        given = self.method_settings if isinstance(self.method_settings, dict) else {}
+        self._set("method_settings", {self.method: editing.checked_method_settings(self.method, given.get(self.method))})
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings given for the chosen method (shared and own; None = the model family's default)."""
+        shared = dict(cov_tokens=self.cov_tokens, steps=self.steps, lr=self.lr, kl_factor=self.kl_factor,
+                      clamp_norm=self.clamp_norm)
+        return {**shared, **self.method_settings[self.method]}
+
+    def request_row(self) -> list[str]:
+        return [self.subject, self.prompt, self.target_new, "", self.paraphrases, self.neighbors]
 
 
 def table_rows(value: Any, limit: int | None = None) -> list[list[str]]:
@@ -68,12 +123,6 @@ def table_rows(value: Any, limit: int | None = None) -> list[list[str]]:
     return rows
 
 
-def form_row(*fields: Any) -> list[str]:
-    """The request form (subject, template, new object, paraphrases, neighbours) as a table row."""
-    subject, template, target, paraphrases, neighbors = (limits.text(field, "A field of the request form") for field in fields)
-    return [subject, template, target, "", paraphrases, neighbors]
-
-
 def history_rows(session: SessionState) -> list[list[Any]]:
     ledger = session.ledgers.get(session.model_spec)
     return [editing.batch_row(batch) for batch in editing.ledger_batches(ledger)] if ledger is not None else []
@@ -88,32 +137,6 @@ def history_choices(session: SessionState) -> gr.Dropdown:
 def history_outputs(session: SessionState, message: str, data: dict) -> tuple:
     """(status, history table, batch choice, JSON, session) after the history changed."""
     return message, history_rows(session), history_choices(session), data, session
-
-
-@dataclass(frozen=True)
-class EditSettings:
-    """The Edit tab's method, R and hyperparameters, every value checked."""
-
-    method: str
-    layers: tuple[int, ...]
-    overrides: dict  # MemitHyperParams fields given by the visitor (None = the model's default)
-
-    @classmethod
-    def from_inputs(
-        cls, method: Any, layers: Any, lambda_value: Any, cov_tokens: Any, steps: Any, learning_rate: Any, kl_weight: Any,
-        clamp: Any, num_layers: int | None,
-    ) -> EditSettings:
-        overrides = dict(
-            mom2_weight=limits.real(lambda_value, "λ", limits.LAMBDA, optional=True) or None,
-            cov_tokens=None if cov_tokens in (None, "", 0) else limits.whole(cov_tokens, "Covariance corpus tokens", (1, 10**9)),
-            steps=limits.whole(steps, "Optimisation steps", limits.STEPS),
-            lr=limits.real(learning_rate, "Learning rate", limits.LEARNING_RATE),
-            kl_factor=limits.real(kl_weight, "KL weight", limits.KL_WEIGHT),
-            clamp_norm=limits.real(clamp, "Clamp", limits.CLAMP),
-        )
-        method = limits.choice(method, "Method", METHODS)
-        layer_text = limits.text(layers, "Layers R", limit=limits.MAX_LAYER_TEXT)
-        return cls(method=method, layers=parse_layers(layer_text, num_layers), overrides=overrides)
 
 
 # --- handlers: the requests table ---------------------------------------------------------------
@@ -133,15 +156,11 @@ def answer_rows(ctx: AppContext, session: SessionState, rows: list[list[str]], p
 
 
 @friendly
-def add_request(
-    ctx: AppContext, subject_text: str, template_text: str, target_text: str, paraphrase_text: str, neighbor_text: str,
-    value: Any, session: SessionState | None,
-):
+def add_request(ctx: AppContext, form: RequestForm, session: SessionState | None):
     """The typed request, checked and with its current answer, appended to the table (the form is cleared)."""
     session = ctx.session_of(session)
-    rows = table_rows(value, ctx.limits.max_requests - 1)
-    row = form_row(subject_text, template_text, target_text, paraphrase_text, neighbor_text)
-    return rows + answer_rows(ctx, session, [row]), "", "", "", "", "", session
+    rows = table_rows(form.table, ctx.limits.max_requests - 1)
+    return rows + answer_rows(ctx, session, [form.row()]), "", "", "", "", "", session
 
 
 def select_row(event: gr.SelectData) -> int:
@@ -183,56 +202,34 @@ EDIT_OUTPUTS = 8  # status, per-request table, loss plot, per-layer table, histo
 
 
 @friendly
-def run_edit(
-    ctx: AppContext,
-    value: Any,
-    method_name: str,
-    layers_text: str,
-    lambda_value: float | None,
-    cov_token_count: float | None,
-    step_count: float,
-    learning_rate: float,
-    kl_weight: float,
-    clamp: float,
-    subject_text: str = "",
-    template_text: str = "",
-    target_text: str = "",
-    paraphrase_text: str = "",
-    neighbor_text: str = "",
-    session: SessionState | None = None,
-    progress=gr.Progress(),
-):
-    """One batch of the table's requests (or the filled form's) by the chosen method over R, on top of earlier edits.
+def run_edit(ctx: AppContext, form: EditForm, session: SessionState | None = None, progress=gr.Progress()):
+    """One batch of the table's requests (or the typed request's) by the chosen method over R, on top of earlier edits.
 
-    Everything is checked before the job is queued. The batch joins the session's ledger at the
-    job's commit point: a Stop before it changes nothing; after it the batch is applied.
+    Everything is checked before the job is queued (the method's settings against the model when it is
+    loaded). The batch joins the session's ledger at the job's commit point: a Stop before it changes
+    nothing; after it the batch is applied.
     """
     session = ctx.session_of(session)
-    rows = table_rows(value, ctx.limits.max_requests)
-    form = form_row(subject_text, template_text, target_text, paraphrase_text, neighbor_text)
-    if not rows and any(cell.strip() for cell in form[:3]):
-        rows = [form]  # a filled form and an empty table: edit what was typed
+    rows = table_rows(form.table, ctx.limits.max_requests)
+    typed = form.request_row()
+    if not rows and any(cell.strip() for cell in typed[:3]):
+        rows = [typed]  # a filled form and an empty table: edit what was typed
     if not rows:
         raise InputError("Nothing to edit: fill in the subject, prompt and new object (or add requests to the table).")
     requests = editing.requests_from_rows(rows)
-    settings = EditSettings.from_inputs(
-        method_name, layers_text, lambda_value, cov_token_count, step_count, learning_rate, kl_weight, clamp,
-        ctx.num_layers(session),
-    )
-    tokenizer = ctx.manager.display_tokenizer(session.model_spec)
-    if settings.overrides["cov_tokens"] is not None and tokenizer is not None:  # counted once per model, then cached
-        available = corpus_tokens(ctx.manager.current(), tokenizer=tokenizer)
-        check_budget(settings.overrides["cov_tokens"], available, "the Wikipedia corpus")
+    loaded = ctx.model_of(session)  # None while loading: the job checks again
+    method = editing.checked_method(loaded, form.method, form.layers, form.settings)
+    editing.check_covariance_budget(loaded, ctx.manager.display_tokenizer(session.model_spec), form.cov_tokens)
     skip = tuple(gr.skip() for _ in range(EDIT_OUTPUTS))
     ledger = session.ledger()
-    loaded = ctx.model_of(session)
-    if loaded is not None:  # else (still loading) the exact check before the commit still holds
-        ctx.limits.check_edit_room(ledger.held_bytes(), batch_bytes_bound(loaded.layout, settings.layers, len(requests)))
+    bound = editing.batch_bound(loaded, method.layers, len(requests))
+    if bound is not None:  # else (still loading) the exact check before the commit still holds
+        ctx.limits.check_edit_room(ledger.held_bytes(), bound)
 
     def work(job, loaded):
         # Not inside session.applied: the editor applies the ledger itself, after computing the
         # covariance statistics on the original weights.
-        batch = editing.compute_batch(loaded, ledger, requests, settings.method, settings.layers, settings.overrides, job.progress)
+        batch = editing.compute_batch(loaded, ledger, requests, form.method, form.layers, form.settings, job.progress)
         ctx.limits.check_edit_room(ledger.held_bytes(), batch.nbytes)  # the batch as computed, before it joins
         job.commit(lambda: editing.add_batch(ledger, batch, loaded))
         return batch
@@ -243,12 +240,12 @@ def run_edit(
             yield skip
     batch = job.result
     session.remember_checks(rows, requests)
-    session.cov_tokens = int(batch.hparams.get("cov_tokens") or 0) or None
+    session.cov_tokens = int(batch.settings.get("cov_tokens") or 0) or None
     per_request, per_layer = editing.diagnostics_tables(batch)
     yield (
         editing.batch_summary_text(batch),
         per_request,
-        gr.Plot(loss_figure(editing.loss_curves(batch)), visible=True),
+        gr.Plot(editing.loss_plot(batch), visible=True),
         per_layer,
         history_rows(session),
         history_choices(session),
@@ -299,9 +296,8 @@ def run_import(ctx: AppContext, path: str | None, session: SessionState | None):
     """Replace the session's edits by a ledger exported from Locus (refused for another model, checked before reading)."""
     session = ctx.session_of(session)
     ctx.limits.check_upload(path, "file of edits")
-    loaded = ctx.model_of(session)
-    if loaded is not None:  # the header is checked before queueing (and again in the job)
-        check_ledger_file(path, loaded, ctx.limits.max_upload_bytes)
+    # The header is checked before queueing when the model is loaded (and again in the job).
+    editing.check_ledger_upload(path, ctx.model_of(session), ctx.limits.max_upload_bytes)
 
     def work(job, loaded):
         return editing.import_ledger(path, loaded, ctx.limits.max_upload_bytes)
@@ -320,20 +316,13 @@ def run_health_history(ctx: AppContext, session: SessionState | None, progress=g
     batch_ids = [str(batch.batch_id) for batch in editing.ledger_batches(ledger)]
     if not batch_ids:
         raise InputError("There are no edits yet: apply a batch first, then measure its health.")
-    corpus, probe_count = ctx.health_corpus, ctx.health_probes or PROBE_COUNT
+    corpus, probe_count = ctx.health_corpus, ctx.health_probes
     skip = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
 
     def work(job, loaded):
-        count = len(batch_ids)
-
-        def report(fraction: float, message: str) -> None:
-            job.progress(fraction, f"batch {min(count, int(fraction * count) + 1)} of {count}: {message}")
-
         # The Test tab's probe set (none about an edited subject): figures it measured come from the cache.
-        probes = probe_facts(loaded, [request.subject for request in ledger.requests], probe_count)
-        # Not inside session.applied: the stream measures the original weights and applies each prefix itself.
         reports = []
-        for health in health_history_stream(loaded, ledger, report, corpus=corpus, probes=probes):
+        for health in editing.health_history(loaded, ledger, job.progress, corpus, probe_count):
             reports.append(health)
             job.emit(list(reports))  # the table grows a row per batch
         return reports
@@ -357,7 +346,48 @@ def refresh_history(ctx: AppContext, session: SessionState | None):
     return history_rows(session), history_choices(session)
 
 
+def fit_method_settings(ctx: AppContext, session: SessionState | None):
+    """Each method's own settings showing the loaded model's family defaults (Method.for_model(layout).settings)."""
+    loaded = ctx.model_of(ctx.session_of(session))
+    if loaded is None:
+        return tuple(gr.skip() for choice in METHODS for _ in choice.settings)
+    defaults = editing.family_defaults(loaded.layout)
+    return tuple(defaults[choice.name][setting.name] for choice in METHODS for setting in choice.settings)
+
+
+def show_method_settings(method: str):
+    """Only the chosen method's own settings are shown."""
+    return tuple(gr.Row(visible=choice.name == method) for choice in METHODS)
+
+
 # --- the tab -----------------------------------------------------------------------------------
+
+def setting_component(choice: editing.MethodChoice, setting: editing.SettingInput) -> Any:
+    """An input for one of a method's own settings, empty until a model is loaded (empty = the family's default)."""
+    label = f"{choice.title}: {setting.label}"
+    elem_id = f"edit-{choice.name}-{setting.name}".replace("_", "-")
+    if setting.kind is bool:
+        return gr.Checkbox(value=setting.default, label=label, elem_id=elem_id)
+    if setting.kind in (int, float):
+        low, high = setting.bounds
+        return gr.Number(value=None, label=label, placeholder="empty: the model's default", elem_id=elem_id,
+                         precision=0 if setting.kind is int else None, minimum=low, maximum=high)
+    return gr.Textbox(value=None, label=label, placeholder="empty: the model's default", elem_id=elem_id,
+                      max_length=limits.MAX_LAYER_TEXT)
+
+
+def method_settings_inputs() -> tuple[list[gr.Row], dict[str, dict[str, Any]]]:
+    """A row per registered method with an input per own setting, shown only while that method is chosen."""
+    rows, inputs = [], {}
+    for choice in METHODS:
+        with gr.Row(visible=choice.name == editing.DEFAULT_METHOD, elem_id=f"edit-settings-{choice.name}") as row:
+            inputs[choice.name] = {setting.name: setting_component(choice, setting) for setting in choice.settings}
+            if not choice.settings:
+                gr.Markdown(f"{choice.title} has no settings of its own (the shared ones are under Advanced).",
+                            elem_classes=["caption"])
+        rows.append(row)
+    return rows, inputs
+
 
 def build(ctx: AppContext) -> EditTab:
     with gr.Tab("Edit", id="edit"):
@@ -403,23 +433,23 @@ def build(ctx: AppContext) -> EditTab:
             )
         table_line = gr.Markdown(elem_id="edit-table-progress", elem_classes=["progress-line"])
         with gr.Row():
-            method = gr.Radio(METHOD_CHOICES, value="memit", label="Method", elem_id="edit-method", scale=2)
+            method = gr.Radio(METHOD_CHOICES, value=EditForm.default("method"), label="Method", elem_id="edit-method", scale=2)
             layers = ctx.components["edit_layers"]
             layers.render()
-        with gr.Accordion("Advanced (hyperparameters)", open=False):
+        setting_rows, setting_inputs = method_settings_inputs()
+        with gr.Accordion("Advanced (settings every method shares)", open=False):
             with gr.Row():
-                mom2_weight = gr.Number(
-                    value=None, label="λ (weight of the covariance: higher = safer, weaker; 0 or empty = the model's default)",
-                    elem_id="edit-lambda",
-                )
                 cov_tokens = gr.Number(
                     value=None, precision=0, label="Covariance corpus tokens (0 or empty = default)", elem_id="edit-cov-tokens"
                 )
-                steps = gr.Slider(1, 100, value=25, step=1, label="Optimisation steps")
+                steps = gr.Slider(*limits.STEPS, value=EditForm.default("steps"), step=1, label="Optimisation steps",
+                                  elem_id="edit-steps")
             with gr.Row():
-                lr = gr.Number(value=0.5, label="Learning rate")
-                kl_factor = gr.Number(value=0.0625, label="KL weight (keep the subject's essence)")
-                clamp_norm = gr.Number(value=0.75, label="Clamp ‖δ‖ ≤ this × ‖h‖")
+                lr = gr.Number(value=EditForm.default("lr"), label="Learning rate", elem_id="edit-lr")
+                kl_factor = gr.Number(value=EditForm.default("kl_factor"), label="KL weight (keep the subject's essence)",
+                                      elem_id="edit-kl")
+                clamp_norm = gr.Number(value=EditForm.default("clamp_norm"), label="Clamp ‖δ‖ ≤ this × ‖h‖",
+                                       elem_id="edit-clamp")
         apply, stop, apply_line = job_controls("Apply edits", "edit-apply", "edit")
         status = gr.Markdown(elem_id="edit-status")
         gr.Markdown(captions.DIAGNOSTICS, elem_classes=["caption"])
@@ -445,15 +475,13 @@ def build(ctx: AppContext) -> EditTab:
             export_ledger = gr.Button("Export my edits", elem_id="edit-export", size="sm")
             import_ledger = gr.UploadButton("Import edits", file_types=[".safetensors"], size="sm", elem_id="edit-import-ledger")
         exported = gr.File(label="Your edits (a file to import later)", visible=False, interactive=False, elem_id="edit-exported")
-        with gr.Accordion("Raw result (JSON)", open=False):
+        with gr.Accordion("Raw result (JSON)", open=False, elem_id="edit-json-accordion"):
             result_json = gr.JSON(elem_id="edit-json")
 
-    hparams = [mom2_weight, cov_tokens, steps, lr, kl_factor, clamp_norm]
-
     # --- the requests table ------------------------------------------------------------------------
+    request = dict(subject=subject, prompt=template, target_new=target, paraphrases=paraphrases, neighbors=neighbors)
     add.click(
-        ctx.bind(add_request),
-        [subject, template, target, paraphrases, neighbors, table, ctx.session],
+        *forms.bind(ctx, add_request, RequestForm, dict(request, table=table)),
         [table, subject, template, target, paraphrases, neighbors, ctx.session],
         api_visibility="private", show_progress_on=[table_line], **MODEL_EVENTS,
     )
@@ -466,10 +494,12 @@ def build(ctx: AppContext) -> EditTab:
                           api_visibility="private", show_progress_on=[table_line], **MODEL_EVENTS)
 
     # --- applying edits ----------------------------------------------------------------------------
+    method.change(show_method_settings, method, setting_rows, queue=False, api_visibility="private")
     edit_outputs = [status, request_table, loss_plot, layer_table, history, batch_choice, result_json, ctx.session]
-    form = [subject, template, target, paraphrases, neighbors]
+    edit_form = dict(table=table, method=method, layers=layers, cov_tokens=cov_tokens, steps=steps, lr=lr, kl_factor=kl_factor,
+                     clamp_norm=clamp_norm, **request, method_settings=setting_inputs)
     edit_event = apply.click(
-        ctx.bind(run_edit), [table, method, layers, *hparams, *form, ctx.session], edit_outputs, api_name="edit",
+        *forms.bind(ctx, run_edit, EditForm, edit_form), edit_outputs, api_name="edit",
         show_progress_on=[apply_line], **MODEL_EVENTS,
     )
     stop.click(ctx.bind(stop_jobs), [ctx.session], [status], queue=False, api_visibility="private")
@@ -487,7 +517,9 @@ def build(ctx: AppContext) -> EditTab:
         api_name="health_history", show_progress_on=[health_line], **MODEL_EVENTS,
     )
     health_stop.click(ctx.bind(stop_jobs), [ctx.session], [health_status], queue=False, api_visibility="private")
+    setting_outputs = [component for inputs in setting_inputs.values() for component in inputs.values()]
     return EditTab(
-        form=form, edit_events=[edit_event, undo_event, reset_event, import_event],
+        form=list(request.values()), edit_events=[edit_event, undo_event, reset_event, import_event],
         refresh=(ctx.bind(refresh_history), [ctx.session], [history, batch_choice]),
+        fit=(ctx.bind(fit_method_settings), [ctx.session], setting_outputs),
     )

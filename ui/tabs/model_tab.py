@@ -8,11 +8,12 @@ from typing import Any
 
 import gradio as gr
 
-from ui import captions
+from ui import captions, forms
 from ui.context import MODEL_EVENTS, AppContext
 from ui.display import model_line, model_markdown
 from ui.editing import ledger_batches
 from ui.errors import friendly
+from ui.forms import Form
 from ui.session import SessionState
 
 
@@ -44,11 +45,18 @@ def show_model(ctx: AppContext, session: SessionState | None, progress=gr.Progre
         yield model_markdown(status), model_line(status, edit_batches(session)), session
 
 
+@dataclass(frozen=True)
+class ModelForm(Form):
+    """The model to use (one of the server's: checked by the handler)."""
+
+    model: str = forms.text("The model", limit=1_000, required=True)
+
+
 @friendly
-def switch_model(ctx: AppContext, spec: str, session: SessionState | None, progress=gr.Progress()):
+def switch_model(ctx: AppContext, form: ModelForm, session: SessionState | None, progress=gr.Progress()):
     """Use another of the server's models for this session (its traces and R are forgotten; its edits stay per model)."""
     session = ctx.session_of(session)
-    ctx.manager.check_allowed(spec)
+    spec = ctx.manager.check_allowed(form.model)
     session.model_spec = spec
     session.trace = session.original_trace = session.recommendation = session.average = session.windows = None
     session.layers = None
@@ -86,7 +94,8 @@ def build(ctx: AppContext, header: gr.Markdown) -> ModelTab:
         ctx.bind(show_model), [ctx.session], outputs, api_visibility="private", show_progress_on=[header], **MODEL_EVENTS
     )
     switch_event = switch.click(
-        ctx.bind(switch_model), [choice, ctx.session], outputs, api_name="switch_model", show_progress_on=[header], **MODEL_EVENTS
+        *forms.bind(ctx, switch_model, ModelForm, dict(model=choice)), outputs, api_name="switch_model",
+        show_progress_on=[header], **MODEL_EVENTS,
     )
     return ModelTab(
         info=info, choice=choice, switch=switch, refresh_header=ctx.bind(header_line), ready_events=[load_event, switch_event]

@@ -3,7 +3,7 @@
 Tracing says where a fact's effect shows; editing says where changing the weights works. They can
 disagree (Hase et al., NeurIPS 2023), so this section edits dev-set records (or the visitor's own
 requests) at each candidate window (editor.studies.windows), draws the edit scores beside the tracing curve,
-recommends R by edit score and says plainly when the two disagree.
+recommends R by edit score and says plainly when the two disagree. The editing and tracing are ui/ranges.py's.
 """
 
 from __future__ import annotations
@@ -14,22 +14,12 @@ from typing import Any
 
 import gradio as gr
 
-from core.embedded import EMBEDDED_SPEC
 from core.errors import InputError
-from core.facts import model_key
-from editor.evaluation.counterfact import load_records
-from editor.layers import AUTO_FACTS, layers_text, outlier_flags
-from editor.methods.hparams import default_hparams
-from editor.studies.devset import devset_path
-from editor.studies.figures import windows_figure
-from editor.studies.windows import measure_windows_stream, parse_windows, tracing_recommendation
-from tracer.figures import empty_figure, range_label
-from tracer.recommend import packaged_recommendation
-from ui import limits
+from ui import forms, limits, ranges
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.controls import job_controls
-from ui.editing import applied_records, with_true_objects
 from ui.errors import friendly
+from ui.forms import Form
 from ui.runner import HEARTBEAT
 from ui.session import SessionState
 
@@ -38,7 +28,6 @@ RECORD_SOURCES = [
     ("My edits and imported records", "mine"),
 ]
 RECORDS = (1, 40)  # records edited at every window
-SHIFT = 2  # the default windows: the tracing R and R shifted this many layers either side
 
 MEASURE_INTRO = (
     "**Measure by editing.** Tracing shows where a fact's effect *shows up*; it does not promise that editing "
@@ -69,46 +58,14 @@ class MeasureSection:
 
 # --- what is measured ---------------------------------------------------------------------------------------------
 
-def devset_file(loaded: Any) -> Any:
-    """Where this model's dev set is (assets/ for the embedded model; `python -m editor devset` writes it)."""
-    return devset_path(model_key(loaded).removesuffix("-30L") if loaded.spec == EMBEDDED_SPEC else model_key(loaded))
+@dataclass(frozen=True)
+class MeasureForm(Form):
+    """Which records to edit, how many, the ranges R to try (empty: tracing's R and its neighbours) and R's width."""
 
-
-def chosen_records(loaded: Any, session: SessionState, source: str, count: int) -> list[Any]:
-    """The first `count` records of the dev set, or of the session's applied requests and imported records."""
-    if source == "devset":
-        path = devset_file(loaded)
-        if not path.is_file():
-            raise InputError(
-                "This model has no dev set (only the embedded model ships one): build it with `python -m editor devset`, "
-                "or choose 'My edits and imported records'."
-            )
-        return load_records(path)[:count]
-    records = applied_records(session) + list(session.records)
-    if not records:
-        raise InputError(
-            "You have no edits or imported records yet: apply an edit on the Edit tab (or import CounterFact records), "
-            "or choose 'The dev set'."
-        )
-    return records[:count]
-
-
-def around(layers: list[int], num_layers: int, shift: int = SHIFT) -> list[tuple[int, ...]]:
-    """R and R shifted by up to `shift` layers either side (clipped to the model), distinct, in order."""
-    width, start = len(layers), min(layers)
-    starts = sorted({max(0, min(num_layers - width, start + step)) for step in range(-shift, shift + 1)})
-    return [tuple(range(first, first + width)) for first in starts]
-
-
-def checked_windows(text: str, num_layers: int, width: int) -> list[tuple[int, ...]] | None:
-    """The windows typed ('all' or '1-5,2-6'), refused plainly when malformed; None (empty) = around tracing's R."""
-    text = limits.text(text, "Windows", limit=limits.MAX_LAYER_TEXT).strip()
-    if not text:
-        return None
-    try:
-        return parse_windows(text, num_layers, width)
-    except InputError as error:
-        raise InputError(f"Ranges R to try: {error} (Leave it empty for tracing's R and its neighbours, or write 'all'.)") from None
+    source: str = forms.choice("Records", [value for _, value in RECORD_SOURCES], "devset")
+    count: int = forms.whole("Records to edit", RECORDS, 10)
+    windows: str = forms.text("Windows", limit=limits.MAX_LAYER_TEXT)  # read against the model by the handler
+    width: int = forms.whole("Width of R", limits.WIDTH, 5)
 
 
 def verdict_text(result: Any, records_note: str, done: bool) -> str:
@@ -117,14 +74,14 @@ def verdict_text(result: Any, records_note: str, done: bool) -> str:
     lines = [f"{'Done' if done else 'So far'}: {len(result.windows)} range(s) edited, {records_note}."]
     if best:
         top = result.window(best)
-        lines.append(f"**Editing's best R: layers {layers_text(best)}** (S {'-' if top.S is None else f'{top.S:.1f}'}).")
+        lines.append(f"**Editing's best R: layers {ranges.layers_text(best)}** (S {'-' if top.S is None else f'{top.S:.1f}'}).")
     if traced:
-        lines.append(f"**Tracing's R: layers {layers_text(traced)}.**")
+        lines.append(f"**Tracing's R: layers {ranges.layers_text(traced)}.**")
     measured = result.window(traced) if traced else None
     if best and measured is not None and measured.edit_score is not None and not result.agree:
         lines.append(
-            f"**Tracing and editing disagree:** tracing points to layers {layers_text(traced)}, but the edits worked "
-            f"best at layers {layers_text(best)}. Edit at {layers_text(best)}, the layers that edited best."
+            f"**Tracing and editing disagree:** tracing points to layers {ranges.layers_text(traced)}, but the edits worked "
+            f"best at layers {ranges.layers_text(best)}. Edit at {ranges.layers_text(best)}, the layers that edited best."
         )
     elif best and result.agree:
         lines.append("Tracing and editing agree.")
@@ -133,39 +90,32 @@ def verdict_text(result: Any, records_note: str, done: bool) -> str:
     if warnings:
         lines.append("Warning: " + html.escape(" ".join(warnings[:3])))
     if done and best:
-        lines.append(f"R is now set to layers {layers_text(best)} (the sliders above and the Edit tab).")
+        lines.append(f"R is now set to layers {ranges.layers_text(best)} (the sliders above and the Edit tab).")
     return "  \n".join(lines)
 
 
 # --- the handler --------------------------------------------------------------------------------------------------
 
 @friendly
-def run_measure(ctx: AppContext, source_value: str, count_value: float, windows_value: str, width_value: float,
-                session: SessionState | None, progress=gr.Progress()):
+def run_measure(ctx: AppContext, form: MeasureForm, session: SessionState | None, progress=gr.Progress()):
     """Edit the chosen records at each window and score them; at the end R = the window that edited best."""
     session = ctx.session_of(session)
-    source = limits.choice(source_value, "Records", [value for _, value in RECORD_SOURCES])
-    count = limits.whole(count_value, "Records to edit", RECORDS)
-    width = limits.whole(width_value, "Width of R", limits.WIDTH)
+    width = form.width
     loaded = ctx.loaded_model(session)
     num_layers = loaded.layout.num_layers
     if width > num_layers:
         raise InputError(f"Width of R must be from 1 to {num_layers} for this model, got {width}.")
-    typed = checked_windows(windows_value, num_layers, width)
-    records = chosen_records(loaded, session, source, count)
+    typed = ranges.checked_windows(form.windows, num_layers, width)
+    records = ranges.chosen_records(loaded, session, form.source, form.count)
     recommendation = session.recommendation if session.recommendation is not None and session.recommendation.width == width else None
-    hparams = default_hparams(loaded.layout, layers=tuple(range(width)), cov_tokens=session.cov_tokens)
-    note = f"{len(records)} {'dev-set records' if source == 'devset' else 'of your records'}"
+    mine = form.source == "mine"
+    note = f"{len(records)} {'of your records' if mine else 'dev-set records'}"
+    cov_tokens = session.cov_tokens
     skip = gr.skip()
 
     def work(job, loaded):
-        tracing = recommendation or packaged_recommendation(loaded, width, outlier_flags(loaded, session.cov_tokens))
-        if tracing is None:
-            tracing, _ = tracing_recommendation(loaded, width, AUTO_FACTS, progress=job.progress)
-        windows = typed if typed is not None else around(tracing.layers, loaded.layout.num_layers)
-        edited = with_true_objects(loaded, records) if source == "mine" else records
-        return job.relay(measure_windows_stream(loaded, edited, windows, hparams.replace(layers=windows[0]), width=width,
-                                                progress=job.progress, recommendation=tracing))
+        return job.relay(ranges.measure_stream(loaded, records, typed, width, cov_tokens=cov_tokens,
+                                               recommendation=recommendation, mine=mine, progress=job.progress))
 
     job = ctx.submit(session, work, name="measurement of R by editing", edited=False)
     for item in ctx.follow(job, progress):
@@ -173,16 +123,16 @@ def run_measure(ctx: AppContext, source_value: str, count_value: float, windows_
             yield skip, skip, skip, skip, skip, skip
             continue
         session.windows = item.result
-        yield windows_figure(item.result), verdict_text(item.result, note, item.done), skip, skip, skip, session
+        yield ranges.windows_figure(item.result), verdict_text(item.result, note, item.done), skip, skip, skip, session
     result = job.result
     session.windows = result
     best = result.editing_best
     if not best:
-        yield windows_figure(result), verdict_text(result, note, True), skip, skip, skip, session
+        yield ranges.windows_figure(result), verdict_text(result, note, True), skip, skip, skip, session
         return
     low, high = min(best), max(best)
     session.layers = (low, high)
-    yield windows_figure(result), verdict_text(result, note, True), low, high, range_label(low, high), session
+    yield ranges.windows_figure(result), verdict_text(result, note, True), low, high, ranges.range_label(low, high), session
 
 
 # --- the section --------------------------------------------------------------------------------------------------
@@ -193,21 +143,21 @@ def build(ctx: AppContext, width: gr.Slider, first: gr.Slider, last: gr.Slider) 
         gr.Markdown(MEASURE_INTRO)
         with gr.Row():
             records_source = gr.Radio(RECORD_SOURCES, value="devset", label="Records to edit", elem_id="measure-source", scale=2)
-            count = gr.Slider(*RECORDS, value=10, step=1, label="How many records", elem_id="measure-count", scale=2)
+            count = gr.Slider(*RECORDS, value=MeasureForm.default("count"), step=1, label="How many records", elem_id="measure-count", scale=2)
             windows = gr.Textbox(
                 label="Ranges R to try", placeholder="empty: tracing's R and R moved up to 2 layers; or 'all', or 1-5,2-6",
                 max_length=limits.MAX_LAYER_TEXT, elem_id="measure-windows", scale=2,
             )
         run, stop, progress_line = job_controls("Measure by editing", "measure-run", "measure")
-        plot = gr.Plot(empty_figure("Press 'Measure by editing' to edit at a few ranges R.", height=380),
+        plot = gr.Plot(ranges.empty_figure("Press 'Measure by editing' to edit at a few ranges R.", height=380),
                        elem_id="measure-plot", show_label=False)
         gr.Markdown(MEASURE_CAPTION, elem_id="measure-caption")
         verdict = gr.Markdown(elem_id="measure-verdict")
 
     layers_text = ctx.components["edit_layers"]  # the Edit tab's layer box: the best R feeds it
+    measure_form = dict(source=records_source, count=count, windows=windows, width=width)
     measure_event = run.click(
-        ctx.bind(run_measure),
-        [records_source, count, windows, width, ctx.session],
+        *forms.bind(ctx, run_measure, MeasureForm, measure_form),
         [plot, verdict, first, last, layers_text, ctx.session],
         api_name="measure_windows",
         show_progress_on=[progress_line],

@@ -12,7 +12,7 @@ import gradio as gr
 from core.errors import InputError
 from core.kinds import KINDS
 from core.predict import generate_greedy, predict_next_tokens
-from core.progress import stage
+from core.progress import derived, stage
 from editor.evaluation.health import PROBE_COUNT, model_health, probe_facts
 from tracer import figures
 from tracer.trace import trace
@@ -27,6 +27,22 @@ from ui.session import SessionState
 
 def predictions_dict(predictions: list[Any], generation: str) -> dict:
     return {"top": [p.to_dict() for p in predictions], "generation": generation}
+
+
+# --- the CounterFact scores table: editing.metrics_rows with success by generation after S -----------------------
+
+GENERATION_KEYS = [("ES by generation", "ES_gen"), ("PS by generation", "PS_gen"), ("NS by generation", "NS_gen")]
+_AFTER_S = editing.METRIC_COLUMNS.index("S") + 1
+METRIC_COLUMNS = [*editing.METRIC_COLUMNS[:_AFTER_S], *[title for title, _ in GENERATION_KEYS], *editing.METRIC_COLUMNS[_AFTER_S:]]
+
+
+def metrics_rows(before: Any, after: Any) -> list[list[Any]]:
+    """editing.metrics_rows with ES/PS/NS by greedy generation (SPEC 6) after S (percent; None where not measured)."""
+    rows = []
+    for row, scores in zip(editing.metrics_rows(before, after), (before, after)):
+        generated = [None if getattr(scores, key) is None else round(getattr(scores, key), 1) for _, key in GENERATION_KEYS]
+        rows.append([*row[:_AFTER_S], *generated, *row[_AFTER_S:]])
+    return rows
 
 
 # --- handlers ---------------------------------------------------------------------------------
@@ -87,6 +103,7 @@ def run_checks(ctx: AppContext, session: SessionState | None, progress=gr.Progre
         job.progress(0.05, "Original model…")
         records = editing.with_true_objects(loaded, edits) + imported
         before = editing.score(loaded, records)
+        job.safe_point()
         job.progress(0.5, "With your edits…")
         with session.applied(loaded):
             after = editing.score(loaded, records)
@@ -113,7 +130,7 @@ def run_checks(ctx: AppContext, session: SessionState | None, progress=gr.Progre
     return (
         summary,
         gr.Dataframe(value=rows, headers=editing.CHECK_COLUMNS, visible=bool(rows)),
-        gr.Dataframe(value=editing.metrics_rows(pre, post), headers=editing.METRIC_COLUMNS, visible=True),
+        gr.Dataframe(value=metrics_rows(pre, post), headers=METRIC_COLUMNS, visible=True),
         data,
         session,
     )
@@ -135,7 +152,7 @@ def run_retrace(ctx: AppContext, session: SessionState | None, progress=gr.Progr
 
     def work(job, loaded):
         def part(offset: float, label: str):
-            return lambda fraction, message: job.progress(offset + 0.5 * fraction, f"{label}: {message}")
+            return derived(job.progress, lambda fraction, message: job.progress(offset + 0.5 * fraction, f"{label}: {message}"))
 
         before = original if reuse else trace(loaded, last.prompt, last.subject, settings, progress=part(0.0, "Original model"))
         with session.applied(loaded):
@@ -160,8 +177,8 @@ def session_ledger(session: SessionState) -> Any:
 
 
 def labelled(progress: Any, label: str) -> Any:
-    """A progress callback that puts `label` before each message."""
-    return lambda fraction, message: progress(fraction, f"{label}: {message}")
+    """A progress callback that puts `label` before each message (and passes safe points on)."""
+    return derived(progress, lambda fraction, message: progress(fraction, f"{label}: {message}"))
 
 
 @friendly

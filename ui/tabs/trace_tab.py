@@ -28,7 +28,7 @@ from ui.display import display_token, percent
 from ui.downloads import trace_downloads
 from ui.errors import friendly
 from ui.examples import Example
-from ui.runner import HEARTBEAT
+from ui.runner import HEARTBEAT, QueueStatus
 from ui.session import SessionState
 
 STREAM_INTERVAL_S = 0.7  # at most this often a partial heatmap goes to the browser
@@ -190,15 +190,21 @@ def show_tokens(ctx: AppContext, prompt_text: str, subject_text: str, session: S
 
 
 def show_prediction(ctx: AppContext, prompt_text: str, answer_text: str, session: SessionState | None):
-    """The model's top next token after the prompt (with the session's edits), and the typed answer's probability."""
+    """The model's top next token after the prompt (with the session's edits), and the typed answer's probability.
+
+    While the model is busy with another job, the line says so at once (the last prediction, of another
+    input, is not left standing); the answer replaces it when the job has run.
+    """
     session = ctx.session_of(session)
     if not prompt_text or not prompt_text.strip():
-        return "", session
+        yield "", session
+        return
     try:
         ctx.limits.check_prompt_tokens(ctx.manager.display_tokenizer(session.model_spec), prompt_text)
         limits.text(answer_text, "The answer", limit=200)
     except InputError as error:
-        return html.escape(str(error)), session
+        yield html.escape(str(error)), session
+        return
 
     def work(job, loaded):
         probabilities = next_token_probabilities(loaded, prompt_text)
@@ -210,16 +216,28 @@ def show_prediction(ctx: AppContext, prompt_text: str, answer_text: str, session
         return top, chosen
 
     try:
-        top, chosen = ctx.run(session, work, name="top prediction")
+        job = ctx.submit(session, work, name="top prediction", lane="short")
+        status = ctx.runner.queue_status(job)
+        if status is not None and status.running is not None:
+            yield prediction_waiting(status), session
+        for _ in ctx.follow(job, None):
+            yield gr.skip(), gr.skip()  # still waiting: the line keeps saying so
+        top, chosen = job.result
     except LocusError as error:
-        return html.escape(str(error)), session
+        yield html.escape(str(error)), session
+        return
     edited = " (with your edits)" if session.has_edits() else ""
     text = f"Model's top prediction{edited}: **{html.escape(display_token(top.token))}** ({percent(top.probability)})."
     if chosen is not None:
         text += f"  \nYour answer starts with **{html.escape(display_token(chosen[0]))}**: {percent(chosen[1])}."
     else:
         text += " Leave *Answer* empty to trace it."
-    return text, session
+    yield text, session
+
+
+def prediction_waiting(status: QueueStatus) -> str:
+    """The prediction line while its job waits: what runs now, and when the prediction will."""
+    return f"⏳ *Top prediction: {html.escape(status.describe())}*"
 
 
 TRACE_OUTPUTS = 10  # status, three heatmaps, JSON, three downloads, the heads heatmap, session
@@ -257,12 +275,15 @@ def run_trace(
         job.progress(0.0, "Approximate preview…")
         preview = preview_trace(loaded, prompt_text, subject_text, settings)
         job.emit(("preview", preview))
-        final = None
+        final, filled = None, -1.0
         with contextlib.closing(trace_stream(loaded, prompt_text, subject_text, settings)) as stream:
             for update in stream:
                 final = update.result
                 job.progress(update.fraction, f"Exact trace: {update.message}")
-                job.emit(("exact", copy.deepcopy(update.result)))
+                if update.result.fraction_done() != filled:  # new cells (not only a block run): a new heatmap
+                    filled = update.result.fraction_done()
+                    job.emit(("exact", copy.deepcopy(update.result)))
+                job.safe_point()  # other visitors' short jobs may run here
         return preview, final
 
     job = ctx.submit(session, work, name="trace")
