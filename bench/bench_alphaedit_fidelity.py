@@ -43,8 +43,7 @@ from editor.edits.weights import projection_weight, restore, snapshot
 from editor.evaluation.counterfact import load_records
 from editor.evaluation.evaluate import score_records, summarize
 from editor.evaluation.health import probe_facts, retention
-from editor.methods.dispatch import compute_edit
-from editor.methods.hparams import default_hparams
+from editor.methods.registry import method_for
 from editor.methods.prefixes import context_prefixes
 from editor.statistics.covariance import layer_covariances
 
@@ -86,9 +85,9 @@ def locus_settings(layout, published: dict, tokens: int):
         raise SystemExit(f"fact_token {published.get('fact_token')!r}: Locus edits at the subject's last token only")
     if published["v_loss_layer"] < layout.num_layers - 1:
         raise SystemExit(f"v_loss_layer {published['v_loss_layer']}: Locus's loss is at the last layer ({layout.num_layers - 1})")
-    return default_hparams(
-        layout, method="alphaedit", layers=tuple(published["layers"]), nullspace_threshold=published["nullspace_threshold"],
-        alphaedit_l2=published["L2"], lr=published["v_lr"], steps=published["v_num_grad_steps"],
+    return method_for(
+        layout, "alphaedit", layers=tuple(published["layers"]), nullspace_threshold=published["nullspace_threshold"],
+        l2=published["L2"], lr=published["v_lr"], steps=published["v_num_grad_steps"],
         weight_decay=published["v_weight_decay"], clamp_norm=published["clamp_norm_factor"], kl_factor=published["kl_factor"],
         cov_tokens=tokens,
         loss_stop=0.05, kl_prompt="{} is a", prefix_tokens=10,  # constants written into the published code
@@ -100,7 +99,7 @@ def settings_rows(hparams, published: dict) -> list[tuple[str, str, str]]:
     return [
         ("layers R", str(published["layers"]), str(list(hparams.layers))),
         ("null-space threshold", f"{published['nullspace_threshold']:g}", f"{hparams.nullspace_threshold:g}"),
-        ("L2 (ridge)", f"{published['L2']:g}", f"{hparams.alphaedit_l2:g}"),
+        ("L2 (ridge)", f"{published['L2']:g}", f"{hparams.l2:g}"),
         ("target lr / steps", f"{published['v_lr']:g} / {published['v_num_grad_steps']}", f"{hparams.lr:g} / {hparams.steps}"),
         ("loss stop", "0.05 (in code)", f"{hparams.loss_stop:g}"),
         ("weight decay / clamp", f"{published['v_weight_decay']:g} / {published['clamp_norm_factor']:g}",
@@ -209,7 +208,8 @@ def main(argv: list[str]) -> int:
 
     main_module, get_project = import_published(published_path)  # first, so a bad copy fails at once
     loaded = load_model("embedded", device=arguments.device)
-    hparams = locus_settings(loaded.layout, published, arguments.tokens)
+    method = locus_settings(loaded.layout, published, arguments.tokens)
+    hparams = method.settings
     layers = list(hparams.layers)
     records = load_records(arguments.data)[: arguments.records * arguments.batches]
     chunks = [records[i * arguments.records : (i + 1) * arguments.records] for i in range(arguments.batches)]
@@ -237,7 +237,7 @@ def main(argv: list[str]) -> int:
     locus = []
     for chunk in chunks:
         clock = Clock()
-        batch = compute_edit(loaded, [record.request() for record in chunk], hparams, ledger=ledger, covariances=covariances)
+        batch = method.compute(loaded, [record.request() for record in chunk], ledger, covariances)
         times = clock.read()
         ledger.add(batch, loaded)
         with ledger.applied(loaded):
