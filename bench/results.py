@@ -570,6 +570,39 @@ def render_scale(record: dict) -> str:
     return "\n\n".join(parts)
 
 
+def render_fidelity(record: dict) -> str:
+    data = output_of(record, "fidelity")
+    if not data:
+        return ("Not run here: the command needs LOCUS_ALPHAEDIT_PUBLISHED, a patched copy of the published code "
+                "(docs/FIDELITY.md says how to make one).")
+    runs = data["published"]
+    settings = table(["setting", "published (file / code)", "Locus (as run)"], [list(row) for row in data["settings"]])
+    layers = [str(layer) for layer in data["layers"]]
+    differences = [[variant if index == 0 else "", f"batch {index + 1}",
+                    *(f"{per_layer[layer]['relative_difference']:.1e}" for layer in layers)]
+                   for variant, run in runs.items() for index, per_layer in enumerate(run["differences"])]
+    weights = table(["published code", "after", *(f"L{layer}" for layer in layers)], differences)
+    score_rows = [["unedited", 0, *(number(data["unedited"][key]) for key in ("ES", "PS", "NS", "S", "retention"))]]
+    for index in range(data["batches"]):
+        edits = (index + 1) * data["records"]
+        rows = [("Locus", data["locus"][index])] + [(f"published ({variant})", run["batches"][index]) for variant, run in runs.items()]
+        score_rows += [[f"{who}, batch {index + 1}", edits, *(number(row[key]) for key in ("ES", "PS", "NS", "S", "retention")),
+                        number(row["seconds"], 0)] for who, row in rows]
+    scores = table(["", "edits", "ES", "PS", "NS", "S", "retention", "wall s"], score_rows)
+    sizes = ", ".join(f"{variant} {run['nullspace_size']}" for variant, run in runs.items())
+    return "\n\n".join([
+        f"{data['model']} on {data['device']} ({data['threads']} thread), {data['batches']} batches of {data['records']} "
+        f"records of {data['data']}, R = {data['layers']}. Both sides' settings:", settings,
+        "Relative difference of the edited weights, ||W_Locus - W_published||_F / ||W_published - W_original||_F per edited "
+        "layer (variants put Locus's deliberate differences into the published code one after another: equal-keys = the "
+        "prefix keys weighted 1/6 each; +kl = KL(original || edited); matched = also the null space from the float64 C):",
+        weights,
+        f"Null-space sizes per layer: Locus {data['locus_nullspace_size']}; published: {sizes}.",
+        "Scores by Locus's evaluator for both (ES/PS/NS over the edits so far; retention of 100 known facts; wall seconds on a "
+        "shared machine, C cached and not timed):", scores,
+        "Every difference is explained in docs/FIDELITY.md."])
+
+
 def render_gpu(record: dict) -> str:
     data = output_of(record, "gpu")
     if not data:
@@ -770,6 +803,17 @@ SECTIONS += (
         render=render_scale,
     ),
     Section(
+        "fidelity", "AlphaEdit against the published code",
+        "The published AlphaEdit (jianghoucheng/AlphaEdit, patched for CPU and Llama names outside the repository: "
+        "docs/FIDELITY.md) and Locus's AlphaEdit on the same model, records, settings and C, one batch and a second on top "
+        "(`bench alphaedit_fidelity`; set LOCUS_ALPHAEDIT_PUBLISHED to the patched copy). The full variant takes about two "
+        "hours on 2 cores, most of it in the published code.",
+        full=(json_command("fidelity", "bench", "alphaedit_fidelity", "--records", "20", "--variants", "all", "--threads", "1"),),
+        quick=(json_command("fidelity", "bench", "alphaedit_fidelity", "--records", "2", "--variants", "published",
+                            "--threads", "1", "--tokens", "5000"),),
+        render=render_fidelity,
+    ),
+    Section(
         "gpu", "The GPU check",
         "What the GPU path promises, in one table (`bench gpu`, see GPU.md); the quick variant is a dry run of "
         "every stage at tiny sizes on the CPU.",
@@ -947,6 +991,8 @@ def render_section(section: Section, record: dict | None) -> str:
              "machinery and the order of magnitude, not the figures of a full run)") if variant == "quick" else "**Full run**"
     lines += [f"{label}: {versions_line(record)}. Commands:", "",
               commands_block(command["command"] for command in record["commands"]), ""]
+    if record.get("note"):
+        lines += [record["note"], ""]
     failed = [command for command in record["commands"] if command["returncode"] != 0]
     if failed:
         command = failed[0]
