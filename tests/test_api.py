@@ -125,7 +125,7 @@ def test_errors_are_locus_errors_with_plain_messages(own_model):
         return text
 
     assert message(locus.edit, own_model, [ROME], method="magic") == (
-        "Unknown editing method 'magic': choose memit, rome, alphaedit, encore.")
+        "Unknown editing method 'magic': choose memit, rome, alphaedit, encore, nas, rlsedit, ultraedit.")
     assert "'Big Ben' does not occur in the prompt" in message(locus.trace, own_model, EIFFEL, "Big Ben", progress=False)
     assert message(locus.load, tiny_model("llama")) == "A model object needs its tokenizer: locus.load(model, tokenizer)."
     assert "top must be a whole number" in message(locus.predict, own_model, EIFFEL, top=0)
@@ -142,7 +142,7 @@ def test_model_objects_get_cache_keys_of_their_own(tokenizer):
 def test_the_public_names_are_all_there():
     assert sorted(dir(locus)) == sorted(locus.__all__)
     assert all(callable(getattr(locus, name)) or name == "METHOD_NAMES" for name in locus.__all__)
-    assert locus.methods() == locus.METHOD_NAMES == ("memit", "rome", "alphaedit", "encore")
+    assert locus.methods() == locus.METHOD_NAMES == ("memit", "rome", "alphaedit", "encore", "nas", "rlsedit", "ultraedit")
     with pytest.raises(AttributeError):
         locus.not_a_name  # noqa: B018
 
@@ -164,7 +164,7 @@ def test_locus_methods_lists_every_method():
     finished = run_locus("-m", "locus", "methods")
     assert finished.returncode == 0, finished.stderr[-2000:]
     names = [line.split(":")[0] for line in finished.stdout.splitlines() if not line.startswith(" ") and ":" in line]
-    assert names[:4] == ["memit", "rome", "alphaedit", "encore"]
+    assert names[:-1] == ["memit", "rome", "alphaedit", "encore", "nas", "rlsedit", "ultraedit"]  # then the shared settings
 
 
 def test_locus_app_without_gradio_says_how_to_install_it(monkeypatch, capsys):

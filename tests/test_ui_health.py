@@ -61,7 +61,7 @@ def edited(context) -> SessionState:
     requests = [EditRequest("Eiffel Tower", "{} is located in the city of", "Rome")]
 
     def work(job, loaded):
-        batch = editing.compute_batch(loaded, ledger, requests, "memit", (4,), {"cov_tokens": 2000, "steps": 2})
+        batch = editing.compute_batch(loaded, ledger, requests, "memit", "4", {"cov_tokens": 2000, "steps": 2})
         editing.add_batch(ledger, batch, loaded)
 
     context.run(session, work, name="edit", edited=False)
