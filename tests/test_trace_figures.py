@@ -62,7 +62,7 @@ def test_partial_and_approximate_heatmaps():
     partial = trace_heatmap(synthetic_result(missing=True), "mlp")
     assert partial.data[0].z[4] == (None,) * LAYERS or list(partial.data[0].z[4]) == [None] * LAYERS
     preview = trace_heatmap(synthetic_result(approximate=True), "hidden")
-    assert preview.layout.title.text.startswith("Approximate preview")
+    assert preview.layout.title.text.startswith("Preview: restoring")
     values = [v for row in preview.data[0].z for v in row]
     assert (preview.data[0].zmin, preview.data[0].zmax) == (min(values), max(values))  # its own colour range
     assert "estimated" in preview.data[0].hovertemplate and "Approximate preview" in figure_caption(preview)

@@ -257,7 +257,7 @@ def plain(matrix: Any) -> list[list[float | None]]:
 
 def _layout(figure: go.Figure, caption: str, **changes) -> go.Figure:
     figure.update_layout(
-        plot_bgcolor="white", paper_bgcolor="white", font=FONT, margin=dict(l=10, r=10, t=56, b=50),
+        plot_bgcolor="white", paper_bgcolor="white", font=FONT, margin=dict(l=10, r=10, t=44, b=50),
         meta={"caption": caption}, **changes,
     )
     return figure
@@ -279,7 +279,7 @@ def empty_figure(message: str, height: int = 320) -> go.Figure:
 
 
 def _heatmap_height(rows: int) -> int:
-    return max(320, 110 + 26 * rows)
+    return max(300, 100 + 22 * rows)
 
 
 # --- trace heatmaps ----------------------------------------------------------------------------
@@ -314,8 +314,8 @@ def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
             hovertemplate=hover_text(metric, low, "token %{customdata[0]}", "estimated " if approximate else ""),
         )
     )
-    restored = "state" if kind == "hidden" else ("MLP" if kind == "mlp" else "attention")
-    title = f"Approximate preview: restoring {restored}" if approximate else f"Impact of restoring {restored} after corruption"
+    restored = {"hidden": "the hidden state", "mlp": "MLPs", "attn": "attention"}[kind]
+    title = f"Preview: restoring {restored}" if approximate else f"Restoring {restored}"
     missing = ~numpy.isfinite(scores)
     if preview is not None and preview is not result and kind in preview.scores and missing.any():
         estimates = numpy.where(missing, numpy.asarray(preview.scores[kind], dtype=float), numpy.nan)
@@ -373,7 +373,7 @@ def heads_heatmap(result, preview=None) -> go.Figure:
         )
     )
     missing = ~numpy.isfinite(scores)
-    title = "Approximate preview: restoring single heads" if approximate else "Impact of restoring single attention heads"
+    title = "Preview: restoring single heads" if approximate else "Restoring single attention heads"
     if preview is not None and preview is not result and getattr(preview, "head_scores", None) and missing.any():
         estimates = numpy.where(missing, numpy.asarray(preview.head_scores, dtype=float), numpy.nan)
         figure.add_trace(go.Heatmap(
