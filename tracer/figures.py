@@ -257,7 +257,7 @@ def plain(matrix: Any) -> list[list[float | None]]:
 
 def _layout(figure: go.Figure, caption: str, **changes) -> go.Figure:
     figure.update_layout(
-        plot_bgcolor="white", paper_bgcolor="white", font=FONT, margin=dict(l=10, r=10, t=44, b=50),
+        plot_bgcolor="white", paper_bgcolor="white", font=FONT, margin=dict(l=10, r=10, t=38, b=42),
         meta={"caption": caption}, **changes,
     )
     return figure
@@ -279,7 +279,7 @@ def empty_figure(message: str, height: int = 320) -> go.Figure:
 
 
 def _heatmap_height(rows: int) -> int:
-    return max(300, 100 + 22 * rows)
+    return max(280, 80 + 22 * rows)
 
 
 # --- trace heatmaps ----------------------------------------------------------------------------
