@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,19 @@ def test_a_link_reopens_the_settings_and_stop_keeps_the_last_heatmaps(page, app)
     assert query == LINK  # the address carries the settings traced (defaults left out), nothing else
     drawn = heatmap_values(page, "trace-plot-mlp")
     assert any(value is not None for row in drawn for value in row)
+
+    # Each figure downloads as SVG and PNG, drawn in the browser, with its caption under it.
+    caption = page.evaluate("() => document.querySelector('#trace-plot-mlp .js-plotly-plot').layout.meta.caption")
+    assert "Computed on original weights" in caption
+    with page.expect_download() as svg_download:
+        page.click("#trace-plot-mlp-svg")
+    assert svg_download.value.suggested_filename == "trace-eiffel-tower-mlp.svg"
+    svg = Path(svg_download.value.path()).read_text(encoding="utf-8")
+    words = [word for word in re.findall(r"[A-Za-z]{4,}", caption)]
+    assert svg.startswith("<svg") and words and all(word in svg for word in words), [w for w in words if w not in svg]
+    with page.expect_download() as png_download:
+        page.click("#trace-plot-mlp-png")
+    assert Path(png_download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A long trace, stopped once its preview is drawn: the last complete heatmaps come back, no error anywhere.
     set_number(page, "trace-samples", 50)
