@@ -61,6 +61,7 @@ def test_a_link_reopens_the_settings_and_stop_keeps_the_last_heatmaps(page, app)
     assert "logit" in status and "computed on original weights" in status and "%" not in status.split("·")[1]
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(page.url).query))
     assert query == LINK  # the address carries the settings traced (defaults left out), nothing else
+    expect(page.locator("#trace-heads-box")).to_be_hidden()  # no empty box for single heads, which were not traced
     drawn = heatmap_values(page, "trace-plot-mlp")
     assert any(value is not None for row in drawn for value in row)
 
