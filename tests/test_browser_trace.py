@@ -93,8 +93,9 @@ def test_a_link_reopens_the_settings_and_stop_keeps_the_last_heatmaps(page, app)
 
 
 def test_the_prediction_follows_edits_and_the_retrace_speaks_logit_difference(page, app):
-    """After an edit the Trace tab's prediction is the edited model's at once (heatmaps marked as computed before);
-    after undo the original's again; the re-trace of a logit-difference trace gives no percentages."""
+    """After an edit the Trace tab's prediction is the edited model's at once (heatmaps marked as computed before, and
+    Refresh computes them again); after undo the original's again; the re-trace of a logit-difference trace gives no
+    percentages."""
     from playwright.sync_api import expect
 
     open_link(page, app, LINK)
@@ -126,11 +127,18 @@ def test_the_prediction_follows_edits_and_the_retrace_speaks_logit_difference(pa
     text = summary.inner_text()
     assert "%" not in text and re.search(r"[+−-]\d+\.\d+ before, [+−-]\d+\.\d+ after your edits", text), text
 
+    # Refresh computes the heatmaps on screen again, on the edited weights; undo then marks them in turn.
+    open_tab(page, "Trace")
+    page.click("#trace-refresh")
+    expect(page.locator("#trace-status")).to_contain_text("Exact trace done", timeout=300_000)
+    expect(page.locator("#trace-status")).to_contain_text("computed on your edits: 1 batch")
+    expect(page.locator("#trace-stale")).to_be_hidden()
+
     open_tab(page, "Edit")
     page.click("#edit-undo")
     expect(page.locator("#edit-status")).to_contain_text("Undid batch")
     open_tab(page, "Trace")
     expect(prediction).to_contain_text("Model's top prediction (original weights): Paris")
-    expect(page.locator("#trace-stale")).to_be_hidden()  # the heatmaps were computed on these weights
+    expect(page.locator("#trace-stale")).to_contain_text("computed on your edits: 1 batch, before your last change")
     open_tab(page, "Test")
     expect(page.locator("#test-retrace-stale")).to_contain_text("before your last change")
