@@ -95,20 +95,35 @@ def client_for(app: RunningApp):
     return Client(app.url, verbose=False, analytics_enabled=False)
 
 
+_browser: Any = None
+
+
+def shared_browser() -> Any:
+    """One Chromium for the whole test process (every browser test module uses it; closed when the process exits)."""
+    global _browser
+    if _browser is None:
+        from playwright.sync_api import sync_playwright
+
+        playwright = sync_playwright().start()
+        _browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+        def close() -> None:
+            _browser.close()
+            playwright.stop()
+
+        atexit.register(close)
+    return _browser
+
+
 @pytest.fixture(scope="session")
 def chromium():
-    """Debian's Chromium driven by Playwright (never `playwright install`)."""
+    """Debian's Chromium driven by Playwright (never `playwright install`), shared by every browser test module."""
     if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
         pytest.fail(
             "Chromium is missing: the browser tests need /usr/bin/chromium. `make test` installs it "
             "(apt-get install chromium); see ../shared/BROWSER_TESTS.md."
         )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    return shared_browser()
 
 
 @pytest.fixture

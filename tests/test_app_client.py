@@ -149,7 +149,8 @@ def test_edit_evaluate_retrace_undo_and_sessions_are_isolated(app):
     assert row["rewrite: new beats old (before → after)"].startswith("0/1 → 1/1")
     assert data["pre"]["ES"] == 0 and data["post"]["ES"] == 100
 
-    status, hidden, mlp, attn = editor_client.predict(api_name="/retrace")
+    status, hidden, mlp, attn, *_ = editor_client.predict(api_name="/retrace")
+    assert "after: computed on **your edits: 1 batch**" in status
     before_p, after_p = (float(v) for v in re.findall(r"([\d.]+)% (?:before|after)", status))
     assert before_p == pytest.approx(100 * traced["high"], abs=0.06) and after_p < before_p / 10  # Paris is gone
     difference = [v for row in figure(mlp).data[0].z for v in row]

@@ -195,13 +195,8 @@ TAB_IMPORTS = ("gradio", "core.errors", "ui", "locus")
 # Debts, by tab: what a tab still imports past the rule, listed so the rule passes and the debt is written down.
 # An entry that is no longer imported fails the test: strike it off when it is paid.
 TAB_DEBTS = {
-    # Trace tab: being rewritten by others; its service module (ui/tracing.py, say) is still to come.
-    "ui.tabs.trace_tab": {
-        "core.kinds", "core.predict", "core.tokens", "tracer.figures", "tracer.modes", "tracer.noise", "tracer.preview",
-        "tracer.problem", "tracer.trace",
-    },
-    # Test tab: being rewritten by others; its predictions, health and retrace still call core/editor/tracer.
-    "ui.tabs.test_tab": {"core.kinds", "core.predict", "core.progress", "editor.evaluation.health", "tracer.figures", "tracer.trace"},
+    # Test tab: being rewritten by others; its predictions and health still call core/editor.
+    "ui.tabs.test_tab": {"core.predict", "core.progress", "editor.evaluation.health"},
 }
 
 

@@ -6,11 +6,15 @@ import math
 import re
 
 import plotly.graph_objects as go
+import pytest
 
 from tracer.average import aggregate
 from tracer.figures import (
+    add_caption_note,
     average_figure,
+    difference_heatmap,
     figure_caption,
+    format_score,
     recommendation_figure,
     token_labels,
     trace_figures,
@@ -58,7 +62,7 @@ def test_partial_and_approximate_heatmaps():
     partial = trace_heatmap(synthetic_result(missing=True), "mlp")
     assert partial.data[0].z[4] == (None,) * LAYERS or list(partial.data[0].z[4]) == [None] * LAYERS
     preview = trace_heatmap(synthetic_result(approximate=True), "hidden")
-    assert preview.layout.title.text.startswith("Approximate preview")
+    assert preview.layout.title.text.startswith("Preview: restoring")
     values = [v for row in preview.data[0].z for v in row]
     assert (preview.data[0].zmin, preview.data[0].zmax) == (min(values), max(values))  # its own colour range
     assert "estimated" in preview.data[0].hovertemplate and "Approximate preview" in figure_caption(preview)
@@ -115,7 +119,7 @@ def test_figures_name_the_metric_and_draw_heads():
     result.head_scores = [[0.1 * head + 0.01 * layer for layer in range(LAYERS)] for head in range(3)]
     result.head_scores[1][2] = math.nan  # not computed yet
     heatmap = trace_heatmap(result, "mlp").data[0]
-    assert heatmap.colorbar.title.text == "logit(Paris) − logit(Rome)"
+    assert heatmap.colorbar.title.text.startswith("logit(Paris) − logit(Rome)<br>")
     assert "restored logit difference" in heatmap.hovertemplate and "probability" not in heatmap.hovertemplate
     caption = figure_caption(trace_heatmap(result, "mlp"))
     assert "replaced by 'Colosseum'" in caption and "logit difference" in caption and "noise" not in caption
@@ -123,11 +127,55 @@ def test_figures_name_the_metric_and_draw_heads():
     assert set(figures) == {"hidden", "mlp", "attn", "heads"}
     heads = figures["heads"].data[0]
     assert list(heads.y) == ["head 0", "head 1", "head 2"] and len(heads.z[0]) == LAYERS and heads.z[1][2] is None
-    assert heads.colorbar.title.text == "logit(Paris) − logit(Rome)" and "restored logit difference" in heads.hovertemplate
+    assert heads.colorbar.title.text.startswith("logit(Paris) − logit(Rome)") and "restored logit difference" in heads.hovertemplate
     assert "attention head" in figure_caption(figures["heads"]) and "at every word" in figure_caption(figures["heads"])
     assert "every token" in figures["heads"].layout.xaxis.title.text
     page = trace_html(result)
     assert "logit(Paris) − logit(Rome)" in page and "Colosseum" in page and "noise samples" not in page
     result.settings = TraceSettings(metric="logprob")
-    assert trace_heatmap(result, "hidden").data[0].colorbar.title.text == "log p(Paris)"
+    assert trace_heatmap(result, "hidden").data[0].colorbar.title.text.startswith("log p(Paris)<br>")
     assert trace_heatmap(synthetic_result(), "hidden").data[0].colorbar.title.text == "p(Paris)"
+
+
+def test_units_follow_the_metric():
+    """Probabilities in percent on the kind's scale; logit differences and log probabilities as plain numbers on a
+    diverging scale centred on the corrupted run (white = no effect), everywhere: colour bar, hover, caption, page."""
+    result = synthetic_result()
+    heatmap = trace_heatmap(result, "mlp").data[0]
+    assert heatmap.colorbar.tickformat == ".0%" and "%{z:.1%}" in heatmap.hovertemplate
+    assert "%{customdata[1]:+.1%}" in heatmap.hovertemplate and "corrupted run: 2.0%" in heatmap.hovertemplate
+    assert heatmap.zmid is None and "in percent" in figure_caption(trace_heatmap(result, "mlp"))
+    assert format_score("prob", 0.7016) == "70.2%" and format_score("prob", -0.123, signed=True) == "−12.3 points"
+    assert format_score("logit-diff", 4.841) == "+4.84" and format_score("logprob", -0.354) == "−0.35"
+    assert format_score("logit-diff", math.nan) == "–"
+
+    result.settings = TraceSettings(metric="logit-diff")
+    result.contrast, result.high, result.low = " Rome", 4.8, -4.0
+    result.scores["mlp"][2][3] = 3.0
+    heatmap = trace_heatmap(result, "mlp").data[0]
+    assert heatmap.zmid == -4.0 and heatmap.zmin == pytest.approx(-12.8) and heatmap.zmax == pytest.approx(4.8)
+    assert heatmap.colorscale[2][1] == "#f7f7f7" and heatmap.colorscale[0][1] == "#2166ac"  # white at the baseline
+    assert "%{z:+.2f}" in heatmap.hovertemplate and "%" not in heatmap.hovertemplate.replace("%{", "")
+    assert "corrupted run: −4.00" in heatmap.hovertemplate and "white = corrupted run (−4.00)" in heatmap.colorbar.title.text
+    caption = figure_caption(trace_heatmap(result, "mlp"))
+    assert "in logits" in caption and "blue below" in caption
+    page = trace_html(result)
+    assert "Clean logit(Paris) − logit(Rome) = +4.80; with the subject corrupted = −4.00" in page
+
+    before, after = synthetic_result(), synthetic_result()
+    after.scores["mlp"][2][3] += 0.25
+    difference = difference_heatmap(before, after, "mlp").data[0]
+    assert "%{z:+.1%}" in difference.hovertemplate and difference.colorbar.tickformat == "+.0%"
+    assert "percentage points" in figure_caption(difference_heatmap(before, after, "mlp"))
+    noted = add_caption_note(trace_heatmap(before, "mlp"), "Computed on your edits: 1 batch.")
+    assert figure_caption(noted).endswith("Computed on your edits: 1 batch.")
+
+
+def test_csv_and_json_name_the_metric():
+    result = synthetic_result()
+    result.settings = TraceSettings(metric="logit-diff")
+    result.contrast = " Rome"
+    header, first = result.to_csv().splitlines()[:2]
+    assert header.endswith(",metric,score") and first.endswith(",logit difference,logit(Paris) − logit(Rome)")
+    data = result.to_dict()
+    assert (data["metric"], data["metric_name"], data["score"]) == ("logit-diff", "logit difference", "logit(Paris) − logit(Rome)")

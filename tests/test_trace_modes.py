@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from core.errors import InputError
+from core.facts import load_known_facts
 from core.hooks import hook_count
+from core.tokens import encode_prompt
 from tests.tiny_models import FAMILIES
+from tracer.corruption import SUBJECT_KINDS, automatic_replacement, subject_relation
 from tracer.fast_trace import FastTracer, fast_scores
 from tracer.metrics import answer_probability, contrast_token, metric_values
 from tracer.problem import TraceResult, TraceSettings, empty_result, prepare_trace
@@ -114,11 +117,29 @@ def test_resampled_subjects_follow_the_seed_and_keep_the_length(tiny):
         assert loaded.tokenizer.decode(ids, skip_special_tokens=True) == TINY_PROMPT.replace("Eiffel Tower", subject)
 
 
-def test_auto_replacement_is_a_same_length_subject_with_another_answer(embedded):
+def test_auto_replacement_is_a_same_length_subject_of_the_same_kind(embedded):
+    """auto takes a known subject of the traced fact's relation (a landmark for the Eiffel Tower, not a music service),
+    with as many tokens, and says which and why."""
     problem = prepare_trace(embedded, EIFFEL, "Eiffel Tower", TraceSettings(kinds=("mlp",), corruption="replace"))
     (subject,) = problem.corruption.replacements
     assert subject != "Eiffel Tower" and problem.settings.replacement is None
     assert embedded.tokenizer.decode(problem.corruption.input_ids[0], skip_special_tokens=True) == EIFFEL.replace("Eiffel Tower", subject)
+    facts = {fact.subject: fact for fact in load_known_facts()}
+    assert facts[subject].relation_id == "P131"  # "located in": Royal National Theatre, not Beats Music
+    note = problem.corruption.note
+    assert note.startswith(f"auto chose {subject!r}, of the same relation (P131") and "3 tokens of 'Eiffel Tower'" in note
+    result = empty_result(embedded, problem, 0.0)
+    assert result.corruption_note == note and TraceResult.from_dict(result.to_dict()).corruption_note == note
+    # A known subject: its own relation. No subject of the relation fits: one of the same kind (a person).
+    beats = prepare_trace(embedded, "Beats Music is owned by", "Beats Music", TraceSettings(kinds=("mlp",), corruption="replace"))
+    assert facts[beats.corruption.replacements[0]].relation_id == "P127" and "known subject" in beats.corruption.note
+    jordan = "Michael Jordan professionally plays the sport of"
+    assert subject_relation(jordan, "Michael Jordan", 0, list(facts.values()))[0] == "P641"
+    encoded = encode_prompt(embedded.tokenizer, jordan)
+    chosen, _, note = automatic_replacement(embedded.tokenizer, encoded, "Michael Jordan", 0,
+                                            encoded.subject_range("Michael Jordan"), " basketball")
+    assert SUBJECT_KINDS[facts[chosen].relation_id] == "person" and facts[chosen].relation_id != "P641"
+    assert "a person like the subjects of the prompt's relation (P641" in note
 
 
 @pytest.mark.parametrize(

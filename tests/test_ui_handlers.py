@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import types
+
 import gradio as gr
 import pytest
 
 from core.errors import InputError
 from editor.methods.registry import method_class
+from tracer.figures import figure_caption
 from tracer.preview import preview_trace
-from tracer.problem import TraceSettings
+from tracer.problem import TraceResult, TraceSettings
+from ui import tracing
 from ui.context import AppContext
 from ui.models import ModelManager
 from ui.runner import ModelRunner
@@ -16,6 +21,7 @@ from ui.session import SessionState
 from ui.tabs import averages_tab, edit_tab, model_tab, range_tab, test_tab, trace_tab
 from ui.tabs.edit_tab import EditForm
 from ui.tabs.range_tab import RangeForm, RecommendForm
+from ui.tracing import TraceForm
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 
@@ -179,20 +185,86 @@ def embedded_heads(context) -> int:
 def test_preview_in_each_corruption_and_metric_with_heads(context):
     """The Trace tab's new settings reach the trace: a replaced subject, logit difference, the heads heatmap."""
     session = SessionState(model_spec="embedded")
-    status, hidden, mlp, attn, data, *downloads, heads, session = trace_tab.run_preview(
-        context, EIFFEL, "Eiffel Tower", "", ["mlp", "heads"], 2, "3x", 10, 1, "gaussian",
-        "replace", "auto", "logit-diff", "last", session, quiet,
+    form = TraceForm(prompt=EIFFEL, subject="Eiffel Tower", kinds=["mlp", "heads"], samples=2, corruption="replace",
+                     metric="logit-diff")
+    status, hidden, mlp, attn, data, *downloads, heads, stale, refresh, shown, session = trace_tab.run_preview(
+        context, form, None, session, quiet
     )
     settings = data["settings"]
     assert settings["corruption"] == "replace" and settings["metric"] == "logit-diff" and "heads" in settings["kinds"]
-    assert "replaced by" in status and "logit" in status
+    assert "replaced by" in status and "logit" in status and "computed on **original weights**" in status
+    assert "Auto chose" in status and "same relation" in status  # which subject replaced it, and why
+    assert data["model_state"] == "original weights" and shown.stage == "preview" and shown.form == form
     assert heads.data[0].y[0] == "head 0" and len(heads.data[0].y) == embedded_heads(context)
-    with pytest.raises(gr.Error, match="Corruption must be one of"):
-        trace_tab.run_preview(context, EIFFEL, "Eiffel Tower", "", ["mlp"], 2, "3x", 10, 1, "gaussian",
-                              "scramble", "auto", "prob", "last", session, quiet)
-    with pytest.raises(gr.Error, match="Metric must be one of"):
-        trace_tab.run_preview(context, EIFFEL, "Eiffel Tower", "", ["mlp"], 2, "3x", 10, 1, "gaussian",
-                              "noise", "auto", "entropy", "last", session, quiet)
+    assert figure_caption(mlp).endswith("Computed on original weights.")
+    with pytest.raises(InputError, match="Corruption must be one of"):
+        TraceForm(prompt=EIFFEL, subject="Eiffel Tower", corruption="scramble")
+    with pytest.raises(InputError, match="Metric must be one of"):
+        TraceForm(prompt=EIFFEL, subject="Eiffel Tower", metric="entropy")
+    with pytest.raises(gr.Error, match="does not occur in the prompt"):
+        trace_tab.run_preview(context, TraceForm(prompt=EIFFEL, subject="Big Ben"), None, session, quiet)
+    with pytest.raises(gr.Error, match="Window must be from 1 to 30"):
+        trace_tab.run_preview(context, TraceForm(prompt=EIFFEL, subject="Eiffel Tower", window=31), None, session, quiet)
+
+
+def test_the_prediction_and_the_heatmaps_say_their_model_state(context):
+    """Every output names the weights it was computed on; after a change the heatmaps are marked, and the prediction
+    line says at once that it is computed again (never the old answer as current)."""
+    session = SessionState(model_spec="embedded")
+    *_, (text, session) = trace_tab.show_prediction(context, EIFFEL, "", session)
+    assert text.startswith("Model's top prediction (original weights): **Paris**")
+    *_, shown, session = trace_tab.run_preview(context, TraceForm(prompt=EIFFEL, subject="Eiffel Tower", kinds=["mlp"]),
+                                               None, session, quiet)
+    note, button = trace_tab.mark_stale(context, shown, session)
+    assert not note.visible and not button.visible
+    session.ledgers["embedded"] = types.SimpleNamespace(batches=[types.SimpleNamespace(batch_id="b1")])  # an edit
+    assert tracing.model_state(session).label == "your edits: 1 batch"
+    note, button = trace_tab.mark_stale(context, shown, session)
+    assert note.visible and button.visible
+    assert "computed on **original weights**, before your last change" in note.value and "**your edits: 1 batch**" in note.value
+    pending = next(trace_tab.refresh_prediction(context, EIFFEL, "", session))[0]
+    assert "your edits: 1 batch" in pending and "computing" in pending and "Paris" not in pending
+    session.ledgers.clear()  # undone: the heatmaps are current again
+    assert not trace_tab.mark_stale(context, shown, session)[0].visible
+
+
+def test_a_link_carries_the_trace_settings_and_never_edits():
+    form = TraceForm(prompt=EIFFEL, subject="Eiffel Tower", kinds=["mlp"], samples=3, metric="logit-diff", head_positions="all")
+    query = tracing.query_of(form)
+    assert "prompt=The+Eiffel" in query and "metric=logit-diff" in query and "heads=all" in query and "kinds=mlp" in query
+    assert "noise=" not in query and "edit" not in query  # defaults are left out; no ledger, ever
+    again, problems = tracing.form_of_query("?" + query + "&__theme=dark")
+    assert again == form and not problems and again.advanced_changed()
+    values = trace_tab.open_link("?" + query)
+    assert values[0] == EIFFEL and values[3] == ["mlp"] and values[4] == 3 and values[-2].open is True
+    assert "press **Trace**" in values[-1]
+    _, problems = tracing.form_of_query("prompt=Hi&samples=500&metric=entropy")
+    assert any("samples" in problem for problem in problems) and any("metric" in problem for problem in problems)
+    assert not any(isinstance(value, str) for value in trace_tab.open_link("?__theme=dark"))  # not a trace link: nothing set
+
+
+def test_the_retrace_summary_and_stop_status_use_the_metrics_units():
+    tokens = ["The", " E", "iffel", " Tower", " is", " in"]
+    result = TraceResult(
+        prompt="The Eiffel Tower is in", subject="Eiffel Tower", tokens=tokens, subject_range=(1, 4), answer=" Paris",
+        answer_id=1, high=4.841, low=-4.0, scores={"mlp": [[0.0] * 3 for _ in tokens]},
+        settings=TraceSettings(kinds=("mlp",), metric="logit-diff"), noise_level=0.0, model="m", num_layers=3, contrast=" Rome",
+    )
+    after = copy.deepcopy(result)
+    after.high = -4.883
+    state = tracing.ModelState("embedded", ("b1",))
+    summary = tracing.retrace_summary(result, after, state)
+    assert "logit difference logit(Paris) − logit(Rome) +4.84 before, −4.88 after your edits" in summary
+    assert "%" not in summary and "your edits: 1 batch" in summary
+    status = tracing.status_markdown(result, stage="done", state=state)
+    assert "clean run **+4.84**" in status and "**−4.00**" in status and "noise (10 samples)" in status
+    result.settings = TraceSettings(kinds=("mlp",), corruption="replace")
+    result.replacements, result.corruption_note = ["Royal National Theatre"], "auto chose 'Royal National Theatre', of the same relation"
+    status = tracing.status_markdown(result, stage="done", state=state)
+    assert "replaced by 'Royal National Theatre'" in status and "noise" not in status and "Auto chose" in status
+    shown = tracing.Shown(form=None, result=result, stage="trace", state=tracing.ModelState("embedded"))
+    assert "**Stopped.**" in tracing.stopped_markdown(shown, None, None)
+    assert "last complete trace (computed on **original weights**)" in tracing.stopped_markdown(shown, None, None)
 
 
 def test_forms_check_the_values_of_the_averages_and_model_tabs(context):

@@ -3,21 +3,26 @@
 - noise: the S rows keep the prompt's tokens; Gaussian (or uniform) noise nu * eps is added to the
   token-embedding module's output at the subject tokens [b, e) (ROME's reference, the default).
 - replace: symmetric token replacement (Zhang and Nanda, ICLR 2024): one row whose subject tokens are
-  those of a counterfactual subject with the same number of tokens; no noise. `auto` takes the first
-  such subject of the known facts (known_1000) whose known answer is not the traced answer.
+  those of a counterfactual subject with the same number of tokens; no noise. `auto` takes a subject
+  of the same kind from the known facts (known_1000): of the same relation (the fact's own when the
+  subject is a known one, else the relation whose templates read most like the prompt), whose known
+  answer is not the traced answer, that takes the subject's tokens exactly; `Corruption.note` says
+  which and why.
 - resample: S rows, each with the subject swapped for a same-length subject of another known fact,
   drawn by `numpy.random.RandomState(seed)` (the trace's seed, the same for every fact).
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 
 import numpy
 import torch
 
 from core.errors import InputError
-from core.facts import load_known_facts
+from core.facts import KnownFact, load_known_facts
 from core.tokens import EncodedPrompt, find_subject
 from tracer.modes import AUTO, CORRUPTIONS
 from tracer.noise import add_noise_
@@ -32,6 +37,7 @@ class Corruption:
     subject_range: tuple[int, int]
     noise: torch.Tensor | None = None
     replacements: list[str] = field(default_factory=list)  # the subject that replaced the traced one, per row
+    note: str = ""  # how an automatic replacement was chosen, in plain words ("" otherwise)
 
     @property
     def samples(self) -> int:
@@ -47,7 +53,7 @@ class Corruption:
         """The first `rows` corrupted rows (the preview uses a few)."""
         rows = max(1, min(rows, self.samples))
         noise = None if self.noise is None else self.noise[:rows]
-        return Corruption(self.method, self.input_ids[:rows], self.subject_range, noise, self.replacements[:rows])
+        return Corruption(self.method, self.input_ids[:rows], self.subject_range, noise, self.replacements[:rows], self.note)
 
 
 def noise_corruption(input_ids: torch.Tensor, subject_range: tuple[int, int], noise: torch.Tensor) -> Corruption:
@@ -91,18 +97,127 @@ def same_length_ids(
     return found
 
 
-def _known_candidates(subject: str, answer: str) -> list[str]:
-    """Distinct subjects of known_1000, in file order, other than `subject` and whose known answer is not `answer`."""
+# Wikidata's names of known_1000's relations, for the note on an automatic replacement.
+RELATION_NAMES = {
+    "P17": "located in the country", "P19": "place of birth", "P20": "place of death", "P27": "country of citizenship",
+    "P30": "continent", "P36": "capital", "P37": "official language", "P39": "position held", "P101": "field of work",
+    "P103": "native language", "P106": "occupation", "P108": "employer", "P127": "owned by", "P131": "located in the region",
+    "P136": "genre", "P138": "named after", "P140": "religion", "P159": "headquarters location", "P176": "manufacturer",
+    "P178": "developer", "P190": "twin city", "P276": "location", "P364": "original language of a work",
+    "P407": "language of a work", "P413": "position played", "P449": "original broadcaster", "P463": "member of",
+    "P495": "country of origin", "P641": "sport", "P740": "formed in", "P937": "work location", "P1303": "instrument",
+    "P1412": "languages spoken or written",
+}
+# CounterFact's wordings that known_1000's templates lack, so that its prompts find their relation too.
+EXTRA_TEMPLATES = {
+    "P103": ("The mother tongue of {} is", "{}'s mother tongue is"),
+    "P131": ("{} is located in the city of", "{} is in the city of"),
+    "P641": ("{} professionally plays the sport of", "{} plays the sport of"),
+}
+# What the subjects of each relation are (None: of several kinds): the next best choice when no subject of the
+# relation itself fits.
+SUBJECT_KINDS = {
+    **dict.fromkeys(("P19", "P20", "P27", "P39", "P101", "P103", "P106", "P108", "P136", "P1303", "P1412", "P413", "P641",
+                     "P937"), "person"),
+    **dict.fromkeys(("P17", "P30", "P36", "P37", "P131", "P190", "P276"), "place"),
+    **dict.fromkeys(("P127", "P159", "P740"), "organisation"),
+    **dict.fromkeys(("P176", "P178"), "product"),
+    **dict.fromkeys(("P364", "P407", "P449", "P495"), "work"),
+}
+SIMILAR_ENOUGH = 0.5  # a prompt reads like a relation's template when difflib's ratio of their words reaches this
+
+
+def relation_words(relation: str) -> str:
+    """'P17' -> 'P17, located in the country' (the id alone when it has no name here)."""
+    name = RELATION_NAMES.get(relation)
+    return f"{relation}, {name}" if name else relation
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\{\}|[\w']+", text.lower())
+
+
+def subject_relation(prompt: str, subject: str, occurrence: int, facts: list[KnownFact]) -> tuple[str | None, str]:
+    """(the relation of the traced fact, why) from the known facts: the subject's own fact when it is a known
+    subject, else the relation whose templates read most like the prompt with the subject taken out; (None, why)
+    when no template is similar enough."""
+    key = subject.strip().lower()
+    for fact in facts:
+        if fact.subject.strip().lower() == key and fact.relation_id:
+            return fact.relation_id, f"{subject!r} is a known subject of it"
+    start = find_subject(prompt, subject, occurrence)
+    template = _words(prompt[:start] + " {} " + prompt[start + len(subject):])
+    pairs = [(fact.relation_id, fact.template) for fact in facts if fact.relation_id]
+    pairs += [(relation, text) for relation, texts in EXTRA_TEMPLATES.items() for text in texts]
+    best: dict[str, tuple[float, str]] = {}
+    for relation, text in dict.fromkeys(pairs):
+        score = difflib.SequenceMatcher(None, template, _words(text), autojunk=False).ratio()
+        if score > best.get(relation, (-1.0, ""))[0]:
+            best[relation] = (score, text)
+    if not best:
+        return None, "the known facts name no relations"
+    relation, (score, text) = max(best.items(), key=lambda item: item[1][0])
+    if score < SIMILAR_ENOUGH:
+        return None, "the prompt reads like none of the known facts' templates"
+    return relation, f"the prompt reads like {text!r}"
+
+
+def _known_candidates(subject: str, answer: str, facts: list[KnownFact] | None = None) -> list[KnownFact]:
+    """One fact per distinct subject of known_1000, in file order, other than `subject` and whose known answer is not
+    `answer`."""
     seen = {subject.strip().lower()}
     answer = answer.strip().lower()
     chosen = []
-    for fact in load_known_facts():
+    for fact in load_known_facts() if facts is None else facts:
         key = fact.subject.strip().lower()
         if key in seen or (answer and fact.attribute.strip().lower().startswith(answer)):
             continue
         seen.add(key)
-        chosen.append(fact.subject)
+        chosen.append(fact)
     return chosen
+
+
+def automatic_replacement(
+    tokenizer, encoded: EncodedPrompt, subject: str, occurrence: int, subject_range: tuple[int, int], answer: str
+) -> tuple[str, list[int], str]:
+    """(replacement subject, the prompt's ids with it, why it was chosen): the first known subject, in known_1000's
+    order, that takes the subject's tokens exactly and whose answer differs, of the traced fact's relation if one
+    fits, else of the same kind of subject (a person, a place, ...), else of any kind."""
+    facts = load_known_facts()
+    count = subject_range[1] - subject_range[0]
+    tokens = f"the {count} token{'s' if count != 1 else ''} of {subject!r}"
+    relation, why = subject_relation(encoded.prompt, subject, occurrence, facts)
+    kind = SUBJECT_KINDS.get(relation) if relation is not None else None
+    candidates = _known_candidates(subject, answer, facts)
+    groups = [
+        ([fact for fact in candidates if relation is not None and fact.relation_id == relation], "relation"),
+        ([fact for fact in candidates if kind is not None and fact.relation_id != relation
+          and SUBJECT_KINDS.get(fact.relation_id) == kind], "kind"),
+        ([fact for fact in candidates if relation is None or (fact.relation_id != relation
+          and (kind is None or SUBJECT_KINDS.get(fact.relation_id) != kind))], "any"),
+    ]
+    for group, level in groups:
+        texts = [fact.subject for fact in group]
+        for fact, ids in zip(group, same_length_ids(tokenizer, encoded, subject, occurrence, subject_range, texts)):
+            if ids is None:
+                continue
+            chosen = f"auto chose {fact.subject!r}"
+            own = f"({relation_words(fact.relation_id)})"
+            if level == "relation":
+                note = f"{chosen}, of the same relation ({relation_words(relation)}: {why}), with {tokens}"
+            elif level == "kind":
+                note = (f"{chosen} {own}, a {kind} like the subjects of the prompt's relation ({relation_words(relation)}: "
+                        f"{why}), none of which has {tokens}")
+            elif relation is not None:
+                note = (f"{chosen} {own}, the first known subject with {tokens}: none of the prompt's relation "
+                        f"({relation_words(relation)}: {why}){f' or another {kind}' if kind else ''} has them")
+            else:
+                note = f"{chosen} {own}, the first known subject with {tokens}: {why}"
+            return fact.subject, ids, note
+    raise InputError(
+        f"No subject of the known facts takes the place of {subject!r} ({count} token(s)) token for token in this "
+        f"prompt. Name a replacement of {count} token(s), or use noise."
+    )
 
 
 def token_replacement(
@@ -132,7 +247,10 @@ def token_replacement(
                 f"Choose a subject of {count} token(s), or use --replacement auto."
             )
         return Corruption("replace", torch.tensor([ids]), subject_range, None, [replacement])
-    candidates = _known_candidates(subject, answer)
+    if method == "replace":
+        text, ids, note = automatic_replacement(tokenizer, encoded, subject, occurrence, subject_range, answer)
+        return Corruption("replace", torch.tensor([ids]), subject_range, None, [text], note)
+    candidates = [fact.subject for fact in _known_candidates(subject, answer)]
     fitting = [(text, ids) for text, ids in zip(candidates, same_length_ids(tokenizer, encoded, subject, occurrence, subject_range, candidates))
                if ids is not None]
     if not fitting:
@@ -140,9 +258,6 @@ def token_replacement(
             f"No subject of the known facts takes the place of {subject!r} ({count} token(s)) token for token in this "
             f"prompt. Name a replacement of {count} token(s), or use noise."
         )
-    if method == "replace":
-        text, ids = fitting[0]
-        return Corruption("replace", torch.tensor([ids]), subject_range, None, [text])
     generator = numpy.random.RandomState(seed)
     drawn = generator.choice(len(fitting), size=samples, replace=len(fitting) < samples)
     chosen = [fitting[int(index)] for index in drawn]

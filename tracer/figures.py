@@ -5,6 +5,12 @@ purple, MLP green, attention red), used by the CLI's `--html` and by the app. Ev
 a short plain-words caption ("what am I looking at") in `figure.layout.meta["caption"]`;
 `figure_caption(figure)` returns it. Numbers are sent as plain lists (NaN as None), so the
 browser's plotly can read them back (`gd._fullData[0].z`).
+
+Units follow the trace's metric everywhere (colour bars, hover text, captions): a probability is shown
+in percent, a log probability and a logit difference as plain numbers; `format_score` is the one way to
+write a score in words. A probability is drawn on the kind's sequential scale (white = 0); a logit
+difference or log probability, which has no natural zero, on a diverging scale centred on the corrupted
+run's score (white = no effect; the kind's colour above it, blue below).
 """
 
 from __future__ import annotations
@@ -32,8 +38,18 @@ CLASS_COLORS = {
     "further tokens": "#8e24aa",
     "last token": "#43a047",
 }
-FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=15)
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=16)
 PREVIEW_OPACITY = 0.45  # unfinished cells show the preview's estimate, faded
+# Diverging scales (logit difference, log probability): blue below the corrupted run's score, white at it, the kind's
+# colour above (the ends of the kind's sequential scale).
+BELOW_COLORS = ("#2166ac", "#92c5de")
+KIND_ABOVE_COLORS = {"hidden": ("#9e9ac8", "#3f007d"), "mlp": ("#74c476", "#00441b"), "attn": ("#fb6a4a", "#67000d"),
+                     HEADS: ("#fd8d3c", "#7f2704")}
+DIVERGING_METRICS = ("logit-diff", "logprob")
+# d3 formats of a score and of a change of score, per metric (plotly's hover text and colour bar ticks)
+SCORE_FORMATS = {"prob": ".1%", "logprob": ".2f", "logit-diff": "+.2f"}
+CHANGE_FORMATS = {"prob": "+.1%", "logprob": "+.2f", "logit-diff": "+.2f"}
+TICK_FORMATS = {"prob": ".0%", "logprob": "", "logit-diff": "+"}
 
 
 def kind_title(kind: str) -> str:
@@ -45,14 +61,107 @@ def kind_title(kind: str) -> str:
 KIND_CHOICES = [(kind_title(kind), kind) for kind in KINDS]  # (label, value) pairs for checkboxes
 
 
+# --- units ---------------------------------------------------------------------------------------
+
+def format_score(metric: str, value: float | None, signed: bool = False) -> str:
+    """A score in its unit: 0.702 -> '70.2%' (probability), '−0.35' (log probability), '+4.84' (logit difference).
+
+    `signed` writes a change of score (a difference, an indirect effect): '+12.3 points' for probabilities.
+    """
+    if value is None or not math.isfinite(value):
+        return "–"
+    if metric == "prob":
+        if signed:
+            return f"{value * 100:+.1f} points".replace("-", "−")
+        if 0 < abs(value) < 0.001:
+            return f"{value * 100:.2g}%"
+        return f"{value * 100:.1f}%"
+    text = f"{value:+.2f}" if signed or metric == "logit-diff" else f"{value:.2f}"
+    return text.replace("-", "−")
+
+
+def unit_words(metric: str) -> str:
+    """How a metric's numbers read: for captions and notes."""
+    return {
+        "prob": "in percent",
+        "logprob": "natural log of the probability: 0 = certain, more negative = less likely",
+        "logit-diff": "in logits: above 0 = the answer beats the counterfactual answer",
+    }.get(metric, "")
+
+
+def diverging(metric: str) -> bool:
+    """Is this metric drawn on a diverging scale centred on the corrupted run's score?"""
+    return metric in DIVERGING_METRICS
+
+
+def kind_colorscale(kind: str, metric: str) -> Any:
+    """The colour scale of a heatmap of `kind`: the kind's sequential scale, or a diverging one for `metric`."""
+    if not diverging(metric):
+        return KIND_COLORSCALES[kind]
+    above = KIND_ABOVE_COLORS[kind]
+    return [[0.0, BELOW_COLORS[0]], [0.25, BELOW_COLORS[1]], [0.5, "#f7f7f7"], [0.75, above[0]], [1.0, above[1]]]
+
+
+def color_range(metric: str, values: numpy.ndarray, low: float, high: float, approximate: bool = False) -> dict:
+    """zmin/zmax (and zmid) of a heatmap: [low, high] widened to the values for a probability (the values' own range for
+    an approximate preview); symmetric around `low` (the corrupted run) for the diverging metrics."""
+    finite = values[numpy.isfinite(values)]
+    if diverging(metric):
+        spread = float(numpy.abs(finite - low).max()) if finite.size else 0.0
+        if not approximate:
+            spread = max(spread, abs(high - low))
+        spread = max(spread, 1e-6)
+        return dict(zmin=low - spread, zmax=low + spread, zmid=low)
+    if approximate and finite.size:  # estimates on their own range: on the clean run's scale they look blank
+        zmin, zmax = float(finite.min()), float(finite.max())
+    else:
+        zmin = min(float(low), float(finite.min())) if finite.size else float(low)
+        zmax = max(float(high), float(finite.max())) if finite.size else float(high)
+    return dict(zmin=zmin, zmax=max(zmax, zmin + 1e-9))
+
+
+def colorbar(label: str, metric: str, low: float | None = None) -> dict:
+    """A colour bar titled with the score's formula, ticks in the metric's unit."""
+    bar = dict(title=dict(text=label, side="right"), thickness=14, tickformat=TICK_FORMATS.get(metric, ""))
+    if low is not None and diverging(metric):
+        bar["title"]["text"] = f"{label}<br><sub>white = corrupted run ({format_score(metric, low)})</sub>"
+    return bar
+
+
+def hover_text(metric: str, low: float, row: str, estimate: str = "") -> str:
+    """Hover text of a trace heatmap cell: the restored score and the indirect effect, in the metric's unit
+    (`customdata[1]` holds the effect)."""
+    name = metric_name(metric)
+    return (
+        f"{row}<br>layer %{{x}}<br>{estimate}restored {name} %{{z:{SCORE_FORMATS[metric]}}}"
+        f"<br>{estimate}indirect effect %{{customdata[1]:{CHANGE_FORMATS[metric]}}}"
+        f" (corrupted run: {format_score(metric, low)})<extra></extra>"
+    )
+
+
+def add_caption_note(figure: go.Figure, note: str) -> go.Figure:
+    """Append a sentence (e.g. the model state the figure was computed on) to the figure's caption."""
+    caption = figure_caption(figure)
+    meta = dict(figure.layout.meta) if isinstance(figure.layout.meta, dict) else {}
+    meta["caption"] = f"{caption} {note}".strip()
+    figure.update_layout(meta=meta)
+    return figure
+
+
 # --- captions ----------------------------------------------------------------------------------
 
 def score_words(metric: str = "prob") -> str:
-    """What the colour measures, in plain words."""
+    """What the colour measures, in plain words, with its unit."""
     return {
-        "logit-diff": "how far the answer's logit rises above the counterfactual answer's (logit difference)",
-        "logprob": "how likely the answer becomes again (log probability)",
-    }.get(metric, "how likely the answer becomes again")
+        "logit-diff": (
+            "how far the answer's logit rises above the counterfactual answer's (logit difference, in logits), "
+            "white at the corrupted run's value, the kind's colour above it and blue below it"
+        ),
+        "logprob": (
+            "how likely the answer becomes again (log probability: 0 = certain), white at the corrupted run's "
+            "value, the kind's colour above it and blue below it"
+        ),
+    }.get(metric, "how likely the answer becomes again (its probability, in percent)")
 
 
 def heatmap_caption(
@@ -68,12 +177,16 @@ def heatmap_caption(
     text = (
         f"Each square is one word of the prompt (row; * marks the subject) at one layer (column). "
         f"The subject was {corrupted} so the model lost the answer; then {what} was copied back from the "
-        f"clean run at that word only. The colour is {score_words(metric)}: dark = this piece "
+        f"clean run at that word only. The colour is {score_words(metric)}: {_strong(metric)} = this piece "
         f"carries the fact."
     )
     if approximate:
         text += " Approximate preview: a first-order estimate (attribution patching), replaced by exact values."
     return text
+
+
+def _strong(metric: str) -> str:
+    return "deep colour (above the corrupted run)" if diverging(metric) else "dark"
 
 
 def heads_caption(positions: str = "last", metric: str = "prob", corruption: str = "the noise", approximate: bool = False) -> str:
@@ -83,7 +196,7 @@ def heads_caption(positions: str = "last", metric: str = "prob", corruption: str
     text = (
         f"Each square is one attention head (row) in one layer (column). The subject was {corrupted} so the model "
         f"lost the answer; then that single head's output was copied back from the clean run {where}, in that layer "
-        f"only. The colour is {score_words(metric)}: dark = this head carries the fact to the answer."
+        f"only. The colour is {score_words(metric)}: {_strong(metric)} = this head carries the fact to the answer."
     )
     if approximate:
         text += " Approximate preview: a first-order estimate (attribution patching), replaced by exact values."
@@ -106,11 +219,13 @@ def recommendation_caption() -> str:
     )
 
 
-def difference_caption(kind: str) -> str:
+def difference_caption(kind: str, metric: str = "prob") -> str:
     """What an after-minus-before heatmap shows."""
+    unit = "in percentage points" if metric == "prob" else ("in logits" if metric == "logit-diff" else "in log probability")
     return (
-        f"The same trace on your edited model minus the original, {KIND_NAMES[kind]} restorations: red squares bring "
-        f"the answer back more after your edits, blue ones less."
+        f"The same trace on your edited model minus the original, {KIND_NAMES[kind]} restorations, as the change of "
+        f"the restored {metric_name(metric)} ({unit}): red squares bring the answer back more after your edits, "
+        f"blue ones less."
     )
 
 
@@ -142,13 +257,13 @@ def plain(matrix: Any) -> list[list[float | None]]:
 
 def _layout(figure: go.Figure, caption: str, **changes) -> go.Figure:
     figure.update_layout(
-        plot_bgcolor="white", paper_bgcolor="white", font=FONT, margin=dict(l=10, r=10, t=56, b=50),
+        plot_bgcolor="white", paper_bgcolor="white", font=FONT, margin=dict(l=10, r=10, t=38, b=42),
         meta={"caption": caption}, **changes,
     )
     return figure
 
 
-def _title(text: str, size: int = 16) -> dict:
+def _title(text: str, size: int = 18) -> dict:
     return dict(text=text, x=0.02, font=dict(size=size))
 
 
@@ -164,13 +279,13 @@ def empty_figure(message: str, height: int = 320) -> go.Figure:
 
 
 def _heatmap_height(rows: int) -> int:
-    return max(320, 110 + 26 * rows)
+    return max(280, 80 + 22 * rows)
 
 
 # --- trace heatmaps ----------------------------------------------------------------------------
 
 def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
-    """Restored p(answer) for every (token, layer) cell of one kind; NaN (not computed yet) cells are blank.
+    """The restored score (the metric) for every (token, layer) cell of one kind; NaN (not computed yet) cells are blank.
 
     `preview`, the approximate result of the same prompt, fills the cells the exact trace has not
     reached yet, faded and on its own colour range (its estimates are not on the exact scale), so
@@ -183,44 +298,34 @@ def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
     window = result.settings.window_for(kind)
     approximate = bool(result.approximate)
     tokens = [[label] * scores.shape[1] for label in labels]
-    finite = scores[numpy.isfinite(scores)]
-    if approximate and finite.size:  # estimates on their own range: on the clean run's scale they look blank
-        zmin, zmax = float(finite.min()), float(finite.max())
-    else:
-        zmin = min(float(result.low), float(finite.min())) if finite.size else float(result.low)
-        zmax = max(float(result.high), float(finite.max())) if finite.size else float(result.high)
-    estimate = "estimated " if approximate else ""
     metric = result.settings.metric
+    low = float(result.low)
     figure = go.Figure(
         go.Heatmap(
             z=plain(scores),
             x=list(range(scores.shape[1])),
             y=labels,
             customdata=numpy.dstack([numpy.asarray(tokens, dtype=object), numpy.asarray(plain(scores - result.low), dtype=object)]).tolist(),
-            colorscale=KIND_COLORSCALES[kind],
-            zmin=zmin,
-            zmax=max(zmax, zmin + 1e-9),
+            colorscale=kind_colorscale(kind, metric),
+            **color_range(metric, scores, low, float(result.high), approximate),
             xgap=1,
             ygap=1,
-            colorbar=dict(title=dict(text=result_label(result), side="right"), thickness=14),
-            hovertemplate=(
-                "token %{customdata[0]}<br>layer %{x}<br>" + estimate + f"restored {metric_name(metric)} %{{z:.4f}}"
-                "<br>" + estimate + "indirect effect %{customdata[1]:.4f}<extra></extra>"
-            ),
+            colorbar=colorbar(result_label(result), metric, low),
+            hovertemplate=hover_text(metric, low, "token %{customdata[0]}", "estimated " if approximate else ""),
         )
     )
-    restored = "state" if kind == "hidden" else ("MLP" if kind == "mlp" else "attention")
-    title = f"Approximate preview: restoring {restored}" if approximate else f"Impact of restoring {restored} after corruption"
+    restored = {"hidden": "the hidden state", "mlp": "MLPs", "attn": "attention"}[kind]
+    title = f"Preview: restoring {restored}" if approximate else f"Restoring {restored}"
     missing = ~numpy.isfinite(scores)
     if preview is not None and preview is not result and kind in preview.scores and missing.any():
         estimates = numpy.where(missing, numpy.asarray(preview.scores[kind], dtype=float), numpy.nan)
-        shown = estimates[numpy.isfinite(estimates)]
-        low, high = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
         figure.add_trace(
             go.Heatmap(
-                z=plain(estimates), x=list(range(scores.shape[1])), y=labels, colorscale=KIND_COLORSCALES[kind],
-                zmin=low, zmax=max(high, low + 1e-9), opacity=PREVIEW_OPACITY, showscale=False, xgap=1, ygap=1,
-                hovertemplate="token %{y}<br>layer %{x}<br>preview estimate %{z:.4f} (exact value coming)<extra></extra>",
+                z=plain(estimates), x=list(range(scores.shape[1])), y=labels, colorscale=kind_colorscale(kind, metric),
+                **color_range(metric, estimates, float(preview.low), float(preview.high), approximate=True),
+                opacity=PREVIEW_OPACITY, showscale=False, xgap=1, ygap=1,
+                hovertemplate=f"token %{{y}}<br>layer %{{x}}<br>preview estimate %{{z:{SCORE_FORMATS[metric]}}} "
+                              "(exact value coming)<extra></extra>",
             )
         )
         title = f"{kind_title(kind)}: exact {1.0 - float(missing.mean()):.0%}, faded = preview"
@@ -230,8 +335,8 @@ def trace_heatmap(result, kind: str, preview=None) -> go.Figure:
         heatmap_caption(kind, window, approximate, metric, corruption_of(result)),
         title=_title(title),
         height=_heatmap_height(len(labels)),
-        xaxis=dict(title=axis, dtick=5, showgrid=False, tickfont_size=13),
-        yaxis=dict(autorange="reversed", showgrid=False, tickfont_size=15),
+        xaxis=dict(title=axis, dtick=5, showgrid=False, tickfont_size=15),
+        yaxis=dict(autorange="reversed", showgrid=False, tickfont_size=16),
     )
 
 
@@ -256,31 +361,27 @@ def heads_heatmap(result, preview=None) -> go.Figure:
     heads, layers = scores.shape
     labels = [f"head {head}" for head in range(heads)]
     metric, approximate = result.settings.metric, bool(result.approximate)
-    finite = scores[numpy.isfinite(scores)]
-    zmin = min(float(result.low), float(finite.min())) if finite.size else float(result.low)
-    zmax = max(float(result.high), float(finite.max())) if finite.size else float(result.high)
-    estimate = "estimated " if approximate else ""
+    low = float(result.low)
     figure = go.Figure(
         go.Heatmap(
-            z=plain(scores), x=list(range(layers)), y=labels, customdata=plain(scores - result.low),
-            colorscale=KIND_COLORSCALES[HEADS], zmin=zmin, zmax=max(zmax, zmin + 1e-9), xgap=1, ygap=1,
-            colorbar=dict(title=dict(text=result_label(result), side="right"), thickness=14),
-            hovertemplate=(
-                "%{y}<br>layer %{x}<br>" + estimate + f"restored {metric_name(metric)} %{{z:.4f}}"
-                "<br>" + estimate + "indirect effect %{customdata:.4f}<extra></extra>"
-            ),
+            z=plain(scores), x=list(range(layers)), y=labels, customdata=numpy.dstack(
+                [numpy.asarray([labels] * layers, dtype=object).T, numpy.asarray(plain(scores - result.low), dtype=object)]
+            ).tolist(),
+            colorscale=kind_colorscale(HEADS, metric), **color_range(metric, scores, low, float(result.high), approximate),
+            xgap=1, ygap=1, colorbar=colorbar(result_label(result), metric, low),
+            hovertemplate=hover_text(metric, low, "%{y}", "estimated " if approximate else ""),
         )
     )
     missing = ~numpy.isfinite(scores)
-    title = "Approximate preview: restoring single heads" if approximate else "Impact of restoring single attention heads"
+    title = "Preview: restoring single heads" if approximate else "Restoring single attention heads"
     if preview is not None and preview is not result and getattr(preview, "head_scores", None) and missing.any():
         estimates = numpy.where(missing, numpy.asarray(preview.head_scores, dtype=float), numpy.nan)
-        shown = estimates[numpy.isfinite(estimates)]
-        low, high = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
         figure.add_trace(go.Heatmap(
-            z=plain(estimates), x=list(range(layers)), y=labels, colorscale=KIND_COLORSCALES[HEADS], zmin=low,
-            zmax=max(high, low + 1e-9), opacity=PREVIEW_OPACITY, showscale=False, xgap=1, ygap=1,
-            hovertemplate="%{y}<br>layer %{x}<br>preview estimate %{z:.4f} (exact value coming)<extra></extra>",
+            z=plain(estimates), x=list(range(layers)), y=labels, colorscale=kind_colorscale(HEADS, metric),
+            **color_range(metric, estimates, float(preview.low), float(preview.high), approximate=True),
+            opacity=PREVIEW_OPACITY, showscale=False, xgap=1, ygap=1,
+            hovertemplate=f"%{{y}}<br>layer %{{x}}<br>preview estimate %{{z:{SCORE_FORMATS[metric]}}} "
+                          "(exact value coming)<extra></extra>",
         ))
         title = f"Single heads: exact {1.0 - float(missing.mean()):.0%}, faded = preview"
     where = "last token" if result.settings.head_positions == "last" else "every token"
@@ -289,8 +390,8 @@ def heads_heatmap(result, preview=None) -> go.Figure:
         heads_caption(result.settings.head_positions, metric, corruption_of(result), approximate),
         title=_title(title),
         height=_heatmap_height(heads),
-        xaxis=dict(title=f"layer (one head restored at the {where})", dtick=5, showgrid=False, tickfont_size=13),
-        yaxis=dict(autorange="reversed", showgrid=False, tickfont_size=13),
+        xaxis=dict(title=f"layer (one head restored at the {where})", dtick=5, showgrid=False, tickfont_size=15),
+        yaxis=dict(autorange="reversed", showgrid=False, tickfont_size=14),
     )
 
 
@@ -310,17 +411,20 @@ def difference_heatmap(before, after, kind: str) -> go.Figure:
     limit = float(numpy.nanmax(numpy.abs(difference))) if numpy.isfinite(difference).any() else 1.0
     limit = max(limit, 1e-6)
     labels = token_labels(before.tokens, tuple(before.subject_range))
+    metric = before.settings.metric
     figure = go.Figure(
         go.Heatmap(
             z=plain(difference), x=list(range(difference.shape[1])), y=labels, colorscale="RdBu", reversescale=True,
             zmid=0.0, zmin=-limit, zmax=limit, xgap=1, ygap=1,
-            colorbar=dict(title=dict(text=f"Δ {metric_label(before.settings.metric, 'answer', 'a′')}", side="right"), thickness=14),
-            hovertemplate="token %{y}<br>layer %{x}<br>change %{z:.3f}<extra></extra>",
+            colorbar=dict(title=dict(text=f"Δ {result_label(before)}", side="right"), thickness=14,
+                          tickformat=CHANGE_FORMATS[metric].replace(".1", ".0")),
+            hovertemplate=(f"token %{{y}}<br>layer %{{x}}<br>change of the restored {metric_name(metric)} "
+                           f"%{{z:{CHANGE_FORMATS[metric]}}}<extra></extra>"),
         )
     )
     return _layout(
         figure,
-        difference_caption(kind),
+        difference_caption(kind, metric),
         title=_title(f"{kind_title(kind)}: after − before", size=17),
         height=_heatmap_height(len(labels)),
         xaxis=dict(title="layer", dtick=5, showgrid=False),
@@ -449,11 +553,15 @@ def trace_html(result, recommendation=None) -> str:
         corruption = f"the subject {html.escape(corruption_of(result))}"
     if settings.corruption == "resample" and result.replacements:
         corruption += f" ({html.escape(', '.join(result.replacements))})"
+    if getattr(result, "corruption_note", ""):
+        corruption += f" ({html.escape(result.corruption_note)})"
+    metric = settings.metric
     facts = (
         f"<p>Prompt <b>{html.escape(result.prompt)}</b>, subject <b>{html.escape(result.subject)}</b> "
         f"(tokens {begin}-{end - 1}), answer <b>{html.escape(result.answer)}</b>.</p>"
-        f"<p>Clean {label} = {result.high:.4f}; with the subject corrupted = {result.low:.4f} "
-        f"(total effect {result.total_effect:.4f}; {html.escape(metric_name(settings.metric))}). {corruption}, "
+        f"<p>Clean {label} = {format_score(metric, result.high)}; with the subject corrupted = "
+        f"{format_score(metric, result.low)} (total effect {format_score(metric, result.total_effect, signed=True)}; "
+        f"{html.escape(metric_name(metric))}, {html.escape(unit_words(metric))}). {corruption}, "
         f"window {settings.window}, seed {settings.seed}, model {html.escape(result.model)}"
         f"{', approximate preview' if result.approximate else ''}.</p>"
     )

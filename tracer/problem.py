@@ -23,7 +23,7 @@ from core.loading import LoadedModel
 from core.tokens import EncodedPrompt, encode_prompt, target_token_ids
 from tracer.corruption import Corruption, noise_corruption, token_replacement
 from tracer.metrics import contrast_token, metric_values
-from tracer.modes import AUTO, CORRUPTIONS, HEAD_POSITIONS, METRICS
+from tracer.modes import AUTO, CORRUPTIONS, HEAD_POSITIONS, METRICS, metric_label, metric_name
 from tracer.noise import NOISE_TYPES, draw_noise, noise_level, parse_noise, scaled_noise
 
 MAX_TRACE_TOKENS = 256  # a trace costs ~ tokens^2 x layers forwards: longer prompts are refused
@@ -158,6 +158,7 @@ class TraceResult:
     contrast: str = ""  # logit-diff: the token a' whose logit is subtracted
     contrast_id: int = -1
     replacements: list[str] = field(default_factory=list)  # replace/resample: the subject of each corrupted row
+    corruption_note: str = ""  # how an automatic replacement was chosen, in plain words
     head_scores: list[list[float]] = field(default_factory=list)  # heads x layers (NaN = not computed yet)
 
     @property
@@ -233,7 +234,10 @@ class TraceResult:
             "scores": {kind: [[_json_float(v) for v in row] for row in rows] for kind, rows in self.scores.items()},
             "head_scores": [[_json_float(v) for v in row] for row in self.head_scores],
             "metric": self.settings.metric,
+            "metric_name": metric_name(self.settings.metric),
+            "score": metric_label(self.settings.metric, self.answer, self.contrast),
             "corruption": self.settings.corruption,
+            "corruption_note": self.corruption_note,
             "contrast": self.contrast,
             "contrast_id": self.contrast_id,
             "replacements": list(self.replacements),
@@ -266,6 +270,7 @@ class TraceResult:
             contrast=data.get("contrast", ""),
             contrast_id=int(data.get("contrast_id", -1)),
             replacements=list(data.get("replacements", [])),
+            corruption_note=data.get("corruption_note", ""),
             head_scores=[[math.nan if v is None else float(v) for v in row] for row in data.get("head_scores", [])],
             approximate=bool(data.get("approximate", False)),
             elapsed=float(data.get("elapsed", 0.0)),
@@ -274,28 +279,30 @@ class TraceResult:
         )
 
     def to_csv(self) -> str:
-        """One line per cell: kind, token index, token, layer, restored score (the metric), indirect effect, head.
+        """One line per cell: kind, token index, token, layer, restored score (the metric), indirect effect, head, and
+        the metric's name and formula (e.g. "logit difference", "logit(Paris) − logit(Rome)").
 
-        Head cells have kind "heads", the head in the last column, and token index -1 when the head was
-        restored at every token (else the last token's index).
+        Head cells have kind "heads", the head in the column `head`, and token index -1 when the head was
+        restored at every token (else the last token's index). Probabilities are fractions (0.7 = 70%).
         """
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["kind", "token_index", "token", "is_subject", "layer", "restored", "indirect_effect", "head"])
+        writer.writerow(["kind", "token_index", "token", "is_subject", "layer", "restored", "indirect_effect", "head", "metric", "score"])
+        named = [metric_name(self.settings.metric), metric_label(self.settings.metric, self.answer, self.contrast)]
         begin, end = self.subject_range
         for kind in self.kinds:
             for index, row in enumerate(self.scores[kind]):
                 for layer, value in enumerate(row):
                     restored = "" if math.isnan(value) else f"{value:.8g}"
                     effect = "" if math.isnan(value) else f"{value - self.low:.8g}"
-                    writer.writerow([kind, index, self.tokens[index], int(begin <= index < end), layer, restored, effect, ""])
+                    writer.writerow([kind, index, self.tokens[index], int(begin <= index < end), layer, restored, effect, "", *named])
         every = self.settings.head_positions == "all"
         index, token = (-1, "(every token)") if every else (len(self.tokens) - 1, self.tokens[-1])
         for head, row in enumerate(self.head_scores):
             for layer, value in enumerate(row):
                 restored = "" if math.isnan(value) else f"{value:.8g}"
                 effect = "" if math.isnan(value) else f"{value - self.low:.8g}"
-                writer.writerow([HEADS, index, token, 0, layer, restored, effect, head])
+                writer.writerow([HEADS, index, token, 0, layer, restored, effect, head, *named])
         return buffer.getvalue()
 
 
@@ -500,5 +507,6 @@ def empty_result(loaded: LoadedModel, problem: TraceProblem, low: float, *, appr
         contrast=problem.contrast,
         contrast_id=-1 if problem.contrast_id is None else problem.contrast_id,
         replacements=list(problem.corruption.replacements),
+        corruption_note=problem.corruption.note,
         head_scores=[[math.nan] * layers for _ in range(heads)],
     )

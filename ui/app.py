@@ -16,6 +16,7 @@ from ui.context import MODEL_EVENTS, AppContext
 from ui.examples import Example, load_examples
 from ui.limits import Limits
 from ui.models import ModelManager
+from ui.plots import EXPORT_JS, PLOT_CSS
 from ui.runner import ModelRunner
 from ui.session import SessionState
 from ui.sessions import KEEP_NOTE, SessionStore
@@ -25,17 +26,31 @@ TITLE = "Locus"
 SUBTITLE = "Where does a language model keep a fact, and can we rewrite it there? Trace it, choose the layers, edit, test."
 
 CSS = """
-.gradio-container { max-width: 1500px !important; }
-#locus-title h1 { margin-bottom: 0; }
+.gradio-container { max-width: 100% !important; padding-left: 2.5vw !important; padding-right: 2.5vw !important; }
+#locus-head { align-items: center; flex-wrap: nowrap; }
+#locus-title { flex: 0 1 auto !important; min-width: 0 !important; }
+#model-line { flex: 1 1 auto !important; }
+#locus-brand { display: flex; align-items: baseline; gap: 0 1em; flex-wrap: wrap; }
+#locus-brand h1 { margin: 0; font-size: 2em; font-weight: 700; }
+#locus-brand span { color: var(--body-text-color-subdued); font-size: 0.9em; }
+@media (max-width: 1500px) { #locus-brand span { display: none; } }
+#model-line p { margin: 0; }
+#model-line { text-align: right; font-size: 0.9em; }
+#trace-buttons button { min-height: 2.6em; }
 .caption { font-size: 0.95em; color: var(--body-text-color-subdued); }
 #trace-tokens .textspan { font-size: 1.1em; }
 .progress-line { min-height: 2.4em; }
-"""
+#trace-progress { min-height: 1.2em; }
+#trace-example-note p { margin: 0; }
+#trace-examples button { font-size: 0.9em; padding: 2px 10px; }
+#trace-stale, #test-retrace-stale { color: var(--body-text-color); }
+#trace-status p { margin: 0.1em 0; }
+""" + PLOT_CSS
 
 
 def theme() -> gr.themes.Base:
     """Large, high-contrast text: the page is projected in lectures."""
-    return gr.themes.Default(primary_hue="violet", text_size="lg", radius_size="sm")
+    return gr.themes.Default(primary_hue="violet", text_size="lg", radius_size="sm", spacing_size="sm")
 
 
 def build_app(manager: ModelManager, runner: ModelRunner, limits: Limits | None = None, pool: Any = None,
@@ -49,9 +64,9 @@ def build_app(manager: ModelManager, runner: ModelRunner, limits: Limits | None 
         context.session = gr.State(None)
         # The browser keeps only a random key; the session (and its edits) stays on the server.
         browser_key = gr.BrowserState(None, storage_key="locus-session", secret=secrets.token_hex(16))
-        gr.Markdown(f"# {TITLE}\n{SUBTITLE}", elem_id="locus-title")
-        header = gr.Markdown(elem_id="model-line")
-        gr.Markdown(KEEP_NOTE, elem_id="keep-note", elem_classes=["caption"])
+        with gr.Row(elem_id="locus-head", equal_height=False):
+            gr.HTML(f"<div id='locus-brand'><h1>{TITLE}</h1><span>{SUBTITLE}</span></div>", elem_id="locus-title", scale=2)
+            header = gr.Markdown(elem_id="model-line", scale=3)
         context.components["session_ready"] = demo.load(
             context.bind(restore_session), [browser_key, context.session], [context.session, browser_key],
             queue=False, api_visibility="private",
@@ -66,10 +81,10 @@ def build_app(manager: ModelManager, runner: ModelRunner, limits: Limits | None 
             averages = averages_tab.build(context)
             ranges = range_tab.build(context)
             edit = edit_tab.build(context)
-            test_tab.build(context)
+            test = test_tab.build(context)
+        gr.Markdown(KEEP_NOTE, elem_id="keep-note", elem_classes=["caption"])
         wire_tabs(context, trace, ranges, edit, examples)
-        for event in edit.edit_events:
-            event.then(model.refresh_header, [context.session], [header], queue=False, api_visibility="private")
+        wire_model_changes(context, model, header, trace, test, edit)
         wire_model_ready(context, model, trace, averages, ranges, edit)
         context.components["session_ready"].then(*edit.refresh, queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=1)
@@ -92,6 +107,16 @@ def wire_tabs(
         functools.partial(example_edit, examples), [trace.prompt, trace.subject], edit.form,
         queue=False, api_visibility="private",
     )
+
+
+def wire_model_changes(context: AppContext, model: model_tab.ModelTab, header: gr.Markdown, trace: trace_tab.TraceTab,
+                       test: test_tab.TestTab, edit: edit_tab.EditTab) -> None:
+    """One model state per page: after an edit, undo, reset or import the header says the new state, the Trace tab's
+    top prediction is computed again at once, and the heatmaps and the re-trace are marked as computed before it."""
+    for event in edit.edit_events:
+        event.then(model.refresh_header, [context.session], [header], queue=False, api_visibility="private")
+        for handler, inputs, outputs, options in [*trace.after_change, *test.after_change]:
+            event.then(handler, inputs, outputs, api_visibility="private", **options)
 
 
 def example_edit(examples: list[Example], prompt: str, subject: str):
@@ -167,4 +192,4 @@ def fit_controls(ctx: AppContext, session: SessionState | None):
 
 def launch_options() -> dict:
     """Arguments of `demo.launch` that style the page (gradio 6 takes theme and CSS here)."""
-    return {"theme": theme(), "css": CSS}
+    return {"theme": theme(), "css": CSS, "head": EXPORT_JS}

@@ -126,9 +126,11 @@ def _nest(entries: list[tuple[tuple[str, ...], Any]]) -> dict:
     return nested
 
 
-def bind(ctx: Any, handler: Callable[..., Any], form: type[Form], components: Mapping[str, Any]) -> tuple[Callable, list]:
+def bind(ctx: Any, handler: Callable[..., Any], form: type[Form], components: Mapping[str, Any],
+         extra: Mapping[str, Any] | None = None) -> tuple[Callable, list]:
     """(event function, inputs) for `handler(ctx, form, *rest)`: the inputs are the form's components in field order,
-    then `rest`'s (ctx.session for a parameter named session).
+    then `rest`'s (ctx.session for a parameter named session, `extra[name]` for a parameter of that name, e.g. a
+    page's gr.State).
 
     `components` maps every field of `form` to its component, or to a mapping of components (see the module doc).
     """
@@ -140,7 +142,8 @@ def bind(ctx: Any, handler: Callable[..., Any], form: type[Form], components: Ma
     if len(set(parameter_names)) != len(parameter_names) or not all(name.isidentifier() for name in parameter_names):
         raise TypeError(f"{form.__name__}'s components need distinct names that are identifiers: {parameter_names}")
     rest = list(inspect.signature(handler).parameters.values())[2:]  # after (ctx, form): session, progress, ...
-    extra_inputs = [ctx.session for parameter in rest if parameter.name == "session"]
+    by_name = {**(extra or {}), "session": ctx.session}
+    extra_inputs = [by_name[parameter.name] for parameter in rest if parameter.name in by_name]
     signature = inspect.Signature(
         [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for name in parameter_names]
         + [parameter.replace(annotation=inspect.Parameter.empty,

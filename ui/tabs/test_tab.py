@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import html
 from dataclasses import dataclass
 from typing import Any
@@ -10,17 +9,15 @@ from typing import Any
 import gradio as gr
 
 from core.errors import InputError
-from core.kinds import KINDS
 from core.predict import generate_greedy, predict_next_tokens
 from core.progress import derived, stage
 from editor.evaluation.health import PROBE_COUNT, model_health, probe_facts
-from tracer import figures
-from tracer.trace import trace
-from ui import captions, editing, health_view, limits
+from ui import captions, editing, health_view, limits, tracing
 from ui.context import MODEL_EVENTS, AppContext, stop_jobs
 from ui.controls import job_controls
 from ui.display import display_token, label_value, percent
 from ui.errors import friendly
+from ui.plots import export_buttons
 from ui.runner import HEARTBEAT
 from ui.session import SessionState
 
@@ -138,36 +135,28 @@ def run_checks(ctx: AppContext, session: SessionState | None, progress=gr.Progre
 
 @friendly
 def run_retrace(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
-    """The last trace again with the session's edits, shown as after-minus-before heatmaps."""
+    """The last trace again with the session's edits, shown as after-minus-before heatmaps (units of its metric), and
+    the model state it was computed on (remembered by the page, to mark it after the next change)."""
     session = ctx.session_of(session)
     last = session.trace
     if last is None:
         raise InputError("There is no trace to repeat: run one on the Trace tab first.")
     if not session.has_edits():
         raise InputError("You have no edits yet, so the model is unchanged: apply an edit on the Edit tab first.")
-    settings = copy.deepcopy(last.settings)
-    settings.answer = last.answer  # follow the same answer token before and after the edit
-    original = session.original_trace
-    reuse = original is not None and _same_trace(original, last, settings)
-
-    def work(job, loaded):
-        def part(offset: float, label: str):
-            return derived(job.progress, lambda fraction, message: job.progress(offset + 0.5 * fraction, f"{label}: {message}"))
-
-        before = original if reuse else trace(loaded, last.prompt, last.subject, settings, progress=part(0.0, "Original model"))
-        with session.applied(loaded):
-            after = trace(loaded, last.prompt, last.subject, settings, progress=part(0.5, "With your edits"))
-        return before, after
-
-    before, after = ctx.run(session, work, name="re-trace", edited=False, lane="long", progress=progress)
-    if not reuse:
+    before, after, state, reused = ctx.run(session, tracing.retrace_work(session, last), name="re-trace", edited=False,
+                                           lane="long", progress=progress)
+    if not reused:
         session.original_trace = before
-    status = (
-        f"Following **{html.escape(display_token(before.answer))}**: clean probability "
-        f"{percent(before.high)} before, {percent(after.high)} after your edits."
-    )
-    plots = (gr.Plot(figures.difference_heatmap(before, after, kind), visible=True) for kind in KINDS)
-    return (status, *plots, session)
+    plots = (gr.Plot(figure, visible=True) for figure in tracing.difference_figures(before, after, state).values())
+    shown = tracing.Shown(form=None, result=after, stage="retrace", state=state)
+    return (tracing.retrace_summary(before, after, state), *plots, gr.Markdown(value="", visible=False),
+            gr.Button(visible=False), shown, session)
+
+
+def mark_retrace_stale(ctx: AppContext, shown: Any, session: SessionState | None):
+    """The note over the re-trace (and its button) when it was computed on other weights than the session's now."""
+    note = tracing.stale_note(shown, ctx.session_of(session), "These differences")
+    return gr.Markdown(value=note, visible=bool(note)), gr.Button(visible=bool(note))
 
 
 def session_ledger(session: SessionState) -> Any:
@@ -228,6 +217,7 @@ class TestTab:
     """What the rest of the page uses: the events whose results depend on the session's edits."""
 
     compare_event: Any
+    after_change: list[tuple[Any, list, list, dict]]  # (handler, inputs, outputs, options) after an edit, undo, reset, import
 
 
 def build(ctx: AppContext) -> TestTab:
@@ -272,10 +262,17 @@ def build(ctx: AppContext) -> TestTab:
             "Re-trace the last trace with my edits", "test-retrace", "test-retrace", variant="secondary"
         )
         retrace_status = gr.Markdown(elem_id="test-retrace-status")
+        with gr.Row():
+            retrace_stale = gr.Markdown(visible=False, elem_id="test-retrace-stale")
+            retrace_again = gr.Button("Refresh", visible=False, variant="primary", size="sm", elem_id="test-retrace-refresh",
+                                      scale=0, min_width=120)
         retrace_plots = {}
         with gr.Row(equal_height=True):
-            for kind in KINDS:
-                retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", min_width=320, visible=False)
+            for kind in tracing.KINDS:
+                with gr.Column(min_width=320):
+                    retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", visible=False)
+                    export_buttons(f"test-diff-{kind}")
+        retrace_shown = gr.State(None)
 
         gr.Markdown("---")
         gr.Markdown(health_view.HEALTH_CAPTION)
@@ -304,10 +301,12 @@ def build(ctx: AppContext) -> TestTab:
     )
     check_stop.click(ctx.bind(stop_jobs), [ctx.session], [check_summary], queue=False, api_visibility="private")
     # --- re-trace with the edits and show the difference -------------------------------------------------
-    retrace.click(
-        ctx.bind(run_retrace), [ctx.session], [retrace_status, *retrace_plots.values(), ctx.session],
-        api_name="retrace", show_progress_on=[retrace_line], **MODEL_EVENTS,
-    )
+    retrace_outputs = [retrace_status, *retrace_plots.values(), retrace_stale, retrace_again, retrace_shown, ctx.session]
+    for button in (retrace, retrace_again):
+        button.click(
+            ctx.bind(run_retrace), [ctx.session], retrace_outputs, show_progress_on=[retrace_line], **MODEL_EVENTS,
+            **(dict(api_name="retrace") if button is retrace else dict(api_visibility="private")),
+        )
     retrace_stop.click(ctx.bind(stop_jobs), [ctx.session], [retrace_status], queue=False, api_visibility="private")
     # --- model health: perplexity and retention, original vs edited -------------------------------------
     health.click(
@@ -315,18 +314,8 @@ def build(ctx: AppContext) -> TestTab:
         api_name="health", show_progress_on=[health_line], **MODEL_EVENTS,
     )
     health_stop.click(ctx.bind(stop_jobs), [ctx.session], [health_status], queue=False, api_visibility="private")
-    return TestTab(compare_event=compare_event)
-
-
-def _same_trace(original: Any, last: Any, settings: Any) -> bool:
-    """Is `original` a trace of the unedited model for the same prompt, subject, answer and settings?"""
-    if (original.prompt, original.subject, original.answer) != (last.prompt, last.subject, last.answer):
-        return False
-    mine = original.settings.to_dict()
-    wanted = settings.to_dict()
-    mine.pop("answer", None)
-    wanted.pop("answer", None)
-    return mine == wanted
+    after_change = [(ctx.bind(mark_retrace_stale), [retrace_shown, ctx.session], [retrace_stale, retrace_again], dict(queue=False))]
+    return TestTab(compare_event=compare_event, after_change=after_change)
 
 
 def percent_or_dash(value: float | None) -> str:
