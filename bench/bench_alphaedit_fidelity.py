@@ -43,8 +43,8 @@ from editor.edits.weights import projection_weight, restore, snapshot
 from editor.evaluation.counterfact import load_records
 from editor.evaluation.evaluate import score_records, summarize
 from editor.evaluation.health import probe_facts, retention
-from editor.methods.registry import method_for
 from editor.methods.prefixes import context_prefixes
+from editor.methods.registry import method_for
 from editor.statistics.covariance import layer_covariances
 
 ROOT = Path(__file__).resolve().parents[1]

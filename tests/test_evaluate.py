@@ -109,7 +109,7 @@ def test_cli_evaluate_prints_the_table_and_writes_json(tmp_path, embedded):
     shared_covariances(embedded)  # so the subprocess finds C in the cache
     out = tmp_path / "metrics.json"
     result = _cli("evaluate", "--data", str(DEVSET), "--limit", "2", "--mode", "batch", "--tokens", str(TEST_TOKENS),
-                  "--no-generation", "--device", "cpu", "--out", str(out))
+                  "--no-generation", "--device", "cpu", "--set", "steps=6", "--out", str(out))  # few steps: the CLI is under test
     assert result.returncode == 0, result.stderr[-2000:]
     assert "unedited" in result.stdout and "edited" in result.stdout and "n=2" in result.stdout
     assert "ES-gen" in result.stdout and "NS-gen" in result.stdout
