@@ -210,12 +210,12 @@ def job_event(handler: Callable[..., Any], count: int, done_from: int | None = N
             kwargs["progress"] = sink
         last: tuple = skips
         try:
+            yield (*skips, progress_html(None))  # at once: the line is never blank, Gradio's own timer never shown
             if streaming:
                 for values in handler(*args, **kwargs):
                     last = _as_values(values, count)
                     yield (*last, progress_html(sink.view))
             else:
-                yield (*skips, progress_html(None))
                 for values in _beside(handler, args, kwargs, sink, count):
                     last = values[:-1]
                     yield values
