@@ -98,7 +98,10 @@ def test_progress_is_one_line_never_blank_never_backwards(page):
     running = samples[:-1]
     assert running, "the edit ended before its line could be read"
     assert all(text for text, _ in running), f"a blank line while the edit ran: {samples}"
-    assert not any("processing" in text for text, _ in running), f"Gradio's own timer on the line: {samples}"
+    # Gradio's own "processing" may show for the moment before the event's first answer arrives; once the job's
+    # line is drawn, it alone speaks.
+    ours = next(index for index, (text, _) in enumerate(running) if "processing" not in text)
+    assert not any("processing" in text for text, _ in running[ours:]), f"Gradio's own timer on the line: {samples}"
     percents = [percent for _, percent in running if percent is not None]
     assert percents and percents == sorted(percents), f"no progress, or progress going backwards: {samples}"
     for text, _ in running:  # one percentage and one estimate at a time

@@ -272,3 +272,7 @@ def test_an_output_computed_before_a_change_of_the_edits_says_so():
     stale = model_state.note_html(session, "test-health", "Measure model health")
     assert model_state.is_stale(session, "test-health")
     assert "Computed before your last change" in stale and "Measure model health" in stale
+    model_state.record_original(session, "averages")  # averages never use the edits: never stale
+    bump_ledger_version(session)
+    assert not model_state.is_stale(session, "averages")
+    assert "original weights" in model_state.note_html(session, "averages", "Compute averages")

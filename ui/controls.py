@@ -138,6 +138,7 @@ def done_html(seconds: float, message: str | None = None) -> str:
 
 
 def stopped_html(seconds: float, message: str) -> str:
+    """The line after a Stop: neutral, like a finished job's, with the time it ran."""
     return f'<div class="job-line stopped" role="status">⏹ {message} ({duration(seconds)} after the start)</div>'
 
 

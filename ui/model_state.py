@@ -35,10 +35,15 @@ def record(session: Any, key: str) -> None:
     session.computed[key] = (session.ledger_version, batches_of(session))
 
 
+def record_original(session: Any, key: str) -> None:
+    """The output `key` was just computed on the original weights, whatever the edits (it never goes stale)."""
+    session.computed[key] = (None, 0)
+
+
 def is_stale(session: Any, key: str) -> bool:
     """Was output `key` computed before the session's last change of its edits?"""
     computed = session.computed.get(key)
-    return computed is not None and computed[0] != session.ledger_version
+    return computed is not None and computed[0] is not None and computed[0] != session.ledger_version
 
 
 def note_html(session: Any, key: str, action: str) -> str:
@@ -48,6 +53,9 @@ def note_html(session: Any, key: str, action: str) -> str:
     if computed is None:
         return ""
     version, batches = computed
+    if version is None:
+        return ('<div class="model-state" role="status">Computed on the model with <b>original weights</b> '
+                "(your edits are never applied here).</div>")
     if version == session.ledger_version:
         return f'<div class="model-state" role="status">Computed on the model with <b>{html.escape(describe(batches))}</b>.</div>'
     return (
@@ -60,6 +68,8 @@ def note_html(session: Any, key: str, action: str) -> str:
 
 
 class StateNote(NamedTuple):
+    """An output's model-state line and its Refresh button."""
+
     key: str
     action: str
     note: PageOnly

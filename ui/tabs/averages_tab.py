@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.errors import OperationCancelled
-from ui import averages, captions, forms, limits
+from ui import averages, captions, forms, limits, model_state
 from ui.averages import KINDS
 from ui.context import MODEL_EVENTS, AppContext
 from ui.controls import job_controls, wire, wire_stop
@@ -51,6 +51,9 @@ def average_status(result: Any, fraction: float, message: str, done: bool) -> st
 
 def fact_count(value: Any) -> int:
     return limits.whole(value, "Facts to average", (2, averages.known_fact_count()))
+
+
+AVERAGES = "averages"  # the curves (ui/model_state.py: always on the original weights)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ def run_average(ctx: AppContext, form: AverageForm, session: SessionState | None
         yield (stopped_status(shown, form.count), *skip[1:-1], session)  # the partial curves stay, labelled
         raise
     session.average = job.result
+    model_state.record_original(session, AVERAGES)
 
 
 # --- the tab -----------------------------------------------------------------------------------
@@ -116,6 +120,7 @@ def build(ctx: AppContext) -> AveragesTab:
         status = gr.Markdown(
             "Averages are cached: a second run (or a restart) continues where the last one stopped.", elem_id="avg-status"
         )
+        note = model_state.state_note(AVERAGES, "Compute averages", "avg-state")
         plots: dict[str, gr.Plot] = {}
         with gr.Row(equal_height=True):
             for kind in KINDS:
@@ -129,4 +134,5 @@ def build(ctx: AppContext) -> AveragesTab:
         **MODEL_EVENTS,
     )
     wire_stop(ctx, stop, progress_line)
+    model_state.refresh_on(ctx, [note], [average_event])
     return AveragesTab(count=count, run=run, status=status, plots=plots, average_event=average_event)

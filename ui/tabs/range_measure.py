@@ -8,6 +8,7 @@ recommends R by edit score and says plainly when the two disagree. The editing a
 
 from __future__ import annotations
 
+import functools
 import html
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from core.errors import InputError, OperationCancelled
-from ui import forms, limits, ranges
+from ui import forms, limits, model_state, ranges
 from ui.context import MODEL_EVENTS, AppContext
 from ui.controls import job_controls, wire, wire_stop
 from ui.errors import friendly
@@ -28,6 +29,7 @@ RECORD_SOURCES = [
     ("My edits and imported records", "mine"),
 ]
 RECORDS = (1, 40)  # records edited at every window
+MEASURE = "measure"  # the windows figure and verdict (ui/model_state.py: which model state it was measured on)
 
 MEASURE_INTRO = (
     "**Measure by editing.** Tracing shows where a fact's effect *shows up*; it does not promise that editing "
@@ -142,6 +144,10 @@ def run_measure(ctx: AppContext, form: MeasureForm, session: SessionState | None
         raise
     result = job.result
     session.windows = result
+    if mine:  # your records: measured again when your edits change
+        model_state.record(session, MEASURE)
+    else:
+        model_state.record_original(session, MEASURE)
     best = result.editing_best
     verdict = verdict_text(result, note, True, windows_note=windows_note(result))
     if not best:
@@ -156,7 +162,7 @@ def run_measure(ctx: AppContext, form: MeasureForm, session: SessionState | None
 
 def build(ctx: AppContext, width: gr.Slider, first: gr.Slider, last: gr.Slider) -> MeasureSection:
     """The 'Measure by editing' section (inside the Choose R tab); R feeds the sliders and the Edit tab's layer box."""
-    with gr.Accordion("Measure by editing", open=False, elem_id="measure-section"):
+    with gr.Accordion("Measure by editing", open=False, elem_id="measure-section") as section:
         gr.Markdown(MEASURE_INTRO)
         with gr.Row():
             records_source = gr.Radio(RECORD_SOURCES, value="devset", label="Records to edit", elem_id="measure-source", scale=2)
@@ -170,17 +176,19 @@ def build(ctx: AppContext, width: gr.Slider, first: gr.Slider, last: gr.Slider) 
                        elem_id="measure-plot", show_label=False)
         gr.Markdown(MEASURE_CAPTION, elem_id="measure-caption")
         verdict = gr.Markdown(elem_id="measure-verdict")
+        note = model_state.state_note(MEASURE, "Measure by editing", "measure-state")
 
     layers_text = ctx.components["edit_layers"]  # the Edit tab's layer box: the best R feeds it
     measure_form = dict(source=records_source, count=count, windows=windows, width=width)
     measure_event = wire(
-        ctx, progress_line, run.click,
+        ctx, progress_line, functools.partial(gr.on, [run.click, note.refresh.click]),
         *forms.bind(ctx, run_measure, MeasureForm, measure_form),
         [plot, verdict, first, last, layers_text, ctx.session],
         api_name="measure_windows",
         **MODEL_EVENTS,
     )
     wire_stop(ctx, stop, progress_line)
+    model_state.refresh_on(ctx, [note], [measure_event, section.expand])
     return MeasureSection(
         records_source=records_source, count=count, windows=windows, run=run, stop=stop, plot=plot, verdict=verdict,
         measure_event=measure_event,
