@@ -76,10 +76,14 @@ def test_a_refused_input_is_explained_next_to_its_button_until_the_next_action(p
 
 
 def test_progress_is_one_line_never_blank_never_backwards(page):
-    """An edit, sampled every 200 ms from its click to its end: a line always, its percentage never going down."""
+    """An edit, sampled every 200 ms from its click to its end: a line always, its percentage never going down; then
+    the prediction made before it is marked as computed before the change."""
     from playwright.sync_api import expect
 
     wait_for_model(page)
+    open_tab(page, "Test")
+    page.click("#test-compare")  # a prediction on the original weights, to see it marked after the edit
+    expect(page.locator("#test-compare-state")).to_contain_text("Computed on the model with original weights")
     open_tab(page, "Edit")
     page.fill("#edit-subject textarea", "Eiffel Tower")
     page.fill("#edit-template textarea", "{} is located in the city of")
@@ -88,13 +92,13 @@ def test_progress_is_one_line_never_blank_never_backwards(page):
     set_number(page, "edit-cov-tokens", 4096)  # a small covariance sample keeps the test quick
     page.click("#edit-apply")
     samples = []
-    for _ in range(3000):  # 10 minutes at most
+    for _ in range(900):  # 3 minutes at most
         text, percent = line_sample(page, "edit-progress")
         samples.append((text, percent))
-        if text.startswith(("Done", "✓")) or "Applied batch" in page.locator("#edit-status").inner_text():
+        if text.startswith(("Done", "✓", "⚠", "⏹")) or "Applied batch" in page.locator("#edit-status").inner_text():
             break
         page.wait_for_timeout(200)
-    expect(page.locator("#edit-status")).to_contain_text("Applied batch")
+    expect(page.locator("#edit-status")).to_contain_text("Applied batch", timeout=10_000), samples[-3:]
     running = samples[:-1]
     assert running, "the edit ended before its line could be read"
     assert all(text for text, _ in running), f"a blank line while the edit ran: {samples}"
@@ -107,6 +111,14 @@ def test_progress_is_one_line_never_blank_never_backwards(page):
     for text, _ in running:  # one percentage and one estimate at a time
         assert len(re.findall(r"\d+%", text)) <= 1 and text.count("left") <= 1, text
     expect(page.locator("#edit-progress")).to_contain_text("Done in")
+
+    # The prediction made before the edit is marked so, never shown as current; Refresh computes it again.
+    open_tab(page, "Test")
+    expect(page.locator("#test-compare-state")).to_contain_text("Computed before your last change")
+    page.click("#test-compare-state-refresh")
+    expect(page.locator("#test-compare-state")).to_contain_text("Computed on the model with your edits: 1 batch")
+    expect(page.locator("#test-compare-state-refresh")).to_be_hidden()
+    open_tab(page, "Edit")
     page.click("#edit-reset")
     expect(page.locator("#edit-status")).to_contain_text("All your edits were undone")
 

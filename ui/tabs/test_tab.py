@@ -308,8 +308,8 @@ def build(ctx: AppContext) -> TestTab:
 
     compare_outputs = [before_label, after_label, before_text, after_text, summary, compare_json, ctx.session]
     compare_inputs = [prompt, top_k, length, ctx.session]
-    compare_event = wire(ctx, compare_line, compare.click, ctx.bind(run_compare), compare_inputs, compare_outputs,
-                         api_name="predict", **MODEL_EVENTS)
+    compare_event = wire(ctx, compare_line, functools.partial(gr.on, [compare.click, compare_note.refresh.click]),
+                         ctx.bind(run_compare), compare_inputs, compare_outputs, api_name="predict", **MODEL_EVENTS)
     submit_event = wire(ctx, compare_line, prompt.submit, ctx.bind(run_compare), compare_inputs, compare_outputs,
                         api_visibility="private", **MODEL_EVENTS)
     # --- checks of every edit and CounterFact metrics (Refresh: again, after a change of the edits) ---------------
