@@ -161,6 +161,12 @@ def _as_values(values: Any, count: int) -> tuple:
     return values
 
 
+class _Final(NamedTuple):
+    """A plain handler's outputs, once it returned."""
+
+    values: tuple
+
+
 def _beside(handler: Callable[..., Any], args: tuple, kwargs: dict, sink: LineProgress, count: int) -> Iterator[tuple]:
     """Run a plain handler in a thread of its own, yielding (skips..., line) every TICK_S while it runs, then its outputs."""
     outcome: dict[str, Any] = {}
@@ -186,7 +192,7 @@ def _beside(handler: Callable[..., Any], args: tuple, kwargs: dict, sink: LinePr
         raise
     if "error" in outcome:
         raise outcome["error"]
-    yield (*_as_values(outcome["value"], count), progress_html(sink.view))
+    yield _Final(_as_values(outcome["value"], count))  # drawn once, with the line's last word (job_event)
 
 
 def job_event(handler: Callable[..., Any], count: int, done_from: int | None = None) -> Callable[..., Iterator[tuple]]:
@@ -218,7 +224,9 @@ def job_event(handler: Callable[..., Any], count: int, done_from: int | None = N
                     yield (*last, progress_html(sink.view))
             else:
                 for values in _beside(handler, args, kwargs, sink, count):
-                    last = values[:-1]
+                    if isinstance(values, _Final):
+                        last = values.values  # yielded once below, with "Done": never drawn twice
+                        break
                     yield values
         except Stopped as stopped:
             yield (*last, stopped_html(time.monotonic() - started, stopped.message))
@@ -228,7 +236,8 @@ def job_event(handler: Callable[..., Any], count: int, done_from: int | None = N
             error.visible = False  # the words stand next to the button; API callers still get the error
             raise
         said = last[done_from] if done_from is not None else None
-        # The last values again: an API caller's result is the event's last yield (the page sees them unchanged).
+        # A generator's last values again: an API caller's result is the event's last yield (the page sees them
+        # unchanged, a moment after the first time); a plain handler's values are drawn here, only once.
         yield (*last, done_html(time.monotonic() - started, said if isinstance(said, str) else None))
 
     parameters = [parameter for name, parameter in signature.parameters.items() if name != "progress"]
