@@ -223,3 +223,28 @@ def test_progress_never_goes_backwards_and_says_how_long_is_left():
     fractions = [fraction for fraction, _ in shown]
     assert fractions == sorted(fractions) == [0.1, 0.3, 0.3, 0.5]
     assert shown[-1][1].startswith("stage at 0.5") and "left" in shown[-1][1]
+
+
+def test_one_progress_line_elapsed_from_the_start_and_one_estimate():
+    """A stage's own percentage and estimate are dropped; elapsed counts from the job's start; the estimate is made
+    from the first measured chunk and counts down between reports, never to zero before the end."""
+    from ui.runner import Job, JobEvent, LineProgress, ProgressReport, plain_stage
+
+    assert plain_stage("covariance: 10/50 tokens (40% done), about 12 s left") == "covariance: 10/50 tokens"
+    now = [100.0]
+    job = Job(lambda job: None, "model health")
+    job.started = 100.0
+    line = LineProgress()
+    report = ProgressReport(job, None, line, clock=lambda: now[0])
+    report.update(JobEvent("progress", fraction=0.0, message="perplexity"))
+    assert "estimating the time left" in line.view.text() and line.view.elapsed == 0.0
+    now[0] = 110.0
+    report.update(JobEvent("progress", fraction=0.25, message="perplexity 1/4, 40% done, about 2 min left"))
+    text = line.view.text()
+    assert text == "25% · perplexity 1/4 · 10 s so far · about 30 s left", text
+    now[0] = 125.0
+    report.refresh()  # no new report: elapsed moves on from the start, the estimate counts down
+    assert line.view.text() == "25% · perplexity 1/4 · 25 s so far · about 15 s left"
+    now[0] = 200.0
+    report.refresh()
+    assert line.view.remaining == 1.0  # overdue: "about 1 s left", never 0 or negative while running

@@ -315,3 +315,36 @@ def test_bind_names_the_event_parameters_after_the_form_and_reports_bad_values_p
         event(9, None, None, None, quiet)
     with pytest.raises(TypeError, match="PairForm's fields are count, extra"):
         forms.bind(page, handler, PairForm, dict(count=count))
+
+
+def test_cold_start_says_one_thing_while_the_model_loads():
+    """The only visitor, at start-up: one loading line counting seconds, never a queue or another visitor's job."""
+    context = AppContext(manager=ModelManager(["embedded"]), runner=ModelRunner(name="cold-start"))
+    try:
+        lines = [line for _, line, _ in model_tab.show_model(context, None) if isinstance(line, str)]
+    finally:
+        assert context.runner.wait_idle(120)
+    assert lines[0].startswith("Loading model **embedded**… 0 s so far")
+    assert all(line.startswith("Loading model") for line in lines[:-1])
+    assert lines[-1].startswith("Model: ") and "original weights" in lines[-1]
+    assert not any(word in line for line in lines for word in ("Waiting", "visitor", "in line"))
+
+
+def test_an_output_computed_before_a_change_of_the_edits_says_so():
+    from ui import model_state
+    from ui.editing import bump_ledger_version
+
+    session = SessionState(model_spec="embedded")
+    assert model_state.note_html(session, "test-health", "Measure model health") == ""  # nothing computed yet
+    model_state.record(session, "test-health")
+    current = model_state.note_html(session, "test-health", "Measure model health")
+    assert "original weights" in current and "before your last change" not in current
+    assert not model_state.is_stale(session, "test-health")
+    bump_ledger_version(session)  # an edit, undo, reset or import
+    stale = model_state.note_html(session, "test-health", "Measure model health")
+    assert model_state.is_stale(session, "test-health")
+    assert "Computed before your last change" in stale and "Measure model health" in stale
+    model_state.record_original(session, "averages")  # averages never use the edits: never stale
+    bump_ledger_version(session)
+    assert not model_state.is_stale(session, "averages")
+    assert "original weights" in model_state.note_html(session, "averages", "Compute averages")

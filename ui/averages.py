@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from core.facts import load_known_facts
+from core.errors import InputError
+from core.facts import facts_model_knows, load_known_facts
 from core.kinds import KINDS
 from tracer import figures
 from tracer.average import average_traces_stream
@@ -13,12 +14,20 @@ from tracer.trace import TraceSettings
 
 KIND_CHOICES = figures.KIND_CHOICES  # (words, kind) for the "What to restore" boxes
 kind_title = figures.kind_title
-__all__ = ["KINDS", "KIND_CHOICES", "average_settings", "average_stream", "figures_of", "known_fact_count", "kind_title"]
+__all__ = ["KINDS", "KIND_CHOICES", "average_settings", "check_fact_count", "average_stream", "figures_of", "known_fact_count", "kind_title"]
 
 
 def known_fact_count() -> int:
     """How many known facts there are to average over (the most a visitor may ask for)."""
     return len(load_known_facts())
+
+
+def check_fact_count(loaded: Any, count: int) -> None:
+    """InputError when the model knows fewer facts than asked for (the average is never silently over fewer)."""
+    known = len(facts_model_knows(loaded))
+    if count > known:
+        raise InputError(f"Facts to average: this model knows {known:,} of the known facts, so at most {known:,} can be "
+                         f"averaged, not {count:,}.")
 
 
 def average_settings(kinds: tuple[str, ...], samples: int) -> TraceSettings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from ui.sessions import SESSION_ENDED, SessionStore
 # many handlers wait at once.
 MODEL_QUEUE = "model"
 MODEL_EVENTS = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": 16}
+STOP_WAIT_S = 3.0  # a Stop waits this long for the job to end, to say "Stopped" rather than "Stopping"
 
 
 @dataclass
@@ -115,16 +117,21 @@ class AppContext:
         """`runner.follow` for this app's runner: place in line, progress, partial results, HEARTBEATs."""
         return follow(job, progress, runner=self.runner)
 
-    def stop(self, session: SessionState) -> str:
-        """Stop the session's long jobs: what the page should say."""
+    def stop(self, session: SessionState, wait: float = STOP_WAIT_S) -> str:
+        """Stop the session's long jobs: what the page should say (after waiting up to `wait` s for them to end)."""
         jobs = [job for job in self.runner.jobs_of(session.number) if job.lane == "long"]
         if not jobs:
             return "Nothing of yours is running."
-        stopped = [job.name for job in jobs if job.cancel()]
-        late = [job.name for job in jobs if job.name not in stopped]
+        stopped = [job for job in jobs if job.cancel()]
+        late = [job.name for job in jobs if job not in stopped]
         if late:
             return f"Too late to stop your {late[0]}: it had already been applied (undo it in the history)."
-        return f"Stopping your {stopped[0]}… the model is left exactly as it was."
+        deadline = time.monotonic() + wait
+        for job in stopped:
+            job.finished.wait(max(0.0, deadline - time.monotonic()))
+        if all(job.finished.is_set() for job in stopped):
+            return f"Stopped your {stopped[0].name}: the model is exactly as it was."
+        return f"Stopping your {stopped[0].name}… it stops at its next step; the model is left exactly as it was."
 
 
 def stop_jobs(ctx: AppContext, session: SessionState | None) -> str:

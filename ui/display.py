@@ -69,6 +69,12 @@ def model_markdown(status: dict) -> str:
     return "\n".join(lines)
 
 
+def loading_line(spec: str, seconds: float) -> str:
+    """The header's one line while the visitor's model loads: what, and for how long so far (no queue talk)."""
+    return (f"Loading model **{html.escape(str(spec))}**… {max(0, int(seconds))} s so far "
+            "(the page works as soon as it is ready).")
+
+
 def model_line(status: dict, edits: int = 0) -> str:
     """One line for the page header."""
     if status.get("state") != "ready":

@@ -51,17 +51,27 @@ def ledger_batches(ledger: Any) -> list[Any]:
     return list(getattr(ledger, "batches", []) or [])
 
 
-def add_batch(ledger: Any, batch: Any, loaded: Any) -> None:
+def bump_ledger_version(session: Any) -> None:
+    """Count a change of the session's edits (its outputs computed before are marked so: ui/model_state.py)."""
+    if session is not None:
+        session.ledger_version += 1
+
+
+def add_batch(ledger: Any, batch: Any, loaded: Any, session: Any = None) -> None:
     """Append a computed batch (records the original weights' digests; call with no ledger applied)."""
     ledger.add(batch, loaded)
+    bump_ledger_version(session)
 
 
-def undo_batch(ledger: Any, batch_id: str) -> Any:
-    return ledger.undo(str(batch_id))
+def undo_batch(ledger: Any, batch_id: str, session: Any = None) -> Any:
+    undone = ledger.undo(str(batch_id))
+    bump_ledger_version(session)
+    return undone
 
 
-def reset_ledger(ledger: Any) -> None:
+def reset_ledger(ledger: Any, session: Any = None) -> None:
     ledger.reset()
+    bump_ledger_version(session)
 
 
 def export_ledger(ledger: EditLedger, folder: Path) -> str:
@@ -69,12 +79,17 @@ def export_ledger(ledger: EditLedger, folder: Path) -> str:
     return str(ledger.save(folder / "locus-edits.safetensors"))
 
 
-def import_ledger(path: str | None, loaded: LoadedModel, max_bytes: int) -> EditLedger:
-    """A ledger read from a file exported by Locus: its header checked first, refused when made for another model."""
+def import_ledger(path: str | None, loaded: LoadedModel, max_bytes: int, session: Any = None) -> EditLedger:
+    """A ledger read from a file exported by Locus: its header checked first, refused when made for another model.
+    With `session`, it replaces the session's edits of its model."""
     if not path:
         raise InputError("Choose a file of edits exported from Locus (.safetensors).")
     check_ledger_file(path, loaded, max_bytes)
-    return EditLedger.load(path, loaded)
+    ledger = EditLedger.load(path, loaded)
+    if session is not None:
+        session.ledgers[session.model_spec] = ledger
+        bump_ledger_version(session)
+    return ledger
 
 
 # --- requests --------------------------------------------------------------------------------------

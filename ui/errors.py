@@ -31,6 +31,15 @@ OUT_OF_MEMORY_MESSAGE = (
 CANCELLED_MESSAGE = "Stopped. The model was left exactly as it was before."
 
 
+class Stopped(gr.Error):
+    """A job the visitor stopped: not a failure. `friendly` raises it for core.errors.OperationCancelled, so a page
+    event wired by ui/controls.py ends normally with "Stopped" on its line (no error toast, no "Error" badge, the
+    results on screen untouched); anywhere else it is a short, neutral note."""
+
+    def __init__(self, message: str = CANCELLED_MESSAGE) -> None:
+        super().__init__(html.escape(message, quote=False), duration=5, title="Stopped", print_exception=False)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for torch's out-of-memory errors (CUDA or CPU allocator)."""
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
@@ -59,9 +68,12 @@ def user_message(error: BaseException) -> str:
 
 def as_gradio_error(error: BaseException):
     """A gr.Error carrying the user message of `error`, with <, > and & escaped (messages may quote user input; quotes
-    stay as they are, since the message is text, never an attribute, and API callers read it plain)."""
+    stay as they are, since the message is text, never an attribute, and API callers read it plain). A stop
+    (OperationCancelled) becomes `Stopped`, which a wired event shows as a neutral line, not as an error."""
     if isinstance(error, gr.Error):
         return error
+    if isinstance(error, OperationCancelled):
+        return Stopped()
     return gr.Error(html.escape(user_message(error), quote=False), print_exception=False)
 
 

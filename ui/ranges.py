@@ -23,9 +23,9 @@ from ui import limits
 from ui.editing import applied_records, with_true_objects
 
 __all__ = [
-    "SHIFT", "around", "checked_windows", "chosen_records", "curve_figure", "default_source", "devset_file",
+    "SHIFT", "around", "around_note", "checked_windows", "chosen_records", "curve_figure", "default_source", "devset_file",
     "empty_figure", "layers_text", "measure_stream", "outlier_flags", "range_label", "recommendation_figure",
-    "recommendation_for", "windows_figure",
+    "recommendation_for", "records_note", "windows_figure",
 ]
 
 SHIFT = 2  # the default windows: the tracing R and R shifted this many layers either side
@@ -83,7 +83,8 @@ def devset_file(loaded: Any) -> Any:
 
 
 def chosen_records(loaded: Any, session: Any, source: str, count: int) -> list[Any]:
-    """The first `count` records of the dev set, or of the session's applied requests and imported records."""
+    """The first `count` records of the dev set, or of the session's applied requests and imported records (fewer
+    when there are fewer: `records_note` says so)."""
     if source == "devset":
         path = devset_file(loaded)
         if not path.is_file():
@@ -101,11 +102,29 @@ def chosen_records(loaded: Any, session: Any, source: str, count: int) -> list[A
     return records[:count]
 
 
+def records_note(records: list[Any], count: int, mine: bool) -> str:
+    """'10 dev-set records', or, when fewer than asked for are there, how many and why (never silently fewer)."""
+    what = "of your records" if mine else "dev-set records"
+    if len(records) >= count:
+        return f"{len(records)} {what}"
+    return f"{len(records)} {what} (you asked for {count}; there are only {len(records)})"
+
+
 def around(layers: list[int], num_layers: int, shift: int = SHIFT) -> list[tuple[int, ...]]:
     """R and R shifted by up to `shift` layers either side (clipped to the model), distinct, in order."""
     width, start = len(layers), min(layers)
     starts = sorted({max(0, min(num_layers - width, start + step)) for step in range(-shift, shift + 1)})
     return [tuple(range(first, first + width)) for first in starts]
+
+
+def around_note(layers: list[int], num_layers: int, shift: int = SHIFT) -> str:
+    """Why `around` gives fewer than 2 * shift + 1 ranges, when it does ('' otherwise)."""
+    windows = around(layers, num_layers, shift)
+    if not layers or len(windows) == 2 * shift + 1:
+        return ""
+    edge = "layer 0 is the first" if min(layers) - shift < 0 else f"layer {num_layers - 1} is the last"
+    return (f"{len(windows)} ranges instead of {2 * shift + 1}: tracing's R = {layers_text(layers)} moved up to {shift} "
+            f"layers either side stops where the model does ({edge}).")
 
 
 def checked_windows(text: str, num_layers: int, width: int) -> list[tuple[int, ...]] | None:

@@ -34,6 +34,7 @@ import collections
 import contextlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -161,11 +162,12 @@ class QueueStatus:
     running_is_yours: bool
     running_seconds: float
     at_pause: bool = False  # runs at the running job's next safe point, not after it
+    running_is_the_servers: bool = False  # the running job is no visitor's (the model load at start-up)
 
     def describe(self) -> str:
         """'Waiting: 2 jobs ahead of you; running now: another visitor's edit (45 s so far).'"""
         ahead = "1 job" if self.ahead == 1 else f"{self.ahead} jobs"
-        whose = "your" if self.running_is_yours else "another visitor's"
+        whose = "your" if self.running_is_yours else "the server's" if self.running_is_the_servers else "another visitor's"
         if self.at_pause:
             text = f"Waiting for {whose} {self.running} ({self.running_seconds:.0f} s so far): yours runs at its next pause"
             return text + (f", after {ahead} ahead of you." if self.ahead else ", in a moment.")
@@ -238,6 +240,7 @@ class ModelRunner:
                 running_is_yours=running is not None and running.owner is not None and running.owner == job.owner,
                 running_seconds=time.monotonic() - running.started if running is not None and running.started else 0.0,
                 at_pause=at_pause,
+                running_is_the_servers=running is not None and running.owner is None,
             )
 
     def jobs_of(self, owner: Any) -> list[Job]:
@@ -332,52 +335,160 @@ class ModelRunner:
             self._execute(self._next())
 
 
-class ProgressReport:
-    """What the page shows while following a job: its place in line, then its progress (never backwards) and ETA."""
+# A library's stage message may carry its own percentage or estimate ("about 12 s left"); the line shows one of each.
+_OWN_ESTIMATE = re.compile(r"[\s,;·(-]*\babout\s+[^,;·()]*?\bleft\b\)?", re.IGNORECASE)
+_OWN_PERCENT = re.compile(r"[\s,;·(-]*\b\d+(?:\.\d+)?\s?%(?:\s+done)?\)?", re.IGNORECASE)
+MIN_ESTIMATE_FRACTION = 0.005  # below this share done, the first chunk is not measured yet: no estimate
+MIN_ESTIMATE_SECONDS = 1.0
 
-    def __init__(self, job: Job, runner: ModelRunner | None, progress: Callable[..., Any] | None) -> None:
-        self.job, self.runner, self.progress = job, runner, progress
+
+def plain_stage(message: str) -> str:
+    """A stage message without the percentages and time estimates of its own ('covariance: 10/50 tokens')."""
+    return _OWN_PERCENT.sub("", _OWN_ESTIMATE.sub("", message or "")).strip(" ,;·-")
+
+
+def duration(seconds: float) -> str:
+    """'7 s', '1 min 05 s', '2 h 03 min': a time span as a person reads it."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """What one job's progress line says at one moment: one share done, one elapsed time, one estimate.
+
+    `waiting` (the place in line) while the job waits; then `fraction` (never decreasing), the stage's
+    words, the time since the job STARTED and the time left (None until the first chunk is measured).
+    """
+
+    name: str
+    waiting: str | None = None
+    fraction: float = 0.0
+    message: str = ""
+    elapsed: float = 0.0
+    remaining: float | None = None
+    stopping: bool = False
+
+    @property
+    def percent(self) -> int:
+        """The share done in whole percent, rounded down (100 only when the job is done)."""
+        return min(100, int(self.fraction * 100 + 1e-9))
+
+    def text(self, with_percent: bool = True) -> str:
+        """The line in words, never empty (`with_percent` False for displays that draw their own, like gr.Progress)."""
+        if self.waiting is not None:
+            return self.waiting
+        if self.stopping:
+            return f"Stopping your {self.name}… it stops at its next step ({duration(self.elapsed)} so far)."
+        parts = [f"{self.percent}%"] if with_percent else []
+        parts.append(self.message or f"{self.name}: starting")
+        parts.append(f"{duration(self.elapsed)} so far")
+        if self.fraction < 1.0:
+            parts.append(f"about {duration(self.remaining)} left" if self.remaining is not None else "estimating the time left")
+        return " · ".join(parts)
+
+
+class LineProgress:
+    """A progress sink for a job's own line on the page (ui/controls.py draws it): it keeps the latest view.
+
+    It also takes gr.Progress's call, `sink(fraction, desc=...)`, for code that reports without a job.
+    """
+
+    def __init__(self) -> None:
+        self.view: ProgressView | None = None
+        self.job: Job | None = None  # the job it follows (to stop it when the page goes away)
+        self._lock = threading.Lock()
+
+    def show(self, view: ProgressView) -> None:
+        with self._lock:
+            self.view = view
+
+    def __call__(self, fraction: float | None = None, desc: str | None = None, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            previous = self.view.fraction if self.view is not None else 0.0
+            self.view = ProgressView(name=desc or "", fraction=max(previous, float(fraction or 0.0)), message=desc or "")
+
+
+class ProgressReport:
+    """What the page shows while following a job: its place in line, then ONE progress line (ProgressView).
+
+    The share done never goes backwards; the elapsed time counts from the job's start (not from the last
+    update); the estimate of the time left is made once the first chunk is measured (elapsed x (1 - f) / f at
+    each new report) and counts down between reports. `progress` is a LineProgress (gets the view) or a
+    gr.Progress-like callable (gets `progress(fraction, desc=text)` without a percentage: it draws its own).
+    """
+
+    def __init__(self, job: Job, runner: ModelRunner | None, progress: Callable[..., Any] | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.job, self.runner, self.progress, self.clock = job, runner, progress, clock
         self.fraction = 0.0
         self.message = ""
+        self.estimate: tuple[float, float] | None = None  # (when it was made, seconds left then)
+        if isinstance(progress, LineProgress):
+            progress.job = job
 
     def waiting(self) -> bool:
         """Show the job's place in line while it waits; False once it runs."""
         status = self.runner.queue_status(self.job) if self.runner is not None else None
         if status is None:
             return False
-        self._show(0.0, status.describe())  # gr.Progress hides its text when given no fraction
+        self._show(ProgressView(self.job.name, waiting=status.describe(), elapsed=self.clock() - self.job.submitted))
         return True
 
     def update(self, event: JobEvent) -> None:
         if event.fraction is not None:
-            self.fraction = max(self.fraction, min(1.0, max(0.0, float(event.fraction))))
-        self.message = event.message or self.message
+            fraction = min(1.0, max(0.0, float(event.fraction)))
+            if fraction > self.fraction:
+                self.fraction = fraction
+                self._estimate()
+        self.message = plain_stage(event.message) or self.message
         self.refresh()
 
-    def refresh(self) -> None:
-        """Show the latest stage again (a display that heard nothing for a while keeps it visible)."""
+    def _estimate(self) -> None:
+        """A new estimate from the time so far and the share done (none before the first chunk is measured)."""
         if self.job.started is None:
             return
-        elapsed = time.monotonic() - self.job.started
-        text = self.message or f"{self.job.name}…"
-        if 0.02 <= self.fraction < 1.0 and elapsed > 2.0:
-            remaining = elapsed * (1.0 - self.fraction) / self.fraction
-            text += f" · about {_duration(remaining)} left"
-        self._show(self.fraction, text)
+        now = self.clock()
+        elapsed = now - self.job.started
+        if self.fraction >= 1.0 or self.fraction < MIN_ESTIMATE_FRACTION or elapsed < MIN_ESTIMATE_SECONDS:
+            self.estimate = None if self.fraction >= 1.0 else self.estimate
+            return
+        self.estimate = (now, elapsed * (1.0 - self.fraction) / self.fraction)
 
-    def _show(self, fraction: float, text: str) -> None:
+    def view(self) -> ProgressView:
+        """The line now (the place in line when the job has not started)."""
+        now = self.clock()
+        if self.job.started is None:
+            return ProgressView(self.job.name, waiting=f"Your {self.job.name} is about to start…",
+                                elapsed=now - self.job.submitted)
+        remaining = None
+        if self.estimate is not None:
+            made, left = self.estimate
+            remaining = max(1.0, left - (now - made))  # counts down between reports, never to zero before the end
+        return ProgressView(self.job.name, fraction=self.fraction, message=self.message, elapsed=now - self.job.started,
+                            remaining=remaining, stopping=self.job.cancelled and not self.job.committed)
+
+    def refresh(self) -> None:
+        """Show the line again (elapsed time and the estimate move on between reports)."""
+        if self.job.started is None:
+            return
+        self._show(self.view())
+
+    def _show(self, view: ProgressView) -> None:
         if self.progress is None:
             return
         try:
-            self.progress(fraction, desc=text)
+            if isinstance(self.progress, LineProgress):
+                self.progress.show(view)
+            else:
+                self.progress(view.fraction, desc=view.text(with_percent=False))
         except Exception:  # a progress display must never break the work
             log.debug("progress update failed", exc_info=True)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{max(1, round(seconds))} s"
-    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 def follow(
@@ -388,14 +499,17 @@ def follow(
 ) -> Iterator[Any]:
     """Yield the job's partial results (the newest when several wait) until it ends.
 
-    While the job waits its place in line goes to `progress(0.0, desc=...)` (a gr.Progress; needs
-    `runner`); then its progress events, never going backwards, with an estimate of the time left.
-    When `heartbeat` is set, HEARTBEAT is yielded after that many idle seconds, giving Gradio a point
-    to cancel at. When it ends, its result is `job.result`; its exception is raised here. If the
-    follower is closed early (Gradio cancelled the event), the job is cancelled.
+    While the job waits its place in line goes to `progress` (a LineProgress or a gr.Progress; needs
+    `runner`); then its progress (ProgressReport: one line, never going backwards, elapsed time since its
+    start, one estimate of the time left). When `heartbeat` is set, HEARTBEAT is yielded whenever that many
+    seconds passed without a yield (idle or busy), giving Gradio a point to cancel at and the page a point
+    to redraw the line. When it ends, its result is `job.result`; its exception is raised here
+    (OperationCancelled after a Stop). If the follower is closed early (Gradio cancelled the event), the job
+    is cancelled.
     """
     report = ProgressReport(job, runner, progress)
     finished = False
+    last_yield = time.monotonic()
     try:
         while True:
             try:
@@ -404,6 +518,7 @@ def follow(
                 if not report.waiting():
                     report.refresh()
                 if heartbeat is not None:
+                    last_yield = time.monotonic()
                     yield HEARTBEAT
                 continue
             latest_item = None
@@ -425,7 +540,11 @@ def follow(
                     finished = True
                     raise event.value
             if has_item:
+                last_yield = time.monotonic()
                 yield latest_item
+            elif heartbeat is not None and not finished and time.monotonic() - last_yield >= heartbeat:
+                last_yield = time.monotonic()  # busy with progress reports: the page still gets its points
+                yield HEARTBEAT
             if finished:
                 return
     finally:

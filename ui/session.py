@@ -40,6 +40,10 @@ class SessionState:
     records: list[Any] = field(default_factory=list)  # imported CounterFact records (editor.evaluation.counterfact)
     # (subject, prompt template, new object) -> (paraphrases, neighborhood prompts) to check that edit with
     checks: dict[tuple[str, str, str], tuple[list[str], list[str]]] = field(default_factory=dict)
+    # Bumped by every change of this session's edits (ui/editing.py's add, undo, reset and import helpers): an output
+    # computed at an older version was computed before the visitor's last change (ui/model_state.py).
+    ledger_version: int = 0
+    computed: dict[str, tuple[int, int]] = field(default_factory=dict)  # output -> (ledger_version, batches) it was computed at
     scratch: Path | None = None  # this session's temporary files (downloads), removed when the session ends
     ended: bool = False  # the server forgot this session (ui.sessions.SessionStore): its page must reload
     _remove_scratch: Any = field(default=None, init=False, repr=False, compare=False)  # weakref.finalize removing `scratch`

@@ -8,10 +8,11 @@ from typing import Any
 
 import gradio as gr
 
-from ui import averages, captions, forms, limits
+from core.errors import OperationCancelled
+from ui import averages, captions, forms, limits, model_state
 from ui.averages import KINDS
-from ui.context import MODEL_EVENTS, AppContext, stop_jobs
-from ui.controls import job_controls
+from ui.context import MODEL_EVENTS, AppContext
+from ui.controls import job_controls, wire, wire_stop
 from ui.display import percent
 from ui.errors import friendly
 from ui.forms import Form
@@ -38,7 +39,7 @@ def average_status(result: Any, fraction: float, message: str, done: bool) -> st
         for best in [result.best(kind)]
         if best[1] >= 0
     )
-    head = "Done." if done else f"{fraction:.0%} ·"
+    head = "Done." if done else "So far:"
     return (
         f"{head} **{result.n_facts} facts** the model knows · average total effect {percent(result.total_effect)} "
         f"± {percent(result.total_effect_half_width)} (clean {percent(result.high_mean)}, blurred {percent(result.low_mean)}).  \n"
@@ -52,11 +53,22 @@ def fact_count(value: Any) -> int:
     return limits.whole(value, "Facts to average", (2, averages.known_fact_count()))
 
 
+AVERAGES = "averages"  # the curves (ui/model_state.py: always on the original weights)
+
+
 @dataclass(frozen=True)
 class AverageForm(Form):
     count: int = forms.checked(fact_count, 20)
     kinds: tuple[str, ...] = forms.choices("What to restore", KINDS, KINDS)
     samples: int = forms.whole("Noise samples", limits.SAMPLES, 10)
+
+
+def stopped_status(result: Any, count: int) -> str:
+    """The status after a Stop: the curves on screen are a partial average, and say over how many facts."""
+    if result is None or result.n_facts == 0:
+        return "Stopped before the first fact was averaged: the curves above are from before."
+    return (f"**Stopped after {result.n_facts} of {count} facts: the curves show the average over those "
+            f"{result.n_facts} only.** They are cached: *Compute averages* continues from there.")
 
 
 @friendly
@@ -67,22 +79,29 @@ def run_average(ctx: AppContext, form: AverageForm, session: SessionState | None
     skip = tuple(gr.skip() for _ in range(len(KINDS) + 2))
 
     def work(job, loaded):
+        averages.check_fact_count(loaded, form.count)  # more facts than the model knows: refused, never cut short
         return job.relay(averages.average_stream(loaded, form.count, settings, pool=ctx.pool))
 
     job = ctx.submit(session, work, name="averages", edited=False)
     drawn = None  # (facts, done) of the curves on screen: redraw only when a fact was added
-    for item in ctx.follow(job, progress):
-        if item is HEARTBEAT:
-            yield skip
-            continue
-        session.average = item.result
-        status = average_status(item.result, item.fraction, item.message, item.done)
-        if drawn == (item.result.n_facts, item.done):
-            yield (status, *skip[1:-1], session)
-            continue
-        drawn = (item.result.n_facts, item.done)
-        yield (status, *averages.figures_of(item.result), session)
+    shown = None  # the partial average on screen
+    try:
+        for item in ctx.follow(job, progress):
+            if item is HEARTBEAT:
+                yield skip
+                continue
+            session.average = shown = item.result
+            status = average_status(item.result, item.fraction, item.message, item.done)
+            if drawn == (item.result.n_facts, item.done):
+                yield (status, *skip[1:-1], session)
+                continue
+            drawn = (item.result.n_facts, item.done)
+            yield (status, *averages.figures_of(item.result), session)
+    except OperationCancelled:
+        yield (stopped_status(shown, form.count), *skip[1:-1], session)  # the partial curves stay, labelled
+        raise
     session.average = job.result
+    model_state.record_original(session, AVERAGES)
 
 
 # --- the tab -----------------------------------------------------------------------------------
@@ -95,22 +114,25 @@ def build(ctx: AppContext) -> AveragesTab:
                               elem_id="avg-count", scale=3)
             kinds = gr.CheckboxGroup(averages.KIND_CHOICES, value=list(AverageForm.default("kinds")), label="What to restore",
                                      scale=2)
-            samples = gr.Slider(*limits.SAMPLES, value=AverageForm.default("samples"), step=1, label="Noise samples", scale=2)
+            samples = gr.Slider(*limits.SAMPLES, value=AverageForm.default("samples"), step=1, label="Noise samples", scale=2,
+                                elem_id="avg-samples")
         run, stop, progress_line = job_controls("Compute averages", "avg-run", "avg")
         status = gr.Markdown(
             "Averages are cached: a second run (or a restart) continues where the last one stopped.", elem_id="avg-status"
         )
+        note = model_state.state_note(AVERAGES, "Compute averages", "avg-state")
         plots: dict[str, gr.Plot] = {}
         with gr.Row(equal_height=True):
             for kind in KINDS:
                 plots[kind] = gr.Plot(elem_id=f"avg-plot-{kind}", show_label=False, min_width=320)
 
-    average_event = run.click(
+    average_event = wire(
+        ctx, progress_line, run.click,
         *forms.bind(ctx, run_average, AverageForm, dict(count=count, kinds=kinds, samples=samples)),
         [status, *(plots[kind] for kind in KINDS), ctx.session],
         api_name="average",
-        show_progress_on=[progress_line],
         **MODEL_EVENTS,
     )
-    stop.click(ctx.bind(stop_jobs), [ctx.session], [progress_line], queue=False, api_visibility="private")
+    wire_stop(ctx, stop, progress_line)
+    model_state.refresh_on(ctx, [note], [average_event])
     return AveragesTab(count=count, run=run, status=status, plots=plots, average_event=average_event)

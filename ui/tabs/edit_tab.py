@@ -3,17 +3,18 @@ health per batch. Everything it asks of the editor goes through ui/editing.py.""
 
 from __future__ import annotations
 
+import functools
 import html
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from core.errors import InputError
-from ui import captions, editing, forms, health_view, limits
-from ui.context import MODEL_EVENTS, AppContext, stop_jobs
-from ui.controls import job_controls
-from ui.errors import friendly, warn
+from core.errors import InputError, OperationCancelled
+from ui import captions, editing, forms, health_view, limits, model_state
+from ui.context import MODEL_EVENTS, AppContext
+from ui.controls import job_controls, job_line, wire, wire_stop
+from ui.errors import friendly
 from ui.forms import Form
 from ui.runner import HEARTBEAT
 from ui.session import SessionState
@@ -30,6 +31,7 @@ HISTORY_HEADERS = ["batch", "method", "layers", "requests", "seconds"]
 METHODS = editing.method_choices()  # the registry's methods, each with its own settings
 METHOD_CHOICES = [(method.label, method.name) for method in METHODS]
 FORM_FIELD = "A field of the request form"
+HEALTH_HISTORY = "edit-health"  # the health-per-batch table (ui/model_state.py: the edits it was measured on)
 
 
 @dataclass
@@ -168,12 +170,12 @@ def select_row(event: gr.SelectData) -> int:
     return event.index[0] if isinstance(event.index, (list, tuple)) else event.index
 
 
+@friendly
 def remove_row(value: Any, index: int | None):
-    """The table without the selected row (a warning when none is selected)."""
+    """The table without the selected row (refused when none is selected)."""
     rows = table_rows(value)
     if index is None or not 0 <= int(index) < len(rows):
-        warn("Click a row of the table first, then remove it.")
-        return rows, None
+        raise InputError("Click a row of the table first, then remove it.")
     return rows[: int(index)] + rows[int(index) + 1 :], None
 
 
@@ -231,7 +233,7 @@ def run_edit(ctx: AppContext, form: EditForm, session: SessionState | None = Non
         # covariance statistics on the original weights.
         batch = editing.compute_batch(loaded, ledger, requests, form.method, form.layers, form.settings, job.progress)
         ctx.limits.check_edit_room(ledger.held_bytes(), batch.nbytes)  # the batch as computed, before it joins
-        job.commit(lambda: editing.add_batch(ledger, batch, loaded))
+        job.commit(lambda: editing.add_batch(ledger, batch, loaded, session))
         return batch
 
     job = ctx.submit(session, work, name="edit", edited=False)
@@ -255,7 +257,7 @@ def run_edit(ctx: AppContext, form: EditForm, session: SessionState | None = Non
 
 
 @friendly
-def run_undo(ctx: AppContext, batch_id: str | None, session: SessionState | None):
+def run_undo(ctx: AppContext, batch_id: str | None, session: SessionState | None, progress=None):
     """Undo one batch of the session's edits (the weights of the rest are recomputed exactly)."""
     session = ctx.session_of(session)
     batch_id = limits.text(batch_id, "The batch", limit=100).strip()
@@ -265,34 +267,36 @@ def run_undo(ctx: AppContext, batch_id: str | None, session: SessionState | None
         raise InputError(f"There is no batch {batch_id!r} in your history.")
     ledger = session.ledger()
     # On the runner thread: no job of this session may be using the ledger meanwhile.
-    ctx.run(session, lambda job, loaded: editing.undo_batch(ledger, batch_id), name="undo", edited=False)
+    ctx.run(session, lambda job, loaded: editing.undo_batch(ledger, batch_id, session), name="undo", edited=False,
+            progress=progress)
     remaining = [row[0] for row in history_rows(session)]
     message = f"Undid batch {html.escape(batch_id)}. {len(remaining)} batch(es) remain."
     return history_outputs(session, message, {"undone": batch_id, "remaining": remaining})
 
 
 @friendly
-def run_reset(ctx: AppContext, session: SessionState | None):
+def run_reset(ctx: AppContext, session: SessionState | None, progress=None):
     """Undo every edit of the session."""
     session = ctx.session_of(session)
     ledger = session.ledger()
-    ctx.run(session, lambda job, loaded: editing.reset_ledger(ledger), name="reset", edited=False)
+    ctx.run(session, lambda job, loaded: editing.reset_ledger(ledger, session), name="reset", edited=False, progress=progress)
     return history_outputs(session, "All your edits were undone: the model is the original again.", {"remaining": []})
 
 
 @friendly
-def run_export(ctx: AppContext, session: SessionState | None):
+def run_export(ctx: AppContext, session: SessionState | None, progress=None):
     """The session's ledger as a safetensors file to download."""
     session = ctx.session_of(session)
     if not session.has_edits():
         raise InputError("There are no edits to export yet.")
     folder = session.files_folder("export")
-    path = ctx.run(session, lambda job, loaded: editing.export_ledger(session.ledger(), folder), name="export", edited=False)
+    path = ctx.run(session, lambda job, loaded: editing.export_ledger(session.ledger(), folder), name="export", edited=False,
+                   progress=progress)
     return gr.File(value=path, visible=True)
 
 
 @friendly
-def run_import(ctx: AppContext, path: str | None, session: SessionState | None):
+def run_import(ctx: AppContext, path: str | None, session: SessionState | None, progress=None):
     """Replace the session's edits by a ledger exported from Locus (refused for another model, checked before reading)."""
     session = ctx.session_of(session)
     ctx.limits.check_upload(path, "file of edits")
@@ -300,10 +304,9 @@ def run_import(ctx: AppContext, path: str | None, session: SessionState | None):
     editing.check_ledger_upload(path, ctx.model_of(session), ctx.limits.max_upload_bytes)
 
     def work(job, loaded):
-        return editing.import_ledger(path, loaded, ctx.limits.max_upload_bytes)
+        return editing.import_ledger(path, loaded, ctx.limits.max_upload_bytes, session)  # replaces the session's edits
 
-    ledger = ctx.run(session, work, name="import edits", edited=False)
-    session.ledgers[session.model_spec] = ledger
+    ctx.run(session, work, name="import edits", edited=False, progress=progress)
     count = len(history_rows(session))
     return history_outputs(session, f"Imported {count} batch(es) of edits.", {"imported": count})
 
@@ -335,8 +338,18 @@ def run_health_history(ctx: AppContext, session: SessionState | None, progress=g
         return summary, table, data, session
 
     job = ctx.submit(session, work, name="health per batch", edited=False)
-    for item in ctx.follow(job, progress):
-        yield skip if item is HEARTBEAT else outputs(item, done=False)
+    shown: list = []
+    try:
+        for item in ctx.follow(job, progress):
+            if item is not HEARTBEAT:
+                shown = item
+            yield skip if item is HEARTBEAT else outputs(item, done=False)
+    except OperationCancelled:
+        stopped = (f"**Stopped after {len(shown)} of {len(batch_ids)} batches: the table shows those only.** Figures "
+                   "measured are remembered: *Health per batch* continues from there.")
+        yield stopped, skip[1], skip[2], session
+        raise
+    model_state.record(session, HEALTH_HISTORY)
     yield outputs(job.result, done=True)
 
 
@@ -431,7 +444,7 @@ def build(ctx: AppContext) -> EditTab:
             import_records = gr.UploadButton(
                 "Import CounterFact JSON", file_types=[".json"], size="sm", elem_id="edit-import"
             )
-        table_line = gr.Markdown(elem_id="edit-table-progress", elem_classes=["progress-line"])
+        table_line = job_line("edit-table")
         with gr.Row():
             method = gr.Radio(METHOD_CHOICES, value=EditForm.default("method"), label="Method", elem_id="edit-method", scale=2)
             layers = ctx.components["edit_layers"]
@@ -463,10 +476,11 @@ def build(ctx: AppContext) -> EditTab:
             batch_choice = gr.Dropdown([], label="Batch", elem_id="edit-batch", scale=2)
             undo = gr.Button("Undo this batch", elem_id="edit-undo", scale=1)
             reset = gr.Button("Reset (undo all)", variant="stop", elem_id="edit-reset", scale=1)
-        history_line = gr.Markdown(elem_id="edit-history-progress", elem_classes=["progress-line"])
+        history_line = job_line("edit-history")
         gr.Markdown(health_view.HEALTH_HISTORY_CAPTION, elem_classes=["caption"])
         health, health_stop, health_line = job_controls("Health per batch", "edit-health", "edit-health", variant="secondary")
         health_status = gr.Markdown(elem_id="edit-health-status")
+        health_note = model_state.state_note(HEALTH_HISTORY, "Health per batch", "edit-health-state")
         health_table = gr.Dataframe(
             headers=health_view.HEALTH_HISTORY_COLUMNS, label="Health after each batch (⚠ = past a warning threshold)",
             interactive=False, wrap=True, elem_id="edit-health-table", visible=False,
@@ -480,43 +494,45 @@ def build(ctx: AppContext) -> EditTab:
 
     # --- the requests table ------------------------------------------------------------------------
     request = dict(subject=subject, prompt=template, target_new=target, paraphrases=paraphrases, neighbors=neighbors)
-    add.click(
-        *forms.bind(ctx, add_request, RequestForm, dict(request, table=table)),
-        [table, subject, template, target, paraphrases, neighbors, ctx.session],
-        api_visibility="private", show_progress_on=[table_line], **MODEL_EVENTS,
+    wire(
+        ctx, table_line, add.click, *forms.bind(ctx, add_request, RequestForm, dict(request, table=table)),
+        [table, subject, template, target, paraphrases, neighbors, ctx.session], api_visibility="private", **MODEL_EVENTS,
     )
     table.select(select_row, None, selected_row, api_visibility="private", queue=False)
-    remove.click(remove_row, [table, selected_row], [table, selected_row], api_visibility="private", concurrency_id="table")
+    wire(ctx, table_line, remove.click, remove_row, [table, selected_row], [table, selected_row], api_visibility="private",
+         concurrency_id="table")
     clear.click(lambda: [], None, table, api_visibility="private", queue=False)
-    refresh.click(ctx.bind(refresh_answers), [table, ctx.session], [table, ctx.session], api_visibility="private",
-                  show_progress_on=[table_line], **MODEL_EVENTS)
-    import_records.upload(ctx.bind(import_counterfact), [import_records, table, ctx.session], [table, ctx.session],
-                          api_visibility="private", show_progress_on=[table_line], **MODEL_EVENTS)
+    wire(ctx, table_line, refresh.click, ctx.bind(refresh_answers), [table, ctx.session], [table, ctx.session],
+         api_visibility="private", **MODEL_EVENTS)
+    wire(ctx, table_line, import_records.upload, ctx.bind(import_counterfact), [import_records, table, ctx.session],
+         [table, ctx.session], api_visibility="private", **MODEL_EVENTS)
 
     # --- applying edits ----------------------------------------------------------------------------
     method.change(show_method_settings, method, setting_rows, queue=False, api_visibility="private")
     edit_outputs = [status, request_table, loss_plot, layer_table, history, batch_choice, result_json, ctx.session]
     edit_form = dict(table=table, method=method, layers=layers, cov_tokens=cov_tokens, steps=steps, lr=lr, kl_factor=kl_factor,
                      clamp_norm=clamp_norm, **request, method_settings=setting_inputs)
-    edit_event = apply.click(
-        *forms.bind(ctx, run_edit, EditForm, edit_form), edit_outputs, api_name="edit",
-        show_progress_on=[apply_line], **MODEL_EVENTS,
-    )
-    stop.click(ctx.bind(stop_jobs), [ctx.session], [status], queue=False, api_visibility="private")
+    edit_event = wire(ctx, apply_line, apply.click, *forms.bind(ctx, run_edit, EditForm, edit_form), edit_outputs,
+                      api_name="edit", **MODEL_EVENTS)
+    wire_stop(ctx, stop, apply_line)
 
-    # --- history: undo, reset, export, import --------------------------------------------------------
+    # --- history: undo, reset, export, import (what happened said on the line under them) ----------------------
     changed = [status, history, batch_choice, result_json, ctx.session]
-    shown = dict(show_progress_on=[history_line], **MODEL_EVENTS)
-    undo_event = undo.click(ctx.bind(run_undo), [batch_choice, ctx.session], changed, api_name="undo", **shown)
-    reset_event = reset.click(ctx.bind(run_reset), [ctx.session], changed, api_name="reset", **shown)
-    export_ledger.click(ctx.bind(run_export), [ctx.session], [exported], api_visibility="private", **shown)
-    import_event = import_ledger.upload(ctx.bind(run_import), [import_ledger, ctx.session], changed, api_name="import_ledger", **shown)
-    # --- health per batch ---------------------------------------------------------------------------
-    health.click(
-        ctx.bind(run_health_history), [ctx.session], [health_status, health_table, result_json, ctx.session],
-        api_name="health_history", show_progress_on=[health_line], **MODEL_EVENTS,
+    said = dict(done_from=0, **MODEL_EVENTS)
+    undo_event = wire(ctx, history_line, undo.click, ctx.bind(run_undo), [batch_choice, ctx.session], changed,
+                      api_name="undo", **said)
+    reset_event = wire(ctx, history_line, reset.click, ctx.bind(run_reset), [ctx.session], changed, api_name="reset", **said)
+    wire(ctx, history_line, export_ledger.click, ctx.bind(run_export), [ctx.session], [exported], api_visibility="private",
+         **MODEL_EVENTS)
+    import_event = wire(ctx, history_line, import_ledger.upload, ctx.bind(run_import), [import_ledger, ctx.session], changed,
+                        api_name="import_ledger", **said)
+    # --- health per batch (its note says which edits it was measured on; Refresh measures again) ----------------
+    health_event = wire(
+        ctx, health_line, functools.partial(gr.on, [health.click, health_note.refresh.click]), ctx.bind(run_health_history),
+        [ctx.session], [health_status, health_table, result_json, ctx.session], api_name="health_history", **MODEL_EVENTS,
     )
-    health_stop.click(ctx.bind(stop_jobs), [ctx.session], [health_status], queue=False, api_visibility="private")
+    wire_stop(ctx, health_stop, health_line)
+    model_state.refresh_on(ctx, [health_note], [health_event, edit_event, undo_event, reset_event, import_event])
     setting_outputs = [component for inputs in setting_inputs.values() for component in inputs.values()]
     return EditTab(
         form=list(request.values()), edit_events=[edit_event, undo_event, reset_event, import_event],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ import gradio as gr
 
 from ui import captions, forms
 from ui.context import MODEL_EVENTS, AppContext
-from ui.display import model_line, model_markdown
+from ui.display import loading_line, model_line, model_markdown
 from ui.editing import ledger_batches
 from ui.errors import friendly
 from ui.forms import Form
@@ -34,15 +35,23 @@ def edit_batches(session: SessionState) -> int:
 # --- handlers ---------------------------------------------------------------------------------
 
 @friendly
-def show_model(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
-    """Describe the session's model at once; when it is not in memory yet, say so, then wait for it to load."""
+def show_model(ctx: AppContext, session: SessionState | None):
+    """Describe the session's model at once; when it is not in memory yet, say so on one line (the seconds so far,
+    never the queue: the only job ahead is the server's own load), then wait for it to load."""
     session = ctx.session_of(session)
     status = ctx.manager.status()
-    yield model_markdown(status), model_line(status, edit_batches(session)), session
     if ctx.num_layers(session) is None:  # loading (start-up) or another model in memory: load it in line
-        ctx.run(session, lambda job, loaded: None, name="load model", edited=False, progress=progress)
+        started = time.monotonic()
+        line = loading_line(session.model_spec, 0)
+        yield model_markdown(status), line, session
+        job = ctx.submit(session, lambda job, loaded: None, name="load model", edited=False, lane="short")
+        for _ in ctx.follow(job, None):  # a heartbeat twice a second: the line counts the seconds
+            now = loading_line(session.model_spec, time.monotonic() - started)
+            if now != line:
+                line = now
+                yield gr.skip(), line, gr.skip()
         status = ctx.manager.status()
-        yield model_markdown(status), model_line(status, edit_batches(session)), session
+    yield model_markdown(status), model_line(status, edit_batches(session)), session
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ def build(ctx: AppContext, header: gr.Markdown) -> ModelTab:
 
     outputs = [info, header, ctx.session]
     load_event = ctx.components["session_ready"].then(
-        ctx.bind(show_model), [ctx.session], outputs, api_visibility="private", show_progress_on=[header], **MODEL_EVENTS
+        ctx.bind(show_model), [ctx.session], outputs, api_visibility="private", show_progress="hidden", **MODEL_EVENTS
     )
     switch_event = switch.click(
         *forms.bind(ctx, switch_model, ModelForm, dict(model=choice)), outputs, api_name="switch_model",

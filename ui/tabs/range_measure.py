@@ -8,16 +8,17 @@ recommends R by edit score and says plainly when the two disagree. The editing a
 
 from __future__ import annotations
 
+import functools
 import html
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from core.errors import InputError
-from ui import forms, limits, ranges
-from ui.context import MODEL_EVENTS, AppContext, stop_jobs
-from ui.controls import job_controls
+from core.errors import InputError, OperationCancelled
+from ui import forms, limits, model_state, ranges
+from ui.context import MODEL_EVENTS, AppContext
+from ui.controls import job_controls, wire, wire_stop
 from ui.errors import friendly
 from ui.forms import Form
 from ui.runner import HEARTBEAT
@@ -28,6 +29,7 @@ RECORD_SOURCES = [
     ("My edits and imported records", "mine"),
 ]
 RECORDS = (1, 40)  # records edited at every window
+MEASURE = "measure"  # the windows figure and verdict (ui/model_state.py: which model state it was measured on)
 
 MEASURE_INTRO = (
     "**Measure by editing.** Tracing shows where a fact's effect *shows up*; it does not promise that editing "
@@ -68,10 +70,16 @@ class MeasureForm(Form):
     width: int = forms.whole("Width of R", limits.WIDTH, 5)
 
 
-def verdict_text(result: Any, records_note: str, done: bool) -> str:
-    """Plain words: which R edited best, tracing's R, and whether they disagree."""
+def verdict_text(result: Any, records_note: str, done: bool, *, windows_note: str = "", stopped: bool = False) -> str:
+    """Plain words: which R edited best, tracing's R, and whether they disagree (`stopped`: a partial result, said so)."""
     best, traced = result.editing_best, result.tracing_recommended
-    lines = [f"{'Done' if done else 'So far'}: {len(result.windows)} range(s) edited, {records_note}."]
+    if stopped:
+        lines = [f"**Stopped after {len(result.windows)} range(s), {records_note}: the figure shows those only, and R was "
+                 "not changed.** Measured ranges are cached: *Measure by editing* continues from there."]
+    else:
+        lines = [f"{'Done' if done else 'So far'}: {len(result.windows)} range(s) edited, {records_note}."]
+    if windows_note:
+        lines.append(html.escape(windows_note))
     if best:
         top = result.window(best)
         lines.append(f"**Editing's best R: layers {ranges.layers_text(best)}** (S {'-' if top.S is None else f'{top.S:.1f}'}).")
@@ -89,7 +97,7 @@ def verdict_text(result: Any, records_note: str, done: bool) -> str:
     warnings = sorted({warning for window in result.windows for warning in window.warnings})
     if warnings:
         lines.append("Warning: " + html.escape(" ".join(warnings[:3])))
-    if done and best:
+    if done and best and not stopped:
         lines.append(f"R is now set to layers {ranges.layers_text(best)} (the sliders above and the Edit tab).")
     return "  \n".join(lines)
 
@@ -109,37 +117,52 @@ def run_measure(ctx: AppContext, form: MeasureForm, session: SessionState | None
     records = ranges.chosen_records(loaded, session, form.source, form.count)
     recommendation = session.recommendation if session.recommendation is not None and session.recommendation.width == width else None
     mine = form.source == "mine"
-    note = f"{len(records)} {'of your records' if mine else 'dev-set records'}"
+    note = ranges.records_note(records, form.count, mine)
     cov_tokens = session.cov_tokens
     skip = gr.skip()
+
+    def windows_note(result: Any) -> str:
+        return ranges.around_note(result.tracing_recommended, num_layers) if typed is None else ""
 
     def work(job, loaded):
         return job.relay(ranges.measure_stream(loaded, records, typed, width, cov_tokens=cov_tokens,
                                                recommendation=recommendation, mine=mine, progress=job.progress))
 
     job = ctx.submit(session, work, name="measurement of R by editing", edited=False)
-    for item in ctx.follow(job, progress):
-        if item is HEARTBEAT:
-            yield skip, skip, skip, skip, skip, skip
-            continue
-        session.windows = item.result
-        yield ranges.windows_figure(item.result), verdict_text(item.result, note, item.done), skip, skip, skip, session
+    shown = None
+    try:
+        for item in ctx.follow(job, progress):
+            if item is HEARTBEAT:
+                yield skip, skip, skip, skip, skip, skip
+                continue
+            session.windows = shown = item.result
+            verdict = verdict_text(item.result, note, item.done, windows_note=windows_note(item.result))
+            yield ranges.windows_figure(item.result), verdict, skip, skip, skip, session
+    except OperationCancelled:
+        if shown is not None:  # the partial figure stays, labelled; R is not changed
+            yield skip, verdict_text(shown, note, False, windows_note=windows_note(shown), stopped=True), skip, skip, skip, session
+        raise
     result = job.result
     session.windows = result
+    if mine:  # your records: measured again when your edits change
+        model_state.record(session, MEASURE)
+    else:
+        model_state.record_original(session, MEASURE)
     best = result.editing_best
+    verdict = verdict_text(result, note, True, windows_note=windows_note(result))
     if not best:
-        yield ranges.windows_figure(result), verdict_text(result, note, True), skip, skip, skip, session
+        yield ranges.windows_figure(result), verdict, skip, skip, skip, session
         return
     low, high = min(best), max(best)
     session.layers = (low, high)
-    yield ranges.windows_figure(result), verdict_text(result, note, True), low, high, ranges.range_label(low, high), session
+    yield ranges.windows_figure(result), verdict, low, high, ranges.range_label(low, high), session
 
 
 # --- the section --------------------------------------------------------------------------------------------------
 
 def build(ctx: AppContext, width: gr.Slider, first: gr.Slider, last: gr.Slider) -> MeasureSection:
     """The 'Measure by editing' section (inside the Choose R tab); R feeds the sliders and the Edit tab's layer box."""
-    with gr.Accordion("Measure by editing", open=False, elem_id="measure-section"):
+    with gr.Accordion("Measure by editing", open=False, elem_id="measure-section") as section:
         gr.Markdown(MEASURE_INTRO)
         with gr.Row():
             records_source = gr.Radio(RECORD_SOURCES, value="devset", label="Records to edit", elem_id="measure-source", scale=2)
@@ -153,17 +176,19 @@ def build(ctx: AppContext, width: gr.Slider, first: gr.Slider, last: gr.Slider) 
                        elem_id="measure-plot", show_label=False)
         gr.Markdown(MEASURE_CAPTION, elem_id="measure-caption")
         verdict = gr.Markdown(elem_id="measure-verdict")
+        note = model_state.state_note(MEASURE, "Measure by editing", "measure-state")
 
     layers_text = ctx.components["edit_layers"]  # the Edit tab's layer box: the best R feeds it
     measure_form = dict(source=records_source, count=count, windows=windows, width=width)
-    measure_event = run.click(
+    measure_event = wire(
+        ctx, progress_line, functools.partial(gr.on, [run.click, note.refresh.click]),
         *forms.bind(ctx, run_measure, MeasureForm, measure_form),
         [plot, verdict, first, last, layers_text, ctx.session],
         api_name="measure_windows",
-        show_progress_on=[progress_line],
         **MODEL_EVENTS,
     )
-    stop.click(ctx.bind(stop_jobs), [ctx.session], [progress_line], queue=False, api_visibility="private")
+    wire_stop(ctx, stop, progress_line)
+    model_state.refresh_on(ctx, [note], [measure_event, section.expand])
     return MeasureSection(
         records_source=records_source, count=count, windows=windows, run=run, stop=stop, plot=plot, verdict=verdict,
         measure_event=measure_event,

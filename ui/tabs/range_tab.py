@@ -11,6 +11,7 @@ import gradio as gr
 from core.errors import InputError
 from ui import captions, forms, limits, ranges
 from ui.context import AppContext
+from ui.controls import job_line, wire
 from ui.errors import friendly
 from ui.forms import Form
 from ui.session import SessionState
@@ -135,6 +136,7 @@ def build(ctx: AppContext) -> RangeTab:
             width = gr.Slider(*limits.WIDTH, value=RangeForm.default("width"), step=1, label="Width of R (layers)",
                               elem_id="range-width", scale=2)
             recommend = gr.Button("Recommend", variant="primary", elem_id="range-recommend", scale=1)
+        recommend_line = job_line("range-recommend")  # a refusal ("trace first") is said here, next to the button
         plot = gr.Plot(elem_id="range-plot", show_label=False)
         with gr.Row():
             first = gr.Slider(0, 29, value=RangeForm.default("first"), step=1, label="First layer of R", elem_id="range-first")
@@ -146,7 +148,8 @@ def build(ctx: AppContext) -> RangeTab:
         measure = range_measure.build(ctx, width, first, last)
 
     layers_text = ctx.components["edit_layers"]  # the Edit tab's layer box (rendered there): R feeds it
-    recommend_event = recommend.click(
+    recommend_event = wire(
+        ctx, recommend_line, recommend.click,
         *forms.bind(ctx, run_recommend, RecommendForm, dict(source=source, width=width)),
         [plot, first, last, explanation, result_json, chosen, layers_text, ctx.session],
         api_name="recommend",

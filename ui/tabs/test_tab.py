@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import html
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from core.errors import InputError
+from core.errors import InputError, OperationCancelled
 from core.predict import generate_greedy, predict_next_tokens
 from core.progress import derived, stage
 from editor.evaluation.health import PROBE_COUNT, model_health, probe_facts
-from ui import captions, editing, health_view, limits, tracing
-from ui.context import MODEL_EVENTS, AppContext, stop_jobs
-from ui.controls import job_controls
+from ui import captions, editing, health_view, limits, model_state, tracing
+from ui.context import MODEL_EVENTS, AppContext
+from ui.controls import job_controls, job_line, wire, wire_stop
 from ui.display import display_token, label_value, percent
 from ui.errors import friendly
 from ui.plots import export_buttons
 from ui.runner import HEARTBEAT
 from ui.session import SessionState
+
+COMPARE, CHECKS, HEALTH = "test-compare", "test-checks", "test-health"  # outputs whose model state is shown
 
 
 def predictions_dict(predictions: list[Any], generation: str) -> dict:
@@ -45,7 +48,7 @@ def metrics_rows(before: Any, after: Any) -> list[list[Any]]:
 # --- handlers ---------------------------------------------------------------------------------
 
 @friendly
-def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, session: SessionState | None, progress=gr.Progress()):
+def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, session: SessionState | None, progress=None):
     """Top-k next tokens and a greedy continuation, on the original model and with the session's edits."""
     session = ctx.session_of(session)
     ctx.limits.check_prompt_tokens(None, prompt_text)  # its length in characters, before anything else
@@ -64,6 +67,7 @@ def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, 
         return before, after
 
     before, after = ctx.run(session, work, name="compare", edited=False, progress=progress)
+    model_state.record(session, COMPARE)
     edited = session.has_edits()
     if not edited:
         note = "You have no edits yet, so both sides show the original model. Apply an edit on the **Edit** tab."
@@ -88,7 +92,7 @@ def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, 
 
 
 @friendly
-def run_checks(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
+def run_checks(ctx: AppContext, session: SessionState | None, progress=None):
     """Rewrite / paraphrase / neighbourhood checks of every applied edit, and CounterFact metrics, before and after."""
     session = ctx.session_of(session)
     edits = editing.applied_records(session)
@@ -107,6 +111,7 @@ def run_checks(ctx: AppContext, session: SessionState | None, progress=gr.Progre
         return records, before, after
 
     records, before, after = ctx.run(session, work, name="check edits", edited=False, lane="long", progress=progress)
+    model_state.record(session, CHECKS)
     count = len(edits)
     rows = editing.check_rows(records[:count], before[:count], after[:count])
     metric_slice = slice(count, None) if imported else slice(0, count)
@@ -171,7 +176,7 @@ def labelled(progress: Any, label: str) -> Any:
 
 
 @friendly
-def run_health(ctx: AppContext, session: SessionState | None, progress=gr.Progress()):
+def run_health(ctx: AppContext, session: SessionState | None, progress=None):
     """Perplexity on held-out text and known-fact retention, original vs with the session's edits, with drift warnings.
 
     Streams the original model's figures first (cached afterwards), then the edited model's.
@@ -194,13 +199,22 @@ def run_health(ctx: AppContext, session: SessionState | None, progress=gr.Progre
         return model_health(loaded, ledger, labelled(job.progress, "With your edits"), corpus=corpus, probes=probes)
 
     job = ctx.submit(session, work, name="model health", edited=False)
-    for item in ctx.follow(job, progress):
-        if item is HEARTBEAT:
-            yield skip
-            continue
-        rows = health_view.health_rows(item)
-        status = f"{health_view.original_text(item.unedited)}  \nNow measuring the model with your edits…"
-        yield status, gr.Dataframe(value=rows, headers=health_view.HEALTH_COLUMNS, visible=True), item.to_dict(), session
+    shown = None
+    try:
+        for item in ctx.follow(job, progress):
+            if item is HEARTBEAT:
+                yield skip
+                continue
+            shown = item
+            rows = health_view.health_rows(item)
+            status = f"{health_view.original_text(item.unedited)}  \nNow measuring the model with your edits…"
+            yield status, gr.Dataframe(value=rows, headers=health_view.HEALTH_COLUMNS, visible=True), item.to_dict(), session
+    except OperationCancelled:
+        if shown is not None:  # the original model's figures stay, labelled
+            yield (f"{health_view.original_text(shown.unedited)}  \n**Stopped before the model with your edits was "
+                   "measured: the table shows the original model only.**", skip[1], skip[2], session)
+        raise
+    model_state.record(session, HEALTH)
     report = job.result
     yield (
         health_view.health_summary(report),
@@ -221,16 +235,18 @@ class TestTab:
 
 
 def build(ctx: AppContext) -> TestTab:
-    with gr.Tab("Test", id="test"):
+    with gr.Tab("Test", id="test") as tab:
         gr.Markdown(captions.TEST_COMPARE)
         with gr.Row():
             prompt = gr.Textbox(
                 label="Any prompt", value="The Eiffel Tower is located in the city of", elem_id="test-prompt", scale=4
             )
             top_k = gr.Slider(*limits.TOP_K, value=5, step=1, label="Top-k", scale=1, elem_id="test-topk")
-            length = gr.Slider(*limits.GENERATED_TOKENS, value=20, step=1, label="Generated tokens", scale=1)
+            length = gr.Slider(*limits.GENERATED_TOKENS, value=20, step=1, label="Generated tokens", scale=1,
+                               elem_id="test-length")
         compare = gr.Button("Compare original and edited", variant="primary", elem_id="test-compare")
-        compare_line = gr.Markdown(elem_id="test-compare-progress", elem_classes=["progress-line"])
+        compare_line = job_line("test-compare")
+        compare_note = model_state.state_note(COMPARE, "Compare original and edited", "test-compare-state")
         with gr.Row(equal_height=True):
             with gr.Column():
                 gr.Markdown("### Original model")
@@ -247,6 +263,7 @@ def build(ctx: AppContext) -> TestTab:
         gr.Markdown("---")
         gr.Markdown(captions.TEST_CHECKS)
         check, check_stop, check_line = job_controls("Check my edits", "test-check", "test-check")
+        check_note = model_state.state_note(CHECKS, "Check my edits", "test-check-state")
         check_summary = gr.Markdown(elem_id="test-check-summary")
         checks_table = gr.Dataframe(label="Each edit", interactive=False, wrap=True, elem_id="test-checks", visible=False)
         metrics_table = gr.Dataframe(
@@ -277,6 +294,7 @@ def build(ctx: AppContext) -> TestTab:
         gr.Markdown("---")
         gr.Markdown(health_view.HEALTH_CAPTION)
         health, health_stop, health_line = job_controls("Measure model health", "test-health", "test-health")
+        health_note = model_state.state_note(HEALTH, "Measure model health", "test-health-state")
         health_status = gr.Markdown(elem_id="test-health-status")
         health_table = gr.Dataframe(
             headers=health_view.HEALTH_COLUMNS, label="Model health (⚠ = past a warning threshold)", interactive=False,
@@ -286,34 +304,35 @@ def build(ctx: AppContext) -> TestTab:
             health_json = gr.JSON(elem_id="test-health-json")
 
     compare_outputs = [before_label, after_label, before_text, after_text, summary, compare_json, ctx.session]
-    compare_event = compare.click(
-        ctx.bind(run_compare), [prompt, top_k, length, ctx.session], compare_outputs, api_name="predict",
-        show_progress_on=[compare_line], **MODEL_EVENTS,
+    compare_inputs = [prompt, top_k, length, ctx.session]
+    compare_event = wire(ctx, compare_line, functools.partial(gr.on, [compare.click, compare_note.refresh.click]),
+                         ctx.bind(run_compare), compare_inputs, compare_outputs, api_name="predict", **MODEL_EVENTS)
+    submit_event = wire(ctx, compare_line, prompt.submit, ctx.bind(run_compare), compare_inputs, compare_outputs,
+                        api_visibility="private", **MODEL_EVENTS)
+    # --- checks of every edit and CounterFact metrics (Refresh: again, after a change of the edits) ---------------
+    check_event = wire(
+        ctx, check_line, functools.partial(gr.on, [check.click, check_note.refresh.click]), ctx.bind(run_checks),
+        [ctx.session], [check_summary, checks_table, metrics_table, check_json, ctx.session], api_name="evaluate",
+        **MODEL_EVENTS,
     )
-    prompt.submit(
-        ctx.bind(run_compare), [prompt, top_k, length, ctx.session], compare_outputs, api_visibility="private",
-        show_progress_on=[compare_line], **MODEL_EVENTS,
-    )
-    # --- checks of every edit and CounterFact metrics --------------------------------------------------
-    check.click(
-        ctx.bind(run_checks), [ctx.session], [check_summary, checks_table, metrics_table, check_json, ctx.session],
-        api_name="evaluate", show_progress_on=[check_line], **MODEL_EVENTS,
-    )
-    check_stop.click(ctx.bind(stop_jobs), [ctx.session], [check_summary], queue=False, api_visibility="private")
+    wire_stop(ctx, check_stop, check_line)
     # --- re-trace with the edits and show the difference -------------------------------------------------
     retrace_outputs = [retrace_status, *retrace_plots.values(), retrace_stale, retrace_again, retrace_shown, ctx.session]
-    for button in (retrace, retrace_again):
-        button.click(
-            ctx.bind(run_retrace), [ctx.session], retrace_outputs, show_progress_on=[retrace_line], **MODEL_EVENTS,
-            **(dict(api_name="retrace") if button is retrace else dict(api_visibility="private")),
-        )
-    retrace_stop.click(ctx.bind(stop_jobs), [ctx.session], [retrace_status], queue=False, api_visibility="private")
+    wire(ctx, retrace_line, functools.partial(gr.on, [retrace.click, retrace_again.click]), ctx.bind(run_retrace),
+         [ctx.session], retrace_outputs, api_name="retrace", **MODEL_EVENTS)
+    wire_stop(ctx, retrace_stop, retrace_line)
     # --- model health: perplexity and retention, original vs edited -------------------------------------
-    health.click(
-        ctx.bind(run_health), [ctx.session], [health_status, health_table, health_json, ctx.session],
-        api_name="health", show_progress_on=[health_line], **MODEL_EVENTS,
+    health_event = wire(
+        ctx, health_line, functools.partial(gr.on, [health.click, health_note.refresh.click]), ctx.bind(run_health),
+        [ctx.session], [health_status, health_table, health_json, ctx.session], api_name="health", **MODEL_EVENTS,
     )
-    health_stop.click(ctx.bind(stop_jobs), [ctx.session], [health_status], queue=False, api_visibility="private")
+    wire_stop(ctx, health_stop, health_line)
+    # --- which model state each output was computed on: after its own event, and whenever the tab opens ---------
+    notes = [compare_note, check_note, health_note]
+    model_state.refresh_on(ctx, [compare_note], [compare_event, submit_event])
+    model_state.refresh_on(ctx, [check_note], [check_event])
+    model_state.refresh_on(ctx, [health_note], [health_event])
+    model_state.refresh_on(ctx, notes, [tab.select])
     after_change = [(ctx.bind(mark_retrace_stale), [retrace_shown, ctx.session], [retrace_stale, retrace_again], dict(queue=False))]
     return TestTab(compare_event=compare_event, after_change=after_change)
 
