@@ -10,6 +10,10 @@ average. Exit status 1 on any failed request or mismatch.
 
     python -m bench soak                          # 4 visitors, 120 s
     python -m bench soak --visitors 8 --seconds 600 --json soak.json
+    python -m bench soak --with-trace [bench preempt's options]   # predict p50/p95 while another visitor traces
+
+`--with-trace` is `python -m bench preempt` (bench/bench_preempt.py): one visitor runs an exact 3-kind trace while
+the others predict, against the same trace uninterrupted and against `--no-preempt`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="torch CPU threads of the app (OMP_NUM_THREADS; on a shared, busy machine 1 is kinder)")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the app's model")
     parser.add_argument("--json", default=None, help="also write every request's record as JSON")
+    parser.add_argument("--with-trace", action="store_true",
+                        help="instead: predict p50/p95 while another visitor runs an exact trace (`bench preempt`, its options)")
     arguments = parser.parse_args(argv)
     if arguments.visitors < 1 or arguments.seconds <= 0 or arguments.steps < 1 or (arguments.threads or 1) < 1:
         parser.error("--visitors, --steps and --threads must be at least 1 and --seconds positive")
@@ -116,6 +122,10 @@ class AppProcess:
 
 
 def main(argv: list[str]) -> int:
+    if "--with-trace" in argv:  # predictions while another visitor traces: the preemption benchmark
+        from bench import bench_preempt
+
+        return bench_preempt.main([argument for argument in argv if argument != "--with-trace"])
     arguments = parse(argv)
     settings = SoakSettings(visitors=arguments.visitors, seconds=arguments.seconds, steps=arguments.steps,
                             cov_tokens=arguments.tokens)

@@ -603,6 +603,28 @@ def render_fidelity(record: dict) -> str:
         "Every difference is explained in docs/FIDELITY.md."])
 
 
+def render_preempt(record: dict) -> str:
+    data = output_of(record, "preempt")
+    if not data:
+        return ""
+
+    def quantile(values: list[float], q: float):
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] if ordered else None
+
+    rows = [[run["mode"], len(run["latencies"]), number(quantile(run["latencies"], 0.5), 2),
+             number(quantile(run["latencies"], 0.95), 2), number(max(run["latencies"], default=None), 2),
+             number(run["trace_seconds"] or None, 0), len(run["failures"])] for run in data["runs"]]
+    arguments = data["arguments"]
+    return "\n\n".join([
+        f"{arguments['visitors']} visitor(s) calling /predict every {arguments['think']:g} s while another runs an exact trace "
+        f"({arguments['kinds']}, {arguments['samples']} samples) on the real app ({arguments['threads']} torch threads); "
+        "latency in seconds, nearest-rank percentiles.",
+        table(["run", "predictions", "p50 s", "p95 s", "max s", "trace s", "failed"], rows),
+        f"Interrupted trace against the uninterrupted one (same server): max abs diff {data['max_abs_diff']:.3g} over every "
+        "score (0 = bit-identical). Goal (issue 22): p95 within 5 s on 2 cores while the trace runs."])
+
+
 def render_gpu(record: dict) -> str:
     data = output_of(record, "gpu")
     if not data:
@@ -776,6 +798,16 @@ SECTIONS += (
                                 out("soak.json")), "soak.json"),),
         render=render_soak,
         trim=trim_soak,
+    ),
+    Section(
+        "preempt", "A visitor's prediction while another visitor traces",
+        "The real app on loopback: one visitor runs an exact trace of every kind while another predicts, with long jobs "
+        "pausing at safe points for other visitors' short ones (the default), against the same trace alone and against "
+        "`app.py --no-preempt` (`bench soak --with-trace`, i.e. `bench preempt`).",
+        full=(Command("preempt", ("bench", "soak", "--with-trace", "--json", out("preempt.json")), "preempt.json"),),
+        quick=(Command("preempt", ("bench", "soak", "--with-trace", "--samples", "3", "--idle", "3", "--json",
+                                   out("preempt.json")), "preempt.json"),),
+        render=render_preempt,
     ),
     Section(
         "cache", "First start: building the model cache",
