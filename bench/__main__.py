@@ -47,6 +47,8 @@ def main(argv: list[str]) -> int:
             status |= subprocess.run([sys.executable, "-m", "bench", name], check=False).returncode
         return status
     name, passed = argv[0], argv[1:]
+    if name == "soak" and "--with-trace" in passed:  # predictions while another visitor traces: bench preempt
+        name, passed = "preempt", [argument for argument in passed if argument != "--with-trace"]
     print(f"\n=== bench {name} ===", flush=True)
     module = importlib.import_module(f"bench.bench_{name}")
     return module.main(passed)

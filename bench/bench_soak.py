@@ -49,7 +49,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the app's model")
     parser.add_argument("--json", default=None, help="also write every request's record as JSON")
     parser.add_argument("--with-trace", action="store_true",
-                        help="instead: predict p50/p95 while another visitor runs an exact trace (`bench preempt`, its options)")
+                        help="instead: predict p50/p95 while another visitor runs an exact trace (`python -m bench soak "
+                             "--with-trace` runs `bench preempt` with the other options)")
     arguments = parser.parse_args(argv)
     if arguments.visitors < 1 or arguments.seconds <= 0 or arguments.steps < 1 or (arguments.threads or 1) < 1:
         parser.error("--visitors, --steps and --threads must be at least 1 and --seconds positive")
@@ -122,10 +123,6 @@ class AppProcess:
 
 
 def main(argv: list[str]) -> int:
-    if "--with-trace" in argv:  # predictions while another visitor traces: the preemption benchmark
-        from bench import bench_preempt
-
-        return bench_preempt.main([argument for argument in argv if argument != "--with-trace"])
     arguments = parse(argv)
     settings = SoakSettings(visitors=arguments.visitors, seconds=arguments.seconds, steps=arguments.steps,
                             cov_tokens=arguments.tokens)

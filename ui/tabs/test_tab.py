@@ -10,10 +10,7 @@ from typing import Any
 import gradio as gr
 
 from core.errors import InputError, OperationCancelled
-from core.predict import generate_greedy, predict_next_tokens
-from core.progress import derived, stage
-from editor.evaluation.health import PROBE_COUNT, model_health, probe_facts
-from ui import captions, editing, health_view, limits, model_state, tracing
+from ui import captions, editing, health_view, limits, model_state, testing, tracing
 from ui.context import MODEL_EVENTS, AppContext
 from ui.controls import job_controls, job_line, wire, wire_stop
 from ui.display import display_token, label_value, percent
@@ -60,10 +57,10 @@ def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, 
 
     def work(job, loaded):
         job.progress(0.1, "Original model…")
-        before = (predict_next_tokens(loaded, prompt_text, count), generate_greedy(loaded, prompt_text, tokens))
+        before = testing.predictions_and_continuation(loaded, prompt_text, count, tokens)
         job.progress(0.5, "With your edits…")
         with session.applied(loaded):
-            after = (predict_next_tokens(loaded, prompt_text, count), generate_greedy(loaded, prompt_text, tokens))
+            after = testing.predictions_and_continuation(loaded, prompt_text, count, tokens)
         return before, after
 
     before, after = ctx.run(session, work, name="compare", edited=False, progress=progress)
@@ -170,11 +167,6 @@ def session_ledger(session: SessionState) -> Any:
     return ledger if editing.ledger_batches(ledger) else None
 
 
-def labelled(progress: Any, label: str) -> Any:
-    """A progress callback that puts `label` before each message (and passes safe points on)."""
-    return derived(progress, lambda fraction, message: progress(fraction, f"{label}: {message}"))
-
-
 @friendly
 def run_health(ctx: AppContext, session: SessionState | None, progress=None):
     """Perplexity on held-out text and known-fact retention, original vs with the session's edits, with drift warnings.
@@ -183,20 +175,10 @@ def run_health(ctx: AppContext, session: SessionState | None, progress=None):
     """
     session = ctx.session_of(session)
     ledger = session_ledger(session)
-    corpus, count = ctx.health_corpus, ctx.health_probes or PROBE_COUNT
     skip = (gr.skip(), gr.skip(), gr.skip(), gr.skip())
 
     def work(job, loaded):
-        # Not inside session.applied: model_health measures the original weights and applies the ledger itself.
-        subjects = [request.subject for request in ledger.requests] if ledger is not None else []
-        probes = probe_facts(loaded, subjects, count)  # one probe set for both, none about an edited subject
-        share = 0.5 if ledger is not None else 1.0
-        original = model_health(loaded, None, stage(labelled(job.progress, "Original model"), 0.0, share),
-                                corpus=corpus, probes=probes)
-        if ledger is None:
-            return original
-        job.emit(original)
-        return model_health(loaded, ledger, labelled(job.progress, "With your edits"), corpus=corpus, probes=probes)
+        return testing.health_original_then_edited(loaded, ledger, job.progress, job.emit, ctx.health_corpus, ctx.health_probes)
 
     job = ctx.submit(session, work, name="model health", edited=False)
     shown = None
