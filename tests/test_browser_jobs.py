@@ -77,7 +77,7 @@ def test_a_refused_input_is_explained_next_to_its_button_until_the_next_action(p
 
 def test_progress_is_one_line_never_blank_never_backwards(page):
     """An edit, sampled every 200 ms from its click to its end: a line always, its percentage never going down; then
-    the prediction made before it is marked as computed before the change."""
+    the prediction made before it is computed again at once, or marked when it cannot be."""
     from playwright.sync_api import expect
 
     wait_for_model(page)
@@ -112,15 +112,19 @@ def test_progress_is_one_line_never_blank_never_backwards(page):
         assert len(re.findall(r"\d+%", text)) <= 1 and text.count("left") <= 1, text
     expect(page.locator("#edit-progress")).to_contain_text("Done in")
 
-    # The prediction made before the edit is marked so, never shown as current; Refresh computes it again.
+    # The prediction made before the edit is computed again at once (a prediction is cheap), never shown as current
+    # while it is not: the note says which weights it now shows.
     open_tab(page, "Test")
-    expect(page.locator("#test-compare-state")).to_contain_text("Computed before your last change")
-    page.click("#test-compare-state-refresh")
     expect(page.locator("#test-compare-state")).to_contain_text("Computed on the model with your edits: 1 batch")
     expect(page.locator("#test-compare-state-refresh")).to_be_hidden()
+    # A prompt box that no longer holds a valid prompt: the old comparison stays, marked, with Refresh.
+    page.fill("#test-prompt textarea", "   ")
     open_tab(page, "Edit")
     page.click("#edit-reset")
     expect(page.locator("#edit-status")).to_contain_text("All your edits were undone")
+    open_tab(page, "Test")
+    expect(page.locator("#test-compare-state")).to_contain_text("Computed before your last change")
+    expect(page.locator("#test-compare-state-refresh")).to_be_visible()
 
 
 def test_stop_is_a_stop_not_an_error(page):

@@ -112,7 +112,8 @@ def wire_tabs(
 def wire_model_changes(context: AppContext, model: model_tab.ModelTab, header: gr.Markdown, trace: trace_tab.TraceTab,
                        test: test_tab.TestTab, edit: edit_tab.EditTab) -> None:
     """One model state per page: after an edit, undo, reset or import the header says the new state, the Trace tab's
-    top prediction is computed again at once, and the heatmaps and the re-trace are marked as computed before it."""
+    top prediction and the Test tab's comparison are computed again at once, and the heatmaps and the re-trace are
+    marked as computed before it."""
     for event in edit.edit_events:
         event.then(model.refresh_header, [context.session], [header], queue=False, api_visibility="private")
         for handler, inputs, outputs, options in [*trace.after_change, *test.after_change]:

@@ -88,6 +88,21 @@ def run_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, 
     return label_value(before[0]), label_value(after[0]), before[1], after[1], note, data, session
 
 
+def refresh_compare(ctx: AppContext, prompt_text: str, k: float, new_tokens: float, session: SessionState | None):
+    """After an edit, undo, reset or import: the comparison shown is computed again at once (a prediction is cheap), with
+    its model-state note; nothing when none is shown, or when the prompt box no longer holds a valid prompt (the note
+    then stays marked, with Refresh)."""
+    unchanged = (gr.skip(),) * 9
+    if session is None or not model_state.is_stale(session, COMPARE):
+        return unchanged
+    try:
+        values = run_compare(ctx, prompt_text, k, new_tokens, session)
+    except gr.Error:
+        return unchanged
+    session = values[-1]
+    return (*values, model_state.note_html(session, COMPARE, "Compare original and edited"), gr.Button(visible=False))
+
+
 @friendly
 def run_checks(ctx: AppContext, session: SessionState | None, progress=None):
     """Rewrite / paraphrase / neighbourhood checks of every applied edit, and CounterFact metrics, before and after."""
@@ -315,7 +330,11 @@ def build(ctx: AppContext) -> TestTab:
     model_state.refresh_on(ctx, [check_note], [check_event])
     model_state.refresh_on(ctx, [health_note], [health_event])
     model_state.refresh_on(ctx, notes, [tab.select])
-    after_change = [(ctx.bind(mark_retrace_stale), [retrace_shown, ctx.session], [retrace_stale, retrace_again], dict(queue=False))]
+    after_change = [
+        (ctx.bind(mark_retrace_stale), [retrace_shown, ctx.session], [retrace_stale, retrace_again], dict(queue=False)),
+        (ctx.bind(refresh_compare), compare_inputs, [*compare_outputs, compare_note.note, compare_note.refresh],
+         dict(show_progress="hidden", **MODEL_EVENTS)),
+    ]
     return TestTab(compare_event=compare_event, after_change=after_change)
 
 
