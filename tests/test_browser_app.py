@@ -43,6 +43,19 @@ def set_number(page, elem_id: str, value: float) -> None:
     field.press("Enter")
 
 
+def type_edit(page, subject: str = "Eiffel Tower", template: str = "{} is located in the city of", target: str = "Rome") -> None:
+    """Type one request into the Edit tab's fields."""
+    page.fill("#edit-subject textarea", subject)
+    page.fill("#edit-template textarea", template)
+    page.fill("#edit-target textarea", target)
+
+
+def small_covariance(page) -> None:
+    """Open the Edit tab's shared settings and ask for a small covariance sample, which keeps a test's edit quick."""
+    page.get_by_text("Advanced (settings every method shares)", exact=True).click()
+    set_number(page, "edit-cov-tokens", 4096)
+
+
 def wait_for_model(page) -> None:
     from playwright.sync_api import expect
 
@@ -153,8 +166,7 @@ def test_trace_choose_r_edit_test_undo_in_the_browser(page, chromium, app):
     expect(page.locator("#edit-target textarea")).to_have_value("Rome")
     page.click("#edit-add")
     expect(page.locator("#edit-table")).to_contain_text("Paris")  # the current answer, filled in by the model
-    page.get_by_text("Advanced (settings every method shares)", exact=True).click()
-    set_number(page, "edit-cov-tokens", 4096)  # a small covariance sample keeps the test quick
+    small_covariance(page)
     page.click("#edit-apply")
     shown = progress_while_running(page, "#edit-progress", "#edit-status", "Applied batch")
     assert shown, "no progress under the Apply button"
@@ -315,11 +327,8 @@ def test_the_edit_tab_shows_each_methods_own_settings_and_edits_with_them(page):
     # AlphaEdit end to end with its own l2 typed: the typed request (the table is empty) is edited.
     page.locator("#edit-method input[value=alphaedit]").check()
     set_number(page, "edit-alphaedit-l2", 5)
-    page.fill("#edit-subject textarea", "Eiffel Tower")
-    page.fill("#edit-template textarea", "{} is located in the city of")
-    page.fill("#edit-target textarea", "Rome")
-    page.get_by_text("Advanced (settings every method shares)", exact=True).click()
-    set_number(page, "edit-cov-tokens", 4096)  # a small covariance sample keeps the test quick
+    type_edit(page)
+    small_covariance(page)
     page.click("#edit-apply")
     expect(page.locator("#edit-status")).to_contain_text("Applied batch", timeout=600_000)
     expect(page.locator("#edit-status")).to_contain_text("ALPHAEDIT")

@@ -11,6 +11,7 @@ import re
 import pytest
 
 from tests import app_harness
+from tests.test_browser_app import open_tab, set_number, small_covariance, type_edit, wait_for_model
 
 pytestmark = pytest.mark.browser
 
@@ -18,22 +19,6 @@ app = app_harness.app
 chromium = app_harness.chromium
 page = app_harness.page
 app_idle_after_test = app_harness.app_idle_after_test
-
-
-def open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name, exact=True).click()
-
-
-def wait_for_model(page) -> None:
-    from playwright.sync_api import expect
-
-    expect(page.locator("#model-line")).to_contain_text("Model:")
-
-
-def set_number(page, elem_id: str, value: float) -> None:
-    field = page.locator(f"#{elem_id} input[type=number]")
-    field.fill(str(value))
-    field.press("Enter")
 
 
 def error_toasts(page) -> list[str]:
@@ -85,11 +70,8 @@ def test_progress_is_one_line_never_blank_never_backwards(page):
     page.click("#test-compare")  # a prediction on the original weights, to see it marked after the edit
     expect(page.locator("#test-compare-state")).to_contain_text("Computed on the model with original weights")
     open_tab(page, "Edit")
-    page.fill("#edit-subject textarea", "Eiffel Tower")
-    page.fill("#edit-template textarea", "{} is located in the city of")
-    page.fill("#edit-target textarea", "Rome")
-    page.get_by_text("Advanced (settings every method shares)", exact=True).click()
-    set_number(page, "edit-cov-tokens", 4096)  # a small covariance sample keeps the test quick
+    type_edit(page)
+    small_covariance(page)
     page.click("#edit-apply")
     samples = []
     for _ in range(900):  # 3 minutes at most

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests import app_harness
-from tests.test_browser_app import heatmap_values, open_tab, set_number, wait_for_model
+from tests.test_browser_app import (
+    heatmap_values,
+    open_tab,
+    set_number,
+    small_covariance,
+    type_edit,
+    wait_for_model,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -105,13 +112,10 @@ def test_the_prediction_follows_edits_and_the_retrace_speaks_logit_difference(pa
     expect(page.locator("#trace-stale")).to_be_hidden()
 
     open_tab(page, "Edit")
-    page.fill("#edit-subject textarea", "Eiffel Tower")
-    page.fill("#edit-template textarea", "{} is located in the city of")
-    page.fill("#edit-target textarea", "Rome")
+    type_edit(page)
     page.click("#edit-add")
     expect(page.locator("#edit-table")).to_contain_text("Paris")
-    page.get_by_text("Advanced (settings every method shares)", exact=True).click()
-    set_number(page, "edit-cov-tokens", 4096)
+    small_covariance(page)
     page.click("#edit-apply")
     expect(page.locator("#edit-status")).to_contain_text("Applied batch", timeout=300_000)
 

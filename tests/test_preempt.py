@@ -179,18 +179,22 @@ def test_an_edit_interrupted_in_its_optimisation_and_layer_updates_is_bit_identi
     check_guests(context, embedded, interrupter)
 
 
-def test_a_visitors_own_short_job_waits_for_its_long_job_and_a_plain_progress_ignores_safe_points() -> None:
-    runner = ModelRunner(name="preempt-own")
+def order_of_long_and_short(runner: ModelRunner, short_owner: str) -> list[str]:
+    """Visitor A's long job submits a short job of `short_owner`, then offers a safe point: the order they ended in."""
     order: list[str] = []
 
     def long_work(job: Job) -> None:
-        runner.submit(lambda job: order.append("own"), "prediction", lane="short", owner="A")
+        runner.submit(lambda job: order.append("short"), "prediction", lane="short", owner=short_owner)
         job.safe_point()
         order.append("long")
 
     runner.submit(long_work, "trace", owner="A")
     assert runner.wait_idle(60)
-    assert order == ["long", "own"]
+    return order
+
+
+def test_a_visitors_own_short_job_waits_for_its_long_job_and_a_plain_progress_ignores_safe_points() -> None:
+    assert order_of_long_and_short(ModelRunner(name="preempt-own"), short_owner="A") == ["long", "short"]
     calls: list[float] = []
     safe_point(stage(lambda fraction, message: calls.append(fraction), 0.0, 1.0))  # a plain callable: nothing happens
     safe_point(None)
@@ -198,17 +202,7 @@ def test_a_visitors_own_short_job_waits_for_its_long_job_and_a_plain_progress_ig
 
 
 def test_without_preemption_guests_wait_for_the_end() -> None:
-    runner = ModelRunner(name="preempt-off", preempt=False)
-    order: list[str] = []
-
-    def long_work(job: Job) -> None:
-        runner.submit(lambda job: order.append("guest"), "prediction", lane="short", owner="B")
-        job.safe_point()
-        order.append("long")
-
-    runner.submit(long_work, "trace", owner="A")
-    assert runner.wait_idle(60)
-    assert order == ["long", "guest"]
+    assert order_of_long_and_short(ModelRunner(name="preempt-off", preempt=False), short_owner="B") == ["long", "short"]
 
 
 def test_queue_status_says_a_guest_runs_at_the_next_pause() -> None:
