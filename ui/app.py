@@ -157,9 +157,8 @@ def wire_model_ready(
         chained.then(*edit.fit, api_visibility="private", show_progress="hidden", queue=False)
         redraw, redraw_inputs, redraw_outputs = context.components["range_redraw"]
         chained = chained.then(redraw, redraw_inputs, redraw_outputs, api_visibility="private", show_progress="hidden")
-        for handler, inputs, handler_outputs in trace.refresh_typing:
-            chained = chained.then(handler, inputs, handler_outputs, api_visibility="private", show_progress="hidden",
-                                   **MODEL_EVENTS)
+        for handler, inputs, handler_outputs, options in trace.refresh_typing:
+            chained = chained.then(handler, inputs, handler_outputs, **options)
 
 
 def restore_session(ctx: AppContext, key: str | None, session: SessionState | None):

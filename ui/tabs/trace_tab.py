@@ -56,7 +56,7 @@ class TraceTab:
     example_event: Any
     example_fill: Any
     submit_event: Any
-    refresh_typing: list[tuple[Any, list, list]]  # (handler, inputs, outputs) to rerun once the model is ready
+    refresh_typing: list[tuple[Any, list, list, dict]]  # (handler, inputs, outputs, options) to rerun once the model is ready
     after_change: list[tuple[Any, list, list, dict]]  # (handler, inputs, outputs, options) after an edit, undo, reset, import
 
 
@@ -391,9 +391,9 @@ def build(ctx: AppContext, examples: list[Example]) -> TraceTab:
     predict = dict(api_visibility="private", show_progress="hidden", trigger_mode="always_last", **MODEL_EVENTS)
     for component in (prompt, answer):
         component.change(ctx.bind(show_prediction), [prompt, answer, ctx.session], [prediction, ctx.session], **predict)
-    refresh_typing = [
-        (ctx.bind(show_tokens), [prompt, subject, ctx.session], [tokens, token_hint]),
-        (ctx.bind(show_prediction), [prompt, answer, ctx.session], [prediction, ctx.session]),
+    refresh_typing = [  # each in its typing event's queue, so an answer about older text never lands after a newer one
+        (ctx.bind(show_tokens), [prompt, subject, ctx.session], [tokens, token_hint], typing),
+        (ctx.bind(show_prediction), [prompt, answer, ctx.session], [prediction, ctx.session], predict),
     ]
 
     # --- the trace --------------------------------------------------------------------------------
