@@ -29,13 +29,14 @@ HEALTH_CAPTION = (
     f"Locus warns when perplexity rises more than {PERPLEXITY_WARNING - 1:.0%} (over ×{PERPLEXITY_WARNING:.2f} the original "
     f"model's) or retention falls below {RETENTION_WARNING:.0%} of the original model's, and calls the model **collapsed** "
     f"when its perplexity is more than ×{COLLAPSE_RATIO:g} the original's or it computes non-finite numbers. Each model "
-    "state takes one to three minutes to measure on a CPU; figures already measured are remembered."
+    "state takes minutes to measure on a CPU (the line under the button estimates how long once it has measured the first "
+    "texts); figures already measured are remembered."
 )
 
 HEALTH_HISTORY_CAPTION = (
     "**Health per batch**: perplexity on held-out text and known-fact retention after each batch of your history "
     f"(warnings past ×{PERPLEXITY_WARNING:.2f} perplexity or {RETENTION_WARNING:.0%} of the original retention; "
-    "one to three minutes per batch not measured before)."
+    "minutes on a CPU for each batch not measured before; the line under the button estimates how long)."
 )
 
 HEALTH_COLUMNS = [
