@@ -625,6 +625,22 @@ def render_preempt(record: dict) -> str:
         "score (0 = bit-identical). Goal (issue 22): p95 within 5 s on 2 cores while the trace runs."])
 
 
+def render_lecture(record: dict) -> str:
+    data = output_of(record, "lecture")
+    if not data:
+        return ""
+    rows = [[check["name"], number(check["seconds"], 1), number(check["seconds"] / data["budget_seconds"], 2),
+             "yes" if check["within_budget"] else "NO",
+             "-" if check["worst_estimate_error"] is None else f"{100 * check['worst_estimate_error']:.0f}%", check["detail"]]
+            for check in data["checks"]]
+    return "\n\n".join([
+        f"Covariance statistics of the layers involved were ready in {data['covariance_seconds']:.1f} s before the checks "
+        "(cached; not counted). Estimate error: the largest error of the job line's estimated total time (elapsed / share "
+        f"done) over the progress reports after the first {100 * data['settled']:.0f}% of the time.",
+        table(["check", "seconds", f"/ {data['budget_seconds']:.0f} s", "within 3 min", "estimate error", "detail"], rows),
+        "Goal (issue 22): each within 3 minutes on 2 CPU cores once the covariance is cached."])
+
+
 def render_gpu(record: dict) -> str:
     data = output_of(record, "gpu")
     if not data:
@@ -808,6 +824,15 @@ SECTIONS += (
         quick=(Command("preempt", ("bench", "soak", "--with-trace", "--samples", "3", "--idle", "3", "--json",
                                    out("preempt.json")), "preempt.json"),),
         render=render_preempt,
+    ),
+    Section(
+        "lecture", "The two long checks of a lecture",
+        "Model health after one edit (Test tab: original, then edited, nothing remembered) and R measured by editing with "
+        "one dev-set record at 5 windows (Choose R tab, window cache off), through the app's own services on the embedded "
+        "model, with how far the progress line's time estimate was off (`bench lecture`; the quick variant is the same).",
+        full=(json_command("lecture", "bench", "lecture"),),
+        quick=(json_command("lecture", "bench", "lecture"),),
+        render=render_lecture,
     ),
     Section(
         "cache", "First start: building the model cache",

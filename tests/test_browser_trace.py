@@ -85,6 +85,19 @@ def test_a_link_reopens_the_settings_and_stop_keeps_the_last_heatmaps(page, app)
         page.click("#trace-plot-mlp-png")
     assert Path(png_download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # Projector mode: on a 1920-px screen the heatmaps are drawn 1.3x taller with larger text, and back when narrower.
+    sizes = "() => { const g = document.querySelector('#trace-plot-mlp .js-plotly-plot'); " \
+            "return [g._fullLayout.height, g._fullLayout.yaxis.tickfont.size]; }"
+    narrow = page.evaluate(sizes)
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    page.wait_for_function(f"() => document.querySelector('#trace-plot-mlp .js-plotly-plot')._fullLayout.height === "
+                           f"{round(narrow[0] * 1.3)}")
+    wide = page.evaluate(sizes)
+    assert wide[1] > narrow[1] and heatmap_values(page, "trace-plot-mlp") == drawn
+    page.set_viewport_size({"width": 1500, "height": 1000})  # the harness's page size
+    page.wait_for_function(f"() => document.querySelector('#trace-plot-mlp .js-plotly-plot')._fullLayout.height === {narrow[0]}")
+    assert page.evaluate(sizes) == narrow
+
     # A long trace, stopped once its preview is drawn: the last complete heatmaps come back, no error anywhere.
     set_number(page, "trace-samples", 50)
     page.locator("#trace-kinds").get_by_label("Hidden state", exact=True).check()
@@ -125,11 +138,13 @@ def test_the_prediction_follows_edits_and_the_retrace_speaks_logit_difference(pa
     expect(page.locator("#trace-refresh")).to_be_visible()
 
     open_tab(page, "Test")
+    expect(page.locator("#test-diff-mlp-png")).to_be_hidden()  # no export buttons before there is a re-trace
     page.click("#test-retrace")
     summary = page.locator("#test-retrace-status")
     expect(summary).to_contain_text("clean logit difference", timeout=300_000)
     text = summary.inner_text()
     assert "%" not in text and re.search(r"[+−-]\d+\.\d+ before, [+−-]\d+\.\d+ after your edits", text), text
+    expect(page.locator("#test-diff-mlp-png")).to_be_visible()
 
     # Refresh computes the heatmaps on screen again, on the edited weights; undo then marks them in turn.
     open_tab(page, "Trace")

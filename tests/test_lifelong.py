@@ -24,6 +24,8 @@ from editor.evaluation.damage import damage_report, random_update_like
 from editor.evaluation.health import (
     Health,
     collapse_message,
+    forget_health_figures,
+    health_cost,
     health_history_stream,
     health_warnings,
     held_out_texts,
@@ -386,3 +388,25 @@ def test_sequential_refuses_bad_input_before_loading(capsys, tmp_path):
     assert "was a run on other records or another model (data, records, batches, model)" in capsys.readouterr().err
     with pytest.raises(InputError):
         run_sequential(None, load_records(LIFELONG_FILE)[:2], HPARAMS, 1, 3)
+
+
+def test_health_progress_follows_tokens_and_skips_what_is_remembered(tiny_llama, three_batches, small_corpus):
+    """Perplexity's share done is its tokens' share; a state whose figures are remembered takes no share of the bar."""
+    probes = [KnownFact(i, fact.subject, fact.attribute, fact.template, fact.prompt, fact.relation_id)
+              for i, fact in enumerate(load_known_facts()[:6])]
+    texts = held_out_texts(str(small_corpus))[:40] + ("A much longer text about the city of Paris, " * 8,)
+    reports = []
+    perplexity(tiny_llama, texts, progress=lambda fraction, message: reports.append(fraction))
+    tokens = [len(tiny_llama.tokenizer(text)["input_ids"]) for text in texts]
+    assert reports == sorted(reports) and reports[-1] == pytest.approx(1.0) and len(reports) >= 2
+    assert all(abs(report * sum(tokens) - round(report * sum(tokens))) < 1e-6 for report in reports)  # shares of tokens
+    forget_health_figures()
+    model_health(tiny_llama, None, corpus=str(small_corpus), probes=probes)  # the original's figures, remembered
+    ledger = EditLedger.for_model(tiny_llama)
+    ledger.add(three_batches[0], tiny_llama)
+    assert health_cost(tiny_llama, None, probes, str(small_corpus)) == 0.0
+    assert health_cost(tiny_llama, ledger, probes, str(small_corpus)) == pytest.approx(1.0)
+    edited = []
+    model_health(tiny_llama, ledger, lambda fraction, message: edited.append(fraction), corpus=str(small_corpus), probes=probes)
+    assert edited == sorted(edited) and edited[0] < 0.5 and edited[-1] == pytest.approx(1.0)  # not stuck at 50% first
+    assert health_cost(tiny_llama, ledger, probes, str(small_corpus)) == 0.0

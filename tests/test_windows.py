@@ -163,3 +163,34 @@ def test_a_tie_for_the_best_window_counts_as_agreement():
     tied = _result(windows, [1, 2])
     assert tied.editing_best == [0, 1] and tied.tied_best == [[0, 1], [1, 2]] and tied.agree
     assert "Tied with R = 1-2" in tied.explanation() and "they agree" in tied.explanation()
+
+
+def test_the_progress_shares_follow_the_estimated_cost_of_each_step(tiny, tmp_path, monkeypatch):
+    """A cached covariance takes no share; a missing one does; the steps tile [0, 1] in the order they run."""
+    from editor.statistics.covariance import layer_covariances
+    from editor.studies.work_plan import WorkPlan, missing_covariance_layers
+
+    monkeypatch.setenv("LOCUS_CACHE", str(tmp_path))
+    loaded = tiny("llama")
+    records = load_records(DEVSET)[:2]
+    settings = MemitSettings(layers=(1, 2), cov_tokens=200, steps=8, prefix_starts=("The",))
+    by_last = {1: [(0, 1)], 2: [(1, 2), (2,)]}
+    windows = [window for group in by_last.values() for window in group]
+    assert missing_covariance_layers(loaded, windows, settings) == [0, 1, 2]
+
+    def plan(missing: list[int], trace_facts: int = 0) -> WorkPlan:
+        return WorkPlan.of(loaded, records, by_last, settings, trace_facts=trace_facts, score_unedited=True,
+                           covariance_layers=missing, by_generation=True)
+
+    cold = plan([0, 1, 2], trace_facts=3)
+    steps = list(cold.bounds.values())
+    assert list(cold.bounds) == ["trace", "unedited", "covariance", ("targets", 1), (0, 1), ("targets", 2), (1, 2), (2,)]
+    assert steps[0][0] == 0.0 and steps[-1][1] == pytest.approx(1.0)
+    assert all(earlier[1] == pytest.approx(later[0]) for earlier, later in zip(steps, steps[1:]))
+    assert all(high > low for low, high in steps)
+    layer_covariances(loaded, [0, 1, 2], settings.cov_tokens)
+    assert missing_covariance_layers(loaded, windows, settings) == []
+    warm = plan([])
+    assert warm.bounds["trace"] == (0.0, 0.0) and warm.bounds["covariance"][0] == warm.bounds["covariance"][1]
+    targets_1, targets_2 = (warm.bounds[("targets", last)] for last in (1, 2))
+    assert targets_1[1] - targets_1[0] > targets_2[1] - targets_2[0]  # more blocks after layer 1 than after layer 2

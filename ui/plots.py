@@ -1,9 +1,10 @@
-"""Plots on the page: light and dark mode, and each figure downloaded as PNG or SVG with its caption (in the browser).
+"""Plots on the page: light and dark mode, projector mode, and each figure downloaded as PNG or SVG with its caption (in the browser).
 
 The figures (tracer.figures) are drawn white with dark text, as in an offline HTML export; in dark mode the page's
 CSS makes their backgrounds transparent and their text light (`PLOT_CSS`), so no white box remains. `EXPORT_JS` (in
 the page's head) defines `locusExport(elemId, format)`: the plot of that element drawn again by plotly.js, white,
-with its caption (`figure.layout.meta.caption`) written under it, and downloaded.
+with its caption (`figure.layout.meta.caption`) written under it, and downloaded. On a screen at least 1600 px wide
+(a projector at 1920x1080) `locusProject` redraws every plot 1.3x taller with text about 1.2x larger.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ window.locusExport = async function (elemId, format) {
   if (line) { lines.push(line); }
   const escape = (text) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
   const layout = JSON.parse(JSON.stringify(graph.layout));
+  delete layout.__locusBase;
+  delete layout.__locusScale;
   const margin = Object.assign({l: 10, r: 10, t: 56, b: 50}, layout.margin || {});
   const extra = lines.length ? 20 * lines.length + 16 : 0;
   layout.width = width;
@@ -64,6 +67,50 @@ window.locusExport = async function (elemId, format) {
   link.click();
   link.remove();
 };
+
+// Projector mode: on a wide screen (a projector at 1920x1080) every plot is drawn taller, with larger text. The server's
+// figure is remembered on its layout object (a new figure from the server brings a new one); the export uses the same.
+window.LOCUS_WIDE = 1600;
+window.LOCUS_WIDE_SCALE = 1.3;
+window.locusProject = function (graph) {
+  const full = graph._fullLayout;
+  if (!window.Plotly || !graph.layout || !full) { return; }
+  const scale = window.innerWidth >= window.LOCUS_WIDE ? window.LOCUS_WIDE_SCALE : 1;
+  const layout = graph.layout;
+  if (layout.__locusScale === undefined) {
+    if (scale === 1) { layout.__locusScale = 1; }
+    const sizes = {height: full.height, 'font.size': full.font.size};
+    if (full.title && full.title.font) { sizes['title.font.size'] = full.title.font.size; }
+    for (const name of Object.keys(full)) {
+      if (/^[xy]axis[0-9]*$/.test(name)) {
+        sizes[name + '.tickfont.size'] = full[name].tickfont.size;
+        if (full[name].title && full[name].title.font) { sizes[name + '.title.font.size'] = full[name].title.font.size; }
+      }
+    }
+    (full.annotations || []).forEach((note, index) => { sizes['annotations[' + index + '].font.size'] = note.font.size; });
+    layout.__locusBase = sizes;
+    if (scale === 1) { return; }
+  }
+  if (layout.__locusScale === scale) { return; }
+  layout.__locusScale = scale;
+  const update = {};
+  for (const [key, value] of Object.entries(layout.__locusBase)) {
+    if (typeof value !== 'number' || !isFinite(value)) { continue; }
+    update[key] = key === 'height' ? Math.round(value * scale) : Math.round(value * (1 + (scale - 1) * 0.75));
+  }
+  window.Plotly.relayout(graph, update);
+};
+window.locusProjectAll = function () {
+  document.querySelectorAll('.js-plotly-plot').forEach((graph) => {
+    if (!graph.__locusHooked && graph.on) {
+      graph.__locusHooked = true;
+      graph.on('plotly_afterplot', () => window.locusProject(graph));
+    }
+    window.locusProject(graph);
+  });
+};
+new MutationObserver(() => window.locusProjectAll()).observe(document.documentElement, {childList: true, subtree: true});
+window.addEventListener('resize', () => window.locusProjectAll());
 </script>
 """
 

@@ -30,7 +30,7 @@ from core.embedded import cache_root
 from core.errors import InputError
 from core.facts import model_key
 from core.loading import LoadedModel
-from core.progress import Progress, stage
+from core.progress import Progress
 from editor.edits.ledger import EditLedger
 from editor.evaluation.counterfact import CounterFactRecord
 from editor.evaluation.evaluate import Scores, has_generation_success, score_records, summarize
@@ -40,6 +40,7 @@ from editor.methods.memit import Memit, prepare
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import compute_targets
 from editor.statistics.covariance import layer_covariances
+from editor.studies.work_plan import WorkPlan, missing_covariance_layers
 from tracer.average import average_traces
 from tracer.problem import TraceSettings
 from tracer.recommend import LayerRecommendation, recommend_layers
@@ -367,12 +368,17 @@ def measure_windows_stream(
                         message=f"{len(done)} of {len(chosen)} windows already in the cache" if done else "averaging traces")
 
     remaining = [window for window in chosen if window not in done]
-    total = len(remaining) + 2
+    by_last: dict[int, list[tuple[int, ...]]] = {}
+    for window in remaining:
+        by_last.setdefault(window[-1], []).append(window)
+    missing = missing_covariance_layers(loaded, remaining, base.settings) if remaining else []
+    plan = WorkPlan.of(loaded, records, by_last, base.settings, trace_facts=trace_facts if recommendation is None else 0,
+                       score_unedited=unedited is None, covariance_layers=missing, by_generation=by_generation)
     note = ""
     facts = 0
     if recommendation is None:
         try:
-            recommendation, facts = tracing_recommendation(loaded, width, trace_facts, stage(progress, 0.0, 0.5 / total))
+            recommendation, facts = tracing_recommendation(loaded, width, trace_facts, plan.stage(progress, "trace"))
         except InputError as error:  # e.g. the model knows none of the facts: the edits are still measured
             note = f"No tracing curve: {error}"
     curve = recommendation.curve if recommendation is not None else []
@@ -389,34 +395,27 @@ def measure_windows_stream(
     if unedited is None:
         with loaded.lock:
             pre, entropies = score_records(loaded, records, generation=False, by_generation=by_generation,
-                                           progress=stage(progress, 0.5 / total, 1 / total))
+                                           progress=plan.stage(progress, "unedited"))
         unedited = summarize(pre, entropies)
         if use_cache:
             append_entry(path, {"kind": "unedited", "scores": unedited.to_dict()})
-    yield current(1 / total, f"unedited scores: S {unedited.S}")
+    yield current(plan.end("unedited"), f"unedited scores: S {unedited.S}")
     if remaining:
         layers = sorted({layer for window in remaining for layer in window})
         layer_covariances(loaded, layers, base.settings.cov_tokens, base.settings.corpus,
-                          stage(progress, 1 / total, 2 / total))  # one pass for all
-    yield current(2 / total, "covariance statistics ready")
+                          plan.stage(progress, "covariance"))  # one pass for all
+    yield current(plan.end("covariance"), "covariance statistics ready")
 
     prefixes = context_prefixes(loaded, base.settings)
     target_seconds = 0.0
-    by_last: dict[int, list[tuple[int, ...]]] = {}
-    for window in remaining:
-        by_last.setdefault(window[-1], []).append(window)
-    finished = 0
-    for group in by_last.values():
+    for last, group in by_last.items():
         clock = time.perf_counter()
-        low, high = (2 + finished) / total, (3 + finished) / total
         with loaded.lock:
             targets = compute_targets(loaded, requests, base.settings.replace(layers=group[0]), prefixes,
-                                      progress=stage(progress, low, low + 0.6 * (high - low)))
+                                      progress=plan.stage(progress, ("targets", last)))
         target_seconds += time.perf_counter() - clock
-        for index, window in enumerate(group):
+        for window in group:
             clock = time.perf_counter()
-            low, high = (2 + finished) / total, (3 + finished) / total
-            middle = low + (0.8 if index == 0 else 0.5) * (high - low)
             edit = base.replace(layers=window)
             covariances = layer_covariances(loaded, list(window), edit.settings.cov_tokens, edit.settings.corpus)
             with loaded.lock:
@@ -425,7 +424,7 @@ def measure_windows_stream(
                 ledger.add(batch, loaded)
                 with ledger.applied(loaded):
                     post, entropies = score_records(loaded, records, generation=False, by_generation=by_generation,
-                                                    progress=stage(progress, middle, high))
+                                                    progress=plan.stage(progress, window))
             scores = summarize(post, entropies)
             score = WindowScore(
                 layers=list(window), ES=scores.ES, PS=scores.PS, NS=scores.NS, S=scores.S,
@@ -435,8 +434,7 @@ def measure_windows_stream(
             if use_cache:
                 append_entry(path, {"kind": "window", "window": score.to_dict()})
             measured.append(_with_effect(score, curve))
-            finished += 1
-            yield current((2 + finished) / total, f"R = {layers_text(window)}: S {score.S}", target_seconds)
+            yield current(plan.end(window), f"R = {layers_text(window)}: S {score.S}", target_seconds)
     final = current(1.0, f"measured {len(chosen)} windows", target_seconds)
     final.done = True
     yield final

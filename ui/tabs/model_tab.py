@@ -11,6 +11,7 @@ import gradio as gr
 
 from ui import captions, forms
 from ui.context import MODEL_EVENTS, AppContext
+from ui.controls import job_line, wire
 from ui.display import loading_line, model_line, model_markdown
 from ui.editing import ledger_batches
 from ui.errors import friendly
@@ -96,16 +97,15 @@ def build(ctx: AppContext, header: gr.Markdown) -> ModelTab:
                 scale=3,
             )
             switch = gr.Button("Use this model", elem_id="model-switch", scale=1, interactive=len(manager.specs) > 1)
+        line = job_line("model-switch")  # loading another model: its progress, then done (or why not)
         gr.Markdown(captions.MODEL_PANEL)
 
     outputs = [info, header, ctx.session]
     load_event = ctx.components["session_ready"].then(
         ctx.bind(show_model), [ctx.session], outputs, api_visibility="private", show_progress="hidden", **MODEL_EVENTS
     )
-    switch_event = switch.click(
-        *forms.bind(ctx, switch_model, ModelForm, dict(model=choice)), outputs, api_name="switch_model",
-        show_progress_on=[header], **MODEL_EVENTS,
-    )
+    switch_event = wire(ctx, line, switch.click, *forms.bind(ctx, switch_model, ModelForm, dict(model=choice)), outputs,
+                        api_name="switch_model", **MODEL_EVENTS)
     return ModelTab(
         info=info, choice=choice, switch=switch, refresh_header=ctx.bind(header_line), ready_events=[load_event, switch_event]
     )

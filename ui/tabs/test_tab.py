@@ -164,9 +164,10 @@ def run_retrace(ctx: AppContext, session: SessionState | None, progress=gr.Progr
                                            lane="long", progress=progress)
     if not reused:
         session.original_trace = before
-    plots = (gr.Plot(figure, visible=True) for figure in tracing.difference_figures(before, after, state).values())
+    figures = list(tracing.difference_figures(before, after, state).values())
+    columns = [gr.Column(visible=True) for _ in figures]  # each plot with its PNG/SVG buttons, hidden until the first re-trace
     shown = tracing.Shown(form=None, result=after, stage="retrace", state=state)
-    return (tracing.retrace_summary(before, after, state), *plots, gr.Markdown(value="", visible=False),
+    return (tracing.retrace_summary(before, after, state), *figures, *columns, gr.Markdown(value="", visible=False),
             gr.Button(visible=False), shown, session)
 
 
@@ -280,11 +281,11 @@ def build(ctx: AppContext) -> TestTab:
             retrace_stale = gr.Markdown(visible=False, elem_id="test-retrace-stale")
             retrace_again = gr.Button("Refresh", visible=False, variant="primary", size="sm", elem_id="test-retrace-refresh",
                                       scale=0, min_width=120)
-        retrace_plots = {}
+        retrace_plots, retrace_columns = {}, {}
         with gr.Row(equal_height=True):
             for kind in tracing.KINDS:
-                with gr.Column(min_width=320):
-                    retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}", visible=False)
+                with gr.Column(min_width=320, visible=False, elem_id=f"test-diff-{kind}-box") as retrace_columns[kind]:
+                    retrace_plots[kind] = gr.Plot(show_label=False, elem_id=f"test-diff-{kind}")
                     export_buttons(f"test-diff-{kind}")
         retrace_shown = gr.State(None)
 
@@ -314,7 +315,7 @@ def build(ctx: AppContext) -> TestTab:
     )
     wire_stop(ctx, check_stop, check_line)
     # --- re-trace with the edits and show the difference -------------------------------------------------
-    retrace_outputs = [retrace_status, *retrace_plots.values(), retrace_stale, retrace_again, retrace_shown, ctx.session]
+    retrace_outputs = [retrace_status, *retrace_plots.values(), *retrace_columns.values(), retrace_stale, retrace_again, retrace_shown, ctx.session]
     wire(ctx, retrace_line, functools.partial(gr.on, [retrace.click, retrace_again.click]), ctx.bind(run_retrace),
          [ctx.session], retrace_outputs, api_name="retrace", **MODEL_EVENTS)
     wire_stop(ctx, retrace_stop, retrace_line)
