@@ -21,7 +21,7 @@ PLOT_CSS = """
 .dark .js-plotly-plot .main-svg .xaxislayer-above path, .dark .js-plotly-plot .main-svg .yaxislayer-above path {
   stroke: var(--body-text-color-subdued) !important; }
 .plot-export { gap: 6px !important; justify-content: flex-end; }
-.plot-export button { min-width: 0 !important; flex-grow: 0 !important; padding: 2px 10px !important; }
+.plot-export button { min-width: 3.6em !important; flex-grow: 0 !important; padding: 2px 10px !important; }
 """
 
 EXPORT_JS = """
