@@ -56,6 +56,7 @@ def test_a_link_reopens_the_settings_and_stop_keeps_the_last_heatmaps(page, app)
     leaves the last complete heatmaps on screen."""
     from playwright.sync_api import expect
 
+    page.set_viewport_size({"width": 1920, "height": 1080})  # a projector
     open_link(page, app, LINK)
     expect(page.locator("#trace-prompt textarea")).to_have_value(EIFFEL)
     expect(page.locator("#trace-subject textarea")).to_have_value("Eiffel Tower")
@@ -85,18 +86,21 @@ def test_a_link_reopens_the_settings_and_stop_keeps_the_last_heatmaps(page, app)
         page.click("#trace-plot-mlp-png")
     assert Path(png_download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Projector mode: on a 1920-px screen the heatmaps are drawn 1.3x taller with larger text, and back when narrower.
-    sizes = "() => { const g = document.querySelector('#trace-plot-mlp .js-plotly-plot'); " \
-            "return [g._fullLayout.height, g._fullLayout.yaxis.tickfont.size]; }"
-    narrow = page.evaluate(sizes)
-    page.set_viewport_size({"width": 1920, "height": 1080})
-    page.wait_for_function(f"() => document.querySelector('#trace-plot-mlp .js-plotly-plot')._fullLayout.height === "
-                           f"{round(narrow[0] * 1.3)}")
-    wide = page.evaluate(sizes)
-    assert wide[1] > narrow[1] and heatmap_values(page, "trace-plot-mlp") == drawn
+    # Projector mode: traced on a 1920-px screen, every plot (the hidden state's "not traced" placeholder, whose axes
+    # are hidden, before the MLP heatmap too) is 1.3x taller with larger text; on a narrower screen, the server's sizes.
+    def sizes(kind: str) -> list:
+        return page.evaluate(f"() => {{ const g = document.querySelector('#trace-plot-{kind} .js-plotly-plot'); "
+                             f"return [g._fullLayout.height, g.layout.__locusBase.height, g._fullLayout.yaxis.tickfont.size, "
+                             f"g.layout.__locusScale]; }}")
+
+    for kind in ("hidden", "mlp"):
+        height, base, _, scale = sizes(kind)
+        assert scale == 1.3 and height == round(base * 1.3), (kind, height, base, scale)
+    wide = sizes("mlp")
     page.set_viewport_size({"width": 1500, "height": 1000})  # the harness's page size
-    page.wait_for_function(f"() => document.querySelector('#trace-plot-mlp .js-plotly-plot')._fullLayout.height === {narrow[0]}")
-    assert page.evaluate(sizes) == narrow
+    page.wait_for_function(f"() => document.querySelector('#trace-plot-mlp .js-plotly-plot')._fullLayout.height === {wide[1]}")
+    narrow = sizes("mlp")
+    assert narrow[2] < wide[2] and narrow[3] == 1 and heatmap_values(page, "trace-plot-mlp") == drawn
 
     # A long trace, stopped once its preview is drawn: the last complete heatmaps come back, no error anywhere.
     set_number(page, "trace-samples", 50)

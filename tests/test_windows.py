@@ -80,7 +80,8 @@ def test_each_window_is_a_plain_edit_and_a_rerun_reads_the_cache(tiny, tmp_path,
     traced = trace(loaded, records[0].rewrite_prompt, records[0].subject, TraceSettings(kinds=("mlp",), samples=2, noise=0.5, window=1))
     recommendation = recommend_layers(traced, width=2)
     before = weights_fingerprint(loaded.model)
-    updates = list(measure_windows_stream(loaded, records, [(1, 2), (0, 1), (2,)], Memit(hparams), width=2, recommendation=recommendation))
+    updates = list(measure_windows_stream(loaded, records, [(1, 2), (0, 1), (2,), (1, 2)], Memit(hparams), width=2,
+                                          recommendation=recommendation))  # a window twice is measured once
     fractions = [update.fraction for update in updates]
     assert fractions == sorted(fractions) and updates[-1].done and fractions[-1] == 1.0
     result = updates[-1].result

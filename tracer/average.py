@@ -324,6 +324,14 @@ def check_average_settings(settings: TraceSettings) -> None:
         raise InputError("Averages take each fact's a' from its corrupted run: leave the counterfactual answer out.")
 
 
+def uncached_facts(loaded: LoadedModel, n: int, settings: TraceSettings | None = None) -> int:
+    """How many of the first `n` facts the model knows an average would still trace (the others are cached)."""
+    settings = settings or TraceSettings()
+    chosen = facts_model_knows(loaded)[:n]
+    cached = cached_records(loaded, settings) if not loaded.edits_applied else {}
+    return sum(1 for fact in chosen if fact.known_id not in cached)
+
+
 def average_traces_stream(
     loaded: LoadedModel,
     n: int,

@@ -77,36 +77,41 @@ window.locusProject = function (graph) {
   if (!window.Plotly || !graph.layout || !full) { return; }
   const scale = window.innerWidth >= window.LOCUS_WIDE ? window.LOCUS_WIDE_SCALE : 1;
   const layout = graph.layout;
-  if (layout.__locusScale === undefined) {
-    if (scale === 1) { layout.__locusScale = 1; }
-    const sizes = {height: full.height, 'font.size': full.font.size};
-    if (full.title && full.title.font) { sizes['title.font.size'] = full.title.font.size; }
+  if (layout.__locusBase === undefined) {  // the server's sizes, read once per figure (a hidden axis has no tick font)
+    const sizes = {};
+    const keep = (key, value) => { if (typeof value === 'number' && isFinite(value)) { sizes[key] = value; } };
+    keep('height', full.height);
+    keep('font.size', full.font && full.font.size);
+    keep('title.font.size', full.title && full.title.font && full.title.font.size);
     for (const name of Object.keys(full)) {
-      if (/^[xy]axis[0-9]*$/.test(name)) {
-        sizes[name + '.tickfont.size'] = full[name].tickfont.size;
-        if (full[name].title && full[name].title.font) { sizes[name + '.title.font.size'] = full[name].title.font.size; }
-      }
+      const axis = full[name];
+      if (!/^[xy]axis[0-9]*$/.test(name) || !axis) { continue; }
+      keep(name + '.tickfont.size', axis.tickfont && axis.tickfont.size);
+      keep(name + '.title.font.size', axis.title && axis.title.font && axis.title.font.size);
     }
-    (full.annotations || []).forEach((note, index) => { sizes['annotations[' + index + '].font.size'] = note.font.size; });
+    (full.annotations || []).forEach((note, index) => keep('annotations[' + index + '].font.size', note.font && note.font.size));
     layout.__locusBase = sizes;
-    if (scale === 1) { return; }
+    layout.__locusScale = 1;
   }
   if (layout.__locusScale === scale) { return; }
   layout.__locusScale = scale;
   const update = {};
   for (const [key, value] of Object.entries(layout.__locusBase)) {
-    if (typeof value !== 'number' || !isFinite(value)) { continue; }
     update[key] = key === 'height' ? Math.round(value * scale) : Math.round(value * (1 + (scale - 1) * 0.75));
   }
   window.Plotly.relayout(graph, update);
 };
 window.locusProjectAll = function () {
   document.querySelectorAll('.js-plotly-plot').forEach((graph) => {
-    if (!graph.__locusHooked && graph.on) {
-      graph.__locusHooked = true;
-      graph.on('plotly_afterplot', () => window.locusProject(graph));
+    try {
+      if (!graph.__locusHooked && graph.on) {
+        graph.__locusHooked = true;
+        graph.on('plotly_afterplot', () => { try { window.locusProject(graph); } catch (error) { console.warn(error); } });
+      }
+      window.locusProject(graph);
+    } catch (error) {  // one odd figure never keeps the others from following the screen
+      console.warn(error);
     }
-    window.locusProject(graph);
   });
 };
 new MutationObserver(() => window.locusProjectAll()).observe(document.documentElement, {childList: true, subtree: true});

@@ -10,7 +10,7 @@ from typing import Any
 from core.embedded import EMBEDDED_SPEC
 from core.errors import InputError
 from core.facts import model_key
-from core.progress import Progress
+from core.progress import Progress, stage
 from editor.evaluation.counterfact import load_records
 from editor.layers import AUTO_FACTS, layers_text, outlier_flags
 from editor.methods.memit import Memit
@@ -76,6 +76,10 @@ def curve_figure(recommendation: Any, source: str, low: int, high: int) -> Any:
 
 
 # --- R measured by editing --------------------------------------------------------------------------------------
+
+TRACE_SHARE = 0.5  # of the line, for tracing AUTO_FACTS facts first when a model has no packaged averages (a guess:
+# the measurement after it is estimated by its own steps' costs, editor/studies/work_plan.py)
+
 
 def devset_file(loaded: Any) -> Any:
     """Where this model's dev set is (assets/ for the embedded model; `python -m editor devset` writes it)."""
@@ -146,9 +150,11 @@ def measure_stream(
     None); tracing's R from `recommendation`, the packaged averages, or averages of AUTO_FACTS facts. `mine`: the
     visitor's records, whose missing true objects are the model's current answers."""
     tracing = recommendation or packaged_recommendation(loaded, width, outlier_flags(loaded, cov_tokens))
-    if tracing is None:
-        tracing, _ = tracing_recommendation(loaded, width, AUTO_FACTS, progress=progress)
+    measuring = progress
+    if tracing is None:  # the windows follow tracing's R: trace first, on the first half of the one progress line
+        tracing, _ = tracing_recommendation(loaded, width, AUTO_FACTS, progress=stage(progress, 0.0, TRACE_SHARE))
+        measuring = stage(progress, TRACE_SHARE, 1.0)
     windows = windows if windows is not None else around(tracing.layers, loaded.layout.num_layers)
     method = Memit.for_model(loaded.layout, layers=windows[0], cov_tokens=cov_tokens)
     edited = with_true_objects(loaded, records) if mine else records
-    return measure_windows_stream(loaded, edited, windows, method, width=width, progress=progress, recommendation=tracing)
+    return measure_windows_stream(loaded, edited, windows, method, width=width, progress=measuring, recommendation=tracing)

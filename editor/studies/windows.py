@@ -41,11 +41,12 @@ from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import compute_targets
 from editor.statistics.covariance import layer_covariances
 from editor.studies.work_plan import WorkPlan, missing_covariance_layers
-from tracer.average import average_traces
+from tracer.average import average_traces, uncached_facts
 from tracer.problem import TraceSettings
 from tracer.recommend import LayerRecommendation, recommend_layers
 
 DEFAULT_WIDTH = 5
+CURVE_SETTINGS = TraceSettings(kinds=("mlp",))  # the tracing curve: MLP traces averaged over known facts
 MAX_WINDOWS = 1000  # windows measured in one run at most (each is a full edit and scoring pass)
 
 
@@ -314,7 +315,7 @@ def tracing_recommendation(
     loaded: LoadedModel, width: int, facts: int = AUTO_FACTS, progress: Progress | None = None
 ) -> tuple[LayerRecommendation, int]:
     """(R recommended by MLP traces averaged over `facts` known facts, the facts averaged); cached (packaged for the embedded model)."""
-    average = average_traces(loaded, facts, TraceSettings(kinds=("mlp",)), progress=progress)
+    average = average_traces(loaded, facts, CURVE_SETTINGS, progress=progress)
     return recommend_layers(average, width, outlier_flags(loaded)), average.n_facts
 
 
@@ -346,7 +347,7 @@ def measure_windows_stream(
         raise InputError("No records to edit: give at least one CounterFact record (or request).")
     if isinstance(trace_facts, bool) or not isinstance(trace_facts, int) or trace_facts < 1:
         raise InputError(f"The number of facts behind the tracing curve must be a whole number >= 1, got {trace_facts!r}.")
-    chosen = parse_windows(windows, layout.num_layers, width) if isinstance(windows, str) else [tuple(w) for w in windows]
+    chosen = parse_windows(windows, layout.num_layers, width) if isinstance(windows, str) else list(dict.fromkeys(tuple(w) for w in windows))
     if not chosen:
         raise InputError("No windows to measure.")
     base = method if method is not None else Memit.for_model(layout)
@@ -372,7 +373,8 @@ def measure_windows_stream(
     for window in remaining:
         by_last.setdefault(window[-1], []).append(window)
     missing = missing_covariance_layers(loaded, remaining, base.settings) if remaining else []
-    plan = WorkPlan.of(loaded, records, by_last, base.settings, trace_facts=trace_facts if recommendation is None else 0,
+    to_trace = uncached_facts(loaded, trace_facts, CURVE_SETTINGS) if recommendation is None else 0
+    plan = WorkPlan.of(loaded, records, by_last, base.settings, trace_facts=to_trace,
                        score_unedited=unedited is None, covariance_layers=missing, by_generation=by_generation)
     note = ""
     facts = 0
