@@ -90,7 +90,7 @@ def test_a_link_reopens_the_settings_and_stop_keeps_the_last_heatmaps(page, app)
     # are hidden, before the MLP heatmap too) is 1.3x taller with larger text; on a narrower screen, the server's sizes.
     def sizes(kind: str) -> list:
         return page.evaluate(f"() => {{ const g = document.querySelector('#trace-plot-{kind} .js-plotly-plot'); "
-                             f"return [g._fullLayout.height, g.layout.__locusBase.height, g._fullLayout.yaxis.tickfont.size, "
+                             f"return [g._fullLayout.height, g.layout.__locusBase.height, (g._fullLayout.yaxis.tickfont || {{}}).size, "
                              f"g.layout.__locusScale]; }}")
 
     for kind in ("hidden", "mlp"):
