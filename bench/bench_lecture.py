@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from core.facts import model_key
 from core.loading import load_model
 from editor.edits.ledger import EditLedger
 from editor.edits.requests import EditRequest
@@ -36,7 +35,7 @@ from editor.layers import layers_text, outlier_flags
 from editor.methods.memit import Memit
 from editor.methods.settings import EditSettings
 from editor.statistics.covariance import layer_covariances
-from editor.studies.devset import devset_path
+from editor.studies.devset import devset_file
 from editor.studies.windows import measure_windows_stream
 from tracer.recommend import packaged_recommendation
 
@@ -96,7 +95,7 @@ def health_check(loaded) -> Check:
 
 def measure_check(loaded, windows: list[tuple[int, ...]]) -> Check:
     """The Choose R tab's measurement: the first dev-set record at `windows`, window cache off."""
-    records = load_records(devset_path(model_key(loaded).removesuffix("-30L")))[:1]
+    records = load_records(devset_file(loaded))[:1]
     tracing = packaged_recommendation(loaded, len(windows[0]), outlier_flags(loaded, None))
     log = EstimateLog()
     result = None
@@ -125,7 +124,7 @@ def main(argv: list[str]) -> int:
     tracing = packaged_recommendation(loaded, 5, outlier_flags(loaded, None))
     first = max(0, min(tracing.layers[0] - 1, loaded.layout.num_layers - 9))
     windows = [tuple(range(start, start + 5)) for start in range(first, first + 5)]  # tracing's R among 5 neighbours
-    layers = sorted({layer for window in windows for layer in window} | set(range(1, 6)))
+    layers = sorted({layer for window in windows for layer in window} | set(EDIT_LAYERS))
     clock = time.perf_counter()
     layer_covariances(loaded, layers, EditSettings().cov_tokens)
     setup = time.perf_counter() - clock

@@ -9,12 +9,11 @@ from typing import Any
 
 from core.embedded import EMBEDDED_SPEC
 from core.errors import InputError
-from core.facts import model_key
 from core.progress import Progress, stage
 from editor.evaluation.counterfact import load_records
 from editor.layers import AUTO_FACTS, layers_text, outlier_flags
 from editor.methods.memit import Memit
-from editor.studies.devset import devset_path
+from editor.studies.devset import devset_file
 from editor.studies.figures import windows_figure
 from editor.studies.windows import measure_windows_stream, parse_windows, tracing_recommendation
 from tracer.figures import empty_figure, range_label, recommendation_figure
@@ -79,11 +78,6 @@ def curve_figure(recommendation: Any, source: str, low: int, high: int) -> Any:
 
 TRACE_SHARE = 0.5  # of the line, for tracing AUTO_FACTS facts first when a model has no packaged averages (a guess:
 # the measurement after it is estimated by its own steps' costs, editor/studies/work_plan.py)
-
-
-def devset_file(loaded: Any) -> Any:
-    """Where this model's dev set is (assets/ for the embedded model; `python -m editor devset` writes it)."""
-    return devset_path(model_key(loaded).removesuffix("-30L") if loaded.spec == EMBEDDED_SPEC else model_key(loaded))
 
 
 def chosen_records(loaded: Any, session: Any, source: str, count: int) -> list[Any]:

@@ -17,6 +17,7 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from core.embedded import EMBEDDED_SPEC
 from core.facts import ASSETS, KnownFact, facts_model_knows, load_known_facts, model_key
 from editor.evaluation.counterfact import CounterFactRecord
 
@@ -145,6 +146,12 @@ def devset_path(model: str) -> Path:
     return ASSETS / f"devset_{model}.json"
 
 
+def devset_file(loaded) -> Path:
+    """Where this model's dev set is (assets/ for the embedded model, whose file is named without its layer count)."""
+    key = model_key(loaded)
+    return devset_path(key.removesuffix("-30L") if loaded.spec == EMBEDDED_SPEC else key)
+
+
 def write_devset(
     records: list[CounterFactRecord], path: Path, model_name: str, description: str | None = None, attribution: str = ATTRIBUTION
 ) -> Path:
@@ -164,5 +171,5 @@ def build_devset(loaded, out: str | Path | None = None, **options) -> tuple[Path
     """Build (from the facts `loaded` knows) and write the dev set; returns its path and records."""
     known = facts_model_knows(loaded)
     records = build_records(known, load_known_facts(), **options)
-    path = Path(out) if out else devset_path(model_key(loaded).removesuffix("-30L") if loaded.spec == "embedded" else model_key(loaded))
+    path = Path(out) if out else devset_file(loaded)
     return write_devset(records, path, loaded.name), records
