@@ -8,14 +8,7 @@ from typing import Any
 from core.loading import LoadedModel
 from core.predict import generate_greedy, predict_next_tokens
 from core.progress import Progress, derived, stage
-from editor.evaluation.health import (
-    PROBE_COUNT,
-    HealthReport,
-    cost_split,
-    health_cost,
-    model_health,
-    probe_facts,
-)
+from editor.evaluation.health import PROBE_COUNT, HealthReport, model_health, original_share, probe_facts
 
 
 def predictions_and_continuation(loaded: LoadedModel, prompt: str, count: int, tokens: int) -> tuple[list[Any], str]:
@@ -43,7 +36,7 @@ def health_original_then_edited(
     """
     subjects = [request.subject for request in ledger.requests] if ledger is not None else []
     probes = probe_facts(loaded, subjects, probe_count or PROBE_COUNT)
-    share = cost_split(health_cost(loaded, None, probes, corpus), health_cost(loaded, ledger, probes, corpus)) if ledger is not None else 1.0
+    share = original_share(loaded, ledger, probes, corpus)
     original = model_health(loaded, None, stage(labelled(progress, "Original model"), 0.0, share), corpus=corpus, probes=probes)
     if ledger is None:
         return original

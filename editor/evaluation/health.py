@@ -340,8 +340,12 @@ def health_cost(loaded: LoadedModel, ledger: EditLedger | None, probes: list[Kno
     return (PERPLEXITY_SHARE if text else 0.0) + ((1.0 - PERPLEXITY_SHARE) if facts else 0.0)
 
 
-def cost_split(first: float, second: float) -> float:
-    """Where the first of two measurements ends on a shared progress bar, by their costs (half-way when both are free)."""
+def original_share(loaded: LoadedModel, ledger: EditLedger | None, probes: list[KnownFact], corpus: str | Corpus = WIKIPEDIA) -> float:
+    """Where the original model's measurement ends on a bar shared with `ledger`'s, by what each still costs (1.0
+    without a ledger; half-way when both are remembered)."""
+    if ledger is None or not len(ledger):
+        return 1.0
+    first, second = health_cost(loaded, None, probes, corpus), health_cost(loaded, ledger, probes, corpus)
     return first / (first + second) if first + second > 0 else 0.5
 
 
@@ -366,7 +370,7 @@ def model_health(
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
     ledger = ledger if ledger is not None and len(ledger) else None
     probes = probes if probes is not None else probe_facts(loaded, _ledger_subjects(ledger))
-    split = cost_split(health_cost(loaded, None, probes, corpus), health_cost(loaded, ledger, probes, corpus)) if ledger else 1.0
+    split = original_share(loaded, ledger, probes, corpus)
     unedited = _state_health(loaded, None, probes, corpus, stage(progress, 0.0, split))
     edited = _state_health(loaded, ledger, probes, corpus, stage(progress, split, 1.0)) if ledger else None
     if progress is not None:
