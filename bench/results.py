@@ -371,24 +371,31 @@ def render_methods(record: dict) -> str:
 
 SEQUENTIAL_RUNS = (("memit", "MEMIT (lambda 1,500)"), ("alphaedit", "AlphaEdit (defaults)"),
                    ("encore", "ENCORE (norm 20, the paper's)"), ("encore-norm10", "ENCORE, norm 10"))
-EDITOR_RUNS = (("nas", "NAS (on AlphaEdit)"), ("rlsedit", "RLSEdit"), ("encore-norm10", "ENCORE, norm 10"),
-               ("ultraedit", "UltraEdit (defaults)"))  # the new editors first: --jobs 2 runs them side by side
+# (label, title, R, the run's own settings); the new editors first: --jobs 2 runs them side by side. UltraEdit at
+# R 24-28 with eta 3e-4: its defaults (eta 1e-6, chosen for 7-27B models) write nothing on SmolLM2 (LIFELONG.md).
+EDITOR_RUNS = (("nas", "NAS (on AlphaEdit)", "1-5", ("--method", "nas")),
+               ("rlsedit", "RLSEdit", "1-5", ("--method", "rlsedit")),
+               ("encore-norm10", "ENCORE", "1-5", ("--method", "encore", "--norm-lambda", "10")),
+               ("ultraedit", "UltraEdit", "24-28", ("--method", "ultraedit", "--step-size", "3e-4")))
 
 
 def render_editors(record: dict) -> str:
     """The last kept batch of each editor's run, with success by generation beside the teacher-forced scores."""
+    from editor.methods.registry import method_from_dict  # lazy: the method classes import torch
     rows, unedited, settings = [], None, {}
-    for label, title in EDITOR_RUNS:
+    for label, title, _, _ in EDITOR_RUNS:
         data = output_of(record, label)
         if not data:
             continue
-        unedited, settings = unedited or data["unedited"], settings or data.get("settings", {})
+        unedited, settings = unedited or data["unedited"], settings or data["settings"]
+        run = [title + (" (stopped)" if data.get("stopped") else ""), layers_text(data["settings"]["layers"]),
+               method_from_dict(data["settings"]["hparams"]).describe()]
         if not data["batches"]:
-            rows.append([title, 0, *["-"] * 9])
+            rows.append([*run, 0, *["-"] * 9])
             continue
         last = data["batches"][-1]
         rows.append([
-            title + (" (stopped)" if data.get("stopped") else ""), number(last["edits"], 0),
+            *run, number(last["edits"], 0),
             *(number(last.get(key)) for key in ("ES", "ES_gen", "PS", "PS_gen")),
             f"{number(last['NS'])} ({number((last.get('unedited_so_far') or {}).get('NS'))})",
             f"x{last['perplexity_ratio']:.3f}", f"{number(last['retention'], 0)}%",
@@ -398,13 +405,13 @@ def render_editors(record: dict) -> str:
     if not rows:
         return ""
     return "\n\n".join([
-        f"Batches of {settings.get('batch_size', '?')} records of {Path(str(settings.get('data', '?'))).name}, R = 1-5, each "
+        f"Batches of {settings.get('batch_size', '?')} records of {Path(str(settings.get('data', '?'))).name}, each "
         "computed with the earlier ones applied; the last kept batch of each run (over every edit so far). ES-gen/PS-gen: "
         "success when greedy generation from the prompt alone starts with the new object (SPEC section 6). Unedited: "
         f"retention {number(unedited.get('retention'), 0)}% of {unedited.get('probes', '?')} known facts; NS in brackets: "
         "the unedited model on the same records. Targets at 1,000 edits: ES >= 90, ES-gen >= 70, PS >= 80, NS >= unedited "
         "- 10, perplexity <= x1.10, retention >= 75%.",
-        table(["method", "edits", "ES", "ES-gen", "PS", "PS-gen", "NS (unedited)", "perplexity", "retention",
+        table(["method", "R", "settings", "edits", "ES", "ES-gen", "PS", "PS-gen", "NS (unedited)", "perplexity", "retention",
                "largest norm growth", "seconds per batch"], rows),
     ])
 
@@ -412,13 +419,11 @@ def render_editors(record: dict) -> str:
 def editor_commands(batch_size: str, batches: str, extra: tuple[str, ...], own: dict[str, tuple[str, ...]]) -> tuple[Command, ...]:
     """One sequential run per lifelong editor on the same records, each measuring the unedited model itself (so the
     runs are independent and --jobs can run them side by side); --resume continues a run kept in --work."""
-    base = ("editor", "sequential", "--data", LIFELONG, "--batch-size", batch_size, "--batches", batches, "--layers", "1-5",
-            "--resume", *extra)
+    base = ("editor", "sequential", "--data", LIFELONG, "--batch-size", batch_size, "--batches", batches)
     commands = []
-    for label, _ in EDITOR_RUNS:
-        method, _, norm = label.partition("-norm")
-        settings = ("--method", method, *(("--norm-lambda", norm) if norm else ()), *own.get(label, ()))
-        commands.append(Command(label, (*base, *settings, "--out", out(f"{label}.json"),
+    for label, _, layers, settings in EDITOR_RUNS:
+        run = (*base, "--layers", layers, "--resume", *extra, *settings, *own.get(label, ()))
+        commands.append(Command(label, (*run, "--out", out(f"{label}.json"),
                                         "--ledger-out", out(f"{label}.safetensors")), f"{label}.json"))
     return tuple(commands)
 
@@ -787,7 +792,8 @@ SECTIONS += (
     Section(
         "editors", "The lifelong editors over 1,000 edits, judged by generation too",
         "ENCORE (norm 10, the best of the earlier runs), NAS, RLSEdit and UltraEdit edit the lifelong set batch after batch "
-        "(`editor sequential`, R = 1-5), with ES/PS/NS and success by generation over every edit so far, perplexity, "
+        "(`editor sequential`; R = 1-5, UltraEdit at R = 24-28 with step 3e-4, where it writes: its default step, chosen "
+        "for 7-27B models, changes nothing here), with ES/PS/NS and success by generation over every edit so far, perplexity, "
         "retention and norm growth after each batch (docs/LIFELONG.md has the methods' rules).",
         full=editor_commands("100", "10", (), {}),
         quick=editor_commands("5", "2", ("--tokens", "5000"), {"nas": ("--set", "anchor_samples=10")}),

@@ -308,7 +308,7 @@ def command_sequential(arguments: argparse.Namespace) -> int:
     from editor.edits.ledger import EditLedger
     from editor.evaluation.counterfact import load_records
     from editor.studies.figures import sequential_html
-    from editor.studies.sequential import SequentialRun, record_chunks, run_sequential
+    from editor.studies.sequential import SequentialRun, record_chunks, resume_mismatch, run_sequential
 
     records = load_records(arguments.data)  # malformed records are reported before the model loads
     record_chunks(records, arguments.batch_size, arguments.batches)
@@ -327,9 +327,7 @@ def command_sequential(arguments: argparse.Namespace) -> int:
     if arguments.resume and Path(arguments.out).is_file() and Path(arguments.ledger_out).is_file():
         run = SequentialRun.from_dict(_run_file(arguments.out))
         ledger = EditLedger.load(arguments.ledger_out, loaded)
-        mismatch = _differing(run.settings, settings, ("data", "batch_size", "method", "layers"))
-        earlier = run.settings.get("hparams", {})  # settings a run of an older version did not record are not compared
-        mismatch += _differing(earlier, settings["hparams"], [key for key in settings["hparams"] if key in earlier])
+        mismatch = resume_mismatch(run.settings, settings, method.unused_settings)
         if mismatch:
             raise InputError(f"--resume: {arguments.out} was a run with other settings ({', '.join(mismatch)}).")
         run.batches = run.batches[: len(ledger)]  # a batch whose ledger was not written is done again

@@ -39,6 +39,7 @@ from editor.methods.alphaedit import AlphaEdit, AlphaEditSettings
 from editor.methods.encore import Encore, EncoreSettings
 from editor.methods.memit import Memit, MemitSettings
 from editor.methods.prefixes import context_prefixes
+from editor.methods.registry import method_class
 from editor.methods.targets import compute_targets
 from editor.methods.updates import memit_factors, memit_update
 from editor.statistics.budget import corpus_tokens
@@ -52,7 +53,7 @@ from editor.studies.lifelong import (
     sentence_cases,
     split_sentence,
 )
-from editor.studies.sequential import run_sequential
+from editor.studies.sequential import resume_mismatch, run_sequential
 from tests.tiny_models import tiny_model
 from tracer.figures import figure_caption
 
@@ -388,6 +389,19 @@ def test_sequential_refuses_bad_input_before_loading(capsys, tmp_path):
     assert "was a run on other records or another model (data, records, batches, model)" in capsys.readouterr().err
     with pytest.raises(InputError):
         run_sequential(None, load_records(LIFELONG_FILE)[:2], HPARAMS, 1, 3)
+
+
+def test_resume_compares_the_settings_the_method_uses():
+    """A kept run resumes only with the same records, method, layers and settings, except those the method ignores."""
+    ultraedit = method_class("ultraedit")
+    kept = {"data": "lifelong.json", "batch_size": 100, "method": "ultraedit", "layers": [24, 25],
+            "hparams": {"cov_tokens": 5000, "step_size": 3e-4, "lr": 0.5}}
+    asked = {**kept, "hparams": {"cov_tokens": 50000, "step_size": 3e-4, "lr": 0.1, "ridge": 1.0}}
+    assert resume_mismatch(kept, asked, ultraedit.unused_settings) == []  # UltraEdit has no covariance, no optimisation
+    assert resume_mismatch(kept, asked) == ["cov_tokens", "lr"]  # a method that uses them
+    other = {**asked, "layers": [1, 2], "hparams": {**asked["hparams"], "step_size": 1e-3}}
+    assert resume_mismatch(kept, other, ultraedit.unused_settings) == ["layers", "step_size"]
+    assert set(ultraedit.unused_settings) < set(ultraedit.Settings.field_names())
 
 
 def test_health_progress_follows_tokens_and_skips_what_is_remembered(tiny_llama, three_batches, small_corpus):

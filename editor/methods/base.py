@@ -33,6 +33,7 @@ class EditMethod(ABC):
     uses_earlier_keys: ClassVar[bool] = False  # its solve keeps the ledger's earlier edits' keys (K_p K_p^T)
     edits_one_layer: ClassVar[bool] = False  # it edits only the last layer of R (ROME)
     reuses_targets: ClassVar[bool] = False  # compute() takes precomputed target vectors (sweeps, R by editing)
+    unused_settings: ClassVar[tuple[str, ...]] = ()  # shared settings it ignores (a resumed run may differ in them)
 
     def __init__(self, settings: EditSettings | None = None) -> None:
         settings = settings if settings is not None else self.Settings()

@@ -59,6 +59,17 @@ def record_chunks(records: list[CounterFactRecord], batch_size: int, batches: in
     return [records[index * batch_size : (index + 1) * batch_size] for index in range(batches)]
 
 
+def resume_mismatch(earlier: dict, settings: dict, unused: tuple[str, ...] = ()) -> list[str]:
+    """The names of the settings in which a kept run (`earlier`) differs from the run asked for (`settings`).
+
+    Compared: data, batch size, method, layers and every method setting, except those the method ignores
+    (`unused`) and those a run of an older version did not record.
+    """
+    names = [key for key in ("data", "batch_size", "method", "layers") if earlier.get(key) != settings[key]]
+    kept, asked = earlier.get("hparams", {}), settings["hparams"]
+    return names + [key for key in asked if key in kept and key not in unused and kept[key] != asked[key]]
+
+
 def matrix_norms(loaded: LoadedModel, layers) -> dict[int, float]:
     """||W_l||_F of the edited matrices as they are on the model now."""
     return {layer: float(projection_weight(loaded, layer).double().norm()) for layer in layers}
