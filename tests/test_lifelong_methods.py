@@ -12,6 +12,7 @@ import editor.methods.memit as memit_module
 import editor.methods.nas as nas_module
 import editor.methods.targets as targets_module
 from core.errors import InputError
+from core.facts import load_known_facts
 from core.loading import from_parts
 from core.paths import ASSETS
 from core.predict import predict_next_tokens
@@ -236,6 +237,24 @@ def test_ultraedit_needs_no_optimisation_loop(loaded, monkeypatch):
     assert batch.settings[SUMMARY_KEY]["rows"] == rows * len(LAYERS)  # one normaliser pooled over the layers
     assert all(len(d.losses) == 2 and d.steps == 1 for d in batch.request_diagnostics)  # before and after the one step
     assert all(d.losses[1] < d.losses[0] for d in batch.request_diagnostics)
+
+
+def test_ultraedit_runs_a_sequence_without_covariance_statistics(loaded, monkeypatch, tmp_path):
+    """UltraEdit has no C: a sequential run never measures it, and resuming ignores the covariance budget."""
+    import editor.studies.sequential as sequential_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("UltraEdit uses no covariance statistics")
+
+    monkeypatch.setattr(sequential_module, "layer_covariances", refuse)
+    records = load_records(ASSETS / "lifelong_counterfact.json")[:2]
+    probes = load_known_facts()[:3]
+    texts = ("The city of Paris is the capital of France and its largest city.",) * 2
+    run, ledger = sequential_module.run_sequential(loaded, records, METHODS["ultraedit"](), 1, 2, probes=probes, texts=texts,
+                                                   by_generation=False)
+    assert len(run.batches) == 2 and len(ledger) == 2 and not run.stopped
+    assert not UltraEdit.uses_covariance and {"cov_tokens", "corpus"} <= set(UltraEdit.unused_settings)
+    assert all(cls.uses_covariance for cls in (Nas, RlsEdit))
 
 
 def test_ultraedit_normalisation_follows_the_ledger(loaded, tmp_path):

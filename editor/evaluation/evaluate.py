@@ -250,8 +250,8 @@ def single_mode_outcomes(
         return outcomes
     # C once for every record (on the workers, if it is not cached yet)
     settings = method.settings
-    covariances = layer_covariances(loaded, list(settings.layers), settings.cov_tokens, settings.corpus,
-                                    stage(progress, 0.0, 0.1), pool=pool)
+    covariances = (layer_covariances(loaded, list(settings.layers), settings.cov_tokens, settings.corpus,
+                                     stage(progress, 0.0, 0.1), pool=pool) if method.uses_covariance else None)
     context = SingleModeContext(method, covariances, ledger, generation, by_generation)
     for index, outcome in compute_missing(evaluate_one_record, loaded, records, todo, context, pool=pool,
                                           progress=progress, span=(0.1, 1.0), message="record {finished}/{total} evaluated"):

@@ -34,6 +34,7 @@ class EditMethod(ABC):
     edits_one_layer: ClassVar[bool] = False  # it edits only the last layer of R (ROME)
     reuses_targets: ClassVar[bool] = False  # compute() takes precomputed target vectors (sweeps, R by editing)
     unused_settings: ClassVar[tuple[str, ...]] = ()  # shared settings it ignores (a resumed run may differ in them)
+    uses_covariance: ClassVar[bool] = True  # its solve needs C = E[k k^T] over the corpus (callers compute it first)
 
     def __init__(self, settings: EditSettings | None = None) -> None:
         settings = settings if settings is not None else self.Settings()

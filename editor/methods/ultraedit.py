@@ -282,6 +282,7 @@ class UltraEdit(EditMethod):
     unused_settings = ("lr", "steps", "loss_stop", "early_stop_steps", "kl_factor", "kl_prompt", "weight_decay", "clamp_norm",
                        "prefix_starts", "prefix_tokens", "prefix_sampling", "seed", "target_batch_requests",
                        "target_batch_tokens", "cov_tokens", "corpus")
+    uses_covariance = False
 
     def compute(
         self,

@@ -183,7 +183,8 @@ def run_sequential(
         return run, ledger
     unedited_health = Health.from_dict(run.unedited)
     pre = [_record_score(row) for row in run.unedited_records]
-    covariances = layer_covariances(loaded, layers, method.settings.cov_tokens, method.settings.corpus, stage(progress, 0.04, 0.06))
+    covariances = (layer_covariances(loaded, layers, method.settings.cov_tokens, method.settings.corpus, stage(progress, 0.04, 0.06))
+                   if method.uses_covariance else None)
     started = time.perf_counter() - sum(row["seconds"] for row in run.batches)
     for index in range(len(ledger), batches):
         report = stage(progress, 0.06 + 0.94 * index / batches, 0.06 + 0.94 * (index + 1) / batches)
