@@ -40,7 +40,7 @@ from editor.methods.memit import Memit, prepare
 from editor.methods.prefixes import context_prefixes
 from editor.methods.targets import compute_targets
 from editor.statistics.covariance import layer_covariances
-from editor.studies.work_plan import WorkPlan, missing_covariance_layers
+from editor.studies.work_plan import WorkPlan, missing_covariance_layers, window_layers
 from tracer.average import average_traces, uncached_facts
 from tracer.problem import TraceSettings
 from tracer.recommend import LayerRecommendation, recommend_layers
@@ -403,8 +403,7 @@ def measure_windows_stream(
             append_entry(path, {"kind": "unedited", "scores": unedited.to_dict()})
     yield current(plan.end("unedited"), f"unedited scores: S {unedited.S}")
     if remaining:
-        layers = sorted({layer for window in remaining for layer in window})
-        layer_covariances(loaded, layers, base.settings.cov_tokens, base.settings.corpus,
+        layer_covariances(loaded, window_layers(remaining), base.settings.cov_tokens, base.settings.corpus,
                           plan.stage(progress, "covariance"))  # one pass for all
     yield current(plan.end("covariance"), "covariance statistics ready")
 

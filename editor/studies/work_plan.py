@@ -29,9 +29,14 @@ TRACE_TOKENS = 12  # a typical fact prompt's tokens (a trace restores one (token
 KL_ROW_TOKENS = 5  # '{subject} is a'
 
 
+def window_layers(windows: list[tuple[int, ...]]) -> list[int]:
+    """Every layer of any of `windows`, ascending."""
+    return sorted({layer for window in windows for layer in window})
+
+
 def missing_covariance_layers(loaded: LoadedModel, windows: list[tuple[int, ...]], settings: EditSettings) -> list[int]:
     """The layers of `windows` whose C is neither in memory nor on disk (nothing is computed)."""
-    layers = sorted({layer for window in windows for layer in window})
+    layers = window_layers(windows)
     cached = cached_diagnostics(loaded, layers, settings.cov_tokens, settings.corpus)
     return [layer for layer in layers if layer not in cached]
 
