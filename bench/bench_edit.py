@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     print(f"{loaded.name} on {loaded.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"{len(requests)} edits, R = {list(settings.layers)}, lambda = {settings.mom2_weight:g}, "
-          f"covariance over {settings.cov_tokens:,} Wikipedia tokens (computed fresh for both)")
+          f"covariance over {settings.cov_tokens:,} Wikipedia tokens (computed fresh{' for both ways' if arguments.straightforward else ''})")
     prefixes = context_prefixes(loaded, settings)  # shared by both (seconds; generated once per model)
 
     def log(label):

@@ -261,7 +261,7 @@ def render_levers(record: dict) -> str:
     if not data:
         return ""
     scores = data["scores"]
-    rows = [["unedited", "", "", *(number(scores["unedited"].get(key)) for key in LEVER_SCORES)],
+    rows = [["unedited", "", "", "", *(number(scores["unedited"].get(key)) for key in LEVER_SCORES)],
             ["defaults", number(data["batched_seconds"]["targets"]), "1.00x", number(data["batched_mean_steps"]),
              *(number(scores["batched"].get(key)) for key in LEVER_SCORES)]]
     for variant in data["variants"]:
