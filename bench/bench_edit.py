@@ -69,7 +69,7 @@ def parse_variant(text: str, settings_class) -> dict:
     return changes
 
 
-TARGET_LEVERS = ("lr", "steps", "loss_stop", "early_stop_steps", "kl_factor", "weight_decay", "clamp_norm")
+TARGET_LEVERS = ("lr", "steps", "loss_stop", "early_stop_steps", "kl_factor", "weight_decay", "clamp_norm", "first_step")
 
 
 def main(argv: list[str]) -> int:

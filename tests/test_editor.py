@@ -132,3 +132,18 @@ def test_batched_targets_equal_serial_targets(embedded):
         assert torch.allclose(together.targets[index], alone.targets[0], atol=1e-4 * scale)
         assert torch.allclose(together.hidden[index], alone.hidden[0], atol=1e-5 * scale)
         assert together.diagnostics[index].losses == pytest.approx(alone.diagnostics[0].losses, rel=1e-3, abs=1e-4)
+
+
+def test_first_step_goes_down_the_gradient_to_a_fraction_of_the_clamp_radius(embedded):
+    """first_step > 0: after one step ||delta|| = first_step x clamp_norm x ||h|| and the loss has fallen; 0: Adam's own step."""
+    hparams = editing_hparams(embedded, steps=2, loss_stop=0.0, first_step=0.5)
+    prefixes = context_prefixes(embedded, hparams)
+    requests = THREE_EDITS[:2]
+    stepped = compute_targets(embedded, requests, hparams, prefixes)
+    lengths = (stepped.targets - stepped.hidden).norm(dim=-1) / stepped.hidden.norm(dim=-1)
+    assert torch.allclose(lengths, torch.full_like(lengths, 0.5 * hparams.clamp_norm), rtol=1e-5)  # float32 norms
+    assert all(d.steps == 1 and d.losses[1] < d.losses[0] for d in stepped.diagnostics)
+    adam = compute_targets(embedded, requests, hparams.replace(first_step=0.0), prefixes)
+    adam_lengths = (adam.targets - adam.hidden).norm(dim=-1)
+    expected = hparams.lr * (embedded.layout.hidden_size ** 0.5)  # Adam's first step: lr per coordinate, every coordinate
+    assert torch.allclose(adam_lengths, torch.full_like(adam_lengths, expected), rtol=1e-3)

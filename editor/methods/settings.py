@@ -44,6 +44,8 @@ class EditSettings:
     kl_prompt: str = "{} is a"
     weight_decay: float = 0.5
     clamp_norm: float = 0.75
+    first_step: float = bounded(0.0, 0.0, 1.0)  # 0: Adam from delta = 0 (SPEC); > 0: the first step puts delta at this
+    # fraction of the clamp radius along the negative gradient, then Adam goes on (a lever for fewer steps)
     # context prefixes (step 1): empty + one text of `prefix_tokens` tokens per start word, followed by ". "
     prefix_starts: tuple[str, ...] = PREFIX_STARTS
     prefix_tokens: int = 10

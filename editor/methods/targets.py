@@ -136,6 +136,11 @@ def clamp_rows(delta: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
     return delta * scale.unsqueeze(-1)
 
 
+def first_step(grad: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row of -grad (n, d) scaled to its length in `lengths` (n,): a first step straight down the gradient."""
+    return -grad * (lengths / grad.norm(dim=-1).clamp(min=1e-12)).unsqueeze(-1)
+
+
 def kl_divergence(original_log_probs: torch.Tensor, edited_log_probs: torch.Tensor) -> torch.Tensor:
     """KL(original || edited) per row: (rows, vocab) log-probabilities -> (rows,)."""
     return (original_log_probs.exp() * (original_log_probs - edited_log_probs)).sum(-1)
@@ -551,8 +556,11 @@ def _optimize_chunk(
         still = active.to(device)
         (decay * still).sum().backward()
         with torch.no_grad():
-            adam_update(delta, leaf.grad, state, still, settings.lr)
-            delta = torch.where(still.unsqueeze(-1), clamp_rows(delta, settings.clamp_norm * hidden_norms), delta)
+            if step == 0 and settings.first_step > 0:
+                delta = torch.where(still.unsqueeze(-1), first_step(leaf.grad, settings.first_step * settings.clamp_norm * hidden_norms), delta)
+            else:
+                adam_update(delta, leaf.grad, state, still, settings.lr)
+                delta = torch.where(still.unsqueeze(-1), clamp_rows(delta, settings.clamp_norm * hidden_norms), delta)
         for request in active.nonzero().squeeze(-1).tolist():
             diagnostics[request].steps += 1
     for request, diag in enumerate(diagnostics):

@@ -280,7 +280,7 @@ class UltraEdit(EditMethod):
     label = "UltraEdit (one closed-form step from a gradient, lifelong normalisation)"
     Settings = UltraEditSettings
     unused_settings = ("lr", "steps", "loss_stop", "early_stop_steps", "kl_factor", "kl_prompt", "weight_decay", "clamp_norm",
-                       "prefix_starts", "prefix_tokens", "prefix_sampling", "seed", "target_batch_requests",
+                       "first_step", "prefix_starts", "prefix_tokens", "prefix_sampling", "seed", "target_batch_requests",
                        "target_batch_tokens", "cov_tokens", "corpus")
     uses_covariance = False
 
