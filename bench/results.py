@@ -278,7 +278,7 @@ def render_levers(record: dict) -> str:
 
 
 LEVER_SCORES = ("ES", "PS", "NS", "ES_gen", "PS_gen")
-LEVER_VARIANTS = ("--variants", "lr=1", "lr=2", "loss_stop=0.1", "early_stop_steps=2")
+LEVER_VARIANTS = ("--variants", "lr=1", "lr=2", "early_stop_steps=2", "first_step=0.5", "first_step=0.5,lr=1")
 
 
 def sweep_table(data: dict) -> str:
@@ -714,8 +714,9 @@ SECTIONS: tuple[Section, ...] = (
     Section(
         "levers", "Faster target vectors at equal quality?",
         "The target vectors take most of an edit's time. Levers that shorten their optimisation (a larger Adam step, "
-        "stopping once the new object leads, a looser loss threshold), each measured against the defaults in the same run "
-        "on the same records, with the quality it leaves (`bench edit --variants`).",
+        "stopping once the new object leads, a first step straight down the gradient to half the clamp radius), each "
+        "measured against the defaults in the same run on the same records, with the quality it leaves "
+        "(`bench edit --variants`).",
         full=(json_command("levers", "bench", "edit", "--n", "100", "--no-straightforward", *LEVER_VARIANTS),),
         quick=(json_command("levers", "bench", "edit", "--n", "40", "--no-straightforward", *LEVER_VARIANTS),),
         render=render_levers,
