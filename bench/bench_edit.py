@@ -52,7 +52,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="*", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
                         help="target-optimisation levers to compare with the defaults, e.g. lr=1 early_stop_steps=2")
     parser.add_argument("--no-straightforward", dest="straightforward", action="store_false",
-                        help="skip the straightforward way (the slow baseline); variants are compared with the batched defaults")
+                        help="skip the straightforward way (the slow baseline), e.g. when only the variants are wanted")
     parser.add_argument("--out", default=None, help="write the figures as JSON")
     return parser.parse_args(argv)
 
@@ -75,6 +75,8 @@ TARGET_LEVERS = ("lr", "steps", "loss_stop", "early_stop_steps", "kl_factor", "w
 def main(argv: list[str]) -> int:
     arguments = parse(argv)
     variant_changes = [parse_variant(text, MemitSettings) for text in arguments.variants]  # before the model loads
+    if len(set(arguments.variants)) != len(arguments.variants):
+        raise SystemExit("--variants: each variant once")
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
 
@@ -145,7 +147,7 @@ def main(argv: list[str]) -> int:
     variants = []
     for text, changes in zip(arguments.variants, variant_changes):
         clock = time.perf_counter()
-        targets = compute_targets(loaded, requests, settings.replace(**changes), prefixes, engine="cached",
+        targets = compute_targets(loaded, requests, settings.replace(**changes).check(loaded.layout), prefixes, engine="cached",
                                   progress=log(f"targets {text}"))
         seconds = time.perf_counter() - clock
         variants.append({"label": text, "changes": changes, "targets_seconds": seconds, "ratio": batched_z / seconds,

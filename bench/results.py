@@ -270,9 +270,10 @@ def render_levers(record: dict) -> str:
     return "\n\n".join([
         f"{data['n']} dev-set edits in one MEMIT batch, R = {layers_text(data['layers'])}, lambda = {number(data['lambda'], 0)}, "
         f"{number(data['cov_tokens'], 0)} covariance tokens, {data['model']} on {data['device']}. Each row optimizes the same "
-        "requests' target vectors with one setting changed (defaults: lr 0.5, at most 25 steps, stop below loss 0.05) and "
-        "writes them with the same covariances. Speed-up: the defaults' target time over the row's, in the same run; "
-        "steps: per request, the last evaluation included.",
+        "requests' target vectors with the settings it names changed (defaults: SPEC section 3, lr 0.5, at most 25 steps, "
+        "stop below loss 0.05) and writes them with the same covariances. Speed-up: the defaults' target time over the "
+        "row's, timed one after another in the same run (on a shared machine the load moves: the steps do not); steps: "
+        "per request, the last evaluation included.",
         table(["target optimisation", "targets s", "speed-up", "steps", "ES", "PS", "NS", "ES-gen", "PS-gen"], rows),
     ])
 

@@ -327,7 +327,7 @@ def command_sequential(arguments: argparse.Namespace) -> int:
     if arguments.resume and Path(arguments.out).is_file() and Path(arguments.ledger_out).is_file():
         run = SequentialRun.from_dict(_run_file(arguments.out))
         ledger = EditLedger.load(arguments.ledger_out, loaded)
-        mismatch = resume_mismatch(run.settings, settings, method.unused_settings)
+        mismatch = resume_mismatch(run.settings, settings, method.unused_settings, method.Settings().to_dict(complete=True))
         if mismatch:
             raise InputError(f"--resume: {arguments.out} was a run with other settings ({', '.join(mismatch)}).")
         run.batches = run.batches[: len(ledger)]  # a batch whose ledger was not written is done again

@@ -143,6 +143,9 @@ def test_first_step_goes_down_the_gradient_to_a_fraction_of_the_clamp_radius(emb
     lengths = (stepped.targets - stepped.hidden).norm(dim=-1) / stepped.hidden.norm(dim=-1)
     assert torch.allclose(lengths, torch.full_like(lengths, 0.5 * hparams.clamp_norm), rtol=1e-5)  # float32 norms
     assert all(d.steps == 1 and d.losses[1] < d.losses[0] for d in stepped.diagnostics)
+    shorter = compute_targets(embedded, requests, hparams.replace(first_step=0.25), prefixes)
+    cosine = torch.nn.functional.cosine_similarity(stepped.targets - stepped.hidden, shorter.targets - shorter.hidden, dim=-1)
+    assert torch.allclose(cosine, torch.ones_like(cosine), atol=1e-5)  # one direction (the gradient at 0), two lengths
     adam = compute_targets(embedded, requests, hparams.replace(first_step=0.0), prefixes)
     adam_lengths = (adam.targets - adam.hidden).norm(dim=-1)
     expected = hparams.lr * (embedded.layout.hidden_size ** 0.5)  # Adam's first step: lr per coordinate, every coordinate

@@ -40,6 +40,7 @@ from editor.methods.encore import Encore, EncoreSettings
 from editor.methods.memit import Memit, MemitSettings
 from editor.methods.prefixes import context_prefixes
 from editor.methods.registry import method_class
+from editor.methods.settings import EditSettings
 from editor.methods.targets import compute_targets
 from editor.methods.updates import memit_factors, memit_update
 from editor.statistics.budget import corpus_tokens
@@ -394,14 +395,24 @@ def test_sequential_refuses_bad_input_before_loading(capsys, tmp_path):
 def test_resume_compares_the_settings_the_method_uses():
     """A kept run resumes only with the same records, method, layers and settings, except those the method ignores."""
     ultraedit = method_class("ultraedit")
-    kept = {"data": "lifelong.json", "batch_size": 100, "method": "ultraedit", "layers": [24, 25],
-            "hparams": {"cov_tokens": 5000, "step_size": 3e-4, "lr": 0.5}}
-    asked = {**kept, "hparams": {"cov_tokens": 50000, "step_size": 3e-4, "lr": 0.1, "ridge": 1.0}}
-    assert resume_mismatch(kept, asked, ultraedit.unused_settings) == []  # UltraEdit has no covariance, no optimisation
-    assert resume_mismatch(kept, asked) == ["cov_tokens", "lr"]  # a method that uses them
-    other = {**asked, "layers": [1, 2], "hparams": {**asked["hparams"], "step_size": 1e-3}}
-    assert resume_mismatch(kept, other, ultraedit.unused_settings) == ["layers", "step_size"]
-    assert set(ultraedit.unused_settings) < set(ultraedit.Settings.field_names())
+    defaults = ultraedit.Settings().to_dict(complete=True)
+
+    def run(**settings):
+        hparams = ultraedit(ultraedit.Settings(layers=(24, 25), **settings)).to_dict()
+        return {"data": "lifelong.json", "batch_size": 100, "method": "ultraedit", "layers": hparams["layers"], "hparams": hparams}
+
+    kept = run(cov_tokens=5000, step_size=3e-4)
+    asked = run(cov_tokens=50_000, step_size=3e-4, lr=0.1, first_step=0.5)
+    assert resume_mismatch(kept, asked, ultraedit.unused_settings, defaults) == []  # no covariance, no optimisation
+    assert resume_mismatch(kept, asked, (), defaults) == ["cov_tokens", "lr", "first_step"]  # a method that uses them
+    other = {**run(step_size=1e-3), "layers": [1, 2]}
+    assert resume_mismatch(kept, other, ultraedit.unused_settings, defaults) == ["layers", "step_size"]  # named once
+    older = {**kept, "hparams": {key: value for key, value in kept["hparams"].items() if key != "ridge"}}
+    assert resume_mismatch(older, kept, (), defaults) == []  # not recorded then: it had the default
+    assert resume_mismatch(older, run(cov_tokens=5000, step_size=3e-4, ridge=2.0), (), defaults) == ["ridge"]
+    assert "first_step" not in kept["hparams"]  # a setting added later is recorded only when it is set
+    uses = set(EditSettings.field_names()) - set(ultraedit.unused_settings)
+    assert uses == {"layers", "max_prompt_tokens"}  # of the shared settings, all UltraEdit reads
 
 
 def test_health_progress_follows_tokens_and_skips_what_is_remembered(tiny_llama, three_batches, small_corpus):

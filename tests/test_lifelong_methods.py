@@ -20,7 +20,15 @@ from editor.cli import _method, build_parser
 from editor.edits.ledger import EditLedger
 from editor.edits.requests import EditRequest
 from editor.evaluation.counterfact import load_records
-from editor.methods.nas import Nas, NasSettings, anchor_norm, anchored_targets, mlp_outputs, trimmed_mean
+from editor.methods.nas import (
+    Nas,
+    NasSettings,
+    anchor_norm,
+    anchor_path,
+    anchored_targets,
+    mlp_outputs,
+    trimmed_mean,
+)
 from editor.methods.registry import METHOD_NAMES, method_for
 from editor.methods.rlsedit import (
     RlsEdit,
@@ -120,6 +128,15 @@ def test_nas_keeps_value_vector_norms_at_the_anchor(loaded, covariances):
     written = (rescaled.targets.double() - rescaled.hidden.double() + v0).norm(dim=-1)[kept]
     assert torch.allclose(written, torch.full_like(written, outlier_anchor), rtol=1e-5)
     assert trimmed_mean(torch.arange(1.0, 21.0), 0.95) == pytest.approx(10.0)  # 20 norms: the largest one left out
+
+
+def test_nas_anchor_cache_key_follows_the_target_settings(loaded):
+    """An anchor depends on how the reference targets were optimized: first_step changes its file, not its absence."""
+    settings = METHODS["nas"]().settings
+    records = ASSETS / "lifelong_counterfact.json"
+    default = anchor_path(loaded, settings, records)
+    assert anchor_path(loaded, settings.replace(first_step=0.5), records) != default
+    assert anchor_path(loaded, settings.replace(first_step=0.0), records) == default
 
 
 def test_nas_anchors_to_the_original_model_whatever_the_ledger(loaded, covariances):
@@ -239,8 +256,8 @@ def test_ultraedit_needs_no_optimisation_loop(loaded, monkeypatch):
     assert all(d.losses[1] < d.losses[0] for d in batch.request_diagnostics)
 
 
-def test_ultraedit_runs_a_sequence_without_covariance_statistics(loaded, monkeypatch, tmp_path):
-    """UltraEdit has no C: a sequential run never measures it, and resuming ignores the covariance budget."""
+def test_ultraedit_runs_a_sequence_without_covariance_statistics(loaded, monkeypatch):
+    """UltraEdit has no C: a sequential run never measures it (and `unused_settings` names its budget)."""
     import editor.studies.sequential as sequential_module
 
     def refuse(*args, **kwargs):

@@ -214,7 +214,8 @@ def single_mode_cache(loaded: LoadedModel, method: EditMethod, ledger: EditLedge
                       enabled: bool = True) -> ResultCache:
     """The finished records of single-mode runs with this method and settings (from the same starting ledger)."""
     state = [batch.batch_id for batch in ledger] if ledger is not None else []
-    settings = {"method": method.to_dict(), "ledger": state, "generation": generation}
+    used = {key: value for key, value in method.to_dict().items() if key not in method.unused_settings}
+    settings = {"method": used, "ledger": state, "generation": generation}
     return ResultCache.for_run("evaluate-single", model_key(loaded), settings, enabled)
 
 

@@ -178,6 +178,7 @@ def anchor_path(loaded: LoadedModel, settings: NasSettings, records: Path) -> Pa
         "records": hashlib.sha256(records.read_bytes()).hexdigest(),
         "samples": settings.anchor_samples, "seed": settings.anchor_seed, "quantile": settings.anchor_quantile,
         **{name: getattr(settings, name) for name in TARGET_FIELDS},
+        **({"first_step": settings.first_step} if settings.first_step else {}),  # anchors made before it keep their key
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     return cache_root() / "nas_anchors" / statistics_key(loaded) / f"anchor-L{layer}-{digest}.json"

@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # type hints only: this module stays torch-free
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
 NAMES_A_FILE = "names a file"  # field metadata: the setting is a path on the machine that runs Locus (CLI and API only)
 BOUNDS = "bounds"  # field metadata: (low, high), the range check() allows (and the app's input)
+LATER = "later"  # field metadata: added after results were recorded; to_dict() leaves it out at its default, so
+# those results' cache keys and kept runs still match (from_dict reads a missing one as the default)
 
 
 def bounded(default: Any, low: float, high: float) -> Any:
@@ -44,8 +46,9 @@ class EditSettings:
     kl_prompt: str = "{} is a"
     weight_decay: float = 0.5
     clamp_norm: float = 0.75
-    first_step: float = bounded(0.0, 0.0, 1.0)  # 0: Adam from delta = 0 (SPEC); > 0: the first step puts delta at this
-    # fraction of the clamp radius along the negative gradient, then Adam goes on (a lever for fewer steps)
+    first_step: float = dataclasses.field(default=0.0, metadata={BOUNDS: (0.0, 1.0), LATER: True})  # 0: Adam from
+    # delta = 0 (SPEC); > 0: the first step puts delta at this fraction of the clamp radius along the negative
+    # gradient, and Adam starts from there (a lever for fewer steps)
     # context prefixes (step 1): empty + one text of `prefix_tokens` tokens per start word, followed by ". "
     prefix_starts: tuple[str, ...] = PREFIX_STARTS
     prefix_tokens: int = 10
@@ -126,8 +129,12 @@ class EditSettings:
                     raise InputError(f"{type(self).__name__}'s {field.name} must be between {low:g} and {high:g}, got {value!r}.")
         return self
 
-    def to_dict(self) -> dict:
+    def to_dict(self, complete: bool = False) -> dict:
+        """The settings as JSON values; a LATER field at its default is left out unless `complete`."""
         data = asdict(self)
+        for field in dataclasses.fields(self):
+            if field.metadata.get(LATER) and data[field.name] == field.default and not complete:
+                del data[field.name]
         data["layers"] = list(self.layers)
         data["prefix_starts"] = list(self.prefix_starts)
         return data

@@ -136,7 +136,7 @@ def clamp_rows(delta: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
     return delta * scale.unsqueeze(-1)
 
 
-def first_step(grad: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def gradient_step_to(grad: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Each row of -grad (n, d) scaled to its length in `lengths` (n,): a first step straight down the gradient."""
     return -grad * (lengths / grad.norm(dim=-1).clamp(min=1e-12)).unsqueeze(-1)
 
@@ -557,7 +557,8 @@ def _optimize_chunk(
         (decay * still).sum().backward()
         with torch.no_grad():
             if step == 0 and settings.first_step > 0:
-                delta = torch.where(still.unsqueeze(-1), first_step(leaf.grad, settings.first_step * settings.clamp_norm * hidden_norms), delta)
+                radius = settings.clamp_norm * hidden_norms
+                delta = torch.where(still.unsqueeze(-1), clamp_rows(gradient_step_to(leaf.grad, settings.first_step * radius), radius), delta)
             else:
                 adam_update(delta, leaf.grad, state, still, settings.lr)
                 delta = torch.where(still.unsqueeze(-1), clamp_rows(delta, settings.clamp_norm * hidden_norms), delta)

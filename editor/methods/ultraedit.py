@@ -35,8 +35,8 @@ features from the statistics; computing it again on the same ledger gives the sa
 Settings: UltraEditSettings subclasses EditSettings so that every caller passing the shared settings (the app's
 Edit tab sends steps, lr, kl_factor and clamp_norm with every method; --set; the sequential runs' cov_tokens)
 works; UltraEdit uses layers and max_prompt_tokens of them and ignores the target optimisation
-(lr, steps, loss_stop, early_stop_steps, kl_*, weight_decay, clamp_norm, prefix_*, seed, target_batch_*) and
-the covariance (cov_tokens, corpus): it has neither.
+(lr, steps, loss_stop, early_stop_steps, kl_*, weight_decay, clamp_norm, first_step, prefix_*, seed,
+target_batch_*, key_batch_rows) and the covariance (cov_tokens, corpus): it has neither (`unused_settings`).
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ class UltraEdit(EditMethod):
     Settings = UltraEditSettings
     unused_settings = ("lr", "steps", "loss_stop", "early_stop_steps", "kl_factor", "kl_prompt", "weight_decay", "clamp_norm",
                        "first_step", "prefix_starts", "prefix_tokens", "prefix_sampling", "seed", "target_batch_requests",
-                       "target_batch_tokens", "cov_tokens", "corpus")
+                       "target_batch_tokens", "key_batch_rows", "cov_tokens", "corpus")
     uses_covariance = False
 
     def compute(

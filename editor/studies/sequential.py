@@ -59,15 +59,24 @@ def record_chunks(records: list[CounterFactRecord], batch_size: int, batches: in
     return [records[index * batch_size : (index + 1) * batch_size] for index in range(batches)]
 
 
-def resume_mismatch(earlier: dict, settings: dict, unused: tuple[str, ...] = ()) -> list[str]:
+def resume_mismatch(earlier: dict, settings: dict, unused: tuple[str, ...] = (), defaults: dict | None = None) -> list[str]:
     """The names of the settings in which a kept run (`earlier`) differs from the run asked for (`settings`).
 
-    Compared: data, batch size, method, layers and every method setting, except those the method ignores
-    (`unused`) and those a run of an older version did not record.
+    Compared: data, batch size, method, layers and every method setting except those the method ignores
+    (`unused`). A setting one side did not record (a run of an older version; a setting left out at its
+    default) counts as its value in `defaults` (the settings class's); one in neither is not compared.
     """
     names = [key for key in ("data", "batch_size", "method", "layers") if earlier.get(key) != settings[key]]
-    kept, asked = earlier.get("hparams", {}), settings["hparams"]
-    return names + [key for key in asked if key in kept and key not in unused and kept[key] != asked[key]]
+    kept, asked, defaults = earlier.get("hparams", {}), settings["hparams"], defaults or {}
+    if not kept:  # a run of a version that recorded no settings
+        return names
+    for key in [*asked, *(key for key in kept if key not in asked)]:
+        if key in names or key in unused:
+            continue
+        before, now = kept.get(key, defaults.get(key)), asked.get(key, defaults.get(key))
+        if before is not None and now is not None and before != now:
+            names.append(key)
+    return names
 
 
 def matrix_norms(loaded: LoadedModel, layers) -> dict[int, float]:

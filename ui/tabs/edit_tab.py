@@ -221,7 +221,8 @@ def run_edit(ctx: AppContext, form: EditForm, session: SessionState | None = Non
     requests = editing.requests_from_rows(rows)
     loaded = ctx.model_of(session)  # None while loading: the job checks again
     method = editing.checked_method(loaded, form.method, form.layers, form.settings)
-    editing.check_covariance_budget(loaded, ctx.manager.display_tokenizer(session.model_spec), form.cov_tokens)
+    if method.uses_covariance:  # a budget the method never spends is not checked
+        editing.check_covariance_budget(loaded, ctx.manager.display_tokenizer(session.model_spec), form.cov_tokens)
     skip = tuple(gr.skip() for _ in range(EDIT_OUTPUTS))
     ledger = session.ledger()
     bound = editing.batch_bound(loaded, method.layers, len(requests))
@@ -242,7 +243,8 @@ def run_edit(ctx: AppContext, form: EditForm, session: SessionState | None = Non
             yield skip
     batch = job.result
     session.remember_checks(rows, requests)
-    session.cov_tokens = int(batch.settings.get("cov_tokens") or 0) or None
+    if method.uses_covariance:  # the budget the range tab's outlier flags read
+        session.cov_tokens = int(batch.settings.get("cov_tokens") or 0) or None
     per_request, per_layer = editing.diagnostics_tables(batch)
     yield (
         editing.batch_summary_text(batch),
