@@ -1155,6 +1155,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list the sections and their commands, run nothing")
     parser.add_argument("--work", default=None, metavar="DIR", help="keep the commands' outputs in DIR instead of a temporary "
                         "folder (a long run stopped halfway continues there: the sequential runs resume)")
+    parser.add_argument("--note", default=None, help="a sentence stored with the result and shown under its commands (e.g. how "
+                        "a run resumed from --work was made: over several sessions, on other thread counts)")
     parser.add_argument("--jobs", type=int, default=1, help="run the commands of a section whose commands are independent "
                         "this many at a time (default 1; e.g. 2 on two cores, each command then on one torch thread)")
     arguments = parser.parse_args(argv)
@@ -1191,6 +1193,8 @@ def main(argv: list[str]) -> int:
             about_machine = about_machine or machine()
             print(f"\n=== results {section.name} ({variant}) ===", flush=True)
             record = run_section(section, variant, about_machine, max(1, arguments.jobs), arguments.work)
+            if arguments.note:
+                record["note"] = arguments.note
             print(f"stored {write_record(record).relative_to(ROOT)} ({record['seconds']:.0f} s"
                   f"{'' if record['ok'] else ', FAILED'})", flush=True)
             status |= 0 if record["ok"] else 1

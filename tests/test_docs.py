@@ -47,7 +47,8 @@ def test_every_section_has_commands_and_a_quick_variant():
 def test_results_is_a_command_but_not_a_benchmark():
     assert "results" in COMMANDS and "results" not in BENCHMARKS  # `python -m bench` (make bench) never runs it
     arguments = results.parse(["--quick", "--only", "trace,edit", "--rerun"])
-    assert arguments.quick and arguments.rerun and arguments.names == ["trace", "edit"]
+    assert arguments.quick and arguments.rerun and arguments.names == ["trace", "edit"] and arguments.note is None
+    assert results.parse(["--only", "editors", "--note", "Resumed."]).note == "Resumed."
     with pytest.raises(SystemExit):
         results.parse(["--only", "nonsense"])
 
