@@ -275,7 +275,21 @@ def render_levers(record: dict) -> str:
         "row's, timed one after another in the same run (on a shared machine the load moves: the steps do not); steps: "
         "per request, the last evaluation included.",
         table(["target optimisation", "targets s", "speed-up", "steps", "ES", "PS", "NS", "ES-gen", "PS-gen"], rows),
+        levers_verdict(data),
     ])
+
+
+def levers_verdict(data: dict) -> str:
+    """Which variants lose nothing against the defaults (ES, PS, NS and ES-gen at least theirs), and how many steps they save."""
+    defaults = data["scores"]["batched"]
+    keeping = [variant for variant in data["variants"]
+               if all((variant["scores"].get(key) or 0) >= (defaults.get(key) or 0) for key in ("ES", "PS", "NS", "ES_gen"))]
+    if not keeping:
+        return "No variant keeps ES, PS, NS and ES-gen at the defaults' level or above on these records."
+    steps = data["batched_mean_steps"]
+    return "Variants that keep ES, PS, NS and ES-gen at the defaults' level or above: " + "; ".join(
+        f"{variant['label']} ({number(variant['mean_steps'])} steps per request against {number(steps)}, "
+        f"{steps / variant['mean_steps']:.2f}x fewer)" for variant in keeping) + "."
 
 
 LEVER_SCORES = ("ES", "PS", "NS", "ES_gen", "PS_gen")
