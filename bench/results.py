@@ -261,12 +261,16 @@ def render_levers(record: dict) -> str:
     if not data:
         return ""
     scores = data["scores"]
-    rows = [["unedited", "", "", "", *(number(scores["unedited"].get(key)) for key in LEVER_SCORES)],
+
+    def cells(summary: dict) -> list[str]:
+        return [number(summary.get(key)) for key in LEVER_SCORES]
+
+    rows = [["unedited", "", "", "", *cells(scores["unedited"])],
             ["defaults", number(data["batched_seconds"]["targets"]), "1.00x", number(data["batched_mean_steps"]),
-             *(number(scores["batched"].get(key)) for key in LEVER_SCORES)]]
+             *cells(scores["batched"])]]
     for variant in data["variants"]:
         rows.append([variant["label"], number(variant["targets_seconds"]), f"{variant['ratio']:.2f}x", number(variant["mean_steps"]),
-                     *(number(variant["scores"].get(key)) for key in LEVER_SCORES)])
+                     *cells(variant["scores"])])
     return "\n\n".join([
         f"{data['n']} dev-set edits in one MEMIT batch, R = {layers_text(data['layers'])}, lambda = {number(data['lambda'], 0)}, "
         f"{number(data['cov_tokens'], 0)} covariance tokens, {data['model']} on {data['device']}. Each row optimizes the same "

@@ -407,20 +407,15 @@ def _unedited_run(path: str, settings: dict):
     """A new run that starts from the unedited figures of the earlier run in `path` (same data, batches and model)."""
     import torch  # lazy: torch and transformers (~3 s); --help must stay instant
 
-    from editor.studies.sequential import SequentialRun  # lazy: it imports torch
+    from editor.studies.sequential import SequentialRun, differing_keys  # lazy: it imports torch
 
     earlier = _run_file(path)
-    mismatch = _differing(earlier.get("settings", {}), settings, ("data", "records", "batch_size", "batches", "model"))
+    mismatch = differing_keys(earlier.get("settings", {}), settings, ("data", "records", "batch_size", "batches", "model"))
     if mismatch or not earlier.get("unedited_records"):
         raise InputError(f"--unedited-from: {Path(path).name} was a run on other records or another model ({', '.join(mismatch) or 'no records'}).")
     print(f"the unedited figures come from {Path(path).name}")
     return SequentialRun(settings={**settings, "torch_threads": torch.get_num_threads(), "unedited_from": Path(path).name},
                          unedited=earlier["unedited"], unedited_records=earlier["unedited_records"])
-
-
-def _differing(earlier: dict, settings: dict, keys) -> list[str]:
-    """The `keys` whose value in an earlier run's `earlier` settings is not the one in `settings`."""
-    return [key for key in keys if earlier.get(key) != settings[key]]
 
 
 def _run_file(path: str) -> dict:

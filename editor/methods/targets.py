@@ -556,12 +556,13 @@ def _optimize_chunk(
         still = active.to(device)
         (decay * still).sum().backward()
         with torch.no_grad():
+            radius = settings.clamp_norm * hidden_norms
             if step == 0 and settings.first_step > 0:
-                radius = settings.clamp_norm * hidden_norms
-                delta = torch.where(still.unsqueeze(-1), clamp_rows(gradient_step_to(leaf.grad, settings.first_step * radius), radius), delta)
+                stepped = gradient_step_to(leaf.grad, settings.first_step * radius)
             else:
-                adam_update(delta, leaf.grad, state, still, settings.lr)
-                delta = torch.where(still.unsqueeze(-1), clamp_rows(delta, settings.clamp_norm * hidden_norms), delta)
+                adam_update(delta, leaf.grad, state, still, settings.lr)  # in place, on the active rows
+                stepped = delta
+            delta = torch.where(still.unsqueeze(-1), clamp_rows(stepped, radius), delta)
         for request in active.nonzero().squeeze(-1).tolist():
             diagnostics[request].steps += 1
     for request, diag in enumerate(diagnostics):

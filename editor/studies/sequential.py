@@ -59,6 +59,11 @@ def record_chunks(records: list[CounterFactRecord], batch_size: int, batches: in
     return [records[index * batch_size : (index + 1) * batch_size] for index in range(batches)]
 
 
+def differing_keys(earlier: dict, settings: dict, keys) -> list[str]:
+    """The `keys` whose value in an earlier run's `earlier` settings is not the one in `settings`."""
+    return [key for key in keys if earlier.get(key) != settings[key]]
+
+
 def resume_mismatch(earlier: dict, settings: dict, unused: tuple[str, ...] = (), defaults: dict | None = None) -> list[str]:
     """The names of the settings in which a kept run (`earlier`) differs from the run asked for (`settings`).
 
@@ -66,7 +71,7 @@ def resume_mismatch(earlier: dict, settings: dict, unused: tuple[str, ...] = (),
     (`unused`). A setting one side did not record (a run of an older version; a setting left out at its
     default) counts as its value in `defaults` (the settings class's); one in neither is not compared.
     """
-    names = [key for key in ("data", "batch_size", "method", "layers") if earlier.get(key) != settings[key]]
+    names = differing_keys(earlier, settings, ("data", "batch_size", "method", "layers"))
     kept, asked, defaults = earlier.get("hparams", {}), settings["hparams"], defaults or {}
     if not kept:  # a run of a version that recorded no settings
         return names
